@@ -1,0 +1,13 @@
+//! regfs: a container registry as a read-only filesystem.
+//!
+//! The crate follows the data path of `DESIGN.md`: [`registry`] speaks the
+//! distribution v2 API and knows nothing of FUSE; [`image`] parses manifests and
+//! configs; [`layer`] indexes layer tars and merges them; [`cache`] stores
+//! verified content; [`fs`] is the filesystem core, testable without a mount;
+//! [`fuse`] is the only module that names `fuser`.
+
+pub mod digest;
+pub mod error;
+pub mod reference;
+
+pub use error::{Error, Result};
