@@ -11,3 +11,5 @@ pub mod error;
 pub mod reference;
 
 pub use error::{Error, Result};
+pub mod layer;
+pub mod registry;

@@ -1,0 +1,1 @@
+//! Layer tars: decompression, streaming index, whiteout merge. (being written)

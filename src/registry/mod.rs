@@ -1,0 +1,1 @@
+//! The distribution v2 client. (being written)
