@@ -11,5 +11,6 @@ pub mod error;
 pub mod reference;
 
 pub use error::{Error, Result};
+pub mod image;
 pub mod layer;
 pub mod registry;
