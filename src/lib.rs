@@ -6,6 +6,7 @@
 //! verified content; [`fs`] is the filesystem core, testable without a mount;
 //! [`fuse`] is the only module that names `fuser`.
 
+pub mod cache;
 pub mod digest;
 pub mod error;
 pub mod reference;
