@@ -1,0 +1,138 @@
+# shellcheck shell=bash
+# scripts/lib.sh - helpers shared by scripts/test and scripts/demo.
+# Source it: . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+#
+# Functions:
+#   repo_root        absolute path of the repository (parent of scripts/)
+#   lab_dir          absolute path of ../shared/lab next to the repository
+#   ensure_packages  install the Debian packages the tests and demo need
+#                    (only when one of their commands/files is missing)
+#   ensure_images    build the lab OCI layout into ${REGFS_LAB:-REPO/.lab/images}
+#                    when a tag is missing, plus the zstd twin layout oci-zstd
+#   free_port [FROM] print a TCP port on 127.0.0.1 nobody listens on
+#   say / die        messages on stderr
+
+say() { echo "== $*" >&2; }
+die() { echo "error: $*" >&2; exit 1; }
+
+repo_root() { (cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd); }
+
+lab_dir() {
+  local d
+  d="$(repo_root)/../shared/lab"
+  [ -d "$d" ] || die "lab scripts not found at $d (expected ../shared/lab next to the repository)"
+  (cd "$d" && pwd)
+}
+
+# The lab image layout; exported so that cargo test sees it.
+lab_images() { echo "${REGFS_LAB:-$(repo_root)/.lab/images}"; }
+
+# Command (or absolute file path) -> Debian package.
+REGFS_PACKAGES=(
+  fusermount3 fuse3
+  docker-registry docker-registry
+  skopeo skopeo
+  umoci umoci
+  debootstrap debootstrap
+  /bin/busybox busybox-static
+  htpasswd apache2-utils
+  openssl openssl
+  jq jq
+  curl curl
+  zstd zstd
+  /usr/share/keyrings/debian-archive-keyring.gpg debian-archive-keyring
+)
+
+_apt_install() {
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null 2>&1
+}
+
+ensure_packages() {
+  local missing=() i cmd pkg
+  for ((i = 0; i < ${#REGFS_PACKAGES[@]}; i += 2)); do
+    cmd=${REGFS_PACKAGES[i]}
+    pkg=${REGFS_PACKAGES[i + 1]}
+    case "$cmd" in
+      /*) [ -e "$cmd" ] && continue ;;
+      *) command -v "$cmd" >/dev/null 2>&1 && continue ;;
+    esac
+    missing+=("$pkg")
+  done
+  if [ ${#missing[@]} -gt 0 ]; then
+    [ "$(id -u)" = 0 ] || die "missing packages ${missing[*]}; run as root or install them"
+    say "installing ${missing[*]}"
+    # A fresh machine has no package lists: on failure update them and retry.
+    if ! _apt_install "${missing[@]}"; then
+      DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null 2>&1 || true
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null ||
+        die "apt-get install ${missing[*]} failed"
+    fi
+  fi
+  # rustfmt and clippy (CI images with rustup may lack them).
+  if command -v rustup >/dev/null 2>&1; then
+    local comp=()
+    cargo fmt --version >/dev/null 2>&1 || comp+=(rustfmt)
+    cargo clippy --version >/dev/null 2>&1 || comp+=(clippy)
+    if [ ${#comp[@]} -gt 0 ]; then
+      say "rustup component add ${comp[*]}"
+      rustup component add "${comp[@]}" >/dev/null 2>&1 || die "rustup component add ${comp[*]} failed"
+    fi
+  fi
+}
+
+# True when something answers on 127.0.0.1:PORT.
+port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# Print the first port >= FROM (default: random in 20000-29999) that is free.
+free_port() {
+  local p=${1:-$((20000 + RANDOM % 10000))} n
+  for ((n = 0; n < 200; n++, p++)); do
+    if ! port_in_use "$p" && ! ss -Htln "sport = :$p" 2>/dev/null | grep -q .; then
+      echo "$p"
+      return 0
+    fi
+  done
+  die "no free TCP port found from ${1:-random}"
+}
+
+REGFS_LAB_TAGS=(busybox busybox-arm64 multi debian-bookworm python-3.11)
+
+# Tags in an OCI layout (one per line); empty if there is no layout.
+_layout_tags() { # _layout_tags LAYOUT_DIR
+  [ -f "$1/index.json" ] || return 0
+  jq -r '.manifests[].annotations["org.opencontainers.image.ref.name"] // empty' "$1/index.json"
+}
+
+ensure_images() {
+  local L missing=() t tags
+  L=$(lab_images)
+  mkdir -p "$L"
+  L=$(cd "$L" && pwd)
+  export REGFS_LAB="$L"
+  tags=$(_layout_tags "$L/oci")
+  for t in "${REGFS_LAB_TAGS[@]}"; do
+    grep -qx "$t" <<<"$tags" || missing+=("$t")
+  done
+  if [ ${#missing[@]} -gt 0 ]; then
+    local lab port reg rc=0
+    lab=$(lab_dir)
+    port=$(free_port)
+    reg="$L/../build-registry"
+    say "building lab images into $L/oci (missing: ${missing[*]}); takes a few minutes"
+    "$lab/registry.sh" start "$reg" "$port" >/dev/null
+    STEPS="busybox debian multiarch" "$lab/make-images.sh" "127.0.0.1:$port" "$L" || rc=$?
+    "$lab/registry.sh" stop "$reg" "$port" >/dev/null || true
+    [ "$rc" = 0 ] || die "make-images.sh failed ($rc)"
+    tags=$(_layout_tags "$L/oci")
+    for t in "${REGFS_LAB_TAGS[@]}"; do
+      grep -qx "$t" <<<"$tags" || die "tag $t still missing from $L/oci after make-images.sh"
+    done
+  fi
+  if ! _layout_tags "$L/oci-zstd" | grep -qx python-3.11-zstd; then
+    say "recompressing python-3.11 with zstd into $L/oci-zstd"
+    rm -rf "$L/oci-zstd"
+    skopeo copy -q --format oci --dest-compress-format zstd \
+      "oci:$L/oci:python-3.11" "oci:$L/oci-zstd:python-3.11-zstd" ||
+      die "zstd recompression failed"
+  fi
+}
