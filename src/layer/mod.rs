@@ -1,7 +1,30 @@
 //! Layer tars: decompression, streaming index, whiteout merge.
+//!
+//! - [`compression`]: media type → codec, streaming decoders.
+//! - [`tree`]: the in-memory, serialisable [`Tree`] of one layer or of a
+//!   merged rootfs, and [`read_content`] to serve a file's bytes from the
+//!   uncompressed layer tars.
+//! - [`index`]: [`index_tar`] builds a layer's tree from its tar in one
+//!   streaming pass (the rules for hostile and ambiguous tars are there).
+//! - [`ingest`](mod@ingest): [`ingest()`] hashes, decompresses, stores and
+//!   indexes a fetched layer blob in one pass, checking both digests.
+//! - [`merge`](mod@merge): [`merge()`] applies OCI whiteouts across layers.
+//!
+//! Pure Rust: no FUSE, no network, no async.
 
 pub mod compression;
+pub mod index;
+pub mod ingest;
+pub mod merge;
 pub mod tree;
 
 pub use compression::Compression;
-pub use tree::{normalize, read_content, Content, Kind, Node, NodeId, ReadAt, Segment, Tree};
+pub use index::{index_tar, Limits};
+pub use ingest::{ingest, IngestStats};
+pub use merge::merge;
+pub use tree::{
+    normalize, read_content, Content, Kind, Node, NodeId, ReadAt, Segment, Tree, OPAQUE_XATTR,
+};
+
+#[cfg(test)]
+pub(crate) mod testutil;

@@ -366,10 +366,6 @@ impl Builder {
         self.kids[dir as usize].clear();
     }
 
-    pub(crate) fn child_names(&self, dir: NodeId) -> impl Iterator<Item = (&Vec<u8>, &NodeId)> {
-        self.kids[dir as usize].iter()
-    }
-
     /// Freeze: renumber reachable nodes breadth first from the root, drop the
     /// rest, sort children, recompute `nlink`.
     pub(crate) fn finish(self) -> Tree {
