@@ -281,23 +281,22 @@ impl Client {
 
     /// All repositories (`GET /v2/_catalog?n=1000`, following `Link`).
     pub async fn catalog(&self) -> Result<Vec<String>> {
+        self.catalog_paged(1000).await
+    }
+
+    /// All repositories, asking for `page_size` per page.
+    pub async fn catalog_paged(&self, page_size: u32) -> Result<Vec<String>> {
         #[derive(Deserialize)]
         struct Page {
             #[serde(default)]
             repositories: Option<Vec<String>>,
         }
-        let url = self.url("v2/_catalog?n=1000")?;
-        let pages = self
-            .list_pages(
-                url,
-                Scope::catalog(),
-                format!("catalog of {}", self.registry()),
-            )
-            .await?;
+        let url = self.url(&format!("v2/_catalog?n={page_size}"))?;
+        let what = format!("catalog of {}", self.registry());
         let mut out = Vec::new();
-        for body in pages {
+        for body in self.list_pages(url, Scope::catalog(), what.clone()).await? {
             let p: Page = serde_json::from_slice(&body)
-                .map_err(|e| Error::invalid(format!("catalog of {}: {e}", self.registry())))?;
+                .map_err(|e| Error::invalid(format!("{what}: {e}")))?;
             out.extend(p.repositories.unwrap_or_default());
         }
         Ok(out)
@@ -306,20 +305,29 @@ impl Client {
     /// All tags of `repo` (`GET /v2/<repo>/tags/list`, following `Link`).
     /// An unknown repository is [`Error::NotFound`].
     pub async fn tags(&self, repo: &str) -> Result<Vec<String>> {
+        self.tags_paged(repo, None).await
+    }
+
+    /// All tags of `repo`, asking for `page_size` per page when given.
+    pub async fn tags_paged(&self, repo: &str, page_size: Option<u32>) -> Result<Vec<String>> {
         #[derive(Deserialize)]
         struct Page {
             #[serde(default)]
             tags: Option<Vec<String>>,
         }
         validate_repository(repo)?;
-        let url = self.url(&format!("v2/{repo}/tags/list"))?;
-        let pages = self
-            .list_pages(url, Scope::pull(repo), format!("tags of repository {repo}"))
-            .await?;
+        let url = match page_size {
+            Some(n) => self.url(&format!("v2/{repo}/tags/list?n={n}"))?,
+            None => self.url(&format!("v2/{repo}/tags/list"))?,
+        };
+        let what = format!("tags of repository {repo}");
         let mut out = Vec::new();
-        for body in pages {
+        for body in self
+            .list_pages(url, Scope::pull(repo), what.clone())
+            .await?
+        {
             let p: Page = serde_json::from_slice(&body)
-                .map_err(|e| Error::invalid(format!("tags of {repo}: {e}")))?;
+                .map_err(|e| Error::invalid(format!("{what}: {e}")))?;
             out.extend(p.tags.unwrap_or_default());
         }
         Ok(out)

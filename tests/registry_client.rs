@@ -1,0 +1,307 @@
+//! The registry client against a real distribution registry.
+//!
+//! Runs only when `REGFS_TEST_REGISTRY=host:port` names a plain-http registry holding
+//! the lab images (`/work/shared/lab/make-images.sh`). Optional:
+//! - `REGFS_TEST_AUTH_REGISTRY=host:port`: the same images behind basic auth (lab / labpass);
+//! - `REGFS_TEST_TLS_REGISTRY=host:port` and `REGFS_TEST_TLS_CA=ca.crt`: the same over HTTPS.
+//!
+//! Each test returns early (passing) when its variable is unset. To be moved onto the
+//! shared harness in `tests/harness/`.
+
+use std::time::Duration;
+
+use regfs::digest::Digest;
+use regfs::reference::{Registry, Selector};
+use regfs::registry::{Client, ClientOptions, Credentials};
+use regfs::Error;
+
+fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|s| !s.is_empty())
+}
+
+fn options(hostport: &str) -> ClientOptions {
+    let (reg, scheme) = Registry::parse(hostport).unwrap();
+    let mut o = ClientOptions::new(reg);
+    o.force_https = scheme == Some(false);
+    o.plain_http = scheme == Some(true);
+    o.timeout = Duration::from_secs(10);
+    // Never pick up the developer's docker config.
+    o.docker_config_dir = Some(std::env::temp_dir().join("regfs-test-no-docker-config"));
+    o
+}
+
+fn plain() -> Option<Client> {
+    let Some(h) = env("REGFS_TEST_REGISTRY") else {
+        eprintln!("REGFS_TEST_REGISTRY not set: skipping");
+        return None;
+    };
+    Some(Client::new(options(&h)).unwrap())
+}
+
+fn tag(t: &str) -> Selector {
+    Selector::Tag(t.into())
+}
+
+/// The config and layer descriptors (digest, size) of an image manifest.
+fn descriptors(manifest: &[u8]) -> Vec<(Digest, u64)> {
+    let v: serde_json::Value = serde_json::from_slice(manifest).unwrap();
+    let mut out = vec![];
+    let config = &v["config"];
+    out.push((
+        config["digest"].as_str().unwrap().parse().unwrap(),
+        config["size"].as_u64().unwrap(),
+    ));
+    for l in v["layers"].as_array().unwrap() {
+        out.push((
+            l["digest"].as_str().unwrap().parse().unwrap(),
+            l["size"].as_u64().unwrap(),
+        ));
+    }
+    out
+}
+
+async fn read_all(c: &Client, repo: &str, d: &Digest, size: Option<u64>) -> regfs::Result<Vec<u8>> {
+    let mut s = c.blob(repo, d, size).await?;
+    let mut out = Vec::new();
+    while let Some(chunk) = s.next_chunk().await? {
+        out.extend_from_slice(&chunk);
+    }
+    assert_eq!(s.received(), out.len() as u64);
+    Ok(out)
+}
+
+#[tokio::test]
+async fn ping_catalog_tags() {
+    let Some(c) = plain() else { return };
+    c.ping().await.unwrap();
+    let repos = c.catalog().await.unwrap();
+    for r in ["lab/busybox", "lab/debian", "lab/multi", "lab/python"] {
+        assert!(repos.iter().any(|x| x == r), "{r} missing from {repos:?}");
+    }
+    // One repository per page: Link is followed to the end.
+    let paged = c.catalog_paged(1).await.unwrap();
+    assert_eq!(paged, repos);
+    let tags = c.tags("lab/busybox").await.unwrap();
+    assert!(
+        tags.contains(&"latest".into()) && tags.contains(&"v2s2".into()),
+        "{tags:?}"
+    );
+    assert_eq!(c.tags_paged("lab/busybox", Some(1)).await.unwrap(), tags);
+    match c.tags("lab/no-such-repo").await {
+        Err(Error::NotFound(m)) => assert!(m.contains("lab/no-such-repo"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(c.stats().requests >= 6);
+}
+
+#[tokio::test]
+async fn manifests_by_tag_and_digest() {
+    let Some(c) = plain() else { return };
+    let m = c.manifest("lab/busybox", &tag("latest")).await.unwrap();
+    assert_eq!(m.media_type, "application/vnd.oci.image.manifest.v1+json");
+    assert_eq!(m.digest, Digest::sha256_of(&m.bytes));
+    let again = c
+        .manifest("lab/busybox", &Selector::Digest(m.digest.clone()))
+        .await
+        .unwrap();
+    assert_eq!(again.bytes, m.bytes);
+    assert_eq!(again.digest, m.digest);
+
+    let m = c.manifest("lab/busybox", &tag("v2s2")).await.unwrap();
+    assert_eq!(
+        m.media_type,
+        "application/vnd.docker.distribution.manifest.v2+json"
+    );
+    let m = c.manifest("lab/multi", &tag("latest")).await.unwrap();
+    assert_eq!(m.media_type, "application/vnd.oci.image.index.v1+json");
+    let m = c.manifest("lab/multi", &tag("v2s2")).await.unwrap();
+    assert_eq!(
+        m.media_type,
+        "application/vnd.docker.distribution.manifest.list.v2+json"
+    );
+
+    match c.manifest("lab/busybox", &tag("no-such-tag")).await {
+        Err(Error::NotFound(msg)) => {
+            assert!(
+                msg.contains("lab/busybox:no-such-tag") && msg.contains("MANIFEST_UNKNOWN"),
+                "{msg}"
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+    let absent = Digest::sha256_of(b"no such manifest");
+    assert!(matches!(
+        c.manifest("lab/busybox", &Selector::Digest(absent)).await,
+        Err(Error::NotFound(_))
+    ));
+}
+
+#[tokio::test]
+async fn blobs_stream_verified_and_ranges() {
+    let Some(c) = plain() else { return };
+    let repo = "lab/python";
+    let m = c.manifest(repo, &tag("3.11")).await.unwrap();
+    let descs = descriptors(&m.bytes);
+    assert_eq!(descs.len(), 5, "config + 4 layers");
+    let before = c.stats().bytes_received;
+    let mut total = 0;
+    for (d, size) in &descs {
+        let data = read_all(&c, repo, d, Some(*size)).await.unwrap();
+        assert_eq!(data.len() as u64, *size);
+        assert_eq!(&Digest::sha256_of(&data), d);
+        assert_eq!(c.blob_size(repo, d).await.unwrap(), Some(*size));
+        total += size;
+    }
+    assert!(c.stats().bytes_received - before >= total);
+
+    // Ranges of the largest layer: start, middle, end, and past the end.
+    let (d, size) = descs.iter().max_by_key(|(_, s)| *s).unwrap().clone();
+    let whole = read_all(&c, repo, &d, None).await.unwrap();
+    for (off, len) in [
+        (0u64, 1u64),
+        (0, 4096),
+        (size / 2, 65536),
+        (size - 10, 10),
+        (size - 1, 1),
+    ] {
+        let got = c.blob_range(repo, &d, off, len).await.unwrap();
+        assert_eq!(
+            &got[..],
+            &whole[off as usize..(off + len) as usize],
+            "range {off}+{len}"
+        );
+    }
+    let tail = c.blob_range(repo, &d, size - 5, 100).await.unwrap();
+    assert_eq!(&tail[..], &whole[size as usize - 5..]);
+    assert!(c.blob_range(repo, &d, size + 10, 5).await.is_err());
+    assert!(c.blob_range(repo, &d, 3, 0).await.unwrap().is_empty());
+
+    // Wrong size and unknown blobs.
+    match read_all(&c, repo, &d, Some(size + 1)).await {
+        Err(Error::DigestMismatch { .. }) => {}
+        other => panic!("{:?}", other.map(|v| v.len())),
+    }
+    let absent = Digest::sha256_of(b"no such blob");
+    assert_eq!(c.blob_size(repo, &absent).await.unwrap(), None);
+    match c.blob(repo, &absent, None).await {
+        Err(Error::NotFound(m)) => assert!(m.contains(&absent.to_string()), "{m}"),
+        other => panic!("{:?}", other.map(|_| ())),
+    }
+}
+
+#[tokio::test]
+async fn basic_auth() {
+    let Some(h) = env("REGFS_TEST_AUTH_REGISTRY") else {
+        eprintln!("REGFS_TEST_AUTH_REGISTRY not set: skipping");
+        return;
+    };
+    let mut o = options(&h);
+    o.credentials = Some(Credentials {
+        username: "lab".into(),
+        password: "labpass".into(),
+    });
+    let c = Client::new(o).unwrap();
+    c.ping().await.unwrap();
+    assert!(c
+        .tags("lab/busybox")
+        .await
+        .unwrap()
+        .contains(&"latest".into()));
+    let m = c.manifest("lab/busybox", &tag("latest")).await.unwrap();
+    let (d, size) = descriptors(&m.bytes).pop().unwrap();
+    assert_eq!(
+        read_all(&c, "lab/busybox", &d, Some(size))
+            .await
+            .unwrap()
+            .len() as u64,
+        size
+    );
+
+    let mut o = options(&h);
+    o.credentials = Some(Credentials {
+        username: "lab".into(),
+        password: "wrong-password".into(),
+    });
+    let bad = Client::new(o).unwrap();
+    match bad.ping().await {
+        Err(Error::Unauthorized(m)) => {
+            assert!(
+                m.contains("\"lab\"") && !m.contains("wrong-password"),
+                "{m}"
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        bad.tags("lab/busybox").await,
+        Err(Error::Unauthorized(_))
+    ));
+
+    let anon = Client::new(options(&h)).unwrap();
+    match anon.ping().await {
+        Err(Error::Unauthorized(m)) => assert!(m.contains("no credentials"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+
+    // Credentials from a docker config.json.
+    use base64::Engine;
+    let dir = tempfile::tempdir().unwrap();
+    let auth = base64::engine::general_purpose::STANDARD.encode("lab:labpass");
+    let (reg, _) = Registry::parse(&h).unwrap();
+    std::fs::write(
+        dir.path().join("config.json"),
+        format!(r#"{{"auths":{{"{}":{{"auth":"{auth}"}}}}}}"#, reg.name),
+    )
+    .unwrap();
+    let mut o = options(&h);
+    o.docker_config_dir = Some(dir.path().to_path_buf());
+    let from_config = Client::new(o).unwrap();
+    from_config.ping().await.unwrap();
+    assert!(!from_config.catalog().await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn tls_with_ca() {
+    let (Some(h), Some(ca)) = (env("REGFS_TEST_TLS_REGISTRY"), env("REGFS_TEST_TLS_CA")) else {
+        eprintln!("REGFS_TEST_TLS_REGISTRY / REGFS_TEST_TLS_CA not set: skipping");
+        return;
+    };
+    let https = format!("https://{h}");
+    let mut o = options(&https);
+    o.ca_certs = vec![ca.into()];
+    let c = Client::new(o).unwrap();
+    assert_eq!(c.base_url().scheme(), "https");
+    c.ping().await.unwrap();
+    let m = c.manifest("lab/busybox", &tag("latest")).await.unwrap();
+    assert_eq!(m.digest, Digest::sha256_of(&m.bytes));
+
+    // Without the CA the certificate is refused (and not retried forever).
+    let mut o = options(&https);
+    o.retries = 0;
+    let untrusted = Client::new(o).unwrap();
+    match untrusted.ping().await {
+        Err(Error::Network(m)) => eprintln!("expected TLS failure: {m}"),
+        other => panic!("{other:?}"),
+    }
+    let mut o = options(&https);
+    o.insecure_skip_verify = true;
+    Client::new(o).unwrap().ping().await.unwrap();
+}
+
+#[tokio::test]
+async fn unreachable_registry_is_a_network_error() {
+    if plain().is_none() {
+        return;
+    }
+    // A port nothing listens on (we only assume loopback works).
+    let mut o = options("127.0.0.1:9");
+    o.retries = 1;
+    let c = Client::new(o).unwrap();
+    let t = std::time::Instant::now();
+    match c.ping().await {
+        Err(e @ Error::Network(_)) => assert!(e.is_transient()),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(c.stats().requests, 2, "one retry");
+    assert!(t.elapsed() < Duration::from_secs(5));
+}
