@@ -7,11 +7,14 @@
 //! [`fuse`] is the only module that names `fuser`.
 
 pub mod cache;
+pub mod content;
 pub mod digest;
 pub mod error;
 pub mod reference;
 
 pub use error::{Error, Result};
+pub mod fs;
+pub mod fuse;
 pub mod image;
 pub mod layer;
 pub mod registry;

@@ -1,0 +1,87 @@
+//! The command line.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Mount an OCI / Docker v2 container registry as a read-only directory.
+#[derive(Parser, Debug)]
+#[command(name = "regfs", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Mount REGISTRY at MOUNTPOINT (foreground unless --daemon).
+    #[command(after_help = "\
+Examples:
+  regfs mount localhost:5000 /mnt/reg --daemon
+  ls /mnt/reg/lab
+  cat /mnt/reg/lab/busybox:latest/manifest.json
+  regfs mount registry.example.com /mnt/reg --username me --password-stdin < token.txt
+  regfs mount docker.io /mnt/hub --platform linux/arm64/v8")]
+    Mount(Box<MountArgs>),
+    /// Unmount a regfs mount (lazy detach); its daemon exits 0.
+    Unmount(UnmountArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct MountArgs {
+    /// The registry as you would write it: localhost:5000, registry.example.com, docker.io.
+    pub registry: String,
+    /// An existing empty directory.
+    pub mountpoint: PathBuf,
+    /// Where verified content is kept [default: $XDG_CACHE_HOME/regfs, or /var/cache/regfs as root].
+    #[arg(long)]
+    pub cache_dir: Option<PathBuf>,
+    /// Bound on the cache's size on disk (K, M, G, T suffixes).
+    #[arg(long, default_value = "10G", value_parser = crate::size::parse_size)]
+    pub cache_size: u64,
+    /// The platform a multi-arch tag resolves to (os/arch[/variant]) [default: this host's].
+    #[arg(long)]
+    pub platform: Option<String>,
+    /// Seconds a tag's resolution and directory listings are trusted before asking again.
+    #[arg(long, default_value_t = 5)]
+    pub tag_ttl: u64,
+    /// Talk plain HTTP (loopback registries use it without asking).
+    #[arg(long)]
+    pub plain_http: bool,
+    /// Trust this PEM CA certificate (repeatable).
+    #[arg(long)]
+    pub ca_cert: Vec<PathBuf>,
+    /// Do not verify the registry's TLS certificate. Only for testing.
+    #[arg(long)]
+    pub insecure_skip_verify: bool,
+    /// User name for the registry (with --password-stdin); otherwise ~/.docker/config.json is used.
+    #[arg(long, requires = "password_stdin")]
+    pub username: Option<String>,
+    /// Read the password (or token) from the first line of standard input.
+    #[arg(long, requires = "username")]
+    pub password_stdin: bool,
+    /// Seconds before a request without progress fails (then EIO, after retries).
+    #[arg(long, default_value_t = 30)]
+    pub timeout: u64,
+    /// Retries of a failed request (connection errors, 5xx, 429).
+    #[arg(long, default_value_t = 3)]
+    pub retries: u32,
+    /// Let other users use the mount (allow_other).
+    #[arg(long)]
+    pub allow_other: bool,
+    /// Detach once the mount is ready.
+    #[arg(long)]
+    pub daemon: bool,
+    /// Write the log here instead of standard error (RUST_LOG sets the level).
+    #[arg(long)]
+    pub log_file: Option<PathBuf>,
+    /// FUSE dispatch threads.
+    #[arg(long, default_value_t = 2)]
+    pub threads: usize,
+}
+
+#[derive(Args, Debug)]
+pub struct UnmountArgs {
+    /// The mountpoint.
+    pub mountpoint: PathBuf,
+}

@@ -1,0 +1,159 @@
+//! `regfs mount`: build the client, the store and the filesystem, mount, and
+//! serve until unmounted or signalled.
+
+use std::io::BufRead;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use anyhow::{bail, Context};
+use regfs::cache::Store;
+use regfs::content::Content;
+use regfs::fs::{Fs, FsConfig};
+use regfs::fuse::{FuseFs, MountConfig};
+use regfs::image::Platform;
+use regfs::layer::Limits;
+use regfs::reference::Registry;
+use regfs::registry::{Client, ClientOptions, Credentials};
+
+use crate::cli::MountArgs;
+use crate::{daemon, logging, unmount};
+
+fn default_cache_dir() -> PathBuf {
+    if let Some(x) = std::env::var_os("XDG_CACHE_HOME") {
+        return PathBuf::from(x).join("regfs");
+    }
+    if nix::unistd::geteuid().is_root() {
+        return PathBuf::from("/var/cache/regfs");
+    }
+    match std::env::var_os("HOME") {
+        Some(h) => PathBuf::from(h).join(".cache/regfs"),
+        None => PathBuf::from("/tmp/regfs-cache"),
+    }
+}
+
+fn read_password() -> anyhow::Result<String> {
+    let mut line = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut line)
+        .context("reading the password from standard input")?;
+    let pw = line.trim_end_matches(['\n', '\r']).to_string();
+    if pw.is_empty() {
+        bail!("--password-stdin: standard input was empty");
+    }
+    Ok(pw)
+}
+
+/// Run `regfs mount`.
+pub fn run(args: MountArgs) -> anyhow::Result<()> {
+    let password = if args.password_stdin {
+        Some(read_password()?)
+    } else {
+        None
+    };
+    let ready = daemon::ready_pipe();
+    if args.daemon && ready.is_none() {
+        let hint = args
+            .log_file
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "--log-file (the daemon's log is discarded without it)".into());
+        return daemon::spawn(password.as_deref(), &hint);
+    }
+    logging::init(args.log_file.as_deref())?;
+
+    let (registry, scheme) = Registry::parse(&args.registry)?;
+    let platform = match &args.platform {
+        Some(p) => p.parse::<Platform>()?,
+        None => Platform::host(),
+    };
+    let mountpoint = args.mountpoint.clone();
+    unmount::clear_stale(&mountpoint)?;
+    let md = std::fs::metadata(&mountpoint)
+        .with_context(|| format!("mountpoint {}", mountpoint.display()))?;
+    if !md.is_dir() {
+        bail!("mountpoint {} is not a directory", mountpoint.display());
+    }
+
+    let mut opts = ClientOptions::new(registry.clone());
+    opts.plain_http = args.plain_http || scheme == Some(true);
+    opts.force_https = scheme == Some(false);
+    opts.ca_certs = args.ca_cert.clone();
+    opts.insecure_skip_verify = args.insecure_skip_verify;
+    opts.timeout = Duration::from_secs(args.timeout.max(1));
+    opts.retries = args.retries;
+    if let (Some(u), Some(p)) = (&args.username, password) {
+        opts.credentials = Some(Credentials {
+            username: u.clone(),
+            password: p,
+        });
+    }
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .thread_name("regfs-worker")
+        .enable_all()
+        .build()?;
+    let client = Client::new(opts)?;
+    rt.block_on(client.ping())
+        .with_context(|| format!("registry {registry}"))?;
+
+    let cache_dir = args.cache_dir.clone().unwrap_or_else(default_cache_dir);
+    let store = Arc::new(
+        Store::open(&cache_dir, args.cache_size)
+            .with_context(|| format!("cache {}", cache_dir.display()))?,
+    );
+    let content = Content::new(client, store, 4_000_000, Limits::default());
+    let fs = Arc::new(Fs::new(
+        content,
+        FsConfig {
+            platform,
+            tag_ttl: Duration::from_secs(args.tag_ttl),
+            mount_time: SystemTime::now(),
+        },
+    ));
+    let session = FuseFs::new(fs, rt.handle().clone())
+        .mount(
+            &mountpoint,
+            &MountConfig {
+                allow_other: args.allow_other,
+                fs_name: format!("regfs:{registry}"),
+                threads: args.threads,
+            },
+        )
+        .with_context(|| format!("mounting at {}", mountpoint.display()))?;
+    tracing::info!(%registry, mountpoint = %mountpoint.display(), cache = %cache_dir.display(), "mounted");
+    daemon::notify_ready(ready);
+
+    // The session thread ends when the kernel drops the mount (regfs unmount,
+    // umount -l); a signal makes us detach it ourselves.
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let r = session.join();
+        let _ = tx.send(r);
+    });
+    rt.block_on(async {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        tokio::select! {
+            r = rx => {
+                tracing::info!("unmounted");
+                if let Ok(Err(e)) = r {
+                    tracing::warn!(error = %e, "session ended with an error");
+                }
+                return anyhow::Ok(());
+            }
+            _ = term.recv() => tracing::info!("SIGTERM: unmounting"),
+            _ = int.recv() => tracing::info!("SIGINT: unmounting"),
+        }
+        if let Err(e) = unmount::detach(&mountpoint) {
+            tracing::warn!(error = %e, "detach failed");
+        }
+        Ok(())
+    })?;
+    // Do not wait for in-flight network tasks: the mount is gone.
+    rt.shutdown_timeout(Duration::from_secs(1));
+    Ok(())
+}

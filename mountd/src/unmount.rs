@@ -1,0 +1,44 @@
+//! Unmounting: lazy detach, and recognising mounts left stale by a killed daemon.
+
+use std::path::Path;
+
+use anyhow::{bail, Context};
+use nix::mount::{umount2, MntFlags};
+
+/// Detach the mount at `mountpoint` (lazily: open files keep working until closed).
+pub fn run(mountpoint: &Path) -> anyhow::Result<()> {
+    detach(mountpoint).with_context(|| format!("unmount {}", mountpoint.display()))
+}
+
+/// Lazy unmount; as a non-root user through `fusermount3 -u -z`.
+pub fn detach(mountpoint: &Path) -> anyhow::Result<()> {
+    match umount2(mountpoint, MntFlags::MNT_DETACH) {
+        Ok(()) => Ok(()),
+        Err(nix::errno::Errno::EPERM) => {
+            let st = std::process::Command::new("fusermount3")
+                .arg("-u")
+                .arg("-z")
+                .arg(mountpoint)
+                .status()
+                .context("running fusermount3")?;
+            if !st.success() {
+                bail!("fusermount3 -u -z failed ({st})");
+            }
+            Ok(())
+        }
+        Err(nix::errno::Errno::EINVAL) => bail!("not a mountpoint"),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// If `mountpoint` is a FUSE mount whose daemon died (ENOTCONN), detach it and
+/// say so; the next mount can then reuse the directory.
+pub fn clear_stale(mountpoint: &Path) -> anyhow::Result<()> {
+    match std::fs::metadata(mountpoint) {
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
+            tracing::warn!(mountpoint = %mountpoint.display(), "stale mount left by a dead daemon: detaching it");
+            detach(mountpoint)
+        }
+        _ => Ok(()),
+    }
+}

@@ -1,0 +1,164 @@
+//! Verified content for the filesystem: manifests, blobs and unpacked layers,
+//! from the store when present, else fetched through the registry client,
+//! verified, and only then stored. Knows nothing of inodes.
+
+mod bridge;
+mod layers;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+pub use layers::LoadedLayer;
+
+use crate::cache::{Kind, Store};
+use crate::digest::Digest;
+use crate::error::{Error, Result};
+use crate::image::config::MAX_CONFIG_SIZE;
+use crate::image::{BlobRef, ImageConfig, Manifest};
+use crate::layer::Limits;
+use crate::reference::Selector;
+use crate::registry::Client;
+
+/// A manifest we fetched (or found in the store) and parsed.
+#[derive(Debug)]
+pub struct ManifestInfo {
+    /// Its digest (of `bytes`).
+    pub digest: Digest,
+    /// The bytes exactly as served.
+    pub bytes: Bytes,
+    /// Parsed.
+    pub manifest: Manifest,
+}
+
+/// Verified content, fetched at most once per key.
+pub struct Content {
+    client: Client,
+    store: Arc<Store>,
+    layers: quick_cache::sync::Cache<Digest, Arc<LoadedLayer>, layers::NodeWeighter>,
+    manifests: quick_cache::sync::Cache<Digest, Arc<ManifestInfo>>,
+    configs: quick_cache::sync::Cache<Digest, Arc<ImageConfig>>,
+    limits: Limits,
+}
+
+impl Content {
+    /// Content from `client`, stored in `store`; at most `max_nodes` layer-index
+    /// nodes are kept in memory (the rest is reloaded from the store on demand).
+    pub fn new(client: Client, store: Arc<Store>, max_nodes: u64, limits: Limits) -> Content {
+        Content {
+            client,
+            store,
+            layers: quick_cache::sync::Cache::with_weighter(1024, max_nodes, layers::NodeWeighter),
+            manifests: quick_cache::sync::Cache::new(4096),
+            configs: quick_cache::sync::Cache::new(1024),
+            limits,
+        }
+    }
+
+    /// The registry client.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    /// Resolve a tag (or digest) through the registry: always asks the registry,
+    /// stores the verified manifest under its digest.
+    pub async fn resolve(&self, repo: &str, sel: &Selector) -> Result<Arc<ManifestInfo>> {
+        let fetched = self.client.manifest(repo, sel).await?;
+        let manifest = Manifest::parse(&fetched.bytes, &fetched.media_type)?;
+        if self.store.get(Kind::Blob, &fetched.digest).is_none() {
+            self.store
+                .put(Kind::Blob, &fetched.digest, &fetched.bytes)?;
+        }
+        let info = Arc::new(ManifestInfo {
+            digest: fetched.digest.clone(),
+            bytes: fetched.bytes,
+            manifest,
+        });
+        self.manifests.insert(fetched.digest, info.clone());
+        Ok(info)
+    }
+
+    /// A manifest by digest: memory, then the store, then the registry.
+    pub async fn manifest(&self, repo: &str, digest: &Digest) -> Result<Arc<ManifestInfo>> {
+        if let Some(m) = self.manifests.get(digest) {
+            return Ok(m);
+        }
+        if let Some(bytes) = self.store.read(Kind::Blob, digest) {
+            // Stored bytes were verified before they were stored; check again anyway,
+            // a manifest is small and a wrong one would misdirect everything below it.
+            digest.verify(&bytes, "cached manifest")?;
+            let manifest = Manifest::parse(&bytes, "")?;
+            let info = Arc::new(ManifestInfo {
+                digest: digest.clone(),
+                bytes: Bytes::from(bytes),
+                manifest,
+            });
+            self.manifests.insert(digest.clone(), info.clone());
+            return Ok(info);
+        }
+        self.resolve(repo, &Selector::Digest(digest.clone())).await
+    }
+
+    /// The path of a verified raw blob in the store, fetching it whole if needed.
+    pub async fn blob(&self, repo: &str, desc: &BlobRef) -> Result<PathBuf> {
+        if let Some(p) = self.store.get(Kind::Blob, &desc.digest) {
+            return Ok(p);
+        }
+        let _flight = self.store.flight(format!("blob {}", desc.digest)).await;
+        if let Some(p) = self.store.get(Kind::Blob, &desc.digest) {
+            return Ok(p);
+        }
+        let started = std::time::Instant::now();
+        let mut stream = self
+            .client
+            .blob(repo, &desc.digest, Some(desc.size))
+            .await?;
+        let mut tmp = self.store.temp()?;
+        let file = tmp.file.try_clone()?;
+        let mut out = tokio::fs::File::from_std(file);
+        use tokio::io::AsyncWriteExt;
+        while let Some(chunk) = stream.next_chunk().await? {
+            out.write_all(&chunk).await?;
+        }
+        out.flush().await?;
+        drop(out);
+        // next_chunk returned None: size and digest matched.
+        use std::io::Seek;
+        tmp.file.seek(std::io::SeekFrom::End(0))?;
+        let path = self.store.commit(tmp, Kind::Blob, &desc.digest)?;
+        tracing::info!(
+            digest = %desc.digest, bytes = stream.received(), ms = started.elapsed().as_millis() as u64,
+            "fetched blob"
+        );
+        Ok(path)
+    }
+
+    /// The parsed config of an image manifest.
+    pub async fn config(&self, repo: &str, desc: &BlobRef) -> Result<Arc<ImageConfig>> {
+        if let Some(c) = self.configs.get(&desc.digest) {
+            return Ok(c);
+        }
+        if desc.size > MAX_CONFIG_SIZE {
+            return Err(Error::TooLarge(format!(
+                "config {} is {} bytes (limit {MAX_CONFIG_SIZE})",
+                desc.digest, desc.size
+            )));
+        }
+        let path = self.blob(repo, desc).await?;
+        let bytes = tokio::fs::read(&path).await?;
+        let c = Arc::new(ImageConfig::parse(&bytes)?);
+        self.configs.insert(desc.digest.clone(), c.clone());
+        Ok(c)
+    }
+
+    /// Limits applied to layer tars.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+}

@@ -1,0 +1,109 @@
+//! File attributes as the filesystem core reports them, independent of fuser.
+
+use std::time::{Duration, SystemTime};
+
+/// How long the kernel may cache what lies under a digest directory: forever, in effect.
+pub const IMMUTABLE_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// The kind of an inode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FileKind {
+    /// Directory.
+    Dir,
+    /// Regular file.
+    File,
+    /// Symbolic link.
+    Symlink,
+    /// Character device.
+    CharDev,
+    /// Block device.
+    BlockDev,
+    /// Named pipe.
+    Fifo,
+}
+
+/// The attributes of one inode plus how long the kernel may cache them.
+#[derive(Clone, Debug)]
+pub struct Attr {
+    /// Inode number.
+    pub ino: u64,
+    /// Kind.
+    pub kind: FileKind,
+    /// Permission bits, including setuid/setgid/sticky.
+    pub perm: u16,
+    /// Link count.
+    pub nlink: u32,
+    /// Owner.
+    pub uid: u32,
+    /// Group.
+    pub gid: u32,
+    /// Size in bytes.
+    pub size: u64,
+    /// Modification time (also used for ctime and atime).
+    pub mtime: SystemTime,
+    /// Device number for device nodes.
+    pub rdev: u32,
+    /// How long the kernel may cache this entry and these attributes.
+    pub ttl: Duration,
+}
+
+impl Attr {
+    /// A synthetic read-only directory.
+    pub fn dir(ino: u64, mtime: SystemTime, ttl: Duration) -> Attr {
+        Attr {
+            ino,
+            kind: FileKind::Dir,
+            perm: 0o555,
+            nlink: 2,
+            uid: 0,
+            gid: 0,
+            size: 0,
+            mtime,
+            rdev: 0,
+            ttl,
+        }
+    }
+
+    /// A synthetic read-only regular file.
+    pub fn file(ino: u64, size: u64, mtime: SystemTime, ttl: Duration) -> Attr {
+        Attr {
+            ino,
+            kind: FileKind::File,
+            perm: 0o444,
+            nlink: 1,
+            uid: 0,
+            gid: 0,
+            size,
+            mtime,
+            rdev: 0,
+            ttl,
+        }
+    }
+
+    /// A synthetic symlink whose target is `len` bytes long.
+    pub fn symlink(ino: u64, len: u64, mtime: SystemTime, ttl: Duration) -> Attr {
+        Attr {
+            ino,
+            kind: FileKind::Symlink,
+            perm: 0o777,
+            nlink: 1,
+            uid: 0,
+            gid: 0,
+            size: len,
+            mtime,
+            rdev: 0,
+            ttl,
+        }
+    }
+}
+
+/// One directory entry.
+#[derive(Clone, Debug)]
+pub struct DirEntry {
+    /// Inode number of the entry.
+    pub ino: u64,
+    /// Its name (raw bytes: layer names need not be UTF-8).
+    pub name: Vec<u8>,
+    /// Its kind.
+    pub kind: FileKind,
+}

@@ -1,0 +1,166 @@
+//! The inode table: stable numbers for the paths the kernel has seen.
+//!
+//! Every node of the tree has a [`Key`] that says what it is; the table hands out
+//! one inode number per key and maps numbers back to keys. Numbers are never
+//! reused during a mount, so a kernel holding an old number gets ESTALE-like
+//! ENOENT rather than another file's bytes.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use crate::digest::Digest;
+use crate::layer::NodeId;
+
+/// The root directory's inode number.
+pub const ROOT_INO: u64 = 1;
+
+/// Which tree of an image a tree node belongs to.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum TreeWhich {
+    /// The merged root filesystem.
+    Rootfs,
+    /// One layer, by its position in the manifest (0 = bottom).
+    Layer(usize),
+}
+
+/// An image's tree: rootfs or one layer.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct TreeId {
+    /// Repository the image is read from.
+    pub repo: Arc<str>,
+    /// Manifest digest.
+    pub image: Digest,
+    /// Which tree.
+    pub which: TreeWhich,
+}
+
+/// What an inode is.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Key {
+    /// The mount's root.
+    Root,
+    /// A namespace directory (`lab`, `lab/team`).
+    Namespace(Arc<str>),
+    /// A `name:tag` symlink.
+    Tag {
+        /// Repository.
+        repo: Arc<str>,
+        /// Tag.
+        tag: Arc<str>,
+    },
+    /// A `name@digest` directory (image or index).
+    Image {
+        /// Repository.
+        repo: Arc<str>,
+        /// Manifest digest.
+        digest: Digest,
+    },
+    /// `manifest.json` or `index.json`.
+    ManifestFile {
+        /// Repository.
+        repo: Arc<str>,
+        /// Manifest digest.
+        digest: Digest,
+    },
+    /// `config.json`.
+    ConfigFile {
+        /// Repository.
+        repo: Arc<str>,
+        /// Manifest digest.
+        digest: Digest,
+    },
+    /// `blobs/`.
+    BlobsDir {
+        /// Repository.
+        repo: Arc<str>,
+        /// Manifest digest.
+        digest: Digest,
+    },
+    /// `blobs/sha256:…`.
+    Blob {
+        /// Repository.
+        repo: Arc<str>,
+        /// Manifest digest.
+        image: Digest,
+        /// The blob.
+        blob: Digest,
+    },
+    /// `layers/`.
+    LayersDir {
+        /// Repository.
+        repo: Arc<str>,
+        /// Manifest digest.
+        digest: Digest,
+    },
+    /// A platform symlink in an index directory.
+    Platform {
+        /// Repository.
+        repo: Arc<str>,
+        /// Index digest.
+        index: Digest,
+        /// The entry's position in the index.
+        entry: usize,
+    },
+    /// A node of a layer tree or of the merged rootfs.
+    Node {
+        /// The tree.
+        tree: Arc<TreeId>,
+        /// The node.
+        node: NodeId,
+    },
+}
+
+/// Key ↔ inode number.
+#[derive(Default)]
+pub struct InodeTable {
+    inner: Mutex<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    by_key: HashMap<Key, u64>,
+    by_ino: HashMap<u64, Key>,
+    next: u64,
+}
+
+impl InodeTable {
+    /// A table holding only the root.
+    pub fn new() -> Self {
+        let t = InodeTable::default();
+        {
+            let mut i = t.inner.lock().unwrap();
+            i.by_key.insert(Key::Root, ROOT_INO);
+            i.by_ino.insert(ROOT_INO, Key::Root);
+            i.next = ROOT_INO + 1;
+        }
+        t
+    }
+
+    /// The inode number of `key`, allocating one the first time.
+    pub fn ino(&self, key: Key) -> u64 {
+        let mut i = self.inner.lock().unwrap();
+        if let Some(&n) = i.by_key.get(&key) {
+            return n;
+        }
+        let n = i.next;
+        i.next += 1;
+        i.by_ino.insert(n, key.clone());
+        i.by_key.insert(key, n);
+        n
+    }
+
+    /// The key of inode `ino`, if it was handed out.
+    pub fn key(&self, ino: u64) -> Option<Key> {
+        self.inner.lock().unwrap().by_ino.get(&ino).cloned()
+    }
+
+    /// Number of inodes handed out.
+    pub fn len(&self) -> usize {
+        self.inner.lock().unwrap().by_ino.len()
+    }
+
+    /// Whether only the root exists.
+    pub fn is_empty(&self) -> bool {
+        self.len() <= 1
+    }
+}

@@ -1,0 +1,579 @@
+//! The filesystem core: the namespace, the inode table and every read-only
+//! operation, in plain async Rust. `crate::fuse` links fuser calls to these
+//! methods; tests can drive them without a mount.
+//!
+//! ```text
+//! /                          namespaces from the catalog (any name is looked up, like autofs)
+//! lab/busybox:latest         symlink → busybox@sha256:… (platform manifest for an index)
+//! lab/busybox@sha256:…/      manifest.json config.json blobs/ layers/ rootfs/
+//! lab/multi@sha256:…/        index.json linux-amd64 → ../multi@sha256:…
+//! ```
+
+pub mod attr;
+pub mod inode;
+mod namespace;
+mod tree;
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+
+pub use attr::{Attr, DirEntry, FileKind, IMMUTABLE_TTL};
+pub use inode::{InodeTable, Key, TreeId, TreeWhich, ROOT_INO};
+
+use crate::content::{Content, ManifestInfo};
+use crate::digest::Digest;
+use crate::error::{Error, Result};
+use crate::image::{ImageManifest, Manifest, Platform};
+use crate::layer::NodeId;
+
+/// Settings of the read-only tree.
+#[derive(Clone, Debug)]
+pub struct FsConfig {
+    /// The platform a tag of an index resolves to.
+    pub platform: Platform,
+    /// How long a tag's resolution (and a listing) is trusted before asking again.
+    pub tag_ttl: Duration,
+    /// Timestamp of synthetic directories.
+    pub mount_time: SystemTime,
+}
+
+/// An open file.
+enum Handle {
+    /// Bytes held in memory (manifests).
+    Bytes(Bytes),
+    /// A verified blob in the store.
+    File(Arc<File>),
+    /// A file inside a layer tree or the rootfs.
+    Tree(Arc<tree::LoadedTree>, NodeId),
+}
+
+/// The read-only registry filesystem.
+pub struct Fs {
+    content: Content,
+    cfg: FsConfig,
+    inodes: InodeTable,
+    ns: namespace::Listings,
+    trees: tree::Trees,
+    handles: Mutex<HashMap<u64, Handle>>,
+    next_fh: AtomicU64,
+}
+
+impl Fs {
+    /// A filesystem over `content`.
+    pub fn new(content: Content, cfg: FsConfig) -> Fs {
+        Fs {
+            content,
+            cfg,
+            inodes: InodeTable::new(),
+            ns: namespace::Listings::default(),
+            trees: tree::Trees::new(4_000_000),
+            handles: Mutex::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+        }
+    }
+
+    /// The content source (client and store).
+    pub fn content(&self) -> &Content {
+        &self.content
+    }
+
+    fn key(&self, ino: u64) -> Result<Key> {
+        self.inodes
+            .key(ino)
+            .ok_or_else(|| Error::NotFound(format!("inode {ino}")))
+    }
+
+    /// Look `name` up in directory `parent`.
+    pub async fn lookup(&self, parent: u64, name: &[u8]) -> Result<Attr> {
+        let parent = self.key(parent)?;
+        let key = self.child(&parent, name).await?;
+        self.attr(key).await
+    }
+
+    /// Attributes of inode `ino`.
+    pub async fn getattr(&self, ino: u64) -> Result<Attr> {
+        let key = self.key(ino)?;
+        self.attr(key).await
+    }
+
+    /// The entries of directory `ino` (without `.` and `..`).
+    pub async fn readdir(&self, ino: u64) -> Result<Vec<DirEntry>> {
+        match self.key(ino)? {
+            Key::Root => self.list_namespace("").await,
+            Key::Namespace(p) => self.list_namespace(&p).await,
+            Key::Image { repo, digest } => self.list_image(&repo, &digest).await,
+            Key::BlobsDir { repo, digest } => {
+                let m = self.image_manifest(&repo, &digest).await?;
+                Ok(blob_names(&m)
+                    .into_iter()
+                    .map(|(name, blob)| DirEntry {
+                        ino: self.inodes.ino(Key::Blob {
+                            repo: repo.clone(),
+                            image: digest.clone(),
+                            blob,
+                        }),
+                        name: name.into_bytes(),
+                        kind: FileKind::File,
+                    })
+                    .collect())
+            }
+            Key::LayersDir { repo, digest } => {
+                let m = self.image_manifest(&repo, &digest).await?;
+                Ok(m.layers
+                    .iter()
+                    .enumerate()
+                    .map(|(i, l)| DirEntry {
+                        ino: self
+                            .inodes
+                            .ino(self.tree_root(&repo, &digest, TreeWhich::Layer(i))),
+                        name: format!("{}-{}", i + 1, l.digest).into_bytes(),
+                        kind: FileKind::Dir,
+                    })
+                    .collect())
+            }
+            Key::Node { tree, node } => self.list_tree(&tree, node).await,
+            _ => Err(Error::Io(std::io::Error::from_raw_os_error(libc::ENOTDIR))),
+        }
+    }
+
+    /// The target of symlink `ino`.
+    pub async fn readlink(&self, ino: u64) -> Result<Vec<u8>> {
+        match self.key(ino)? {
+            Key::Tag { repo, tag } => Ok(self.resolve_tag(&repo, &tag).await?.into_bytes()),
+            Key::Platform { repo, index, entry } => {
+                let info = self.content.manifest(&repo, &index).await?;
+                let Manifest::Index { entries, .. } = &info.manifest else {
+                    return Err(Error::NotFound("platform link".into()));
+                };
+                let e = entries
+                    .get(entry)
+                    .ok_or_else(|| Error::NotFound("platform".into()))?;
+                Ok(format!("../{}@{}", leaf(&repo), e.manifest.digest).into_bytes())
+            }
+            Key::Node { tree, node } => {
+                let t = self.trees.load(self, &tree).await?;
+                t.tree
+                    .node(node)
+                    .link_target
+                    .clone()
+                    .ok_or_else(|| Error::invalid("not a symlink"))
+            }
+            _ => Err(Error::invalid("not a symlink")),
+        }
+    }
+
+    /// Open inode `ino` for reading; may fetch (and verify) the content first.
+    pub async fn open(&self, ino: u64) -> Result<u64> {
+        let handle = match self.key(ino)? {
+            Key::ManifestFile { repo, digest } => {
+                Handle::Bytes(self.content.manifest(&repo, &digest).await?.bytes.clone())
+            }
+            Key::ConfigFile { repo, digest } => {
+                let m = self.image_manifest(&repo, &digest).await?;
+                let p = self.content.blob(&repo, &m.config).await?;
+                Handle::File(Arc::new(File::open(p)?))
+            }
+            Key::Blob { repo, image, blob } => {
+                let m = self.image_manifest(&repo, &image).await?;
+                let desc = std::iter::once(&m.config)
+                    .chain(m.layers.iter())
+                    .find(|d| d.digest == blob)
+                    .ok_or_else(|| Error::NotFound(format!("blob {blob}")))?
+                    .clone();
+                let p = self.content.blob(&repo, &desc).await?;
+                Handle::File(Arc::new(File::open(p)?))
+            }
+            Key::Node { tree, node } => {
+                let t = self.trees.load(self, &tree).await?;
+                if t.tree.node(node).kind != crate::layer::Kind::File {
+                    return Err(Error::invalid("not a regular file"));
+                }
+                Handle::Tree(t, node)
+            }
+            Key::Root
+            | Key::Namespace(_)
+            | Key::Image { .. }
+            | Key::BlobsDir { .. }
+            | Key::LayersDir { .. } => {
+                return Err(Error::Io(std::io::Error::from_raw_os_error(libc::EISDIR)))
+            }
+            Key::Tag { .. } | Key::Platform { .. } => return Err(Error::invalid("symlink")),
+        };
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.handles.lock().unwrap().insert(fh, handle);
+        Ok(fh)
+    }
+
+    /// Read up to `size` bytes at `offset` from open file `fh`. Local I/O only:
+    /// everything was fetched and verified by [`Fs::open`].
+    pub async fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>> {
+        enum Src {
+            Bytes(Bytes),
+            File(Arc<File>),
+            Tree(Arc<tree::LoadedTree>, NodeId),
+        }
+        let src = match self.handles.lock().unwrap().get(&fh) {
+            Some(Handle::Bytes(b)) => Src::Bytes(b.clone()),
+            Some(Handle::File(f)) => Src::File(f.clone()),
+            Some(Handle::Tree(t, n)) => Src::Tree(t.clone(), *n),
+            None => return Err(Error::Io(std::io::Error::from_raw_os_error(libc::EBADF))),
+        };
+        match src {
+            Src::Bytes(b) => {
+                let start = (offset as usize).min(b.len());
+                let end = start.saturating_add(size as usize).min(b.len());
+                Ok(b[start..end].to_vec())
+            }
+            Src::File(f) => {
+                blocking(move || {
+                    let mut buf = vec![0u8; size as usize];
+                    let mut got = 0;
+                    while got < buf.len() {
+                        let n = f.read_at(&mut buf[got..], offset + got as u64)?;
+                        if n == 0 {
+                            break;
+                        }
+                        got += n;
+                    }
+                    buf.truncate(got);
+                    Ok(buf)
+                })
+                .await
+            }
+            Src::Tree(t, node) => blocking(move || t.read(node, offset, size)).await,
+        }
+    }
+
+    /// Forget open file `fh`.
+    pub fn release(&self, fh: u64) {
+        self.handles.lock().unwrap().remove(&fh);
+    }
+
+    /// The value of extended attribute `name` of `ino`.
+    pub async fn getxattr(&self, ino: u64, name: &[u8]) -> Result<Vec<u8>> {
+        if let Key::Node { tree, node } = self.key(ino)? {
+            if node == 0 {
+                // Tree roots are synthetic (see `attr`): no xattrs, no layer fetch.
+                return Err(Error::Io(std::io::Error::from_raw_os_error(libc::ENODATA)));
+            }
+            let t = self.trees.load(self, &tree).await?;
+            if let Some((_, v)) = t.tree.node(node).xattrs.iter().find(|(k, _)| k == name) {
+                return Ok(v.clone());
+            }
+        }
+        Err(Error::Io(std::io::Error::from_raw_os_error(libc::ENODATA)))
+    }
+
+    /// The names of the extended attributes of `ino`.
+    pub async fn listxattr(&self, ino: u64) -> Result<Vec<Vec<u8>>> {
+        if let Key::Node { tree, node } = self.key(ino)? {
+            if node == 0 {
+                return Ok(Vec::new());
+            }
+            let t = self.trees.load(self, &tree).await?;
+            return Ok(t
+                .tree
+                .node(node)
+                .xattrs
+                .iter()
+                .map(|(k, _)| k.clone())
+                .collect());
+        }
+        Ok(Vec::new())
+    }
+
+    /// The key of `name` inside directory `parent`.
+    async fn child(&self, parent: &Key, name: &[u8]) -> Result<Key> {
+        let not_found = || Error::NotFound(String::from_utf8_lossy(name).into_owned());
+        match parent {
+            Key::Root => self.namespace_child("", name).await,
+            Key::Namespace(p) => self.namespace_child(p, name).await,
+            Key::Image { repo, digest } => {
+                let name = std::str::from_utf8(name).map_err(|_| not_found())?;
+                let info = self.content.manifest(repo, digest).await?;
+                let (repo, digest) = (repo.clone(), digest.clone());
+                match (&info.manifest, name) {
+                    (Manifest::Image(_), "manifest.json")
+                    | (Manifest::Index { .. }, "index.json") => {
+                        Ok(Key::ManifestFile { repo, digest })
+                    }
+                    (Manifest::Image(_), "config.json") => Ok(Key::ConfigFile { repo, digest }),
+                    (Manifest::Image(_), "blobs") => Ok(Key::BlobsDir { repo, digest }),
+                    (Manifest::Image(_), "layers") => Ok(Key::LayersDir { repo, digest }),
+                    (Manifest::Image(_), "rootfs") => {
+                        Ok(self.tree_root(&repo, &digest, TreeWhich::Rootfs))
+                    }
+                    (Manifest::Index { entries, .. }, _) => platform_names(entries)
+                        .into_iter()
+                        .position(|n| n == name)
+                        .map(|entry| Key::Platform {
+                            repo,
+                            index: digest,
+                            entry,
+                        })
+                        .ok_or_else(not_found),
+                    _ => Err(not_found()),
+                }
+            }
+            Key::BlobsDir { repo, digest } => {
+                let m = self.image_manifest(repo, digest).await?;
+                let name = std::str::from_utf8(name).map_err(|_| not_found())?;
+                blob_names(&m)
+                    .into_iter()
+                    .find(|(n, _)| n == name)
+                    .map(|(_, blob)| Key::Blob {
+                        repo: repo.clone(),
+                        image: digest.clone(),
+                        blob,
+                    })
+                    .ok_or_else(not_found)
+            }
+            Key::LayersDir { repo, digest } => {
+                let m = self.image_manifest(repo, digest).await?;
+                let name = std::str::from_utf8(name).map_err(|_| not_found())?;
+                m.layers
+                    .iter()
+                    .enumerate()
+                    .find(|(i, l)| format!("{}-{}", i + 1, l.digest) == name)
+                    .map(|(i, _)| self.tree_root(repo, digest, TreeWhich::Layer(i)))
+                    .ok_or_else(not_found)
+            }
+            Key::Node { tree, node } => {
+                let t = self.trees.load(self, tree).await?;
+                let child = t.tree.lookup(*node, name).ok_or_else(not_found)?;
+                Ok(Key::Node {
+                    tree: tree.clone(),
+                    node: child,
+                })
+            }
+            _ => Err(Error::Io(std::io::Error::from_raw_os_error(libc::ENOTDIR))),
+        }
+    }
+
+    /// Attributes of `key`, allocating its inode number.
+    async fn attr(&self, key: Key) -> Result<Attr> {
+        let t0 = self.cfg.mount_time;
+        let tag_ttl = self.cfg.tag_ttl;
+        match &key {
+            Key::Root | Key::Namespace(_) => Ok(Attr::dir(self.inodes.ino(key), t0, tag_ttl)),
+            Key::Tag { repo, tag } => {
+                let target = self.resolve_tag(repo, tag).await?;
+                Ok(Attr::symlink(
+                    self.inodes.ino(key),
+                    target.len() as u64,
+                    t0,
+                    tag_ttl,
+                ))
+            }
+            Key::Image { repo, digest } => {
+                self.content.manifest(repo, digest).await?;
+                Ok(Attr::dir(self.inodes.ino(key), t0, IMMUTABLE_TTL))
+            }
+            Key::ManifestFile { repo, digest } => {
+                let info = self.content.manifest(repo, digest).await?;
+                Ok(Attr::file(
+                    self.inodes.ino(key),
+                    info.bytes.len() as u64,
+                    t0,
+                    IMMUTABLE_TTL,
+                ))
+            }
+            Key::ConfigFile { repo, digest } => {
+                let m = self.image_manifest(repo, digest).await?;
+                Ok(Attr::file(
+                    self.inodes.ino(key),
+                    m.config.size,
+                    t0,
+                    IMMUTABLE_TTL,
+                ))
+            }
+            Key::Blob { repo, image, blob } => {
+                let m = self.image_manifest(repo, image).await?;
+                let size = std::iter::once(&m.config)
+                    .chain(m.layers.iter())
+                    .find(|d| &d.digest == blob)
+                    .map(|d| d.size)
+                    .ok_or_else(|| Error::NotFound(format!("blob {blob}")))?;
+                Ok(Attr::file(self.inodes.ino(key), size, t0, IMMUTABLE_TTL))
+            }
+            Key::BlobsDir { .. } | Key::LayersDir { .. } => {
+                Ok(Attr::dir(self.inodes.ino(key), t0, IMMUTABLE_TTL))
+            }
+            Key::Platform { repo, index, entry } => {
+                let info = self.content.manifest(repo, index).await?;
+                let Manifest::Index { entries, .. } = &info.manifest else {
+                    return Err(Error::NotFound("platform".into()));
+                };
+                let e = entries
+                    .get(*entry)
+                    .ok_or_else(|| Error::NotFound("platform".into()))?;
+                let len = format!("../{}@{}", leaf(repo), e.manifest.digest).len();
+                Ok(Attr::symlink(
+                    self.inodes.ino(key),
+                    len as u64,
+                    t0,
+                    IMMUTABLE_TTL,
+                ))
+            }
+            Key::Node { tree, node } => {
+                if *node == 0 {
+                    // The root of a tree is synthetic, so stat-ing `rootfs` or
+                    // `layers/N` fetches no layer.
+                    let mut a = Attr::dir(self.inodes.ino(key.clone()), t0, IMMUTABLE_TTL);
+                    a.perm = 0o755;
+                    return Ok(a);
+                }
+                let t = self.trees.load(self, tree).await?;
+                Ok(tree::node_attr(
+                    self.inodes.ino(key.clone()),
+                    t.tree.node(*node),
+                ))
+            }
+        }
+    }
+
+    /// The image manifest at `repo@digest`; an index there is an error.
+    async fn image_manifest(&self, repo: &str, digest: &Digest) -> Result<ImageManifest> {
+        let info: Arc<ManifestInfo> = self.content.manifest(repo, digest).await?;
+        match &info.manifest {
+            Manifest::Image(m) => Ok(m.clone()),
+            Manifest::Index { .. } => Err(Error::invalid(format!("{digest} is an index"))),
+        }
+    }
+
+    async fn list_image(&self, repo: &Arc<str>, digest: &Digest) -> Result<Vec<DirEntry>> {
+        let info = self.content.manifest(repo, digest).await?;
+        let mut out = Vec::new();
+        let mut add = |key: Key, name: &str, kind: FileKind| {
+            out.push(DirEntry {
+                ino: self.inodes.ino(key),
+                name: name.as_bytes().to_vec(),
+                kind,
+            })
+        };
+        let (r, d) = (repo.clone(), digest.clone());
+        match &info.manifest {
+            Manifest::Image(_) => {
+                add(
+                    Key::ManifestFile {
+                        repo: r.clone(),
+                        digest: d.clone(),
+                    },
+                    "manifest.json",
+                    FileKind::File,
+                );
+                add(
+                    Key::ConfigFile {
+                        repo: r.clone(),
+                        digest: d.clone(),
+                    },
+                    "config.json",
+                    FileKind::File,
+                );
+                add(
+                    Key::BlobsDir {
+                        repo: r.clone(),
+                        digest: d.clone(),
+                    },
+                    "blobs",
+                    FileKind::Dir,
+                );
+                add(
+                    Key::LayersDir {
+                        repo: r.clone(),
+                        digest: d.clone(),
+                    },
+                    "layers",
+                    FileKind::Dir,
+                );
+                add(
+                    self.tree_root(&r, &d, TreeWhich::Rootfs),
+                    "rootfs",
+                    FileKind::Dir,
+                );
+            }
+            Manifest::Index { entries, .. } => {
+                add(
+                    Key::ManifestFile {
+                        repo: r.clone(),
+                        digest: d.clone(),
+                    },
+                    "index.json",
+                    FileKind::File,
+                );
+                for (entry, name) in platform_names(entries).into_iter().enumerate() {
+                    add(
+                        Key::Platform {
+                            repo: r.clone(),
+                            index: d.clone(),
+                            entry,
+                        },
+                        &name,
+                        FileKind::Symlink,
+                    );
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn tree_root(&self, repo: &Arc<str>, digest: &Digest, which: TreeWhich) -> Key {
+        Key::Node {
+            tree: Arc::new(TreeId {
+                repo: repo.clone(),
+                image: digest.clone(),
+                which,
+            }),
+            node: 0,
+        }
+    }
+}
+
+/// The last path component of a repository.
+fn leaf(repo: &str) -> &str {
+    repo.rsplit('/').next().unwrap_or(repo)
+}
+
+/// `blobs/` entries: the config and each layer, once each.
+fn blob_names(m: &ImageManifest) -> Vec<(String, Digest)> {
+    let mut out: Vec<(String, Digest)> = Vec::new();
+    for d in std::iter::once(&m.config).chain(m.layers.iter()) {
+        if !out.iter().any(|(_, x)| x == &d.digest) {
+            out.push((d.digest.to_string(), d.digest.clone()));
+        }
+    }
+    out
+}
+
+/// One unique name per index entry: `linux-amd64`, `linux-arm64-v8`, `unknown-2`, …
+fn platform_names(entries: &[crate::image::IndexEntry]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for e in entries {
+        let base = e
+            .platform
+            .as_ref()
+            .map(|p| p.dir_name())
+            .unwrap_or_else(|| "unknown".into());
+        let mut name = base.clone();
+        let mut n = 2;
+        while out.contains(&name) {
+            name = format!("{base}-{n}");
+            n += 1;
+        }
+        out.push(name);
+    }
+    out
+}
+
+/// Run local blocking I/O off the async workers.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::Io(std::io::Error::other(e)))?
+}

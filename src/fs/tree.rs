@@ -1,0 +1,164 @@
+//! Layer trees and the merged rootfs as the filesystem sees them: loading
+//! (bounded in memory, reloaded on demand), attributes, listing and reads.
+
+use std::fs::File;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use super::{Attr, DirEntry, FileKind, Fs, Key, TreeId, TreeWhich, IMMUTABLE_TTL};
+use crate::error::{Error, Result};
+use crate::image::Manifest;
+use crate::layer::{self, Kind, Node, NodeId, Tree};
+
+/// A tree with the layer files its contents live in.
+pub(crate) struct LoadedTree {
+    /// The tree (content layer numbers index `files`).
+    pub tree: Arc<Tree>,
+    /// One verified uncompressed tar per layer the tree refers to.
+    pub files: Vec<Arc<File>>,
+}
+
+impl LoadedTree {
+    /// Read file `node` at `offset` (local I/O).
+    pub(crate) fn read(&self, node: NodeId, offset: u64, size: u32) -> Result<Vec<u8>> {
+        let n = self.tree.node(node);
+        let mut buf = vec![0u8; size as usize];
+        let got = layer::read_content(n, &self.files, offset, &mut buf)?;
+        buf.truncate(got);
+        Ok(buf)
+    }
+}
+
+#[derive(Clone)]
+struct Weighter;
+impl quick_cache::Weighter<Arc<TreeId>, Arc<LoadedTree>> for Weighter {
+    fn weight(&self, _k: &Arc<TreeId>, v: &Arc<LoadedTree>) -> u64 {
+        v.tree.len() as u64 + 1
+    }
+}
+
+/// Loaded trees, bounded by their total node count.
+pub(super) struct Trees {
+    cache: quick_cache::sync::Cache<Arc<TreeId>, Arc<LoadedTree>, Weighter>,
+}
+
+impl Trees {
+    pub(super) fn new(max_nodes: u64) -> Trees {
+        Trees {
+            cache: quick_cache::sync::Cache::with_weighter(256, max_nodes, Weighter),
+        }
+    }
+
+    /// The tree `id`, loading its layers (fetching them if needed) and merging.
+    pub(super) async fn load(&self, fs: &Fs, id: &Arc<TreeId>) -> Result<Arc<LoadedTree>> {
+        if let Some(t) = self.cache.get(id) {
+            return Ok(t);
+        }
+        let info = fs.content.manifest(&id.repo, &id.image).await?;
+        let Manifest::Image(m) = &info.manifest else {
+            return Err(Error::invalid(format!("{} is an index", id.image)));
+        };
+        let config = fs.content.config(&id.repo, &m.config).await?;
+        if config.diff_ids.len() != m.layers.len() {
+            return Err(Error::invalid(format!(
+                "image {}: {} layers but {} diff_ids in the config",
+                id.image,
+                m.layers.len(),
+                config.diff_ids.len()
+            )));
+        }
+        let loaded = match id.which {
+            TreeWhich::Layer(i) => {
+                let desc = m
+                    .layers
+                    .get(i)
+                    .ok_or_else(|| Error::NotFound("layer".into()))?;
+                let l = fs
+                    .content
+                    .layer(&id.repo, desc, &config.diff_ids[i])
+                    .await?;
+                LoadedTree {
+                    tree: l.tree.clone(),
+                    files: vec![l.file.clone()],
+                }
+            }
+            TreeWhich::Rootfs => {
+                // Independent layers are fetched in parallel.
+                let fetches = m
+                    .layers
+                    .iter()
+                    .zip(config.diff_ids.iter())
+                    .map(|(d, diff)| fs.content.layer(&id.repo, d, diff));
+                let layers = futures_util::future::try_join_all(fetches).await?;
+                let trees: Vec<&Tree> = layers.iter().map(|l| &*l.tree).collect();
+                let merged = tokio::task::block_in_place(|| layer::merge(&trees));
+                LoadedTree {
+                    tree: Arc::new(merged),
+                    files: layers.iter().map(|l| l.file.clone()).collect(),
+                }
+            }
+        };
+        let loaded = Arc::new(loaded);
+        self.cache.insert(id.clone(), loaded.clone());
+        Ok(loaded)
+    }
+}
+
+impl Fs {
+    /// Entries of directory `node` of tree `id`.
+    pub(super) async fn list_tree(&self, id: &Arc<TreeId>, node: NodeId) -> Result<Vec<DirEntry>> {
+        let t = self.trees.load(self, id).await?;
+        if t.tree.node(node).kind != Kind::Dir {
+            return Err(Error::Io(std::io::Error::from_raw_os_error(libc::ENOTDIR)));
+        }
+        Ok(t.tree
+            .children(node)
+            .iter()
+            .map(|(name, child)| DirEntry {
+                ino: self.inodes.ino(Key::Node {
+                    tree: id.clone(),
+                    node: *child,
+                }),
+                name: name.to_vec(),
+                kind: kind_of(t.tree.node(*child).kind),
+            })
+            .collect())
+    }
+}
+
+fn kind_of(k: Kind) -> FileKind {
+    match k {
+        Kind::File => FileKind::File,
+        Kind::Dir => FileKind::Dir,
+        Kind::Symlink => FileKind::Symlink,
+        Kind::CharDev => FileKind::CharDev,
+        Kind::BlockDev => FileKind::BlockDev,
+        Kind::Fifo => FileKind::Fifo,
+    }
+}
+
+/// The attributes of a tree node, as its tar entry had them.
+pub(super) fn node_attr(ino: u64, n: &Node) -> Attr {
+    let mtime = if n.mtime >= 0 {
+        SystemTime::UNIX_EPOCH + Duration::new(n.mtime as u64, n.mtime_nsec)
+    } else {
+        SystemTime::UNIX_EPOCH - Duration::from_secs(n.mtime.unsigned_abs())
+    };
+    let size = match n.kind {
+        Kind::File => n.size,
+        Kind::Symlink => n.link_target.as_ref().map(|t| t.len() as u64).unwrap_or(0),
+        _ => 0,
+    };
+    Attr {
+        ino,
+        kind: kind_of(n.kind),
+        perm: (n.mode & 0o7777) as u16,
+        nlink: n.nlink,
+        uid: n.uid,
+        gid: n.gid,
+        size,
+        mtime,
+        rdev: libc::makedev(n.rdev.0, n.rdev.1) as u32,
+        ttl: IMMUTABLE_TTL,
+    }
+}

@@ -1,0 +1,325 @@
+//! The only module that names `fuser`: it links kernel requests to [`crate::fs::Fs`].
+//!
+//! Every operation that may touch the network (or the disk) is answered from a
+//! tokio task, so the FUSE dispatch thread never waits; replies are `Send`.
+//! Failed operations are logged and counted here, in one place.
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use fuser::{
+    BackgroundSession, Config, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
+    Generation, INodeNo, InitFlags, KernelConfig, LockOwner, MountOption, OpenFlags, ReplyAttr,
+    ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyXattr, Request, SessionACL,
+};
+use tokio::runtime::Handle;
+
+use crate::error::Error;
+use crate::fs::{Attr, DirEntry, FileKind, Fs};
+
+/// Options of the kernel mount.
+#[derive(Clone, Debug, Default)]
+pub struct MountConfig {
+    /// Let other users see the mount (`allow_other`).
+    pub allow_other: bool,
+    /// The source shown in `/proc/mounts` (`regfs:localhost:5000`).
+    pub fs_name: String,
+    /// Dispatch threads (they never block on the network; 1 is enough, 2 helps CPU-bound reads).
+    pub threads: usize,
+}
+
+/// Counters of operations that failed, by errno, for status and tests.
+#[derive(Default)]
+pub struct OpErrors {
+    /// Failed operations.
+    pub count: AtomicU64,
+}
+
+/// The fuser adapter.
+pub struct FuseFs {
+    fs: Arc<Fs>,
+    rt: Handle,
+    dirs: Arc<Mutex<HashMap<u64, Arc<Vec<DirEntry>>>>>,
+    next_dir: AtomicU64,
+    errors: Arc<OpErrors>,
+}
+
+impl FuseFs {
+    /// Adapt `fs`, running its operations on runtime `rt`.
+    pub fn new(fs: Arc<Fs>, rt: Handle) -> FuseFs {
+        FuseFs {
+            fs,
+            rt,
+            dirs: Arc::default(),
+            next_dir: AtomicU64::new(1),
+            errors: Arc::default(),
+        }
+    }
+
+    /// Mount at `mountpoint` and serve from background threads until unmounted.
+    pub fn mount(self, mountpoint: &Path, cfg: &MountConfig) -> std::io::Result<BackgroundSession> {
+        let mut options = vec![
+            MountOption::RO,
+            MountOption::NoSuid,
+            MountOption::NoDev,
+            MountOption::DefaultPermissions,
+            MountOption::FSName(cfg.fs_name.clone()),
+            MountOption::Subtype("regfs".into()),
+        ];
+        options.push(MountOption::NoAtime);
+        let mut config = Config::default();
+        config.mount_options = options;
+        config.acl = if cfg.allow_other {
+            SessionACL::All
+        } else {
+            SessionACL::Owner
+        };
+        config.n_threads = Some(cfg.threads.max(1));
+        fuser::spawn_mount(self, mountpoint, &config)
+    }
+}
+
+fn errno(op: &str, e: &Error, errors: &OpErrors) -> Errno {
+    let n = e.errno();
+    if n == libc::ENOENT || n == libc::ENODATA {
+        tracing::debug!(op, error = %e, "fuse op failed");
+    } else {
+        errors.count.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(op, error = %e, errno = n, "fuse op failed");
+    }
+    Errno::from_i32(n)
+}
+
+fn file_type(k: FileKind) -> FileType {
+    match k {
+        FileKind::Dir => FileType::Directory,
+        FileKind::File => FileType::RegularFile,
+        FileKind::Symlink => FileType::Symlink,
+        FileKind::CharDev => FileType::CharDevice,
+        FileKind::BlockDev => FileType::BlockDevice,
+        FileKind::Fifo => FileType::NamedPipe,
+    }
+}
+
+fn file_attr(a: &Attr) -> FileAttr {
+    FileAttr {
+        ino: INodeNo(a.ino),
+        size: a.size,
+        blocks: a.size.div_ceil(512),
+        atime: a.mtime,
+        mtime: a.mtime,
+        ctime: a.mtime,
+        crtime: SystemTime::UNIX_EPOCH,
+        kind: file_type(a.kind),
+        perm: a.perm,
+        nlink: a.nlink,
+        uid: a.uid,
+        gid: a.gid,
+        rdev: a.rdev,
+        blksize: 4096,
+        flags: 0,
+    }
+}
+
+fn reply_xattr(reply: ReplyXattr, size: u32, data: &[u8]) {
+    if size == 0 {
+        reply.size(data.len() as u32);
+    } else if data.len() > size as usize {
+        reply.error(Errno::from_i32(libc::ERANGE));
+    } else {
+        reply.data(data);
+    }
+}
+
+impl Filesystem for FuseFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        let _ = config.set_max_readahead(1 << 20);
+        let _ = config.set_max_background(64);
+        let _ = config.add_capabilities(InitFlags::FUSE_PARALLEL_DIROPS);
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let (fs, errors, name) = (
+            self.fs.clone(),
+            self.errors.clone(),
+            name.as_bytes().to_vec(),
+        );
+        self.rt.spawn(async move {
+            match fs.lookup(parent.0, &name).await {
+                Ok(a) => reply.entry(&a.ttl, &file_attr(&a), Generation(0)),
+                Err(e) => reply.error(errno("lookup", &e, &errors)),
+            }
+        });
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        let (fs, errors) = (self.fs.clone(), self.errors.clone());
+        self.rt.spawn(async move {
+            match fs.getattr(ino.0).await {
+                Ok(a) => reply.attr(&a.ttl, &file_attr(&a)),
+                Err(e) => reply.error(errno("getattr", &e, &errors)),
+            }
+        });
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        let (fs, errors) = (self.fs.clone(), self.errors.clone());
+        self.rt.spawn(async move {
+            match fs.readlink(ino.0).await {
+                Ok(t) => reply.data(&t),
+                Err(e) => reply.error(errno("readlink", &e, &errors)),
+            }
+        });
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        if flags.0 & libc::O_ACCMODE != libc::O_RDONLY {
+            reply.error(Errno::from_i32(libc::EROFS));
+            return;
+        }
+        let (fs, errors) = (self.fs.clone(), self.errors.clone());
+        self.rt.spawn(async move {
+            match fs.open(ino.0).await {
+                // Everything regfs serves is immutable: keep the page cache across opens.
+                Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
+                Err(e) => reply.error(errno("open", &e, &errors)),
+            }
+        });
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        let (fs, errors) = (self.fs.clone(), self.errors.clone());
+        self.rt.spawn(async move {
+            match fs.read(fh.0, offset, size).await {
+                Ok(data) => reply.data(&data),
+                Err(e) => reply.error(errno("read", &e, &errors)),
+            }
+        });
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.fs.release(fh.0);
+        reply.ok();
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let (fs, errors, dirs) = (self.fs.clone(), self.errors.clone(), self.dirs.clone());
+        let fh = self.next_dir.fetch_add(1, Ordering::Relaxed);
+        self.rt.spawn(async move {
+            match fs.readdir(ino.0).await {
+                Ok(entries) => {
+                    dirs.lock().unwrap().insert(fh, Arc::new(entries));
+                    reply.opened(
+                        FileHandle(fh),
+                        FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE,
+                    );
+                }
+                Err(e) => reply.error(errno("opendir", &e, &errors)),
+            }
+        });
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        // A snapshot taken at opendir: served from memory, no waiting.
+        let Some(entries) = self.dirs.lock().unwrap().get(&fh.0).cloned() else {
+            reply.error(Errno::from_i32(libc::EBADF));
+            return;
+        };
+        let mut i = offset as usize;
+        loop {
+            let full = match i {
+                0 => reply.add(ino, 1, FileType::Directory, "."),
+                1 => reply.add(ino, 2, FileType::Directory, ".."),
+                n => match entries.get(n - 2) {
+                    Some(e) => reply.add(
+                        INodeNo(e.ino),
+                        (n + 1) as u64,
+                        file_type(e.kind),
+                        OsStr::from_bytes(&e.name),
+                    ),
+                    None => break,
+                },
+            };
+            if full {
+                break;
+            }
+            i += 1;
+        }
+        reply.ok();
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        self.dirs.lock().unwrap().remove(&fh.0);
+        reply.ok();
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let (fs, errors, name) = (
+            self.fs.clone(),
+            self.errors.clone(),
+            name.as_bytes().to_vec(),
+        );
+        self.rt.spawn(async move {
+            match fs.getxattr(ino.0, &name).await {
+                Ok(v) => reply_xattr(reply, size, &v),
+                Err(e) => reply.error(errno("getxattr", &e, &errors)),
+            }
+        });
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let (fs, errors) = (self.fs.clone(), self.errors.clone());
+        self.rt.spawn(async move {
+            match fs.listxattr(ino.0).await {
+                Ok(names) => {
+                    let mut buf = Vec::new();
+                    for n in names {
+                        buf.extend_from_slice(&n);
+                        buf.push(0);
+                    }
+                    reply_xattr(reply, size, &buf)
+                }
+                Err(e) => reply.error(errno("listxattr", &e, &errors)),
+            }
+        });
+    }
+}
