@@ -91,9 +91,13 @@ impl FromStr for Digest {
             }
         };
         if hex.len() != algorithm.hex_len()
-            || !hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+            || !hex
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
         {
-            return Err(Error::invalid(format!("digest {s:?} is not {alg} lowercase hex")));
+            return Err(Error::invalid(format!(
+                "digest {s:?} is not {alg} lowercase hex"
+            )));
         }
         Ok(Digest {
             algorithm,

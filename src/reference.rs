@@ -78,9 +78,15 @@ impl fmt::Display for Registry {
 
 fn host_of(hostport: &str) -> &str {
     if hostport.starts_with('[') {
-        return hostport.split_once(']').map(|(h, _)| &h[1..]).unwrap_or(hostport);
+        return hostport
+            .split_once(']')
+            .map(|(h, _)| &h[1..])
+            .unwrap_or(hostport);
     }
-    hostport.rsplit_once(':').map(|(h, _)| h).unwrap_or(hostport)
+    hostport
+        .rsplit_once(':')
+        .map(|(h, _)| h)
+        .unwrap_or(hostport)
 }
 
 fn validate_host(s: &str) -> Result<()> {
@@ -286,7 +292,10 @@ mod tests {
         let d = Digest::sha256_of(b"x");
         let r: Reference = format!("ghcr.io/a/b:v1@{d}").parse().unwrap();
         assert_eq!(r.selector(), Selector::Digest(d));
-        assert_eq!(r.to_string(), format!("ghcr.io/a/b:v1@{}", r.digest.as_ref().unwrap()));
+        assert_eq!(
+            r.to_string(),
+            format!("ghcr.io/a/b:v1@{}", r.digest.as_ref().unwrap())
+        );
     }
 
     #[test]
@@ -294,7 +303,10 @@ mod tests {
         let (reg, scheme) = Registry::parse("docker.io").unwrap();
         assert_eq!(reg.api_host, "registry-1.docker.io");
         assert_eq!(scheme, None);
-        let r = "python:3.11".parse::<Reference>().unwrap().normalized_for(&reg);
+        let r = "python:3.11"
+            .parse::<Reference>()
+            .unwrap()
+            .normalized_for(&reg);
         assert_eq!(r.repository, "library/python");
         let (reg2, _) = Registry::parse("index.docker.io").unwrap();
         assert_eq!(reg2, reg);
@@ -303,7 +315,10 @@ mod tests {
         assert_eq!(scheme, Some(true));
         assert!(local.is_loopback());
         assert!(Registry::parse("127.0.0.1:5000").unwrap().0.is_loopback());
-        assert!(!Registry::parse("registry.example.com").unwrap().0.is_loopback());
+        assert!(!Registry::parse("registry.example.com")
+            .unwrap()
+            .0
+            .is_loopback());
     }
 
     #[test]

@@ -261,7 +261,10 @@ mod tests {
             assert!(s.get(Kind::Blob, &d).is_none());
             s.put(Kind::Blob, &d, b"hello").unwrap();
             assert_eq!(s.read(Kind::Blob, &d).unwrap(), b"hello");
-            let mode = fs::metadata(s.path(Kind::Blob, &d)).unwrap().permissions().mode();
+            let mode = fs::metadata(s.path(Kind::Blob, &d))
+                .unwrap()
+                .permissions()
+                .mode();
             assert_eq!(mode & 0o777, 0o600);
         }
         let s = Store::open(dir.path(), 1 << 20).unwrap();
@@ -280,7 +283,10 @@ mod tests {
         s.put(Kind::Blob, &ds[1], &[1; 10]).unwrap();
         assert!(s.get(Kind::Blob, &ds[0]).is_some()); // 0 is now more recent than 1
         s.put(Kind::Blob, &ds[2], &[2; 10]).unwrap();
-        assert!(s.get(Kind::Blob, &ds[1]).is_none(), "1 was least recently used");
+        assert!(
+            s.get(Kind::Blob, &ds[1]).is_none(),
+            "1 was least recently used"
+        );
         assert!(s.get(Kind::Blob, &ds[0]).is_some());
         assert!(s.get(Kind::Blob, &ds[2]).is_some());
         assert!(s.size() <= 25);

@@ -32,10 +32,7 @@ impl ImageConfig {
             .iter()
             .map(|d| d.parse::<Digest>())
             .collect::<Result<Vec<_>>>()?;
-        let created = c
-            .created()
-            .as_deref()
-            .and_then(|s| httpdate_rfc3339(s));
+        let created = c.created().as_deref().and_then(|s| httpdate_rfc3339(s));
         let mut platform = format!("{}/{}", c.os(), c.architecture());
         if let Some(v) = c.variant() {
             platform.push('/');
@@ -76,7 +73,11 @@ fn httpdate_rfc3339(s: &str) -> Option<SystemTime> {
         _ => return None,
     };
     // Days from civil (Howard Hinnant's algorithm).
-    let (y2, m2) = if mo <= 2 { (y - 1, mo + 9) } else { (y, mo - 3) };
+    let (y2, m2) = if mo <= 2 {
+        (y - 1, mo + 9)
+    } else {
+        (y, mo - 3)
+    };
     let era = y2.div_euclid(400);
     let yoe = y2 - era * 400;
     let doy = (153 * m2 + 2) / 5 + d - 1;
@@ -105,7 +106,10 @@ mod tests {
             c.created.unwrap(),
             SystemTime::UNIX_EPOCH + Duration::new(1704164645, 500_000_000)
         );
-        assert!(ImageConfig::parse(b"{}").is_err() || ImageConfig::parse(b"{}").unwrap().diff_ids.is_empty());
+        assert!(
+            ImageConfig::parse(b"{}").is_err()
+                || ImageConfig::parse(b"{}").unwrap().diff_ids.is_empty()
+        );
         let bad = j.replace("sha256:1111", "sha999:1111");
         assert!(ImageConfig::parse(bad.as_bytes()).is_err());
     }

@@ -144,8 +144,8 @@ impl Manifest {
             ));
         }
         if mt::is_index(&media_type) {
-            let idx: ImageIndex = serde_json::from_slice(bytes)
-                .map_err(|e| Error::invalid(format!("index: {e}")))?;
+            let idx: ImageIndex =
+                serde_json::from_slice(bytes).map_err(|e| Error::invalid(format!("index: {e}")))?;
             if idx.manifests().len() > MAX_DESCRIPTORS {
                 return Err(Error::TooLarge(format!(
                     "index lists {} manifests (limit {MAX_DESCRIPTORS})",
@@ -196,7 +196,10 @@ impl Manifest {
     }
 
     /// The index entry for `want`, first match wins.
-    pub fn select_platform<'a>(entries: &'a [IndexEntry], want: &Platform) -> Option<&'a IndexEntry> {
+    pub fn select_platform<'a>(
+        entries: &'a [IndexEntry],
+        want: &Platform,
+    ) -> Option<&'a IndexEntry> {
         entries
             .iter()
             .find(|e| e.platform.as_ref().is_some_and(|p| want.matches(p)))
@@ -253,12 +256,27 @@ mod tests {
         let cases: Vec<(String, &str)> = vec![
             ("not json".into(), mt::OCI_MANIFEST),
             (image_json(mt::OCI_MANIFEST), mt::OCI_INDEX), // disagreeing media type
-            (image_json(mt::OCI_MANIFEST).replace("\"size\":20", "\"size\":-20"), mt::OCI_MANIFEST),
-            (image_json(mt::OCI_MANIFEST).replace("\"size\":20", "\"size\":99999999999999999"), mt::OCI_MANIFEST),
-            (image_json(mt::OCI_MANIFEST).replace(D2, "md5:abcd"), mt::OCI_MANIFEST),
-            (r#"{"schemaVersion":1,"name":"x","fsLayers":[]}"#.into(), mt::DOCKER_SCHEMA1),
+            (
+                image_json(mt::OCI_MANIFEST).replace("\"size\":20", "\"size\":-20"),
+                mt::OCI_MANIFEST,
+            ),
+            (
+                image_json(mt::OCI_MANIFEST).replace("\"size\":20", "\"size\":99999999999999999"),
+                mt::OCI_MANIFEST,
+            ),
+            (
+                image_json(mt::OCI_MANIFEST).replace(D2, "md5:abcd"),
+                mt::OCI_MANIFEST,
+            ),
+            (
+                r#"{"schemaVersion":1,"name":"x","fsLayers":[]}"#.into(),
+                mt::DOCKER_SCHEMA1,
+            ),
             (image_json("application/x-unknown"), "application/x-unknown"),
-            (r#"{"schemaVersion":2,"manifests":[],"layers":[]}"#.into(), ""),
+            (
+                r#"{"schemaVersion":2,"manifests":[],"layers":[]}"#.into(),
+                "",
+            ),
         ];
         for (j, t) in cases {
             assert!(Manifest::parse(j.as_bytes(), t).is_err(), "{j} as {t}");
