@@ -96,8 +96,14 @@ pub fn run(args: MountArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     let client = Client::new(opts)?;
-    rt.block_on(client.ping())
-        .with_context(|| format!("registry {registry}"))?;
+    match rt.block_on(client.ping()) {
+        Ok(()) => {}
+        // Unreachable: serve what the cache holds (digest paths) and retry per request.
+        Err(e) if e.is_transient() => {
+            tracing::warn!(%registry, error = %e, "registry unreachable; serving from the cache until it answers")
+        }
+        Err(e) => return Err(anyhow::Error::new(e).context(format!("registry {registry}"))),
+    }
 
     let cache_dir = args.cache_dir.clone().unwrap_or_else(default_cache_dir);
     let store = Arc::new(
