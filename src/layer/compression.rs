@@ -32,11 +32,7 @@ impl Compression {
             | "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip" => Compression::Gzip,
             "application/vnd.oci.image.layer.v1.tar+zstd"
             | "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd" => Compression::Zstd,
-            other => {
-                return Err(Error::Unsupported(format!(
-                    "layer media type {other:?}"
-                )))
-            }
+            other => return Err(Error::Unsupported(format!("layer media type {other:?}"))),
         })
     }
 
@@ -77,11 +73,23 @@ mod tests {
             ("application/vnd.oci.image.layer.v1.tar", None),
             ("application/vnd.oci.image.layer.v1.tar+gzip", Gzip),
             ("application/vnd.oci.image.layer.v1.tar+zstd", Zstd),
-            ("application/vnd.oci.image.layer.nondistributable.v1.tar", None),
-            ("application/vnd.oci.image.layer.nondistributable.v1.tar+gzip", Gzip),
-            ("application/vnd.oci.image.layer.nondistributable.v1.tar+zstd", Zstd),
+            (
+                "application/vnd.oci.image.layer.nondistributable.v1.tar",
+                None,
+            ),
+            (
+                "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
+                Gzip,
+            ),
+            (
+                "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd",
+                Zstd,
+            ),
             ("application/vnd.docker.image.rootfs.diff.tar.gzip", Gzip),
-            ("application/vnd.docker.image.rootfs.foreign.diff.tar.gzip", Gzip),
+            (
+                "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
+                Gzip,
+            ),
         ] {
             assert_eq!(Compression::from_media_type(t).unwrap(), c, "{t}");
         }
@@ -102,7 +110,10 @@ mod tests {
             gz.extend(e.finish().unwrap());
         }
         let mut out = Vec::new();
-        Compression::Gzip.decoder(&gz[..]).read_to_end(&mut out).unwrap();
+        Compression::Gzip
+            .decoder(&gz[..])
+            .read_to_end(&mut out)
+            .unwrap();
         assert_eq!(out, data);
         // zstd: two frames
         let mut zs = Vec::new();
@@ -110,10 +121,16 @@ mod tests {
             zs.extend(zstd::encode_all(half, 1).unwrap());
         }
         out.clear();
-        Compression::Zstd.decoder(&zs[..]).read_to_end(&mut out).unwrap();
+        Compression::Zstd
+            .decoder(&zs[..])
+            .read_to_end(&mut out)
+            .unwrap();
         assert_eq!(out, data);
         out.clear();
-        Compression::None.decoder(&data[..]).read_to_end(&mut out).unwrap();
+        Compression::None
+            .decoder(&data[..])
+            .read_to_end(&mut out)
+            .unwrap();
         assert_eq!(out, data);
     }
 

@@ -95,11 +95,7 @@ pub fn index_tar<R: Read>(r: R, layer: u16, limits: &Limits) -> Result<Tree> {
 }
 
 /// [`index_tar`], also returning the number of tar entries seen.
-pub(crate) fn index_tar_counted<R: Read>(
-    r: R,
-    layer: u16,
-    limits: &Limits,
-) -> Result<(Tree, u64)> {
+pub(crate) fn index_tar_counted<R: Read>(r: R, layer: u16, limits: &Limits) -> Result<(Tree, u64)> {
     let allowance = header_allowance(limits);
     let st = Rc::new(RefCell::new(Shared {
         pos: 0,
@@ -143,9 +139,7 @@ pub(crate) fn index_tar_counted<R: Read>(
         };
         // What the tar crate may read before handing us the next entry: this
         // entry's data (skipped), then the next entry's headers.
-        st.borrow_mut().budget = stored
-            .saturating_add(511)
-            .saturating_add(allowance);
+        st.borrow_mut().budget = stored.saturating_add(511).saturating_add(allowance);
         ix.entry(&mut entry, data_start, &st)?;
     }
     let entries = ix.entries;
@@ -209,16 +203,13 @@ impl<R: Read> Read for Tracked<R> {
         let start = st.pos;
         st.pos += n as u64;
         if st.pos > st.limit {
-            let msg = format!(
-                "layer tar: uncompressed stream exceeds {} bytes",
-                st.limit
-            );
+            let msg = format!("layer tar: uncompressed stream exceeds {} bytes", st.limit);
             st.failure = Some(Error::TooLarge(msg.clone()));
             return Err(io::Error::other(msg));
         }
         if n as u64 > st.budget {
-            let msg = "layer tar: entry headers (long names, PAX records) exceed the limits"
-                .to_string();
+            let msg =
+                "layer tar: entry headers (long names, PAX records) exceed the limits".to_string();
             st.failure = Some(Error::TooLarge(msg.clone()));
             return Err(io::Error::other(msg));
         }
@@ -340,10 +331,7 @@ impl Indexer<'_> {
         let mut xattr_bytes = 0usize;
         let mut pax_sparse = false;
         let max_xattr = self.limits.max_xattr_bytes;
-        if let Some(pax) = e
-            .pax_extensions()
-            .map_err(|err| bad("PAX header", err))?
-        {
+        if let Some(pax) = e.pax_extensions().map_err(|err| bad("PAX header", err))? {
             for rec in pax {
                 let rec = rec.map_err(|err| {
                     Error::Invalid(format!(
@@ -374,10 +362,15 @@ impl Indexer<'_> {
                             None => tracing::warn!(path = %lossy(path), "bad PAX mtime ignored"),
                         },
                         b"uid" | b"gid" => {
-                            match std::str::from_utf8(value).ok().and_then(|v| v.parse::<u64>().ok()) {
+                            match std::str::from_utf8(value)
+                                .ok()
+                                .and_then(|v| v.parse::<u64>().ok())
+                            {
                                 Some(v) if key == b"uid" => uid = id32(v, "uid"),
                                 Some(v) => gid = id32(v, "gid"),
-                                None => tracing::warn!(path = %lossy(path), "bad PAX uid/gid ignored"),
+                                None => {
+                                    tracing::warn!(path = %lossy(path), "bad PAX uid/gid ignored")
+                                }
                             }
                         }
                         _ => {}
@@ -543,7 +536,10 @@ impl Indexer<'_> {
                 };
             }
             Kind::Symlink => {
-                let target = e.link_name_bytes().map(|t| t.into_owned()).unwrap_or_default();
+                let target = e
+                    .link_name_bytes()
+                    .map(|t| t.into_owned())
+                    .unwrap_or_default();
                 if target.len() > self.limits.max_name_len {
                     return Err(Error::TooLarge(format!(
                         "layer tar: {}: a link target of {} bytes",

@@ -64,8 +64,8 @@ pub fn ingest<R: Read>(
         source_err: &source_err,
         compression,
     };
-    let indexed = index_tar_counted(&mut tee, layer, limits)
-        .and_then(|r| drain(&mut tee).map(|_| r));
+    let indexed =
+        index_tar_counted(&mut tee, layer, limits).and_then(|r| drain(&mut tee).map(|_| r));
     let (tree, entries) = match indexed {
         Ok(v) => v,
         Err(e) => {
@@ -176,10 +176,7 @@ impl<W: Write> Read for Tee<'_, '_, W> {
             }
         };
         if self.count + n as u64 > self.limit {
-            let msg = format!(
-                "layer: uncompressed stream exceeds {} bytes",
-                self.limit
-            );
+            let msg = format!("layer: uncompressed stream exceeds {} bytes", self.limit);
             self.failure = Some(Error::TooLarge(msg.clone()));
             return Err(io::Error::other(msg));
         }

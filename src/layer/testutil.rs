@@ -108,7 +108,12 @@ impl TarW {
 
     /// An old-GNU sparse file: `segments` are (logical offset, data); the
     /// file is `real_size` long. More than 4 segments use extension headers.
-    pub fn sparse(&mut self, name: &[u8], segments: &[(u64, Vec<u8>)], real_size: u64) -> &mut Self {
+    pub fn sparse(
+        &mut self,
+        name: &[u8],
+        segments: &[(u64, Vec<u8>)],
+        real_size: u64,
+    ) -> &mut Self {
         let stored: u64 = segments.iter().map(|(_, d)| d.len() as u64).sum();
         let mut h = self.header(name, EntryType::GNUSparse, 0o644, stored);
         {

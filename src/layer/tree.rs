@@ -369,7 +369,10 @@ impl Builder {
     /// Freeze: renumber reachable nodes breadth first from the root, drop the
     /// rest, sort children, recompute `nlink`.
     pub(crate) fn finish(self) -> Tree {
-        let Builder { mut nodes, mut kids } = self;
+        let Builder {
+            mut nodes,
+            mut kids,
+        } = self;
         const UNSEEN: NodeId = NodeId::MAX;
         let mut new_id = vec![UNSEEN; nodes.len()];
         let mut order: Vec<NodeId> = vec![0];
@@ -428,7 +431,9 @@ impl ReadAt for std::fs::File {
 
 impl ReadAt for [u8] {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
-        let start = usize::try_from(offset).unwrap_or(usize::MAX).min(self.len());
+        let start = usize::try_from(offset)
+            .unwrap_or(usize::MAX)
+            .min(self.len());
         let n = buf.len().min(self.len() - start);
         buf[..n].copy_from_slice(&self[start..start + n]);
         Ok(n)
@@ -503,7 +508,10 @@ pub fn read_content<D: ReadAt>(
             // Only a node we synthesised can have a size without content; be safe.
             buf.fill(0);
         }
-        Content::Tar { layer, offset: base } => {
+        Content::Tar {
+            layer,
+            offset: base,
+        } => {
             let data = layer_file(*layer)?;
             let at = base
                 .checked_add(offset)
@@ -554,7 +562,10 @@ mod tests {
         assert!(normalize(b"a/../../..").is_empty());
         assert_eq!(n(b"a/b/../../../x"), b"x");
         assert_eq!(normalize_strict(b"a/../../x"), None);
-        assert_eq!(normalize_strict(b"/a/./b/../c").unwrap(), vec![&b"a"[..], b"c"]);
+        assert_eq!(
+            normalize_strict(b"/a/./b/../c").unwrap(),
+            vec![&b"a"[..], b"c"]
+        );
     }
 
     #[test]
@@ -589,14 +600,26 @@ mod tests {
         let paths: Vec<Vec<u8>> = t.walk().into_iter().map(|(p, _)| p).collect();
         assert_eq!(
             paths,
-            vec![b"".to_vec(), b"d".to_vec(), b"d/a".to_vec(), b"d/sub".to_vec(), b"d/z".to_vec()]
+            vec![
+                b"".to_vec(),
+                b"d".to_vec(),
+                b"d/a".to_vec(),
+                b"d/sub".to_vec(),
+                b"d/z".to_vec()
+            ]
         );
     }
 
     #[test]
     fn serde_roundtrip() {
         let mut b = Builder::new();
-        let f = b.add(file(Content::Tar { layer: 3, offset: 512 }, 9));
+        let f = b.add(file(
+            Content::Tar {
+                layer: 3,
+                offset: 512,
+            },
+            9,
+        ));
         b.set_child(0, &[0xff, b'x'], f);
         let t = b.finish();
         let json = serde_json::to_vec(&t).unwrap();
@@ -608,7 +631,13 @@ mod tests {
     #[test]
     fn read_plain_at_offsets() {
         let data: Vec<u8> = (0..2000u32).map(|i| i as u8).collect();
-        let n = file(Content::Tar { layer: 1, offset: 100 }, 50);
+        let n = file(
+            Content::Tar {
+                layer: 1,
+                offset: 100,
+            },
+            50,
+        );
         let layers = [Vec::new(), data.clone()];
         let mut buf = [0u8; 20];
         assert_eq!(read_content(&n, &layers, 0, &mut buf).unwrap(), 20);
@@ -618,10 +647,22 @@ mod tests {
         assert_eq!(read_content(&n, &layers, 50, &mut buf).unwrap(), 0);
         assert_eq!(read_content(&n, &layers, u64::MAX, &mut buf).unwrap(), 0);
         // wrong layer number: an error, not a panic
-        let bad = file(Content::Tar { layer: 7, offset: 0 }, 5);
+        let bad = file(
+            Content::Tar {
+                layer: 7,
+                offset: 0,
+            },
+            5,
+        );
         assert!(read_content(&bad, &layers, 0, &mut buf).is_err());
         // data shorter than the index claims
-        let short = file(Content::Tar { layer: 1, offset: 1990 }, 50);
+        let short = file(
+            Content::Tar {
+                layer: 1,
+                offset: 1990,
+            },
+            50,
+        );
         assert!(read_content(&short, &layers, 0, &mut buf).is_err());
     }
 
@@ -633,8 +674,16 @@ mod tests {
             Content::Sparse {
                 layer: 0,
                 segments: vec![
-                    Segment { logical: 5, raw: 20, len: 5 },
-                    Segment { logical: 30, raw: 50, len: 5 },
+                    Segment {
+                        logical: 5,
+                        raw: 20,
+                        len: 5,
+                    },
+                    Segment {
+                        logical: 30,
+                        raw: 50,
+                        len: 5,
+                    },
                 ],
             },
             40,
