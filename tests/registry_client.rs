@@ -305,3 +305,147 @@ async fn unreachable_registry_is_a_network_error() {
     assert_eq!(c.stats().requests, 2, "one retry");
     assert!(t.elapsed() < Duration::from_secs(5));
 }
+
+fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+fn stream_of(
+    data: &[u8],
+    piece: usize,
+) -> impl futures_util::Stream<Item = regfs::Result<bytes::Bytes>> + Send {
+    let pieces: Vec<regfs::Result<bytes::Bytes>> = data
+        .chunks(piece)
+        .map(|c| Ok(bytes::Bytes::copy_from_slice(c)))
+        .collect();
+    futures_util::stream::iter(pieces)
+}
+
+/// Pushes go to a scratch registry of their own (`REGFS_TEST_PUSH_REGISTRY`), never
+/// the shared lab storage.
+#[tokio::test]
+async fn push_blobs_mount_and_manifest() {
+    let Some(h) = env("REGFS_TEST_PUSH_REGISTRY") else {
+        eprintln!("REGFS_TEST_PUSH_REGISTRY not set: skipping");
+        return;
+    };
+    let c = Client::new(options(&h)).unwrap();
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    let repo = "regfs-test/push";
+
+    // Small blob: one PUT.
+    let small = pseudo_random(3000, seed);
+    let ds = Digest::sha256_of(&small);
+    assert!(!c.blob_exists(repo, &ds).await.unwrap());
+    c.push_blob(repo, &ds, small.len() as u64, stream_of(&small, 1000))
+        .await
+        .unwrap();
+    assert!(c.blob_exists(repo, &ds).await.unwrap());
+    assert_eq!(read_all(&c, repo, &ds, Some(3000)).await.unwrap(), small);
+    // Pushing again is a no-op.
+    c.push_blob(repo, &ds, small.len() as u64, stream_of(&small, 1000))
+        .await
+        .unwrap();
+
+    // Large blob: chunked PATCHes (20 MiB > the monolithic limit).
+    let large = pseudo_random(20 * 1024 * 1024 + 123, seed + 1);
+    let dl = Digest::sha256_of(&large);
+    c.push_blob(repo, &dl, large.len() as u64, stream_of(&large, 1 << 20))
+        .await
+        .unwrap();
+    assert_eq!(
+        c.blob_size(repo, &dl).await.unwrap(),
+        Some(large.len() as u64)
+    );
+    assert_eq!(
+        read_all(&c, repo, &dl, Some(large.len() as u64))
+            .await
+            .unwrap(),
+        large
+    );
+
+    // Wrong digest or size: refused, nothing committed.
+    let other = pseudo_random(100, seed + 2);
+    let wrong = Digest::sha256_of(b"something else entirely");
+    assert!(matches!(
+        c.push_blob(repo, &wrong, 100, stream_of(&other, 10)).await,
+        Err(Error::DigestMismatch { .. })
+    ));
+    assert!(!c.blob_exists(repo, &wrong).await.unwrap());
+    let d_other = Digest::sha256_of(&other);
+    assert!(matches!(
+        c.push_blob(repo, &d_other, 99, stream_of(&other, 10)).await,
+        Err(Error::DigestMismatch { .. })
+    ));
+
+    // Cross-repository mount, and a refused one (blob absent from the source).
+    let repo2 = "regfs-test/mounted";
+    assert!(c.mount_blob(repo2, &ds, repo).await.unwrap());
+    assert!(c.blob_exists(repo2, &ds).await.unwrap());
+    assert!(!c.mount_blob(repo2, &d_other, repo).await.unwrap());
+
+    // A manifest naming both blobs, by tag, then fetched back by digest.
+    let config =
+        br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#;
+    let dc = Digest::sha256_of(config);
+    c.push_blob(repo, &dc, config.len() as u64, stream_of(config, 64))
+        .await
+        .unwrap();
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": dc.to_string(), "size": config.len()},
+        "layers": [
+            {"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": ds.to_string(), "size": small.len()},
+            {"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": dl.to_string(), "size": large.len()},
+        ],
+    });
+    let mbytes = bytes::Bytes::from(serde_json::to_vec(&manifest).unwrap());
+    let tag_name = format!("t{seed}");
+    let dm = c
+        .put_manifest(
+            repo,
+            &tag(&tag_name),
+            "application/vnd.oci.image.manifest.v1+json",
+            mbytes.clone(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(dm, Digest::sha256_of(&mbytes));
+    let back = c
+        .manifest(repo, &Selector::Digest(dm.clone()))
+        .await
+        .unwrap();
+    assert_eq!(back.bytes, mbytes);
+    assert!(c.tags(repo).await.unwrap().contains(&tag_name));
+    // By digest too; a digest that does not match the bytes is refused before sending.
+    c.put_manifest(
+        repo,
+        &Selector::Digest(dm.clone()),
+        "application/vnd.oci.image.manifest.v1+json",
+        mbytes.clone(),
+    )
+    .await
+    .unwrap();
+    assert!(matches!(
+        c.put_manifest(
+            repo,
+            &Selector::Digest(dc),
+            "application/vnd.oci.image.manifest.v1+json",
+            mbytes
+        )
+        .await,
+        Err(Error::DigestMismatch { .. })
+    ));
+}

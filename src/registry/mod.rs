@@ -12,6 +12,7 @@ pub mod errors;
 mod manifests;
 pub mod paging;
 pub mod retry;
+mod upload;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -28,6 +29,7 @@ pub use self::blobs::BlobStream;
 pub use self::credentials::Credentials;
 pub use self::manifests::{FetchedManifest, MANIFEST_ACCEPT, MAX_MANIFEST_SIZE};
 use self::retry::RetryPolicy;
+pub use self::upload::{CHUNK_SIZE, MONOLITHIC_LIMIT};
 use crate::error::{Error, Result};
 use crate::reference::{validate_repository, Registry};
 
@@ -146,6 +148,9 @@ pub(crate) struct Req {
     headers: HeaderMap,
     scope: Scope,
     body: Option<bytes::Bytes>,
+    /// Whether a transient failure may be retried by re-sending (false for PATCH/POST,
+    /// whose effect may have happened; the caller recovers instead).
+    idempotent: bool,
     /// Names the object in errors (`manifest lab/busybox:latest`).
     what: String,
 }
@@ -158,6 +163,7 @@ impl Req {
             headers: HeaderMap::new(),
             scope,
             body: None,
+            idempotent: true,
             what: what.into(),
         }
     }
@@ -433,7 +439,7 @@ impl Client {
                 Ok(Ok(r)) => Ok(r),
             };
             let resp = match res {
-                Err(e) if e.is_transient() && attempt < inner.retry.retries => {
+                Err(e) if e.is_transient() && req.idempotent && attempt < inner.retry.retries => {
                     tracing::debug!("retrying after: {e}");
                     self.backoff(attempt, None).await;
                     attempt += 1;
@@ -454,9 +460,10 @@ impl Client {
                     .await?;
                 continue;
             }
-            if (status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS)
-                && attempt < inner.retry.retries
-            {
+            // A 429 was not processed, so even non-idempotent requests may be re-sent.
+            let retryable = status == StatusCode::TOO_MANY_REQUESTS
+                || (status.is_server_error() && req.idempotent);
+            if retryable && attempt < inner.retry.retries {
                 let after = resp
                     .headers()
                     .get(RETRY_AFTER)
