@@ -315,16 +315,23 @@ impl Indexer<'_> {
         let bad = |what: &str, err: io::Error| {
             Error::Invalid(format!("layer tar: {}: bad {what}: {err}", lossy(path)))
         };
-        let mode = h.mode().map_err(|err| bad("mode", err))? & 0o7777;
+        // An empty numeric field (all NUL or spaces) is 0, as Go's archive/tar reads it.
+        let raw = h.as_bytes();
+        let num = |v: io::Result<u64>, range: std::ops::Range<usize>, what: &str| match v {
+            Ok(v) => Ok(v),
+            Err(_) if raw[range.clone()].iter().all(|&b| b == 0 || b == b' ') => Ok(0),
+            Err(err) => Err(bad(what, err)),
+        };
+        let mode = num(h.mode().map(u64::from), 100..108, "mode")? as u32 & 0o7777;
         let id32 = |v: u64, what: &str| {
             u32::try_from(v).unwrap_or_else(|_| {
                 tracing::warn!(path = %lossy(path), "{what} {v} does not fit 32 bits; using 65534");
                 65534
             })
         };
-        let mut uid = id32(h.uid().map_err(|err| bad("uid", err))?, "uid");
-        let mut gid = id32(h.gid().map_err(|err| bad("gid", err))?, "gid");
-        let mtime = h.mtime().map_err(|err| bad("mtime", err))?;
+        let mut uid = id32(num(h.uid(), 108..116, "uid")?, "uid");
+        let mut gid = id32(num(h.gid(), 116..124, "gid")?, "gid");
+        let mtime = num(h.mtime(), 136..148, "mtime")?;
         let mut mtime = i64::try_from(mtime).unwrap_or(i64::MAX);
         let mut mtime_nsec = 0;
         let mut xattrs = Vec::new();
