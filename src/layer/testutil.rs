@@ -147,9 +147,11 @@ impl TarW {
         self
     }
 
+    /// The tar so far, with its end-of-archive marker (the writer stays usable).
     pub fn finish(&mut self) -> Vec<u8> {
-        let b = std::mem::replace(&mut self.b, tar::Builder::new(Vec::new()));
-        b.into_inner().unwrap()
+        let mut v = self.b.get_ref().clone();
+        v.extend_from_slice(&[0u8; 1024]);
+        v
     }
 }
 
