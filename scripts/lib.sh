@@ -68,6 +68,10 @@ ensure_packages() {
         die "apt-get install ${missing[*]} failed"
     fi
   fi
+  # FUSE needs the kernel module (built in on most kernels).
+  if [ ! -e /dev/fuse ] && [ "$(id -u)" = 0 ]; then
+    modprobe fuse >/dev/null 2>&1 || true
+  fi
   # rustfmt and clippy (CI images with rustup may lack them).
   if command -v rustup >/dev/null 2>&1; then
     local comp=()

@@ -969,7 +969,8 @@ impl Mount {
     /// with exactly `regfs mount ADDR MNT --cache-dir CACHE …args`, writing
     /// `stdin` (if any) to the daemon's standard input.
     pub fn with_args(addr: &str, args: Vec<OsString>, stdin: Option<String>) -> Mount {
-        let mountpoint = tempdir("mnt");
+        // The pid lets scripts/test tell stale mounts from live ones.
+        let mountpoint = tempdir(&format!("mnt-{}", std::process::id()));
         let cache = tempdir("cache");
         let logdir = tempdir("mountlog");
         let mut full: Vec<OsString> = vec!["mount".into(), addr.into(), mountpoint.path().into()];
@@ -1006,7 +1007,7 @@ impl Mount {
                 Stdio::null()
             });
         if std::env::var_os("RUST_LOG").is_none() {
-            cmd.env("RUST_LOG", "regfs=debug,regfs_mountd=debug,info");
+            cmd.env("RUST_LOG", "info");
         }
         let mut child =
             spawn_tied(cmd).unwrap_or_else(|e| panic!("cannot run {}: {e}", bin.display()));
