@@ -227,6 +227,17 @@ impl Filesystem for FuseFs {
         reply.ok();
     }
 
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        reply.ok();
+    }
+
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         let (fs, errors, dirs) = (self.fs.clone(), self.errors.clone(), self.dirs.clone());
         let fh = self.next_dir.fetch_add(1, Ordering::Relaxed);

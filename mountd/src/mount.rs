@@ -78,7 +78,8 @@ pub fn run(args: MountArgs) -> anyhow::Result<()> {
 
     let mut opts = ClientOptions::new(registry.clone());
     opts.plain_http = args.plain_http || scheme == Some(true);
-    opts.force_https = scheme == Some(false);
+    // A CA certificate only makes sense over TLS, loopback or not.
+    opts.force_https = scheme == Some(false) || !args.ca_cert.is_empty();
     opts.ca_certs = args.ca_cert.clone();
     opts.insecure_skip_verify = args.insecure_skip_verify;
     opts.timeout = Duration::from_secs(args.timeout.max(1));

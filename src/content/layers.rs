@@ -125,7 +125,10 @@ impl Content {
                 return Err(net);
             }
         };
-        let tar_path = self.store.commit(tmp, Kind::Layer, diff_id)?;
+        // Open before committing: the store may evict the file at once (it can be
+        // larger than the whole cache), and the open descriptor keeps it readable.
+        let file = tmp.file.try_clone()?;
+        self.store.commit(tmp, Kind::Layer, diff_id)?;
         let index = serde_json::to_vec(&tree).map_err(|e| Error::Io(std::io::Error::other(e)))?;
         self.store.put(Kind::Index, diff_id, &index)?;
         tracing::info!(
@@ -135,7 +138,7 @@ impl Content {
         );
         Ok(LoadedLayer {
             tree: Arc::new(tree),
-            file: Arc::new(File::open(tar_path)?),
+            file: Arc::new(file),
         })
     }
 }

@@ -5,7 +5,7 @@
 mod bridge;
 mod layers;
 
-use std::path::PathBuf;
+use std::fs::File;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -105,21 +105,22 @@ impl Content {
         self.resolve(repo, &Selector::Digest(digest.clone())).await
     }
 
-    /// The path of a verified raw blob in the store, fetching it whole if needed.
-    pub async fn blob(&self, repo: &str, desc: &BlobRef) -> Result<PathBuf> {
-        if let Some(p) = self.store.get(Kind::Blob, &desc.digest) {
-            return Ok(p);
+    /// A verified raw blob from the store, fetched whole if needed. The file is
+    /// opened before anything can evict it: an open file outlives eviction.
+    pub async fn blob(&self, repo: &str, desc: &BlobRef) -> Result<File> {
+        if let Some(f) = self.open_cached(Kind::Blob, &desc.digest) {
+            return Ok(f);
         }
         let _flight = self.store.flight(format!("blob {}", desc.digest)).await;
-        if let Some(p) = self.store.get(Kind::Blob, &desc.digest) {
-            return Ok(p);
+        if let Some(f) = self.open_cached(Kind::Blob, &desc.digest) {
+            return Ok(f);
         }
         let started = std::time::Instant::now();
         let mut stream = self
             .client
             .blob(repo, &desc.digest, Some(desc.size))
             .await?;
-        let mut tmp = self.store.temp()?;
+        let tmp = self.store.temp()?;
         let file = tmp.file.try_clone()?;
         let mut out = tokio::fs::File::from_std(file);
         use tokio::io::AsyncWriteExt;
@@ -129,14 +130,20 @@ impl Content {
         out.flush().await?;
         drop(out);
         // next_chunk returned None: size and digest matched.
-        use std::io::Seek;
-        tmp.file.seek(std::io::SeekFrom::End(0))?;
-        let path = self.store.commit(tmp, Kind::Blob, &desc.digest)?;
+        let mut file = tmp.file.try_clone()?;
+        // The clone shares the write offset: rewind for readers that read sequentially.
+        std::io::Seek::rewind(&mut file)?;
+        self.store.commit(tmp, Kind::Blob, &desc.digest)?;
         tracing::info!(
             digest = %desc.digest, bytes = stream.received(), ms = started.elapsed().as_millis() as u64,
             "fetched blob"
         );
-        Ok(path)
+        Ok(file)
+    }
+
+    /// Open content from the store, if it is there (and was not evicted meanwhile).
+    fn open_cached(&self, kind: Kind, digest: &Digest) -> Option<File> {
+        File::open(self.store.get(kind, digest)?).ok()
     }
 
     /// The parsed config of an image manifest.
@@ -150,8 +157,13 @@ impl Content {
                 desc.digest, desc.size
             )));
         }
-        let path = self.blob(repo, desc).await?;
-        let bytes = tokio::fs::read(&path).await?;
+        let mut file = self.blob(repo, desc).await?;
+        let bytes = tokio::task::spawn_blocking(move || {
+            let mut v = Vec::new();
+            std::io::Read::read_to_end(&mut file, &mut v).map(|_| v)
+        })
+        .await
+        .map_err(|e| Error::Io(std::io::Error::other(e)))??;
         let c = Arc::new(ImageConfig::parse(&bytes)?);
         self.configs.insert(desc.digest.clone(), c.clone());
         Ok(c)

@@ -176,8 +176,7 @@ impl Fs {
             }
             Key::ConfigFile { repo, digest } => {
                 let m = self.image_manifest(&repo, &digest).await?;
-                let p = self.content.blob(&repo, &m.config).await?;
-                Handle::File(Arc::new(File::open(p)?))
+                Handle::File(Arc::new(self.content.blob(&repo, &m.config).await?))
             }
             Key::Blob { repo, image, blob } => {
                 let m = self.image_manifest(&repo, &image).await?;
@@ -186,8 +185,7 @@ impl Fs {
                     .find(|d| d.digest == blob)
                     .ok_or_else(|| Error::NotFound(format!("blob {blob}")))?
                     .clone();
-                let p = self.content.blob(&repo, &desc).await?;
-                Handle::File(Arc::new(File::open(p)?))
+                Handle::File(Arc::new(self.content.blob(&repo, &desc).await?))
             }
             Key::Node { tree, node } => {
                 let t = self.trees.load(self, &tree).await?;
