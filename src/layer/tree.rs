@@ -691,7 +691,7 @@ mod tests {
         let layers = [&data[..]];
         let mut all = vec![0xAAu8; 64];
         assert_eq!(read_content(&n, &layers, 0, &mut all).unwrap(), 40);
-        let mut expect = vec![0u8; 40];
+        let mut expect = [0u8; 40];
         expect[5..10].copy_from_slice(&data[20..25]);
         expect[30..35].copy_from_slice(&data[50..55]);
         assert_eq!(&all[..40], &expect[..]);
