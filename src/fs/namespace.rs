@@ -11,13 +11,20 @@ use crate::error::{Error, Result};
 use crate::image::Manifest;
 use crate::reference::{validate_component, validate_tag, Selector};
 
+/// A value and when it was fetched.
+type Stamped<T> = (Instant, T);
+/// A list of names from the registry.
+type Names = Arc<Vec<String>>;
+/// `(repository, tag)`.
+type TagKey = (Arc<str>, Arc<str>);
+
 /// Cached catalog, tag lists and tag resolutions, each trusted for the tag TTL.
 #[derive(Default)]
 pub(super) struct Listings {
     /// `None` inside: the registry has no usable catalog (autofs mode).
-    catalog: Mutex<Option<(Instant, Option<Arc<Vec<String>>>)>>,
-    tags: Mutex<HashMap<Arc<str>, (Instant, Arc<Vec<String>>)>>,
-    resolved: Mutex<HashMap<(Arc<str>, Arc<str>), (Instant, String)>>,
+    catalog: Mutex<Option<Stamped<Option<Names>>>>,
+    tags: Mutex<HashMap<Arc<str>, Stamped<Names>>>,
+    resolved: Mutex<HashMap<TagKey, Stamped<String>>>,
 }
 
 fn join(prefix: &str, name: &str) -> String {

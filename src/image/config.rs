@@ -32,7 +32,7 @@ impl ImageConfig {
             .iter()
             .map(|d| d.parse::<Digest>())
             .collect::<Result<Vec<_>>>()?;
-        let created = c.created().as_deref().and_then(|s| httpdate_rfc3339(s));
+        let created = c.created().as_deref().and_then(httpdate_rfc3339);
         let mut platform = format!("{}/{}", c.os(), c.architecture());
         if let Some(v) = c.variant() {
             platform.push('/');
