@@ -30,6 +30,10 @@ pub enum Error {
     /// Connection-level failure (refused, reset, DNS, TLS).
     #[error("network error: {0}")]
     Network(String),
+    /// TLS failed: an untrusted or invalid certificate, a protocol mismatch.
+    /// Not transient: retrying will not make a certificate valid.
+    #[error("TLS error: {0}")]
+    Tls(String),
     /// The registry answered with an error status we cannot recover from.
     #[error("registry error: HTTP {status}: {message}")]
     Registry {
@@ -70,6 +74,7 @@ impl Error {
             Error::DigestMismatch { .. }
             | Error::Timeout(_)
             | Error::Network(_)
+            | Error::Tls(_)
             | Error::Registry { .. }
             | Error::Unsupported(_)
             | Error::TooLarge(_) => libc::EIO,

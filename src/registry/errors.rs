@@ -94,6 +94,8 @@ pub fn from_reqwest(e: reqwest::Error, what: &str) -> Error {
         Error::Timeout(format!("{what}: {chain}"))
     } else if e.is_builder() {
         Error::invalid(format!("{what}: {chain}"))
+    } else if is_tls_failure(&chain) {
+        Error::Tls(format!("{what}: {chain}"))
     } else {
         Error::Network(format!("{what}: {chain}"))
     }
@@ -147,4 +149,10 @@ mod tests {
             Some("m")
         );
     }
+}
+
+/// Whether an error chain is a TLS verification or handshake failure.
+fn is_tls_failure(chain: &str) -> bool {
+    let c = chain.to_ascii_lowercase();
+    c.contains("certificate") || c.contains("invalidcontenttype") || c.contains("tls handshake")
 }
