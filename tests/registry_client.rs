@@ -449,3 +449,116 @@ async fn push_blobs_mount_and_manifest() {
         Err(Error::DigestMismatch { .. })
     ));
 }
+
+/// What the fault proxy does with one connection.
+#[derive(Clone, Copy, Debug)]
+enum Fault {
+    /// Forward both ways.
+    Pass,
+    /// Forward, but close after this many bytes from the registry.
+    CutAfter(usize),
+    /// Forward this many bytes from the registry, then go silent (keep the socket open).
+    StallAfter(usize),
+    /// Answer 503 with `Retry-After: 0` without contacting the registry.
+    Unavailable,
+}
+
+/// A TCP proxy in front of the real registry; connection `i` gets `faults[i]`
+/// (later ones pass). Returns its `host:port`.
+async fn fault_proxy(upstream: String, faults: Vec<Fault>) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        let mut i = 0;
+        while let Ok((mut down, _)) = l.accept().await {
+            let fault = faults.get(i).copied().unwrap_or(Fault::Pass);
+            i += 1;
+            let upstream = upstream.clone();
+            tokio::spawn(async move {
+                if let Fault::Unavailable = fault {
+                    let mut buf = [0u8; 4096];
+                    let _ = down.read(&mut buf).await;
+                    let _ = down
+                        .write_all(b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 0\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                        .await;
+                    return;
+                }
+                let up = tokio::net::TcpStream::connect(&upstream).await.unwrap();
+                let (mut dr, mut dw) = down.into_split();
+                let (mut ur, mut uw) = up.into_split();
+                tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut dr, &mut uw).await;
+                });
+                let limit = match fault {
+                    Fault::CutAfter(n) | Fault::StallAfter(n) => n,
+                    _ => usize::MAX,
+                };
+                let mut sent = 0;
+                let mut buf = vec![0u8; 16384];
+                loop {
+                    let n = match ur.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => n,
+                    };
+                    let n = n.min(limit - sent);
+                    if dw.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                    sent += n;
+                    if sent >= limit {
+                        if let Fault::StallAfter(_) = fault {
+                            tokio::time::sleep(Duration::from_secs(30)).await;
+                        }
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn blob_stream_resumes_after_faults() {
+    let Some(upstream) = env("REGFS_TEST_REGISTRY") else {
+        eprintln!("REGFS_TEST_REGISTRY not set: skipping");
+        return;
+    };
+    let direct = Client::new(options(&upstream)).unwrap();
+    let repo = "lab/python";
+    let m = direct.manifest(repo, &tag("3.11")).await.unwrap();
+    let (d, size) = descriptors(&m.bytes)
+        .into_iter()
+        .max_by_key(|(_, s)| *s)
+        .unwrap();
+    assert!(size > 1_000_000);
+
+    // Connection 0: cut mid-body; connection 1: 503; then a stall mid-body; then pass.
+    let faults = vec![
+        Fault::CutAfter(300_000),
+        Fault::Unavailable,
+        Fault::StallAfter(200_000),
+    ];
+    let proxy = fault_proxy(upstream.clone(), faults).await;
+    let mut o = options(&proxy);
+    o.timeout = Duration::from_secs(1);
+    o.retries = 4;
+    let c = Client::new(o).unwrap();
+    let data = read_all(&c, repo, &d, Some(size)).await.unwrap();
+    assert_eq!(data.len() as u64, size);
+    assert_eq!(Digest::sha256_of(&data), d);
+    let st = c.stats();
+    assert!(st.requests >= 4, "{st:?}");
+    assert!(st.retries >= 3, "{st:?}");
+
+    // Without retries a cut body is an error, never a silently short blob.
+    let proxy = fault_proxy(upstream, vec![Fault::CutAfter(300_000)]).await;
+    let mut o = options(&proxy);
+    o.retries = 0;
+    let c = Client::new(o).unwrap();
+    match read_all(&c, repo, &d, Some(size)).await {
+        Err(e) => eprintln!("expected: {e}"),
+        Ok(v) => panic!("got {} bytes without error", v.len()),
+    }
+}

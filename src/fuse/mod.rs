@@ -1,4 +1,5 @@
-//! The only module that names `fuser`: it links kernel requests to [`crate::fs::Fs`].
+//! The only module that names `fuser`: it links kernel requests to [`crate::fs::Fs`]
+//! (and, in submodules, to the other filesystems regfs serves).
 //!
 //! Every operation that may touch the network (or the disk) is answered from a
 //! tokio task, so the FUSE dispatch thread never waits; replies are `Send`.
