@@ -115,6 +115,12 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
+/// Whether an error chain is a TLS verification or handshake failure.
+fn is_tls_failure(chain: &str) -> bool {
+    let c = chain.to_ascii_lowercase();
+    c.contains("certificate") || c.contains("invalidcontenttype") || c.contains("tls handshake")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -149,10 +155,4 @@ mod tests {
             Some("m")
         );
     }
-}
-
-/// Whether an error chain is a TLS verification or handshake failure.
-fn is_tls_failure(chain: &str) -> bool {
-    let c = chain.to_ascii_lowercase();
-    c.contains("certificate") || c.contains("invalidcontenttype") || c.contains("tls handshake")
 }
