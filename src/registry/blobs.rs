@@ -310,12 +310,8 @@ impl BlobStream {
             // A transient failure mid-body: resume where we are.
             self.body = None;
             if !err.is_transient() || self.reconnects_left == 0 {
-                if let (Some(w), Error::Network(_)) = (self.expected_size, &err) {
-                    if self.received < w {
-                        self.fail();
-                        return Err(size_mismatch(&self.what, w, self.received));
-                    }
-                }
+                // A truncated transfer stays a (transient) network error: the caller may
+                // retry; it is not an integrity failure.
                 self.fail();
                 return Err(err);
             }
