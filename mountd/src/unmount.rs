@@ -33,12 +33,22 @@ pub fn detach(mountpoint: &Path) -> anyhow::Result<()> {
 
 /// If `mountpoint` is a FUSE mount whose daemon died (ENOTCONN), detach it and
 /// say so; the next mount can then reuse the directory.
+///
+/// `stat` alone does not tell: the kernel answers it from its attribute cache
+/// (for the TTL the dead daemon gave) without asking the daemon, so a quick
+/// restart after `kill -9` would stack a new mount on the dead one. `statfs`
+/// always goes to the daemon.
 pub fn clear_stale(mountpoint: &Path) -> anyhow::Result<()> {
-    match std::fs::metadata(mountpoint) {
-        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
-            tracing::warn!(mountpoint = %mountpoint.display(), "stale mount left by a dead daemon: detaching it");
-            detach(mountpoint)
-        }
-        _ => Ok(()),
+    let dead = match std::fs::metadata(mountpoint) {
+        Err(e) => e.raw_os_error() == Some(libc::ENOTCONN),
+        Ok(_) => matches!(
+            nix::sys::statfs::statfs(mountpoint),
+            Err(nix::errno::Errno::ENOTCONN)
+        ),
+    };
+    if dead {
+        tracing::warn!(mountpoint = %mountpoint.display(), "stale mount left by a dead daemon: detaching it");
+        return detach(mountpoint);
     }
+    Ok(())
 }

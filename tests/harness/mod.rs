@@ -36,6 +36,8 @@
 //! }
 //! ```
 
+pub mod proxy;
+
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ffi::{CString, OsString};
 use std::fmt;
