@@ -2,8 +2,9 @@
 //!
 //! Every node of the tree has a [`Key`] that says what it is; the table hands out
 //! one inode number per key and maps numbers back to keys. Numbers are never
-//! reused during a mount, so a kernel holding an old number gets ESTALE-like
-//! ENOENT rather than another file's bytes.
+//! reused during a mount, so a kernel holding an old number gets ENOENT rather
+//! than another file's bytes. The kernel's lookup counts are tracked, and an
+//! inode it forgets is dropped: the table holds what the kernel holds.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -119,7 +120,8 @@ pub struct InodeTable {
 #[derive(Default)]
 struct Inner {
     by_key: HashMap<Key, u64>,
-    by_ino: HashMap<u64, Key>,
+    /// The key and the kernel's lookup count.
+    by_ino: HashMap<u64, (Key, u64)>,
     next: u64,
 }
 
@@ -130,28 +132,67 @@ impl InodeTable {
         {
             let mut i = t.inner.lock().unwrap();
             i.by_key.insert(Key::Root, ROOT_INO);
-            i.by_ino.insert(ROOT_INO, Key::Root);
+            i.by_ino.insert(ROOT_INO, (Key::Root, 1));
             i.next = ROOT_INO + 1;
         }
         t
     }
 
-    /// The inode number of `key`, allocating one the first time.
+    /// The inode number of `key`, allocating one the first time (for listings:
+    /// the kernel does not count these).
     pub fn ino(&self, key: Key) -> u64 {
+        self.get_or_insert(key, 0)
+    }
+
+    /// The inode number of `key` for a lookup reply: the kernel now holds one
+    /// more reference, released by [`InodeTable::forget`].
+    pub fn lookup(&self, key: Key) -> u64 {
+        self.get_or_insert(key, 1)
+    }
+
+    fn get_or_insert(&self, key: Key, refs: u64) -> u64 {
         let mut i = self.inner.lock().unwrap();
         if let Some(&n) = i.by_key.get(&key) {
+            if let Some(e) = i.by_ino.get_mut(&n) {
+                e.1 += refs;
+            }
             return n;
         }
         let n = i.next;
         i.next += 1;
-        i.by_ino.insert(n, key.clone());
+        i.by_ino.insert(n, (key.clone(), refs));
         i.by_key.insert(key, n);
         n
     }
 
+    /// The kernel dropped `nlookup` references to `ino`; at zero the inode goes.
+    pub fn forget(&self, ino: u64, nlookup: u64) {
+        if ino == ROOT_INO {
+            return;
+        }
+        let mut i = self.inner.lock().unwrap();
+        let gone = match i.by_ino.get_mut(&ino) {
+            Some(e) => {
+                e.1 = e.1.saturating_sub(nlookup);
+                e.1 == 0
+            }
+            None => false,
+        };
+        if gone {
+            if let Some((key, _)) = i.by_ino.remove(&ino) {
+                i.by_key.remove(&key);
+            }
+        }
+    }
+
     /// The key of inode `ino`, if it was handed out.
     pub fn key(&self, ino: u64) -> Option<Key> {
-        self.inner.lock().unwrap().by_ino.get(&ino).cloned()
+        self.inner
+            .lock()
+            .unwrap()
+            .by_ino
+            .get(&ino)
+            .map(|(k, _)| k.clone())
     }
 
     /// Number of inodes handed out.
@@ -162,5 +203,28 @@ impl InodeTable {
     /// Whether only the root exists.
     pub fn is_empty(&self) -> bool {
         self.len() <= 1
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forgotten_inodes_go_and_numbers_are_not_reused() {
+        let t = InodeTable::new();
+        let k = Key::Namespace("lab".into());
+        let a = t.lookup(k.clone());
+        assert_eq!(t.lookup(k.clone()), a);
+        assert_eq!(t.ino(k.clone()), a, "a listing sees the same number");
+        t.forget(a, 1);
+        assert_eq!(t.key(a), Some(k.clone()), "one reference left");
+        t.forget(a, 1);
+        assert_eq!(t.key(a), None);
+        assert_eq!(t.len(), 1);
+        let b = t.lookup(k);
+        assert_ne!(a, b);
+        t.forget(ROOT_INO, 100);
+        assert_eq!(t.key(ROOT_INO), Some(Key::Root));
     }
 }

@@ -89,11 +89,19 @@ impl Fs {
             .ok_or_else(|| Error::NotFound(format!("inode {ino}")))
     }
 
-    /// Look `name` up in directory `parent`.
+    /// Look `name` up in directory `parent`. The kernel holds the returned
+    /// inode until it calls [`Fs::forget`].
     pub async fn lookup(&self, parent: u64, name: &[u8]) -> Result<Attr> {
         let parent = self.key(parent)?;
         let key = self.child(&parent, name).await?;
-        self.attr(key).await
+        let mut attr = self.attr(key.clone()).await?;
+        attr.ino = self.inodes.lookup(key);
+        Ok(attr)
+    }
+
+    /// The kernel dropped `nlookup` references to `ino`.
+    pub fn forget(&self, ino: u64, nlookup: u64) {
+        self.inodes.forget(ino, nlookup);
     }
 
     /// Attributes of inode `ino`.

@@ -159,6 +159,10 @@ impl Filesystem for FuseFs {
         });
     }
 
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.fs.forget(ino.0, nlookup);
+    }
+
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         let (fs, errors) = (self.fs.clone(), self.errors.clone());
         self.rt.spawn(async move {
