@@ -1,12 +1,11 @@
 //! The registry client against a real distribution registry.
 //!
-//! Runs only when `REGFS_TEST_REGISTRY=host:port` names a plain-http registry holding
-//! the lab images (`/work/shared/lab/make-images.sh`). Optional:
-//! - `REGFS_TEST_AUTH_REGISTRY=host:port`: the same images behind basic auth (lab / labpass);
-//! - `REGFS_TEST_TLS_REGISTRY=host:port` and `REGFS_TEST_TLS_CA=ca.crt`: the same over HTTPS.
-//!
-//! Each test returns early (passing) when its variable is unset. To be moved onto the
-//! shared harness in `tests/harness/`.
+//! Every test starts the registries it needs through the shared harness
+//! (`tests/harness/`): the per-binary lab registry (plain HTTP, lab images pushed on
+//! demand), a basic-auth one, a TLS one and a scratch one for pushes. Nothing is
+//! skipped: a missing `docker-registry` or `skopeo` fails the test.
+
+mod harness;
 
 use std::time::Duration;
 
@@ -15,9 +14,7 @@ use regfs::reference::{Registry, Selector};
 use regfs::registry::{Client, ClientOptions, Credentials};
 use regfs::Error;
 
-fn env(name: &str) -> Option<String> {
-    std::env::var(name).ok().filter(|s| !s.is_empty())
-}
+use harness::{lab, Registry as TestRegistry, RegistryKind, LAB_PASS, LAB_USER};
 
 fn options(hostport: &str) -> ClientOptions {
     let (reg, scheme) = Registry::parse(hostport).unwrap();
@@ -30,12 +27,9 @@ fn options(hostport: &str) -> ClientOptions {
     o
 }
 
-fn plain() -> Option<Client> {
-    let Some(h) = env("REGFS_TEST_REGISTRY") else {
-        eprintln!("REGFS_TEST_REGISTRY not set: skipping");
-        return None;
-    };
-    Some(Client::new(options(&h)).unwrap())
+/// A client of the lab registry, with every standard image pushed.
+fn plain() -> Client {
+    Client::new(options(&lab().all().host_port())).unwrap()
 }
 
 fn tag(t: &str) -> Selector {
@@ -72,7 +66,7 @@ async fn read_all(c: &Client, repo: &str, d: &Digest, size: Option<u64>) -> regf
 
 #[tokio::test]
 async fn ping_catalog_tags() {
-    let Some(c) = plain() else { return };
+    let c = plain();
     c.ping().await.unwrap();
     let repos = c.catalog().await.unwrap();
     for r in ["lab/busybox", "lab/debian", "lab/multi", "lab/python"] {
@@ -96,7 +90,7 @@ async fn ping_catalog_tags() {
 
 #[tokio::test]
 async fn manifests_by_tag_and_digest() {
-    let Some(c) = plain() else { return };
+    let c = plain();
     let m = c.manifest("lab/busybox", &tag("latest")).await.unwrap();
     assert_eq!(m.media_type, "application/vnd.oci.image.manifest.v1+json");
     assert_eq!(m.digest, Digest::sha256_of(&m.bytes));
@@ -138,7 +132,7 @@ async fn manifests_by_tag_and_digest() {
 
 #[tokio::test]
 async fn blobs_stream_verified_and_ranges() {
-    let Some(c) = plain() else { return };
+    let c = plain();
     let repo = "lab/python";
     let m = c.manifest(repo, &tag("3.11")).await.unwrap();
     let descs = descriptors(&m.bytes);
@@ -191,14 +185,13 @@ async fn blobs_stream_verified_and_ranges() {
 
 #[tokio::test]
 async fn basic_auth() {
-    let Some(h) = env("REGFS_TEST_AUTH_REGISTRY") else {
-        eprintln!("REGFS_TEST_AUTH_REGISTRY not set: skipping");
-        return;
-    };
+    let reg = TestRegistry::start(RegistryKind::BasicAuth);
+    reg.push("busybox", "lab/busybox:latest");
+    let h = reg.host_port();
     let mut o = options(&h);
     o.credentials = Some(Credentials {
-        username: "lab".into(),
-        password: "labpass".into(),
+        username: LAB_USER.into(),
+        password: LAB_PASS.into(),
     });
     let c = Client::new(o).unwrap();
     c.ping().await.unwrap();
@@ -262,10 +255,9 @@ async fn basic_auth() {
 
 #[tokio::test]
 async fn tls_with_ca() {
-    let (Some(h), Some(ca)) = (env("REGFS_TEST_TLS_REGISTRY"), env("REGFS_TEST_TLS_CA")) else {
-        eprintln!("REGFS_TEST_TLS_REGISTRY / REGFS_TEST_TLS_CA not set: skipping");
-        return;
-    };
+    let reg = TestRegistry::start(RegistryKind::Tls);
+    reg.push("busybox", "lab/busybox:latest");
+    let (h, ca) = (reg.host_port(), reg.ca_cert().unwrap());
     let https = format!("https://{h}");
     let mut o = options(&https);
     o.ca_certs = vec![ca.into()];
@@ -290,9 +282,6 @@ async fn tls_with_ca() {
 
 #[tokio::test]
 async fn unreachable_registry_is_a_network_error() {
-    if plain().is_none() {
-        return;
-    }
     // A port nothing listens on (we only assume loopback works).
     let mut o = options("127.0.0.1:9");
     o.retries = 1;
@@ -329,15 +318,11 @@ fn stream_of(
     futures_util::stream::iter(pieces)
 }
 
-/// Pushes go to a scratch registry of their own (`REGFS_TEST_PUSH_REGISTRY`), never
-/// the shared lab storage.
+/// Pushes go to a scratch registry of their own, never the shared lab storage.
 #[tokio::test]
 async fn push_blobs_mount_and_manifest() {
-    let Some(h) = env("REGFS_TEST_PUSH_REGISTRY") else {
-        eprintln!("REGFS_TEST_PUSH_REGISTRY not set: skipping");
-        return;
-    };
-    let c = Client::new(options(&h)).unwrap();
+    let scratch = TestRegistry::start(RegistryKind::Plain);
+    let c = Client::new(options(&scratch.host_port())).unwrap();
     let seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -521,10 +506,7 @@ async fn fault_proxy(upstream: String, faults: Vec<Fault>) -> String {
 
 #[tokio::test]
 async fn blob_stream_resumes_after_faults() {
-    let Some(upstream) = env("REGFS_TEST_REGISTRY") else {
-        eprintln!("REGFS_TEST_REGISTRY not set: skipping");
-        return;
-    };
+    let upstream = lab().image("python:3.11").host_port();
     let direct = Client::new(options(&upstream)).unwrap();
     let repo = "lab/python";
     let m = direct.manifest(repo, &tag("3.11")).await.unwrap();
