@@ -535,3 +535,6 @@ mod tests {
         assert!(matches!(Client::new(o), Err(Error::Invalid(_))));
     }
 }
+
+#[cfg(test)]
+mod origin_tests;

@@ -400,3 +400,6 @@ mod tests {
         assert!(h.is_sensitive());
     }
 }
+
+#[cfg(test)]
+mod hostile_tests;
