@@ -1,0 +1,368 @@
+//! Commits: pack an entry's upper tree into a layer, build the config and
+//! manifest on top of its base, and push. [`Exporter`] is the service shared
+//! by the export filesystem and the control socket.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use bytes::Bytes;
+use serde::Serialize;
+
+use super::base::{self, BaseTree};
+use super::compress::{pack_layer, Codec};
+use super::image::{build_config, build_manifest, LayerDesc, ManifestFormat};
+use super::pack::PackOptions;
+use super::push::{push_image, BlobSource, PushBlob, PushReport};
+use super::staging::{now_secs, parse_entry_ref, CommitRecord, EntryMeta, Staging};
+use crate::content::Content;
+use crate::digest::Digest;
+use crate::error::{Error, Result};
+use crate::image::Platform;
+
+/// How to commit.
+#[derive(Clone, Debug, Default)]
+pub struct CommitOptions {
+    /// Layer compression.
+    pub codec: Codec,
+    /// Manifest flavour.
+    pub format: ManifestFormat,
+    /// Clamp mtimes to this and use it as `created`.
+    pub source_date_epoch: Option<i64>,
+}
+
+/// A commit in flight, for `regfs status` and progress bars.
+#[derive(Debug, Default)]
+pub struct CommitProgress {
+    /// `pack`, `push`, `manifest`.
+    pub phase: Mutex<&'static str>,
+    /// Bytes of staged content (what `packed` goes up to).
+    pub content_total: AtomicU64,
+    /// Content bytes packed so far.
+    pub packed: AtomicU64,
+    /// Bytes of blobs to push.
+    pub push_total: AtomicU64,
+    /// Blob bytes pushed (or found present / mounted) so far.
+    pub sent: Arc<AtomicU64>,
+}
+
+/// A snapshot of [`CommitProgress`], serialisable.
+#[derive(Clone, Debug, Serialize)]
+pub struct ProgressView {
+    /// The entry.
+    pub entry: String,
+    /// Phase.
+    pub phase: String,
+    /// Packed / total content bytes.
+    pub packed: u64,
+    /// Total content bytes.
+    pub content_total: u64,
+    /// Sent / total blob bytes.
+    pub sent: u64,
+    /// Total blob bytes.
+    pub push_total: u64,
+}
+
+/// What a commit produced.
+#[derive(Clone, Debug, Serialize)]
+pub struct CommitOutcome {
+    /// `repo:tag` pushed.
+    pub reference: String,
+    /// The manifest digest.
+    pub manifest: String,
+    /// The new layer's blob digest.
+    pub layer: String,
+    /// The new layer's diff_id.
+    pub diff_id: String,
+    /// Compressed size of the new layer.
+    pub layer_size: u64,
+    /// Blobs already present / mounted / uploaded.
+    pub present: usize,
+    /// Blobs mounted from the base repository.
+    pub mounted: usize,
+    /// Blobs uploaded.
+    pub uploaded: usize,
+    /// Milliseconds packing, and pushing.
+    pub pack_ms: u64,
+    /// Milliseconds pushing.
+    pub push_ms: u64,
+}
+
+/// The export service: staging, base trees, commits.
+pub struct Exporter {
+    staging: Staging,
+    content: Arc<dyn AsContent>,
+    platform: Platform,
+    in_flight: Mutex<BTreeMap<String, Arc<CommitProgress>>>,
+    bases: Mutex<HashMap<Digest, Arc<BaseTree>>>,
+    base_lock: tokio::sync::Mutex<()>,
+    /// Defaults for filesystem-triggered commits.
+    pub defaults: CommitOptions,
+}
+
+/// Something that holds a [`Content`] (the read-only filesystem does).
+pub trait AsContent: Send + Sync {
+    /// The content source.
+    fn content(&self) -> &Content;
+}
+
+impl AsContent for crate::fs::Fs {
+    fn content(&self) -> &Content {
+        crate::fs::Fs::content(self)
+    }
+}
+
+impl AsContent for Content {
+    fn content(&self) -> &Content {
+        self
+    }
+}
+
+impl Exporter {
+    /// A service over `staging`, fetching through `content`; `platform` is used
+    /// for images without a base (and to pick a base from an index).
+    pub fn new(
+        staging: Staging,
+        content: Arc<dyn AsContent>,
+        platform: Platform,
+        defaults: CommitOptions,
+    ) -> Exporter {
+        Exporter {
+            staging,
+            content,
+            platform,
+            in_flight: Mutex::default(),
+            bases: Mutex::default(),
+            base_lock: tokio::sync::Mutex::new(()),
+            defaults,
+        }
+    }
+
+    /// The staging area.
+    pub fn staging(&self) -> &Staging {
+        &self.staging
+    }
+
+    /// The content source.
+    pub fn content(&self) -> &Content {
+        self.content.content()
+    }
+
+    /// Make entry `reference`, starting from `from` (a reference in the same registry) if given.
+    pub async fn new_entry(&self, reference: &str, from: Option<&str>) -> Result<EntryMeta> {
+        let mut meta = EntryMeta::new(reference)?;
+        if let Some(f) = from {
+            meta.base = Some(base::resolve(self.content(), f, &self.platform).await?);
+            meta.from = Some(f.to_string());
+        }
+        self.staging.create(&meta)?;
+        tracing::info!(entry = reference, from = ?from, "export entry created");
+        Ok(meta)
+    }
+
+    /// The merged base tree of an entry, loaded once (may fetch layers).
+    pub async fn base_tree(&self, meta: &EntryMeta) -> Result<Option<Arc<BaseTree>>> {
+        let Some(b) = &meta.base else {
+            return Ok(None);
+        };
+        if let Some(t) = self.bases.lock().unwrap().get(&b.digest) {
+            return Ok(Some(t.clone()));
+        }
+        let _g = self.base_lock.lock().await;
+        if let Some(t) = self.bases.lock().unwrap().get(&b.digest) {
+            return Ok(Some(t.clone()));
+        }
+        let t = Arc::new(base::tree(self.content(), b).await?);
+        self.bases
+            .lock()
+            .unwrap()
+            .insert(b.digest.clone(), t.clone());
+        Ok(Some(t))
+    }
+
+    /// A loaded base tree, without waiting (None if not loaded yet).
+    pub fn cached_base(&self, digest: &Digest) -> Option<Arc<BaseTree>> {
+        self.bases.lock().unwrap().get(digest).cloned()
+    }
+
+    /// Commits in flight.
+    pub fn in_flight(&self) -> Vec<ProgressView> {
+        self.in_flight
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(k, p)| ProgressView {
+                entry: k.clone(),
+                phase: p.phase.lock().unwrap().to_string(),
+                packed: p.packed.load(Ordering::Relaxed),
+                content_total: p.content_total.load(Ordering::Relaxed),
+                sent: p.sent.load(Ordering::Relaxed),
+                push_total: p.push_total.load(Ordering::Relaxed),
+            })
+            .collect()
+    }
+
+    /// Progress of the commit of `entry`, if one is running.
+    pub fn progress(&self, entry: &str) -> Option<Arc<CommitProgress>> {
+        self.in_flight.lock().unwrap().get(entry).cloned()
+    }
+
+    /// Commit entry `reference`: pack, push, and record the result. Only one
+    /// commit per entry at a time (`EBUSY` otherwise).
+    pub async fn commit(&self, reference: &str, opts: &CommitOptions) -> Result<CommitOutcome> {
+        parse_entry_ref(reference)?;
+        let progress = Arc::new(CommitProgress::default());
+        {
+            let mut f = self.in_flight.lock().unwrap();
+            if f.contains_key(reference) {
+                return Err(Error::Io(std::io::Error::from_raw_os_error(libc::EBUSY)));
+            }
+            f.insert(reference.to_string(), progress.clone());
+        }
+        let r = self.commit_inner(reference, opts, &progress).await;
+        self.in_flight.lock().unwrap().remove(reference);
+        match &r {
+            Ok(o) => tracing::info!(
+                entry = reference, manifest = %o.manifest, layer = %o.layer,
+                size = o.layer_size, mounted = o.mounted, uploaded = o.uploaded,
+                pack_ms = o.pack_ms, push_ms = o.push_ms, "committed"
+            ),
+            Err(e) => tracing::error!(entry = reference, error = %e, "commit failed; staging kept"),
+        }
+        r
+    }
+
+    async fn commit_inner(
+        &self,
+        reference: &str,
+        opts: &CommitOptions,
+        progress: &Arc<CommitProgress>,
+    ) -> Result<CommitOutcome> {
+        let mut meta = self
+            .staging
+            .get(reference)?
+            .ok_or_else(|| Error::NotFound(format!("export entry {reference}")))?;
+        let (repo, tag) = meta.repo_tag();
+        *progress.phase.lock().unwrap() = "pack";
+        let base = match &meta.base {
+            Some(b) => Some(base::image(self.content(), b).await?),
+            None => None,
+        };
+        let root = self.staging.root(reference);
+        let tmp = self.staging.tmp_dir();
+        let pack_opts = PackOptions {
+            source_date_epoch: opts.source_date_epoch,
+        };
+        let codec = opts.codec;
+        let started = Instant::now();
+        let p = progress.clone();
+        let layer = tokio::task::spawn_blocking(move || {
+            p.content_total.store(du(&root), Ordering::Relaxed);
+            let count = |n| {
+                p.packed.fetch_add(n, Ordering::Relaxed);
+            };
+            pack_layer(&root, &tmp, codec, &pack_opts, &count)
+        })
+        .await
+        .map_err(|e| Error::Io(std::io::Error::other(e)))??;
+        let pack_ms = started.elapsed().as_millis() as u64;
+        let created = opts.source_date_epoch.unwrap_or(now_secs() as i64);
+        let config = build_config(
+            base.as_ref().map(|b| b.config.as_slice()),
+            &self.platform,
+            &layer.diff_id,
+            created,
+            &format!("regfs export {reference}"),
+        )?;
+        let mut layers: Vec<LayerDesc> = Vec::new();
+        let mut blobs: Vec<PushBlob> = Vec::new();
+        if let Some(b) = &base {
+            for l in &b.manifest.layers {
+                layers.push(l.into());
+                blobs.push(PushBlob {
+                    digest: l.digest.clone(),
+                    size: l.size,
+                    source: BlobSource::Base {
+                        from: b.base.repository.clone(),
+                        desc: l.clone(),
+                    },
+                });
+            }
+        }
+        layers.push(LayerDesc {
+            media_type: codec.oci_media_type().into(),
+            digest: layer.digest.clone(),
+            size: layer.size,
+        });
+        blobs.push(PushBlob {
+            digest: layer.digest.clone(),
+            size: layer.size,
+            source: BlobSource::File(layer.path.clone()),
+        });
+        let config = Bytes::from(config);
+        blobs.push(PushBlob {
+            digest: Digest::sha256_of(&config),
+            size: config.len() as u64,
+            source: BlobSource::Bytes(config.clone()),
+        });
+        let (manifest, media_type) = build_manifest(opts.format, &config, &layers)?;
+        *progress.phase.lock().unwrap() = "push";
+        progress
+            .push_total
+            .store(blobs.iter().map(|b| b.size).sum(), Ordering::Relaxed);
+        let started = Instant::now();
+        let mut report = PushReport::default();
+        let digest = push_image(
+            self.content(),
+            &repo,
+            &tag,
+            &blobs,
+            Bytes::from(manifest),
+            media_type,
+            progress.sent.clone(),
+            &mut report,
+        )
+        .await?;
+        let push_ms = started.elapsed().as_millis() as u64;
+        meta.last_commit = Some(CommitRecord {
+            manifest: digest.clone(),
+            layer: layer.digest.clone(),
+            at: now_secs(),
+        });
+        if let Err(e) = self.staging.save(&meta) {
+            tracing::warn!(entry = reference, error = %e, "pushed, but recording the commit failed");
+        }
+        Ok(CommitOutcome {
+            reference: format!("{repo}:{tag}"),
+            manifest: digest.to_string(),
+            layer: layer.digest.to_string(),
+            diff_id: layer.diff_id.to_string(),
+            layer_size: layer.size,
+            present: report.present,
+            mounted: report.mounted,
+            uploaded: report.uploaded,
+            pack_ms,
+            push_ms,
+        })
+    }
+}
+
+/// Bytes of regular files under `root` (for progress; errors count as 0).
+fn du(root: &std::path::Path) -> u64 {
+    let mut total = 0;
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            match e.file_type() {
+                Ok(t) if t.is_dir() => stack.push(e.path()),
+                Ok(t) if t.is_file() => total += e.metadata().map(|m| m.len()).unwrap_or(0),
+                _ => {}
+            }
+        }
+    }
+    total
+}

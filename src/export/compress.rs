@@ -1,0 +1,417 @@
+//! Pack a staged tree into a compressed layer file in one pass, hashing both
+//! the tar (diff_id) and the compressed blob (digest) on the way.
+//!
+//! Three stages run on their own threads, connected by bounded channels:
+//! the tar writer (which also hashes the uncompressed stream), compressors,
+//! and the writer of the temp file (which hashes the compressed stream).
+//! gzip is compressed in parallel the way pigz does it: 1 MiB blocks, each a
+//! raw deflate stream primed with the previous block's last 32 KiB and ended
+//! with a sync flush, concatenated into one ordinary gzip member (any gzip
+//! reader reads it; it is one member, not many).
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{self, BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::{Arc, Mutex};
+
+use flate2::{Compress, FlushCompress, Status};
+
+use super::pack::{write_tar, PackOptions, PackStats};
+use crate::digest::{Algorithm, Digest, Hasher, HashingWriter};
+use crate::error::{Error, Result};
+
+/// How a layer is compressed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Codec {
+    /// gzip (the default; every runtime reads it).
+    #[default]
+    Gzip,
+    /// zstd.
+    Zstd,
+    /// An uncompressed tar.
+    None,
+}
+
+impl std::str::FromStr for Codec {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Codec> {
+        match s {
+            "gzip" => Ok(Codec::Gzip),
+            "zstd" => Ok(Codec::Zstd),
+            "none" | "uncompressed" => Ok(Codec::None),
+            "estargz" => Err(Error::Unsupported(
+                "writing eStargz layers is not implemented yet; use gzip or zstd".into(),
+            )),
+            _ => Err(Error::invalid(format!(
+                "compression {s:?}: expected gzip, zstd or none"
+            ))),
+        }
+    }
+}
+
+impl Codec {
+    /// The OCI layer media type.
+    pub fn oci_media_type(self) -> &'static str {
+        match self {
+            Codec::Gzip => "application/vnd.oci.image.layer.v1.tar+gzip",
+            Codec::Zstd => "application/vnd.oci.image.layer.v1.tar+zstd",
+            Codec::None => "application/vnd.oci.image.layer.v1.tar",
+        }
+    }
+}
+
+/// A packed layer in a temp file (removed on drop).
+#[derive(Debug)]
+pub struct PackedLayer {
+    /// The compressed blob.
+    pub path: PathBuf,
+    /// Digest of the uncompressed tar.
+    pub diff_id: Digest,
+    /// Digest of the blob.
+    pub digest: Digest,
+    /// Size of the blob.
+    pub size: u64,
+    /// Size of the uncompressed tar.
+    pub tar_size: u64,
+    /// What went in.
+    pub stats: PackStats,
+    /// How it is compressed.
+    pub codec: Codec,
+}
+
+impl Drop for PackedLayer {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+const BLOCK: usize = 1 << 20;
+const DICT: usize = 32 * 1024;
+
+struct Block {
+    seq: u64,
+    data: Vec<u8>,
+    dict: Vec<u8>,
+    last: bool,
+}
+
+/// The tar side: buffers blocks, hashes them, hands them on.
+struct BlockWriter {
+    buf: Vec<u8>,
+    tail: Vec<u8>,
+    seq: u64,
+    hasher: Hasher,
+    crc: flate2::Crc,
+    total: u64,
+    tx: SyncSender<Block>,
+}
+
+impl BlockWriter {
+    fn send(&mut self, last: bool) -> io::Result<()> {
+        let data = std::mem::replace(&mut self.buf, Vec::with_capacity(BLOCK));
+        self.hasher.update(&data);
+        self.crc.update(&data);
+        self.total += data.len() as u64;
+        let dict = std::mem::take(&mut self.tail);
+        let keep = data.len().min(DICT);
+        self.tail = data[data.len() - keep..].to_vec();
+        let b = Block {
+            seq: self.seq,
+            data,
+            dict,
+            last,
+        };
+        self.seq += 1;
+        self.tx
+            .send(b)
+            .map_err(|_| io::Error::other("compressor stopped"))
+    }
+}
+
+impl Write for BlockWriter {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        let n = data.len().min(BLOCK - self.buf.len());
+        self.buf.extend_from_slice(&data[..n]);
+        if self.buf.len() == BLOCK {
+            self.send(false)?;
+        }
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Compress one block as raw deflate (sync-flushed, or finished if last).
+fn deflate_block(b: &Block, level: flate2::Compression) -> io::Result<Vec<u8>> {
+    let mut c = Compress::new(level, false);
+    if !b.dict.is_empty() {
+        c.set_dictionary(&b.dict).map_err(io::Error::other)?;
+    }
+    let flush = if b.last {
+        FlushCompress::Finish
+    } else {
+        FlushCompress::Sync
+    };
+    let mut out = Vec::with_capacity(b.data.len() / 2 + 1024);
+    loop {
+        let consumed = c.total_in() as usize;
+        if out.capacity() - out.len() < 1024 {
+            out.reserve(out.capacity().max(4096));
+        }
+        let st = c
+            .compress_vec(&b.data[consumed..], &mut out, flush)
+            .map_err(io::Error::other)?;
+        let all_in = c.total_in() as usize == b.data.len();
+        match st {
+            Status::StreamEnd => break,
+            _ if all_in && !b.last && out.len() < out.capacity() => break,
+            _ => {}
+        }
+    }
+    Ok(out)
+}
+
+/// Pack `root` into a temp file in `tmp_dir` with `codec`. `progress` gets
+/// content bytes as they are read.
+pub fn pack_layer(
+    root: &Path,
+    tmp_dir: &Path,
+    codec: Codec,
+    opts: &PackOptions,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<PackedLayer> {
+    let path = tmp_dir.join(format!(
+        "layer-{}-{:016x}",
+        std::process::id(),
+        rand::random::<u64>()
+    ));
+    let file = File::create(&path)?;
+    // From here on the file is removed if anything fails.
+    let mut layer = PackedLayer {
+        path,
+        diff_id: Digest::sha256_of(b""),
+        digest: Digest::sha256_of(b""),
+        size: 0,
+        tar_size: 0,
+        stats: PackStats::default(),
+        codec,
+    };
+    let workers = match codec {
+        Codec::Gzip => std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2)
+            .clamp(1, 8),
+        _ => 1,
+    };
+    let (tx, rx) = sync_channel::<Block>(workers * 2);
+    let (ctx, crx) = sync_channel::<io::Result<(u64, Vec<u8>)>>(workers * 2);
+    let rx = Arc::new(Mutex::new(rx));
+    let out = HashingWriter::new(BufWriter::with_capacity(1 << 20, file), Algorithm::Sha256);
+    let result = std::thread::scope(|s| -> Result<_> {
+        let producer = s.spawn(move || -> io::Result<_> {
+            let w = BlockWriter {
+                buf: Vec::with_capacity(BLOCK),
+                tail: Vec::new(),
+                seq: 0,
+                hasher: Hasher::new(Algorithm::Sha256),
+                crc: flate2::Crc::new(),
+                total: 0,
+                tx,
+            };
+            let mut count = |n| progress(n);
+            let (mut w, stats) = write_tar(root, w, opts, &mut count)?;
+            w.send(true)?;
+            Ok((w.hasher.finish(), w.crc.sum(), w.total, stats))
+        });
+        for _ in 0..workers {
+            let (rx, ctx) = (rx.clone(), ctx.clone());
+            s.spawn(move || compress_worker(codec, &rx, &ctx));
+        }
+        drop(ctx);
+        let written = collect(codec, out, crx);
+        let produced = producer
+            .join()
+            .map_err(|_| Error::Io(io::Error::other("tar writer panicked")))?;
+        let (diff_id, crc, total, stats) = produced?;
+        let mut out = written?;
+        if codec == Codec::Gzip {
+            out.write_all(&crc.to_le_bytes())?;
+            out.write_all(&(total as u32).to_le_bytes())?;
+        }
+        let (buf, digest, size) = out.finish();
+        let file = buf.into_inner().map_err(|e| e.into_error())?;
+        file.sync_all()?;
+        Ok((diff_id, digest, size, total, stats))
+    })?;
+    (
+        layer.diff_id,
+        layer.digest,
+        layer.size,
+        layer.tar_size,
+        layer.stats,
+    ) = result;
+    Ok(layer)
+}
+
+type Out = HashingWriter<BufWriter<File>>;
+
+fn compress_worker(
+    codec: Codec,
+    rx: &Mutex<Receiver<Block>>,
+    tx: &SyncSender<io::Result<(u64, Vec<u8>)>>,
+) {
+    match codec {
+        Codec::Gzip => loop {
+            let Ok(b) = rx.lock().unwrap().recv() else {
+                return;
+            };
+            let r = deflate_block(&b, flate2::Compression::default()).map(|d| (b.seq, d));
+            if tx.send(r).is_err() {
+                return;
+            }
+        },
+        Codec::Zstd => {
+            // One streaming encoder; each block's output is what it emitted so far.
+            let mut enc = match zstd::stream::write::Encoder::new(Vec::new(), 3) {
+                Ok(e) => e,
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                    return;
+                }
+            };
+            loop {
+                let Ok(b) = rx.lock().unwrap().recv() else {
+                    return;
+                };
+                let r = (|| {
+                    enc.write_all(&b.data)?;
+                    if b.last {
+                        let e = std::mem::replace(
+                            &mut enc,
+                            zstd::stream::write::Encoder::new(Vec::new(), 3)?,
+                        );
+                        return e.finish();
+                    }
+                    Ok(std::mem::take(enc.get_mut()))
+                })()
+                .map(|d| (b.seq, d));
+                if tx.send(r).is_err() {
+                    return;
+                }
+            }
+        }
+        Codec::None => loop {
+            let Ok(b) = rx.lock().unwrap().recv() else {
+                return;
+            };
+            if tx.send(Ok((b.seq, b.data))).is_err() {
+                return;
+            }
+        },
+    }
+}
+
+/// Write compressed blocks in order (gzip: after the member header).
+fn collect(codec: Codec, mut out: Out, rx: Receiver<io::Result<(u64, Vec<u8>)>>) -> Result<Out> {
+    if codec == Codec::Gzip {
+        // Deflate, no flags, mtime 0, no extra flags, OS unknown: deterministic.
+        out.write_all(&[0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff])?;
+    }
+    let mut pending = BTreeMap::new();
+    let mut next = 0u64;
+    for r in rx {
+        let (seq, data) = r?;
+        pending.insert(seq, data);
+        while let Some(d) = pending.remove(&next) {
+            out.write_all(&d)?;
+            next += 1;
+        }
+    }
+    if !pending.is_empty() {
+        return Err(Error::Io(io::Error::other("compressed blocks missing")));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+
+    fn tree() -> tempfile::TempDir {
+        let d = tempfile::tempdir().unwrap();
+        let big: Vec<u8> = (0..3_500_000u32)
+            .map(|i| (i % 251) as u8 ^ (i >> 13) as u8)
+            .collect();
+        std::fs::write(d.path().join("big"), &big).unwrap();
+        std::fs::create_dir(d.path().join("dir")).unwrap();
+        std::fs::write(d.path().join("dir/small"), b"hello").unwrap();
+        std::fs::hard_link(d.path().join("dir/small"), d.path().join("link")).unwrap();
+        std::os::unix::fs::symlink("dir/small", d.path().join("sym")).unwrap();
+        let long = "n".repeat(150);
+        std::fs::write(d.path().join(&long), b"long").unwrap();
+        d
+    }
+
+    #[test]
+    fn gzip_is_one_valid_member_and_deterministic() {
+        let src = tree();
+        let tmp = tempfile::tempdir().unwrap();
+        let a = pack_layer(
+            src.path(),
+            tmp.path(),
+            Codec::Gzip,
+            &PackOptions::default(),
+            &|_| {},
+        )
+        .unwrap();
+        let b = pack_layer(
+            src.path(),
+            tmp.path(),
+            Codec::Gzip,
+            &PackOptions::default(),
+            &|_| {},
+        )
+        .unwrap();
+        assert_eq!(a.digest, b.digest);
+        assert_eq!(a.diff_id, b.diff_id);
+        let blob = std::fs::read(&a.path).unwrap();
+        assert_eq!(Digest::sha256_of(&blob), a.digest);
+        let mut tar = Vec::new();
+        flate2::read::GzDecoder::new(&blob[..])
+            .read_to_end(&mut tar)
+            .unwrap();
+        assert_eq!(Digest::sha256_of(&tar), a.diff_id);
+        assert_eq!(tar.len() as u64, a.tar_size);
+        let mut names = Vec::new();
+        for e in tar::Archive::new(&tar[..]).entries().unwrap() {
+            let e = e.unwrap();
+            names.push((
+                e.path().unwrap().display().to_string(),
+                e.header().entry_type(),
+            ));
+        }
+        let n: Vec<&str> = names.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(n[0], "big");
+        assert!(n.contains(&"dir/"));
+        assert!(n.contains(&"n".repeat(150).as_str()));
+        assert!(names
+            .iter()
+            .any(|(n, t)| n == "link" && *t == tar::EntryType::Link));
+        let z = pack_layer(
+            src.path(),
+            tmp.path(),
+            Codec::Zstd,
+            &PackOptions::default(),
+            &|_| {},
+        )
+        .unwrap();
+        assert_eq!(z.diff_id, a.diff_id);
+        let zb = std::fs::read(&z.path).unwrap();
+        let zt = zstd::stream::decode_all(&zb[..]).unwrap();
+        assert_eq!(Digest::sha256_of(&zt), a.diff_id);
+    }
+}

@@ -1,0 +1,25 @@
+//! The writable export side: a staging directory turned into an image.
+//!
+//! - [`staging`]: the durable staging area, one directory per entry.
+//! - [`fs`]: the writable filesystem over it (copy-up from a `--from` base,
+//!   whiteouts), plain Rust; `crate::fuse::export` links fuser to it.
+//! - [`pack`] and [`compress`]: a deterministic tar, compressed and hashed
+//!   in one pass into a temp file.
+//! - [`image`]: the config and manifest; [`push`]: blobs then the manifest.
+//! - [`commit`]: the whole commit, with progress, and [`Exporter`], the
+//!   service the filesystem and the control socket share.
+
+pub mod base;
+pub mod commit;
+pub mod compress;
+pub mod fs;
+pub mod image;
+pub mod pack;
+pub mod push;
+pub mod staging;
+pub mod xattr;
+
+pub use commit::{CommitOptions, CommitOutcome, CommitProgress, Exporter};
+pub use compress::Codec;
+pub use image::ManifestFormat;
+pub use staging::{EntryMeta, Staging};

@@ -1,0 +1,221 @@
+//! A deterministic tar writer for a staged tree.
+//!
+//! The same tree always gives the same bytes: entries in sorted name order
+//! (depth first, each directory's children sorted by their raw names), no
+//! user or group names, no access or change times, PAX records only when
+//! needed (long names, long link targets, xattrs) and in sorted order.
+//! Hard links are found by `(dev, ino)`; symlinks are never followed. Modes,
+//! owners and mtimes are kept; `source_date_epoch` clamps mtimes to it.
+//! OCI whiteouts (`.wh.NAME`, `.wh..wh..opq`) are written with fixed
+//! metadata. The root directory itself is not an entry (its metadata comes
+//! from the base image, or is the runtime's default).
+
+use std::collections::HashMap;
+use std::fs::{self, File};
+use std::io::{self, Read, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::Path;
+
+use tar::{EntryType, Header};
+
+use super::xattr;
+
+/// Options of [`write_tar`].
+#[derive(Clone, Debug, Default)]
+pub struct PackOptions {
+    /// Clamp every mtime to at most this (seconds since the epoch).
+    pub source_date_epoch: Option<i64>,
+}
+
+/// What [`write_tar`] wrote.
+#[derive(Clone, Debug, Default)]
+pub struct PackStats {
+    /// Tar entries (without PAX headers).
+    pub entries: u64,
+    /// Bytes of file content.
+    pub content_bytes: u64,
+}
+
+const WHITEOUT_PREFIX: &[u8] = b".wh.";
+/// Copy-up temp files of the export filesystem: never packed.
+const TMP_PREFIX: &[u8] = b".wh..regfs-tmp.";
+
+/// Write the tree under `root` as a tar stream to `out` (finished, with the
+/// end-of-archive blocks). `progress` is called with content bytes as they go.
+pub fn write_tar<W: Write>(
+    root: &Path,
+    out: W,
+    opts: &PackOptions,
+    progress: &mut dyn FnMut(u64),
+) -> io::Result<(W, PackStats)> {
+    let mut b = tar::Builder::new(out);
+    let mut st = Packer {
+        opts,
+        links: HashMap::new(),
+        stats: PackStats::default(),
+        progress,
+    };
+    st.dir(&mut b, root, &mut Vec::new())?;
+    b.finish()?;
+    Ok((b.into_inner()?, st.stats))
+}
+
+struct Packer<'a> {
+    opts: &'a PackOptions,
+    links: HashMap<(u64, u64), Vec<u8>>,
+    stats: PackStats,
+    progress: &'a mut dyn FnMut(u64),
+}
+
+impl Packer<'_> {
+    fn dir<W: Write>(
+        &mut self,
+        b: &mut tar::Builder<W>,
+        dir: &Path,
+        name: &mut Vec<u8>,
+    ) -> io::Result<()> {
+        let mut children: Vec<_> = fs::read_dir(dir)?
+            .map(|e| e.map(|e| e.file_name()))
+            .collect::<io::Result<_>>()?;
+        children.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+        for c in children {
+            if c.as_bytes().starts_with(TMP_PREFIX) {
+                continue; // an unfinished copy-up
+            }
+            let path = dir.join(&c);
+            let len = name.len();
+            name.extend_from_slice(c.as_bytes());
+            let md = fs::symlink_metadata(&path)?;
+            if md.is_dir() {
+                name.push(b'/');
+                self.entry(b, &path, &md, name)?;
+                self.dir(b, &path, name)?;
+            } else {
+                self.entry(b, &path, &md, name)?;
+            }
+            name.truncate(len);
+        }
+        Ok(())
+    }
+
+    fn entry<W: Write>(
+        &mut self,
+        b: &mut tar::Builder<W>,
+        path: &Path,
+        md: &fs::Metadata,
+        name: &[u8],
+    ) -> io::Result<()> {
+        let ft = md.file_type();
+        let base = name
+            .rsplit(|&c| c == b'/')
+            .find(|s| !s.is_empty())
+            .unwrap_or(name);
+        let mut h = Header::new_ustar();
+        let mut pax: Vec<(String, Vec<u8>)> = Vec::new();
+        if ft.is_file() && base.starts_with(WHITEOUT_PREFIX) {
+            // A whiteout or opaque marker: fixed metadata, no content.
+            h.set_entry_type(EntryType::Regular);
+            h.set_mode(0o644);
+            set_name(&mut h, name, &mut pax);
+            h.set_cksum();
+            return self.append(b, &h, &pax, io::empty());
+        }
+        let mtime = match self.opts.source_date_epoch {
+            Some(e) => md.mtime().min(e),
+            None => md.mtime(),
+        };
+        h.set_mode(md.mode() & 0o7777);
+        h.set_uid(md.uid() as u64);
+        h.set_gid(md.gid() as u64);
+        h.set_mtime(mtime.max(0) as u64);
+        h.set_size(0);
+        set_name(&mut h, name, &mut pax);
+        for (k, v) in xattr::all(path)? {
+            let k =
+                String::from_utf8(k).map_err(|_| io::Error::other("xattr name is not UTF-8"))?;
+            pax.push((format!("SCHILY.xattr.{k}"), v));
+        }
+        if !ft.is_dir() && md.nlink() > 1 {
+            let key = (md.dev(), md.ino());
+            if let Some(first) = self.links.get(&key) {
+                h.set_entry_type(EntryType::Link);
+                let first = first.clone();
+                set_link(&mut h, &first, &mut pax);
+                h.set_cksum();
+                return self.append(b, &h, &pax, io::empty());
+            }
+            self.links.insert(key, name.to_vec());
+        }
+        if ft.is_dir() {
+            h.set_entry_type(EntryType::Directory);
+        } else if ft.is_symlink() {
+            h.set_entry_type(EntryType::Symlink);
+            let target = fs::read_link(path)?;
+            set_link(&mut h, target.as_os_str().as_bytes(), &mut pax);
+        } else if ft.is_fifo() {
+            h.set_entry_type(EntryType::Fifo);
+        } else if ft.is_char_device() || ft.is_block_device() {
+            h.set_entry_type(if ft.is_char_device() {
+                EntryType::Char
+            } else {
+                EntryType::Block
+            });
+            let rdev = md.rdev();
+            h.set_device_major(libc::major(rdev))?;
+            h.set_device_minor(libc::minor(rdev))?;
+        } else if ft.is_socket() {
+            tracing::warn!(path = %path.display(), "sockets cannot be packed; skipped");
+            return Ok(());
+        } else {
+            h.set_entry_type(EntryType::Regular);
+            let size = md.len();
+            h.set_size(size);
+            h.set_cksum();
+            // Read exactly `size` bytes even if the file changes under us.
+            let f = File::open(path)?;
+            let data = f.take(size).chain(io::repeat(0)).take(size);
+            self.stats.content_bytes += size;
+            (self.progress)(size);
+            return self.append(b, &h, &pax, data);
+        }
+        h.set_cksum();
+        self.append(b, &h, &pax, io::empty())
+    }
+
+    fn append<W: Write, R: Read>(
+        &mut self,
+        b: &mut tar::Builder<W>,
+        h: &Header,
+        pax: &[(String, Vec<u8>)],
+        data: R,
+    ) -> io::Result<()> {
+        if !pax.is_empty() {
+            let mut sorted: Vec<_> = pax.iter().collect();
+            sorted.sort();
+            b.append_pax_extensions(sorted.iter().map(|(k, v)| (k.as_str(), v.as_slice())))?;
+        }
+        self.stats.entries += 1;
+        b.append(h, data)
+    }
+}
+
+/// Put `name` in the header; longer than the field: a PAX `path` record too.
+fn set_name(h: &mut Header, name: &[u8], pax: &mut Vec<(String, Vec<u8>)>) {
+    let field = &mut h.as_old_mut().name;
+    let n = name.len().min(field.len());
+    field[..n].copy_from_slice(&name[..n]);
+    if name.len() > field.len() {
+        pax.push(("path".into(), name.to_vec()));
+    }
+}
+
+/// Put a link target in the header; longer than the field: a PAX `linkpath` record.
+fn set_link(h: &mut Header, target: &[u8], pax: &mut Vec<(String, Vec<u8>)>) {
+    let field = &mut h.as_old_mut().linkname;
+    let n = target.len().min(field.len());
+    field[..n].copy_from_slice(&target[..n]);
+    if target.len() > field.len() {
+        pax.push(("linkpath".into(), target.to_vec()));
+    }
+}
