@@ -9,6 +9,7 @@
 #                    (only when one of their commands/files is missing)
 #   ensure_images    build the lab OCI layout into ${REGFS_LAB:-REPO/.lab/images}
 #                    when a tag is missing, plus the zstd twin layout oci-zstd
+#                    and the eStargz / zstd:chunked layout oci-esgz
 #   free_port [FROM] print a TCP port on 127.0.0.1 nobody listens on
 #   say / die        messages on stderr
 
@@ -139,4 +140,47 @@ ensure_images() {
       "oci:$L/oci:python-3.11" "oci:$L/oci-zstd:python-3.11-zstd" ||
       die "zstd recompression failed"
   fi
+  ensure_esgz_images
+}
+
+# eStargz and zstd:chunked twins of python-3.11, converted by a real tool
+# (ctr-remote, via ../shared/lab/esgz.sh) and kept byte-identical (manifests
+# with their TOC annotations) in the layout oci-esgz. ~1-2 minutes, once.
+REGFS_ESGZ_TAGS=(python-3.11-esgz python-3.11-zstdchunked)
+
+ensure_esgz_images() {
+  local L t missing=0 lab port reg rc=0 work
+  L=$(lab_images)
+  L=$(cd "$L" && pwd)
+  for t in "${REGFS_ESGZ_TAGS[@]}"; do
+    _layout_tags "$L/oci-esgz" | grep -qx "$t" || missing=1
+  done
+  [ "$missing" = 1 ] || return 0
+  [ "$(id -u)" = 0 ] || die "building $L/oci-esgz needs root (containerd)"
+  local c
+  for c in containerd:containerd ctr-remote:stargz-snapshotter; do
+    command -v "${c%%:*}" >/dev/null 2>&1 || _apt_install "${c#*:}" ||
+      { DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null 2>&1 || true
+        _apt_install "${c#*:}" || die "apt-get install ${c#*:} failed"; }
+  done
+  lab=$(lab_dir)
+  port=$(free_port)
+  reg="$L/../esgz-registry"
+  work="$L/../esgz-work"
+  say "converting python-3.11 to eStargz and zstd:chunked into $L/oci-esgz (~1-2 minutes)"
+  rm -rf "$reg"
+  "$lab/registry.sh" start "$reg" "$port" >/dev/null
+  (
+    skopeo copy -q --dest-tls-verify=false "oci:$L/oci:python-3.11" \
+      "docker://127.0.0.1:$port/lab/python:3.11" &&
+      "$lab/esgz.sh" "127.0.0.1:$port" "$work" lab/python:3.11 lab/python:3.11-esgz >/dev/null &&
+      rm -rf "$L/oci-esgz" &&
+      for t in esgz zstdchunked; do
+        skopeo copy -q --src-tls-verify=false --preserve-digests \
+          "docker://127.0.0.1:$port/lab/python:3.11-$t" "oci:$L/oci-esgz:python-3.11-$t" || exit 1
+      done
+  ) || rc=$?
+  "$lab/registry.sh" stop "$reg" "$port" >/dev/null || true
+  rm -rf "$reg" "$work"
+  [ "$rc" = 0 ] || die "eStargz conversion failed ($rc)"
 }

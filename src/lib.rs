@@ -10,6 +10,7 @@ pub mod cache;
 pub mod content;
 pub mod digest;
 pub mod error;
+pub mod estargz;
 pub mod export;
 pub mod reference;
 

@@ -8,6 +8,8 @@
 //! blobs/sha256/<hex>     raw blobs as the registry serves them (manifests, configs, raw layers)
 //! layers/sha256/<hex>    uncompressed layer tars, named by diff_id
 //! index/sha256/<hex>     the layer index (a serialized tree), named by diff_id
+//! chunks/sha256/<hex>    verified uncompressed eStargz / zstd:chunked chunks, by chunk digest
+//! toc/sha256/<hex>       the index of a lazy layer, named by its verified TOC's anchor digest
 //! tmp/                   downloads in progress; emptied at start
 //! ```
 
@@ -35,6 +37,12 @@ pub enum Kind {
     Layer,
     /// Layer indexes by diff_id.
     Index,
+    /// Verified chunks of lazily served layers, by chunk digest (shared by
+    /// every layer and image that has the same chunk).
+    Chunk,
+    /// Indexes of lazily served layers built from a verified TOC, by the
+    /// digest that verified it (TOC digest or zstd:chunked manifest checksum).
+    Toc,
 }
 
 impl Kind {
@@ -43,9 +51,11 @@ impl Kind {
             Kind::Blob => "blobs",
             Kind::Layer => "layers",
             Kind::Index => "index",
+            Kind::Chunk => "chunks",
+            Kind::Toc => "toc",
         }
     }
-    const ALL: [Kind; 3] = [Kind::Blob, Kind::Layer, Kind::Index];
+    const ALL: [Kind; 5] = [Kind::Blob, Kind::Layer, Kind::Index, Kind::Chunk, Kind::Toc];
 }
 
 /// Counters for tests, status and metrics.

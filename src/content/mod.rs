@@ -3,7 +3,9 @@
 //! verified, and only then stored. Knows nothing of inodes.
 
 mod bridge;
+mod chunks;
 mod layers;
+mod lazy;
 
 use std::fs::File;
 use std::sync::Arc;
@@ -11,6 +13,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 pub use layers::LoadedLayer;
+pub use lazy::{LayerSource, LazyOptions, OpenedLayer, RemoteLayer};
 
 use crate::cache::{Kind, Store};
 use crate::digest::Digest;
@@ -40,6 +43,8 @@ pub struct Content {
     manifests: quick_cache::sync::Cache<Digest, Arc<ManifestInfo>>,
     configs: quick_cache::sync::Cache<Digest, Arc<ImageConfig>>,
     limits: Limits,
+    lazy: lazy::Lazy,
+    max_nodes: u64,
 }
 
 impl Content {
@@ -53,6 +58,8 @@ impl Content {
             manifests: quick_cache::sync::Cache::new(4096),
             configs: quick_cache::sync::Cache::new(1024),
             limits,
+            lazy: lazy::Lazy::new(LazyOptions::default(), max_nodes),
+            max_nodes,
         }
     }
 

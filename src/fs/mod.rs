@@ -216,8 +216,9 @@ impl Fs {
         Ok(fh)
     }
 
-    /// Read up to `size` bytes at `offset` from open file `fh`. Local I/O only:
-    /// everything was fetched and verified by [`Fs::open`].
+    /// Read up to `size` bytes at `offset` from open file `fh`. Local I/O,
+    /// except for files of lazily served layers, whose chunks are fetched and
+    /// verified on first read.
     pub async fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>> {
         enum Src {
             Bytes(Bytes),
@@ -252,7 +253,7 @@ impl Fs {
                 })
                 .await
             }
-            Src::Tree(t, node) => blocking(move || t.read(node, offset, size)).await,
+            Src::Tree(t, node) => t.read(&self.content, node, offset, size).await,
         }
     }
 

@@ -1,31 +1,51 @@
 //! Layer trees and the merged rootfs as the filesystem sees them: loading
 //! (bounded in memory, reloaded on demand), attributes, listing and reads.
 
-use std::fs::File;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use super::{Attr, DirEntry, FileKind, Fs, Key, TreeId, TreeWhich, IMMUTABLE_TTL};
+use crate::content::{Content, LayerSource};
 use crate::error::{Error, Result};
 use crate::image::Manifest;
 use crate::layer::{self, Kind, Node, NodeId, Tree};
 
-/// A tree with the layer files its contents live in.
+/// A tree with the data sources its contents live in.
 pub(crate) struct LoadedTree {
-    /// The tree (content layer numbers index `files`).
+    /// The tree (content layer numbers index `sources`).
     pub tree: Arc<Tree>,
-    /// One verified uncompressed tar per layer the tree refers to.
-    pub files: Vec<Arc<File>>,
+    /// Per layer: a verified uncompressed tar, or a remote lazy layer.
+    pub sources: Vec<LayerSource>,
 }
 
 impl LoadedTree {
-    /// Read file `node` at `offset` (local I/O).
-    pub(crate) fn read(&self, node: NodeId, offset: u64, size: u32) -> Result<Vec<u8>> {
+    /// Read file `node` at `offset`: local I/O off the async workers, or the
+    /// file's chunks through `content` (fetched and verified on first use).
+    pub(crate) async fn read(
+        self: Arc<Self>,
+        content: &Content,
+        node: NodeId,
+        offset: u64,
+        size: u32,
+    ) -> Result<Vec<u8>> {
         let n = self.tree.node(node);
-        let mut buf = vec![0u8; size as usize];
-        let got = layer::read_content(n, &self.files, offset, &mut buf)?;
-        buf.truncate(got);
-        Ok(buf)
+        if let layer::Content::Chunks { layer, chunks } = &n.content {
+            return match self.sources.get(*layer as usize) {
+                Some(LayerSource::Remote(r)) => {
+                    content.read_chunks(r, chunks, n.size, offset, size).await
+                }
+                _ => Err(Error::invalid("chunked file without a remote layer")),
+            };
+        }
+        tokio::task::spawn_blocking(move || {
+            let n = self.tree.node(node);
+            let mut buf = vec![0u8; size as usize];
+            let got = layer::read_content(n, &self.sources, offset, &mut buf)?;
+            buf.truncate(got);
+            Ok(buf)
+        })
+        .await
+        .map_err(|e| Error::Io(std::io::Error::other(e)))?
     }
 }
 
@@ -75,11 +95,11 @@ impl Trees {
                     .ok_or_else(|| Error::NotFound("layer".into()))?;
                 let l = fs
                     .content
-                    .layer(&id.repo, desc, &config.diff_ids[i])
+                    .open_layer(&id.repo, desc, &config.diff_ids[i])
                     .await?;
                 LoadedTree {
-                    tree: l.tree.clone(),
-                    files: vec![l.file.clone()],
+                    tree: l.tree,
+                    sources: vec![l.source],
                 }
             }
             TreeWhich::Rootfs => {
@@ -88,13 +108,13 @@ impl Trees {
                     .layers
                     .iter()
                     .zip(config.diff_ids.iter())
-                    .map(|(d, diff)| fs.content.layer(&id.repo, d, diff));
+                    .map(|(d, diff)| fs.content.open_layer(&id.repo, d, diff));
                 let layers = futures_util::future::try_join_all(fetches).await?;
                 let trees: Vec<&Tree> = layers.iter().map(|l| &*l.tree).collect();
                 let merged = tokio::task::block_in_place(|| layer::merge(&trees));
                 LoadedTree {
                     tree: Arc::new(merged),
-                    files: layers.iter().map(|l| l.file.clone()).collect(),
+                    sources: layers.iter().map(|l| l.source.clone()).collect(),
                 }
             }
         };

@@ -25,7 +25,7 @@
 //! Cost: every node of every layer is visited once, with a `BTreeMap`
 //! operation per name: O(N log N) in the total number of entries.
 
-use crate::layer::tree::{Builder, Content, Kind, Node, NodeId, Tree, OPAQUE_XATTR};
+use crate::layer::tree::{Builder, Kind, Node, NodeId, Tree, OPAQUE_XATTR};
 
 /// The merged tree of `layers`, bottom layer first.
 pub fn merge(layers: &[&Tree]) -> Tree {
@@ -73,17 +73,7 @@ fn apply(b: &mut Builder, layer: &Tree, number: u16) {
                 let slot = &mut linked[*child as usize];
                 if *slot == NodeId::MAX {
                     let mut n = src.clone();
-                    n.content = match n.content {
-                        Content::None => Content::None,
-                        Content::Tar { offset, .. } => Content::Tar {
-                            layer: number,
-                            offset,
-                        },
-                        Content::Sparse { segments, .. } => Content::Sparse {
-                            layer: number,
-                            segments,
-                        },
-                    };
+                    n.content = n.content.with_layer(number);
                     *slot = b.add(n);
                 }
                 let id = *slot;

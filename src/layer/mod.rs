@@ -23,7 +23,8 @@ pub use index::{index_tar, Limits};
 pub use ingest::{ingest, IngestStats};
 pub use merge::merge;
 pub use tree::{
-    normalize, read_content, Content, Kind, Node, NodeId, ReadAt, Segment, Tree, OPAQUE_XATTR,
+    normalize, read_content, Chunk, Content, Kind, Node, NodeId, ReadAt, Segment, Tree,
+    OPAQUE_XATTR,
 };
 
 #[cfg(test)]

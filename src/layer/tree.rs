@@ -46,6 +46,24 @@ pub struct Segment {
     pub len: u64,
 }
 
+/// One independently compressed and verifiable piece of a file in a lazily
+/// served layer (an eStargz or zstd:chunked blob): see [`Content::Chunks`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Chunk {
+    /// Offset of the chunk's data in the file.
+    pub file_offset: u64,
+    /// Uncompressed length of the chunk.
+    pub size: u64,
+    /// Offset in the compressed blob where the chunk's gzip member or zstd frame starts.
+    pub blob_offset: u64,
+    /// Compressed extent to fetch: up to the next member / frame (or the TOC).
+    pub blob_len: u64,
+    /// Offset of the chunk's data in the decompressed member (usually 0).
+    pub inner_offset: u64,
+    /// Digest of the chunk's uncompressed bytes (from the verified TOC).
+    pub digest: crate::digest::Digest,
+}
+
 /// Where a file's bytes live.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Content {
@@ -65,6 +83,15 @@ pub enum Content {
         /// Data segments, ordered by `logical`, non-overlapping.
         segments: Vec<Segment>,
     },
+    /// Chunks of a remote, lazily served layer `layer` (compressed blob offsets,
+    /// verified one chunk at a time); ordered by `file_offset`, contiguous,
+    /// covering the file's size.
+    Chunks {
+        /// The layer number the caller assigned when indexing.
+        layer: u16,
+        /// The file's chunks.
+        chunks: Vec<Chunk>,
+    },
 }
 
 impl Content {
@@ -72,7 +99,19 @@ impl Content {
     pub fn layer(&self) -> Option<u16> {
         match self {
             Content::None => None,
-            Content::Tar { layer, .. } | Content::Sparse { layer, .. } => Some(*layer),
+            Content::Tar { layer, .. }
+            | Content::Sparse { layer, .. }
+            | Content::Chunks { layer, .. } => Some(*layer),
+        }
+    }
+
+    /// The same content, from layer `layer` instead.
+    pub fn with_layer(self, layer: u16) -> Content {
+        match self {
+            Content::None => Content::None,
+            Content::Tar { offset, .. } => Content::Tar { layer, offset },
+            Content::Sparse { segments, .. } => Content::Sparse { layer, segments },
+            Content::Chunks { chunks, .. } => Content::Chunks { layer, chunks },
         }
     }
 }
@@ -231,6 +270,11 @@ impl Tree {
     /// All nodes, indexed by `NodeId`.
     pub fn nodes(&self) -> &[Node] {
         &self.nodes
+    }
+
+    /// All nodes, mutable (for builders that fix up contents after `finish`).
+    pub(crate) fn nodes_mut(&mut self) -> &mut [Node] {
+        &mut self.nodes
     }
 
     /// The entries of directory `dir`, sorted by name (empty for non-directories).
@@ -536,6 +580,12 @@ pub fn read_content<D: ReadAt>(
                 let dst = &mut buf[(from - offset) as usize..(to - offset) as usize];
                 read_exact_at(data, dst, s.raw + (from - s.logical))?;
             }
+        }
+        Content::Chunks { .. } => {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "remote chunks are read through crate::content",
+            ))
         }
     }
     Ok(want)
