@@ -36,7 +36,10 @@
 //! }
 //! ```
 
+pub mod configured;
+pub mod env_mount;
 pub mod proxy;
+pub mod token_server;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ffi::{CString, OsString};
@@ -932,6 +935,8 @@ fn unescape_mountinfo(s: &str) -> Vec<u8> {
 pub struct Mount {
     args: Vec<OsString>,
     stdin: Option<String>,
+    /// Extra environment for the daemon (see `env_mount.rs`).
+    env: Vec<(OsString, OsString)>,
     child: Option<Child>,
     log_path: PathBuf,
     // Declared last: removed after Drop::drop has unmounted.
@@ -982,6 +987,7 @@ impl Mount {
         let mut m = Mount {
             args: full,
             stdin,
+            env: Vec::new(),
             child: None,
             log_path: logdir.path().join("regfs.log"),
             mountpoint,
@@ -1011,6 +1017,7 @@ impl Mount {
         if std::env::var_os("RUST_LOG").is_none() {
             cmd.env("RUST_LOG", "info");
         }
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
         let mut child =
             spawn_tied(cmd).unwrap_or_else(|e| panic!("cannot run {}: {e}", bin.display()));
         if let (Some(input), Some(mut pipe)) = (&self.stdin, child.stdin.take()) {
