@@ -25,6 +25,73 @@ Examples:
     Mount(Box<MountArgs>),
     /// Unmount a regfs mount (lazy detach); its daemon exits 0.
     Unmount(UnmountArgs),
+    /// Pack and push an export entry; exits 0 once the tag is pushed.
+    #[command(after_help = "\
+Examples:
+  regfs mount localhost:5000 /mnt/reg --export /mnt/export --daemon
+  mkdir /mnt/export/myapp:1.0 && cp -a rootfs/. /mnt/export/myapp:1.0/
+  regfs commit /mnt/export/myapp:1.0
+  echo 'commit myapp:1.0' > /mnt/export/.regfs-control   # the same, for tools that only write files")]
+    Commit(CommitArgs),
+    /// Manage export entries.
+    #[command(subcommand)]
+    Export(ExportCommand),
+    /// Show the staged export entries and the commits in flight.
+    Status(StatusArgs),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ExportCommand {
+    /// Make an entry, empty or starting from an image of the mounted registry.
+    #[command(after_help = "\
+Example:
+  regfs export new /mnt/export/myapp:2.0 --from lab/python:3.11")]
+    New(ExportNewArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct CommitArgs {
+    /// The entry: EXPORTDIR/NAME:TAG.
+    pub path: PathBuf,
+    /// Layer compression: gzip, zstd or none [default: the daemon's --compression].
+    #[arg(long)]
+    pub compression: Option<String>,
+    /// Push a Docker schema 2 manifest instead of OCI.
+    #[arg(long)]
+    pub docker: bool,
+    /// Clamp mtimes to this and use it as the image's `created` (seconds since the epoch).
+    #[arg(long, env = "SOURCE_DATE_EPOCH")]
+    pub source_date_epoch: Option<i64>,
+    /// The daemon's control socket (found from the export directory otherwise).
+    #[arg(long)]
+    pub control: Option<PathBuf>,
+    /// No progress output.
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct ExportNewArgs {
+    /// The new entry: EXPORTDIR/NAME:TAG.
+    pub path: PathBuf,
+    /// Start from this image of the mounted registry (NAME:TAG or NAME@DIGEST).
+    #[arg(long)]
+    pub from: Option<String>,
+    /// The daemon's control socket (found from the export directory otherwise).
+    #[arg(long)]
+    pub control: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct StatusArgs {
+    /// The export directory.
+    pub path: Option<PathBuf>,
+    /// The daemon's control socket.
+    #[arg(long)]
+    pub control: Option<PathBuf>,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -78,6 +145,21 @@ pub struct MountArgs {
     /// FUSE dispatch threads.
     #[arg(long, default_value_t = 2)]
     pub threads: usize,
+    /// Also serve a writable export directory here (see `regfs commit --help`).
+    #[arg(long)]
+    pub export: Option<PathBuf>,
+    /// Where export entries are staged [default: CACHE_DIR/export].
+    #[arg(long, requires = "export")]
+    pub export_state: Option<PathBuf>,
+    /// Layer compression of commits: gzip, zstd or none.
+    #[arg(long, default_value = "gzip")]
+    pub compression: String,
+    /// Commits push Docker schema 2 manifests instead of OCI.
+    #[arg(long)]
+    pub docker_manifest: bool,
+    /// Commits clamp mtimes to this and use it as `created`.
+    #[arg(long, env = "SOURCE_DATE_EPOCH")]
+    pub source_date_epoch: Option<i64>,
 }
 
 #[derive(Args, Debug)]

@@ -1,7 +1,10 @@
 //! `regfs`: mount a container registry as a directory.
 
 mod cli;
+mod commit;
+mod control;
 mod daemon;
+mod export;
 mod logging;
 mod mount;
 mod size;
@@ -14,6 +17,9 @@ fn main() {
     let result = match cli.command {
         cli::Command::Mount(args) => mount::run(*args),
         cli::Command::Unmount(args) => unmount::run(&args.mountpoint),
+        cli::Command::Commit(args) => commit::commit(args),
+        cli::Command::Export(cli::ExportCommand::New(args)) => commit::export_new(args),
+        cli::Command::Status(args) => commit::status(args),
     };
     if let Err(e) = result {
         eprintln!("regfs: {e:#}");

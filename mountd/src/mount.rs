@@ -112,6 +112,7 @@ pub fn run(args: MountArgs) -> anyhow::Result<()> {
             .with_context(|| format!("cache {}", cache_dir.display()))?,
     );
     let content = Content::new(client, store, 4_000_000, Limits::default());
+    let export_platform = platform.clone();
     let fs = Arc::new(Fs::new(
         content,
         FsConfig {
@@ -120,6 +121,7 @@ pub fn run(args: MountArgs) -> anyhow::Result<()> {
             mount_time: SystemTime::now(),
         },
     ));
+    let export = crate::export::start(&args, fs.clone(), &rt, &cache_dir, export_platform)?;
     let session = FuseFs::new(fs, rt.handle().clone())
         .mount(
             &mountpoint,
@@ -160,6 +162,9 @@ pub fn run(args: MountArgs) -> anyhow::Result<()> {
         }
         Ok(())
     })?;
+    if let Some(e) = export {
+        e.stop();
+    }
     // Do not wait for in-flight network tasks: the mount is gone.
     rt.shutdown_timeout(Duration::from_secs(1));
     Ok(())

@@ -117,6 +117,10 @@ impl Packer<'_> {
             // A whiteout or opaque marker: fixed metadata, no content.
             h.set_entry_type(EntryType::Regular);
             h.set_mode(0o644);
+            h.set_uid(0);
+            h.set_gid(0);
+            h.set_mtime(0);
+            h.set_size(0);
             set_name(&mut h, name, &mut pax);
             h.set_cksum();
             return self.append(b, &h, &pax, io::empty());

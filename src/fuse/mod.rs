@@ -23,6 +23,8 @@ use tokio::runtime::Handle;
 use crate::error::Error;
 use crate::fs::{Attr, DirEntry, FileKind, Fs};
 
+pub mod export;
+
 /// Options of the kernel mount.
 #[derive(Clone, Debug, Default)]
 pub struct MountConfig {
@@ -85,7 +87,7 @@ impl FuseFs {
     }
 }
 
-fn errno(op: &str, e: &Error, errors: &OpErrors) -> Errno {
+pub(crate) fn errno(op: &str, e: &Error, errors: &OpErrors) -> Errno {
     let n = e.errno();
     if n == libc::ENOENT || n == libc::ENODATA {
         tracing::debug!(op, error = %e, "fuse op failed");
@@ -96,7 +98,7 @@ fn errno(op: &str, e: &Error, errors: &OpErrors) -> Errno {
     Errno::from_i32(n)
 }
 
-fn file_type(k: FileKind) -> FileType {
+pub(crate) fn file_type(k: FileKind) -> FileType {
     match k {
         FileKind::Dir => FileType::Directory,
         FileKind::File => FileType::RegularFile,
@@ -107,7 +109,7 @@ fn file_type(k: FileKind) -> FileType {
     }
 }
 
-fn file_attr(a: &Attr) -> FileAttr {
+pub(crate) fn file_attr(a: &Attr) -> FileAttr {
     FileAttr {
         ino: INodeNo(a.ino),
         size: a.size,
@@ -127,7 +129,7 @@ fn file_attr(a: &Attr) -> FileAttr {
     }
 }
 
-fn reply_xattr(reply: ReplyXattr, size: u32, data: &[u8]) {
+pub(crate) fn reply_xattr(reply: ReplyXattr, size: u32, data: &[u8]) {
     if size == 0 {
         reply.size(data.len() as u32);
     } else if data.len() > size as usize {

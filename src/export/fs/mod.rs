@@ -1012,6 +1012,11 @@ impl ExportFs {
         Ok(())
     }
 
+    /// Whether `ino` is the control file (its reads are generated, not sized).
+    pub fn is_control(&self, ino: u64) -> bool {
+        self.inodes.lock().unwrap().path(ino).as_deref() == Some(CONTROL_FILE)
+    }
+
     /// Forget open file `fh`.
     pub fn release(&self, fh: u64) {
         self.handles.lock().unwrap().remove(&fh);

@@ -1,0 +1,91 @@
+//! `regfs mount … --export EXPORTDIR`: the writable export mount and the
+//! control socket, served by the same daemon as the read-only mount.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use regfs::export::fs::ExportFs;
+use regfs::export::{CommitOptions, Exporter, Staging};
+use regfs::fs::Fs;
+use regfs::fuse::export::ExportFuse;
+use regfs::fuse::MountConfig;
+use regfs::image::Platform;
+
+use crate::cli::MountArgs;
+use crate::{control, unmount};
+
+/// The running export side.
+pub struct Export {
+    /// The FUSE session (unmounts when dropped).
+    session: Box<dyn std::any::Any + Send>,
+    mountpoint: PathBuf,
+    socket: PathBuf,
+}
+
+/// Start the export mount and control socket if `--export` was given.
+pub fn start(
+    args: &MountArgs,
+    fs: Arc<Fs>,
+    rt: &tokio::runtime::Runtime,
+    cache_dir: &std::path::Path,
+    platform: Platform,
+) -> anyhow::Result<Option<Export>> {
+    let Some(mountpoint) = args.export.clone() else {
+        return Ok(None);
+    };
+    let state = args
+        .export_state
+        .clone()
+        .unwrap_or_else(|| cache_dir.join("export"));
+    // The socket path is handed to clients through an xattr: make it absolute.
+    let state = std::path::absolute(&state)?;
+    let staging =
+        Staging::open(&state).with_context(|| format!("export state {}", state.display()))?;
+    let socket = staging.socket_path();
+    let defaults = CommitOptions {
+        codec: args.compression.parse()?,
+        format: if args.docker_manifest {
+            regfs::export::ManifestFormat::Docker
+        } else {
+            regfs::export::ManifestFormat::Oci
+        },
+        source_date_epoch: args.source_date_epoch,
+    };
+    let exp = Arc::new(Exporter::new(staging, fs, platform, defaults));
+    unmount::clear_stale(&mountpoint)?;
+    let _guard = rt.enter();
+    control::serve(&socket, exp.clone(), rt.handle())?;
+    let efs = Arc::new(ExportFs::new(
+        exp,
+        rt.handle().clone(),
+        Some(socket.clone()),
+    ));
+    let session = ExportFuse::new(efs, rt.handle().clone())
+        .mount(
+            &mountpoint,
+            &MountConfig {
+                allow_other: args.allow_other,
+                fs_name: "regfs-export".into(),
+                threads: args.threads,
+            },
+        )
+        .with_context(|| format!("mounting the export directory at {}", mountpoint.display()))?;
+    tracing::info!(export = %mountpoint.display(), state = %state.display(), socket = %socket.display(), "export mounted");
+    Ok(Some(Export {
+        session: Box::new(session),
+        mountpoint,
+        socket,
+    }))
+}
+
+impl Export {
+    /// Unmount the export directory and remove the socket.
+    pub fn stop(self) {
+        if let Err(e) = unmount::detach(&self.mountpoint) {
+            tracing::debug!(error = %e, "export detach");
+        }
+        let _ = std::fs::remove_file(&self.socket);
+        drop(self.session);
+    }
+}
