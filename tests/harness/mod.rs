@@ -123,10 +123,12 @@ pub fn lab_images() -> &'static Path {
 }
 
 /// The OCI layout holding `layout_tag`: `oci-zstd` for tags ending in
-/// `-zstd`, else `oci`.
+/// `-zstd`, `oci-esgz` for `-esgz` and `-zstdchunked`, else `oci`.
 pub fn layout_for(layout_tag: &str) -> PathBuf {
     if layout_tag.ends_with("-zstd") {
         lab_images().join("oci-zstd")
+    } else if layout_tag.ends_with("-esgz") || layout_tag.ends_with("-zstdchunked") {
+        lab_images().join("oci-esgz")
     } else {
         lab_images().join("oci")
     }
@@ -738,6 +740,18 @@ pub const LAB_IMAGES: &[(&str, &str, &str, &[&str])] = &[
         &["--all", "--format", "v2s2"],
     ),
     ("debian", "debian-bookworm", "lab/debian:bookworm", &[]),
+    (
+        "esgz",
+        "python-3.11-esgz",
+        "lab/python:3.11-esgz",
+        &["--preserve-digests"],
+    ),
+    (
+        "esgz",
+        "python-3.11-zstdchunked",
+        "lab/python:3.11-zstdchunked",
+        &["--preserve-digests"],
+    ),
 ];
 
 /// One plain registry per test binary, filled on demand. See [`lab()`].
