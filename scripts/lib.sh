@@ -114,6 +114,10 @@ ensure_images() {
   mkdir -p "$L"
   L=$(cd "$L" && pwd)
   export REGFS_LAB="$L"
+  # One builder at a time (test binaries, bench and demo may call this at once).
+  local lockfd
+  exec {lockfd}>"$L/.ensure.lock"
+  flock "$lockfd"
   tags=$(_layout_tags "$L/oci")
   for t in "${REGFS_LAB_TAGS[@]}"; do
     grep -qx "$t" <<<"$tags" || missing+=("$t")
@@ -141,6 +145,8 @@ ensure_images() {
       die "zstd recompression failed"
   fi
   ensure_esgz_images
+  flock -u "$lockfd"
+  exec {lockfd}>&-
 }
 
 # eStargz and zstd:chunked twins of python-3.11, converted by a real tool
