@@ -145,6 +145,13 @@ pub struct MountArgs {
     /// FUSE dispatch threads.
     #[arg(long, default_value_t = 2)]
     pub threads: usize,
+    /// Fetch the rest of each eStargz / zstd:chunked layer in the background
+    /// once its TOC is loaded (throttled; foreground reads go first).
+    #[arg(long)]
+    pub background_fetch: bool,
+    /// Bandwidth cap of background fetches and prefetches, bytes per second (0: none).
+    #[arg(long, default_value = "32M", value_parser = crate::size::parse_size)]
+    pub background_bandwidth: u64,
     /// Also serve a writable export directory here (see `regfs commit --help`).
     #[arg(long)]
     pub export: Option<PathBuf>,

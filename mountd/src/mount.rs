@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::{bail, Context};
 use regfs::cache::Store;
-use regfs::content::Content;
+use regfs::content::{Content, LazyOptions};
 use regfs::fs::{Fs, FsConfig};
 use regfs::fuse::{FuseFs, MountConfig};
 use regfs::image::Platform;
@@ -111,7 +111,12 @@ pub fn run(args: MountArgs) -> anyhow::Result<()> {
         Store::open(&cache_dir, args.cache_size)
             .with_context(|| format!("cache {}", cache_dir.display()))?,
     );
-    let content = Content::new(client, store, 4_000_000, Limits::default());
+    let mut content = Content::new(client, store, 4_000_000, Limits::default());
+    content.set_lazy_options(LazyOptions {
+        background_fetch: args.background_fetch,
+        background_bandwidth: args.background_bandwidth,
+        ..LazyOptions::default()
+    });
     let export_platform = platform.clone();
     let fs = Arc::new(Fs::new(
         content,
