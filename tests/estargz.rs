@@ -384,3 +384,55 @@ fn a_corrupted_toc_is_never_served() {
     )
     .is_ok());
 }
+
+#[test]
+fn background_fetch_fills_the_chunk_cache_without_blocking_reads() {
+    require_fuse!();
+    let reg = esgz_registry();
+    let m = Mount::new(&reg, &["--background-fetch", "--background-bandwidth", "0"]);
+    let img = m.path().join("lab").join(ESGZ);
+    let layers = layers(&img);
+    // Loading the rootfs schedules every layer; a foreground read meanwhile works.
+    let want = fs::read(umoci_unpack("python-3.11").join("etc/debian_version")).unwrap();
+    assert_eq!(
+        fs::read(img.join("rootfs/etc/debian_version")).unwrap(),
+        want
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while m.log().matches("background fetch done").count() < layers.len() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "background fetch did not finish:\n{}",
+            m.log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    // Everything is local now: reading a sample of files fetches nothing more.
+    let before: Vec<usize> = layers
+        .iter()
+        .map(|(d, _)| blob_traffic(&reg, d).0)
+        .collect();
+    for (d, size) in &layers {
+        let (_, bytes, whole) = blob_traffic(&reg, d);
+        assert_eq!(whole, 0, "{d} fetched whole");
+        assert!(
+            bytes <= size + 4096,
+            "{d}: {bytes} bytes for a {size}-byte blob"
+        );
+    }
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg("find usr/lib/python3.11 -name '*.py' | head -200 | xargs cat | wc -c")
+        .current_dir(img.join("rootfs"))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let after: Vec<usize> = layers
+        .iter()
+        .map(|(d, _)| blob_traffic(&reg, d).0)
+        .collect();
+    assert_eq!(
+        before, after,
+        "reads after the background fetch went to the network"
+    );
+}
