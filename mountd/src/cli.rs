@@ -121,6 +121,18 @@ pub struct MountArgs {
     /// Do not verify the registry's TLS certificate. Only for testing.
     #[arg(long)]
     pub insecure_skip_verify: bool,
+    /// Present this PEM client certificate to the registry (with --client-key).
+    #[arg(long, requires = "client_key")]
+    pub client_cert: Option<PathBuf>,
+    /// The PEM private key of --client-cert.
+    #[arg(long, requires = "client_cert")]
+    pub client_key: Option<PathBuf>,
+    /// A mirror (http(s)://host[:port]) tried before the registry, which stays the fallback (repeatable, in order).
+    #[arg(long)]
+    pub mirror: Vec<String>,
+    /// containerd-style mirror configuration: DIR/<registry>/hosts.toml (else DIR/_default/hosts.toml).
+    #[arg(long)]
+    pub hosts_dir: Option<PathBuf>,
     /// User name for the registry (with --password-stdin); otherwise ~/.docker/config.json is used.
     #[arg(long, requires = "password_stdin")]
     pub username: Option<String>,

@@ -4,6 +4,7 @@ mod cli;
 mod commit;
 mod control;
 mod daemon;
+mod endpoints;
 mod export;
 mod logging;
 mod mount;

@@ -82,6 +82,7 @@ pub fn run(args: MountArgs) -> anyhow::Result<()> {
     opts.force_https = scheme == Some(false) || !args.ca_cert.is_empty();
     opts.ca_certs = args.ca_cert.clone();
     opts.insecure_skip_verify = args.insecure_skip_verify;
+    crate::endpoints::apply(&args, &mut opts)?;
     opts.timeout = Duration::from_secs(args.timeout.max(1));
     opts.retries = args.retries;
     if let (Some(u), Some(p)) = (&args.username, password) {

@@ -9,7 +9,9 @@ mod blobs;
 mod body;
 pub mod credentials;
 pub mod errors;
+pub mod hosts;
 mod manifests;
+pub mod mirrors;
 pub mod paging;
 pub mod retry;
 mod upload;
@@ -28,6 +30,7 @@ pub use self::auth::Scope;
 pub use self::blobs::BlobStream;
 pub use self::credentials::Credentials;
 pub use self::manifests::{FetchedManifest, MANIFEST_ACCEPT, MAX_MANIFEST_SIZE};
+pub use self::mirrors::MirrorSpec;
 use self::retry::RetryPolicy;
 pub use self::upload::{CHUNK_SIZE, MONOLITHIC_LIMIT};
 use crate::error::{Error, Result};
@@ -46,6 +49,10 @@ pub struct ClientOptions {
     pub ca_certs: Vec<PathBuf>,
     /// Accept any certificate (only when explicitly asked).
     pub insecure_skip_verify: bool,
+    /// A TLS client certificate and its key (PEM files) to present (`--client-cert`).
+    pub client_cert: Option<(PathBuf, PathBuf)>,
+    /// Mirrors tried in order before the registry (`--mirror`, `hosts.toml`).
+    pub mirrors: Vec<MirrorSpec>,
     /// Explicit credentials; when `None`, the docker config is consulted.
     pub credentials: Option<Credentials>,
     /// The docker config directory; `None`: `$DOCKER_CONFIG` or `~/.docker`.
@@ -68,6 +75,8 @@ impl ClientOptions {
             force_https: false,
             ca_certs: Vec::new(),
             insecure_skip_verify: false,
+            client_cert: None,
+            mirrors: Vec::new(),
             credentials: None,
             docker_config_dir: None,
             timeout: Duration::from_secs(30),
@@ -139,6 +148,7 @@ struct Inner {
     timeout: Duration,
     retry: RetryPolicy,
     counters: Counters,
+    mirrors: Vec<mirrors::Mirror>,
 }
 
 /// One logical request; re-sent on retries and after authenticating.
@@ -212,10 +222,23 @@ impl Client {
             tracing::warn!(registry = %opts.registry, "TLS certificate verification is disabled");
             b = b.tls_danger_accept_invalid_certs(true);
         }
+        if let Some((cert, key)) = &opts.client_cert {
+            b = b.identity(client_identity(cert, key)?);
+        }
+        // HTTPS_PROXY / HTTP_PROXY / NO_PROXY apply, except to a loopback registry:
+        // a proxy elsewhere cannot reach this machine's 127.0.0.1.
+        if opts.registry.is_loopback() {
+            b = b.no_proxy();
+        }
         let http = b
             .build()
             .map_err(|e| Error::invalid(format!("HTTP client: {}", errors_chain(&e))))?;
         let retry = RetryPolicy::new(opts.retries);
+        let mirrors = opts
+            .mirrors
+            .iter()
+            .map(|m| mirrors::Mirror::new(m, &opts))
+            .collect::<Result<Vec<_>>>()?;
         let auth = auth::Auth::new(
             http.clone(),
             opts.registry.clone(),
@@ -234,6 +257,7 @@ impl Client {
                 timeout: opts.timeout,
                 retry,
                 counters: Counters::default(),
+                mirrors,
             }),
         })
     }
@@ -408,6 +432,14 @@ impl Client {
     /// (connect errors, timeouts, 5xx, 429) with backoff. Returns any other response,
     /// success or not; the caller maps error statuses.
     async fn send(&self, req: Req) -> Result<Response> {
+        if let Some(resp) = self.try_mirrors(&req).await {
+            return Ok(resp);
+        }
+        self.send_direct(req).await
+    }
+
+    /// [`Client::send`] to this client's own endpoint only (no mirrors).
+    async fn send_direct(&self, req: Req) -> Result<Response> {
         let inner = &*self.inner;
         let same_origin = req.url.origin() == inner.base.origin();
         let mut attempt = 0u32;
@@ -482,6 +514,25 @@ impl Client {
         self.inner.counters.retries.fetch_add(1, Ordering::Relaxed);
         tokio::time::sleep(self.inner.retry.delay(attempt, retry_after)).await;
     }
+}
+
+/// A client identity from a PEM certificate (chain) and a PEM private key.
+fn client_identity(cert: &std::path::Path, key: &std::path::Path) -> Result<reqwest::Identity> {
+    let read = |p: &std::path::Path| {
+        std::fs::read(p)
+            .map_err(|e| Error::invalid(format!("client certificate {}: {e}", p.display())))
+    };
+    let mut pem = read(cert)?;
+    pem.push(b'\n');
+    pem.extend(read(key)?);
+    reqwest::Identity::from_pem(&pem).map_err(|e| {
+        Error::invalid(format!(
+            "client certificate {} / key {}: {}",
+            cert.display(),
+            key.display(),
+            errors_chain(&e)
+        ))
+    })
 }
 
 fn errors_chain(e: &dyn std::error::Error) -> String {
