@@ -38,6 +38,7 @@
 
 pub mod configured;
 pub mod env_mount;
+pub mod export;
 pub mod proxy;
 pub mod token_server;
 
