@@ -14,7 +14,7 @@ use super::base::{self, BaseTree};
 use super::compress::{pack_layer, Codec};
 use super::image::{build_config, build_manifest, LayerDesc, ManifestFormat};
 use super::pack::PackOptions;
-use super::push::{push_image, BlobSource, PushBlob, PushReport};
+use super::push::{push_image, BlobSource, ImagePush, PushBlob, PushReport};
 use super::staging::{now_secs, parse_entry_ref, CommitRecord, EntryMeta, Staging};
 use crate::content::Content;
 use crate::digest::Digest;
@@ -315,11 +315,13 @@ impl Exporter {
         let mut report = PushReport::default();
         let digest = push_image(
             self.content(),
-            &repo,
-            &tag,
-            &blobs,
-            Bytes::from(manifest),
-            media_type,
+            ImagePush {
+                repo: &repo,
+                tag: &tag,
+                blobs: &blobs,
+                manifest: Bytes::from(manifest),
+                media_type,
+            },
             progress.sent.clone(),
             &mut report,
         )

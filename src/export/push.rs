@@ -79,18 +79,36 @@ fn file_stream(
     })
 }
 
-/// Push `blobs` to `repo` and then the manifest under `tag`; returns the
-/// manifest digest. `sent` counts uploaded bytes as they go.
+/// An image to push: blobs first, then the manifest under a tag.
+#[derive(Debug)]
+pub struct ImagePush<'a> {
+    /// Repository.
+    pub repo: &'a str,
+    /// Tag.
+    pub tag: &'a str,
+    /// Every blob the manifest names.
+    pub blobs: &'a [PushBlob],
+    /// Manifest bytes.
+    pub manifest: Bytes,
+    /// Manifest media type.
+    pub media_type: &'a str,
+}
+
+/// Push `img.blobs` and then the manifest; returns the manifest digest.
+/// `sent` counts uploaded bytes as they go.
 pub async fn push_image(
     content: &Content,
-    repo: &str,
-    tag: &str,
-    blobs: &[PushBlob],
-    manifest: Bytes,
-    media_type: &str,
+    img: ImagePush<'_>,
     sent: Arc<AtomicU64>,
     report: &mut PushReport,
 ) -> Result<Digest> {
+    let ImagePush {
+        repo,
+        tag,
+        blobs,
+        manifest,
+        media_type,
+    } = img;
     let client = content.client();
     for b in blobs {
         if client.blob_exists(repo, &b.digest).await? {
