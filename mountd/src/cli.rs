@@ -6,7 +6,7 @@ use clap::{Args, Parser, Subcommand};
 
 /// Mount an OCI / Docker v2 container registry as a read-only directory.
 #[derive(Parser, Debug)]
-#[command(name = "regfs", version, about, long_about = None)]
+#[command(name = "regfs", version, about, long_about = None, args_override_self = true)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -121,6 +121,14 @@ pub struct MountArgs {
     /// Do not verify the registry's TLS certificate. Only for testing.
     #[arg(long)]
     pub insecure_skip_verify: bool,
+    /// Read flags from this TOML file (keys as the flags: cache_size = "10G") instead of
+    /// /etc/regfs/config.toml and ~/.config/regfs/config.toml. Command-line flags win.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// mount(8)-style options: -o ro,allow_other,cache_size=10G,tag_ttl=5 (a flag per key;
+    /// ro, rw, defaults, _netdev, nofail, x-* and the like are accepted and ignored).
+    #[arg(short = 'o', value_name = "OPTS")]
+    pub options: Vec<String>,
     /// Present this PEM client certificate to the registry (with --client-key).
     #[arg(long, requires = "client_key")]
     pub client_cert: Option<PathBuf>,

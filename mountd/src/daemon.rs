@@ -12,7 +12,7 @@ use std::process::{Command, Stdio};
 
 use anyhow::{bail, Context};
 
-const READY_FD_ENV: &str = "REGFS_READY_FD";
+pub const READY_FD_ENV: &str = "REGFS_READY_FD";
 
 /// In the daemon child: the readiness pipe, if we are one.
 pub fn ready_pipe() -> Option<std::fs::File> {
@@ -33,9 +33,10 @@ pub fn notify_ready(pipe: Option<std::fs::File>) {
 pub fn spawn(password: Option<&str>, log_hint: &str) -> anyhow::Result<()> {
     let (r, w) = nix::unistd::pipe().context("pipe")?;
     let exe = std::env::current_exe().context("locating the regfs binary")?;
-    let args: Vec<_> = std::env::args_os()
+    let args: Vec<_> = crate::argv::effective()
+        .iter()
         .skip(1)
-        .filter(|a| a != "--daemon")
+        .filter(|a| *a != "--daemon")
         .collect();
     let mut cmd = Command::new(exe);
     cmd.args(args)

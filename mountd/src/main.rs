@@ -1,7 +1,9 @@
 //! `regfs`: mount a container registry as a directory.
 
+mod argv;
 mod cli;
 mod commit;
+mod config;
 mod control;
 mod daemon;
 mod endpoints;
@@ -14,7 +16,7 @@ mod unmount;
 use clap::Parser;
 
 fn main() {
-    let cli = cli::Cli::parse();
+    let cli = cli::Cli::parse_from(argv::effective());
     let result = match cli.command {
         cli::Command::Mount(args) => mount::run(*args),
         cli::Command::Unmount(args) => unmount::run(&args.mountpoint),
