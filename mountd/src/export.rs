@@ -54,6 +54,8 @@ pub fn start(
     };
     let exp = Arc::new(Exporter::new(staging, fs, platform, defaults));
     unmount::clear_stale(&mountpoint)?;
+    std::fs::create_dir_all(&mountpoint)
+        .with_context(|| format!("export directory {}", mountpoint.display()))?;
     let _guard = rt.enter();
     control::serve(&socket, exp.clone(), rt.handle())?;
     let efs = Arc::new(ExportFs::new(
