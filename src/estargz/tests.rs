@@ -204,6 +204,8 @@ fn bad_tocs_are_rejected() {
            {"name":"a","type":"chunk","offset":9,"chunkOffset":4,"chunkDigest":"sha256:0000000000000000000000000000000000000000000000000000000000000001"}]}"#,
         r#"{"version":1,"entries":[{"name":"a","type":"reg","size":3,"offset":500,
             "chunkDigest":"sha256:0000000000000000000000000000000000000000000000000000000000000001"}]}"#,
+        r#"{"version":1,"entries":[{"name":"a","type":"reg","size":3,"offset":5,"chunkType":"zeros",
+            "chunkDigest":"sha256:0000000000000000000000000000000000000000000000000000000000000001"}]}"#,
     ] {
         let toc = Toc::parse(bad.as_bytes()).unwrap();
         assert!(

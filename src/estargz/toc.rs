@@ -63,6 +63,8 @@ pub struct TocEntry {
     pub chunk_digest: String,
     /// Offset of the chunk inside its decompressed member (eStargz with min-chunk-size).
     pub inner_offset: i64,
+    /// containers/storage: `""`/`"data"`, or `"zeros"` for a hole without data.
+    pub chunk_type: String,
 }
 
 impl Toc {

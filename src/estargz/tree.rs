@@ -73,6 +73,13 @@ pub fn toc_to_tree(
     let mut prefetch_end = None;
     let mut last_file: Option<(NodeId, String)> = None;
     for e in &toc.entries {
+        if !matches!(e.chunk_type.as_str(), "" | "data") {
+            // containers/storage "zeros" chunks have no data to verify: not supported.
+            return Err(Error::Unsupported(format!(
+                "TOC: {}: chunk type {:?}",
+                e.name, e.chunk_type
+            )));
+        }
         if e.name.len() > limits.max_name_len || e.link_name.len() > limits.max_name_len {
             return Err(Error::TooLarge("TOC: a name beyond the limit".into()));
         }
