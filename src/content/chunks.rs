@@ -21,6 +21,7 @@ use crate::error::{Error, Result};
 use crate::estargz::decode_chunk;
 use crate::layer::{Chunk, Content as NodeContent};
 use crate::registry::Client;
+use crate::telemetry::InFlight;
 
 /// Largest run of adjacent chunks fetched by one Range request.
 const MAX_RUN: u64 = 8 << 20;
@@ -38,11 +39,23 @@ enum ChunkData {
 pub(crate) struct Fetcher {
     client: Client,
     store: Arc<Store>,
+    in_flight: InFlight,
 }
 
 impl Fetcher {
     fn cached(&self, d: &Digest) -> Option<File> {
-        File::open(self.store.get(Kind::Chunk, d)?).ok()
+        let started = Instant::now();
+        let f = File::open(self.store.get(Kind::Chunk, d)?).ok()?;
+        tracing::debug!(
+            digest = %d, bytes = f.metadata().map(|m| m.len()).unwrap_or(0),
+            ms = started.elapsed().as_millis() as u64, cache = "hit", "cache hit chunk"
+        );
+        Some(f)
+    }
+
+    /// Make sure `needed` is in the store, verified (prefetch).
+    pub(super) async fn warm(&self, layer: &RemoteLayer, needed: &[&Chunk]) -> Result<()> {
+        self.get(layer, needed).await.map(drop)
     }
 
     /// The verified data of `needed` (in order), fetching what the store lacks.
@@ -102,10 +115,16 @@ impl Fetcher {
                 .map(|c| c.blob_offset + c.blob_len)
                 .max()
                 .unwrap_or(start);
+            let _in_flight = self.in_flight.enter();
+            let started = Instant::now();
             let bytes = self
                 .client
                 .blob_range(&layer.repo, &layer.blob.digest, start, end - start)
                 .await?;
+            tracing::info!(
+                digest = %layer.blob.digest, offset = start, bytes = bytes.len(), chunks = run.len(),
+                ms = started.elapsed().as_millis() as u64, cache = "miss", "fetched chunks"
+            );
             let (format, store) = (layer.format, self.store.clone());
             let run: Vec<Chunk> = run.iter().map(|c| (*c).clone()).collect();
             let blob = layer.blob.digest.clone();
@@ -137,7 +156,7 @@ impl Fetcher {
 }
 
 /// Split `chunks` (sorted by blob offset) into runs of adjacent extents.
-fn runs<'a>(chunks: &[&'a Chunk], max_run: u64) -> Vec<Vec<&'a Chunk>> {
+pub(super) fn runs<'a>(chunks: &[&'a Chunk], max_run: u64) -> Vec<Vec<&'a Chunk>> {
     let mut out: Vec<Vec<&Chunk>> = Vec::new();
     for c in chunks {
         if let Some(run) = out.last_mut() {
@@ -181,10 +200,11 @@ impl Background {
 }
 
 impl Content {
-    fn fetcher(&self) -> Fetcher {
+    pub(super) fn fetcher(&self) -> Fetcher {
         Fetcher {
             client: self.client.clone(),
             store: self.store.clone(),
+            in_flight: self.in_flight.clone(),
         }
     }
 

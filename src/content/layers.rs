@@ -39,16 +39,25 @@ impl Content {
         desc: &BlobRef,
         diff_id: &Digest,
     ) -> Result<Arc<LoadedLayer>> {
+        let started = std::time::Instant::now();
+        let hit = |l: Arc<LoadedLayer>| {
+            let bytes = l.file.metadata().map(|m| m.len()).unwrap_or(0);
+            tracing::debug!(
+                digest = %desc.digest, %diff_id, bytes, ms = started.elapsed().as_millis() as u64,
+                cache = "hit", "cache hit layer"
+            );
+            l
+        };
         if let Some(l) = self.layers.get(diff_id) {
-            return Ok(l);
+            return Ok(hit(l));
         }
         let _flight = self.store.flight(format!("layer {diff_id}")).await;
         if let Some(l) = self.layers.get(diff_id) {
-            return Ok(l);
+            return Ok(hit(l));
         }
         if let Some(l) = self.layer_from_store(diff_id).await? {
             self.layers.insert(diff_id.clone(), l.clone());
-            return Ok(l);
+            return Ok(hit(l));
         }
         let l = Arc::new(self.fetch_layer(repo, desc, diff_id).await?);
         self.layers.insert(diff_id.clone(), l.clone());
@@ -93,6 +102,7 @@ impl Content {
         if !desc.urls.is_empty() {
             tracing::debug!(digest = %desc.digest, "non-distributable layer: trying the registry first");
         }
+        let _in_flight = self.in_flight.enter();
         let started = std::time::Instant::now();
         let stream = self
             .client
@@ -134,7 +144,7 @@ impl Content {
         tracing::info!(
             digest = %desc.digest, %diff_id, compressed = stats.compressed_bytes,
             uncompressed = stats.uncompressed_bytes, entries = stats.entries,
-            ms = started.elapsed().as_millis() as u64, "fetched layer"
+            ms = started.elapsed().as_millis() as u64, cache = "miss", "fetched layer"
         );
         Ok(LoadedLayer {
             tree: Arc::new(tree),

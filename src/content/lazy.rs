@@ -214,6 +214,7 @@ impl Content {
 
     /// Footer and TOC by Range requests, verified, as an index.
     async fn fetch_toc(&self, repo: &str, desc: &BlobRef, spec: &LazySpec) -> Result<LazyIndex> {
+        let _in_flight = self.in_flight.enter();
         let started = std::time::Instant::now();
         let range = |off: u64, len: u64| self.client.blob_range(repo, &desc.digest, off, len);
         let (json, data_end, fetched) = match spec {

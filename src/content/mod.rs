@@ -6,6 +6,7 @@ mod bridge;
 mod chunks;
 mod layers;
 mod lazy;
+mod prefetch;
 
 use std::fs::File;
 use std::sync::Arc;
@@ -14,6 +15,7 @@ use bytes::Bytes;
 
 pub use layers::LoadedLayer;
 pub use lazy::{LayerSource, LazyOptions, OpenedLayer, RemoteLayer};
+pub use prefetch::{PrefetchProgress, PrefetchReport, PrefetchSnapshot};
 
 use crate::cache::{Kind, Store};
 use crate::digest::Digest;
@@ -23,6 +25,7 @@ use crate::image::{BlobRef, ImageConfig, Manifest};
 use crate::layer::Limits;
 use crate::reference::Selector;
 use crate::registry::Client;
+use crate::telemetry::InFlight;
 
 /// A manifest we fetched (or found in the store) and parsed.
 #[derive(Debug)]
@@ -45,6 +48,7 @@ pub struct Content {
     limits: Limits,
     lazy: lazy::Lazy,
     max_nodes: u64,
+    in_flight: InFlight,
 }
 
 impl Content {
@@ -60,7 +64,13 @@ impl Content {
             limits,
             lazy: lazy::Lazy::new(LazyOptions::default(), max_nodes),
             max_nodes,
+            in_flight: InFlight::default(),
         }
+    }
+
+    /// Fetches from the registry in progress now (blobs, layers, TOCs, chunk runs).
+    pub fn fetches_in_flight(&self) -> u64 {
+        self.in_flight.get()
     }
 
     /// The registry client.
@@ -76,7 +86,15 @@ impl Content {
     /// Resolve a tag (or digest) through the registry: always asks the registry,
     /// stores the verified manifest under its digest.
     pub async fn resolve(&self, repo: &str, sel: &Selector) -> Result<Arc<ManifestInfo>> {
-        let fetched = self.client.manifest(repo, sel).await?;
+        let started = std::time::Instant::now();
+        let fetched = {
+            let _in_flight = self.in_flight.enter();
+            self.client.manifest(repo, sel).await?
+        };
+        tracing::info!(
+            digest = %fetched.digest, bytes = fetched.bytes.len(), ms = started.elapsed().as_millis() as u64,
+            cache = "miss", "fetched manifest"
+        );
         let manifest = Manifest::parse(&fetched.bytes, &fetched.media_type)?;
         if self.store.get(Kind::Blob, &fetched.digest).is_none() {
             self.store
@@ -93,7 +111,15 @@ impl Content {
 
     /// A manifest by digest: memory, then the store, then the registry.
     pub async fn manifest(&self, repo: &str, digest: &Digest) -> Result<Arc<ManifestInfo>> {
+        let started = std::time::Instant::now();
+        let hit = |m: &ManifestInfo| {
+            tracing::debug!(
+                digest = %digest, bytes = m.bytes.len(), ms = started.elapsed().as_millis() as u64,
+                cache = "hit", "cache hit manifest"
+            );
+        };
         if let Some(m) = self.manifests.get(digest) {
+            hit(&m);
             return Ok(m);
         }
         if let Some(bytes) = self.store.read(Kind::Blob, digest) {
@@ -107,6 +133,7 @@ impl Content {
                 manifest,
             });
             self.manifests.insert(digest.clone(), info.clone());
+            hit(&info);
             return Ok(info);
         }
         self.resolve(repo, &Selector::Digest(digest.clone())).await
@@ -115,13 +142,23 @@ impl Content {
     /// A verified raw blob from the store, fetched whole if needed. The file is
     /// opened before anything can evict it: an open file outlives eviction.
     pub async fn blob(&self, repo: &str, desc: &BlobRef) -> Result<File> {
+        let started = std::time::Instant::now();
+        let hit = |f: File| {
+            let bytes = f.metadata().map(|m| m.len()).unwrap_or(0);
+            tracing::debug!(
+                digest = %desc.digest, bytes, ms = started.elapsed().as_millis() as u64,
+                cache = "hit", "cache hit blob"
+            );
+            f
+        };
         if let Some(f) = self.open_cached(Kind::Blob, &desc.digest) {
-            return Ok(f);
+            return Ok(hit(f));
         }
         let _flight = self.store.flight(format!("blob {}", desc.digest)).await;
         if let Some(f) = self.open_cached(Kind::Blob, &desc.digest) {
-            return Ok(f);
+            return Ok(hit(f));
         }
+        let _in_flight = self.in_flight.enter();
         let started = std::time::Instant::now();
         let mut stream = self
             .client
@@ -143,7 +180,7 @@ impl Content {
         self.store.commit(tmp, Kind::Blob, &desc.digest)?;
         tracing::info!(
             digest = %desc.digest, bytes = stream.received(), ms = started.elapsed().as_millis() as u64,
-            "fetched blob"
+            cache = "miss", "fetched blob"
         );
         Ok(file)
     }

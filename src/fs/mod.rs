@@ -13,6 +13,7 @@ pub mod attr;
 pub mod inode;
 mod namespace;
 mod tree;
+mod usage;
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -25,6 +26,7 @@ use bytes::Bytes;
 
 pub use attr::{Attr, DirEntry, FileKind, IMMUTABLE_TTL};
 pub use inode::{InodeTable, Key, TreeId, TreeWhich, ROOT_INO};
+pub use usage::ImageInUse;
 
 use crate::content::{Content, ManifestInfo};
 use crate::digest::Digest;

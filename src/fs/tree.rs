@@ -69,6 +69,11 @@ impl Trees {
         }
     }
 
+    /// The trees in memory now, with their node counts.
+    pub(super) fn loaded(&self) -> Vec<(Arc<TreeId>, usize)> {
+        self.cache.iter().map(|(k, v)| (k, v.tree.len())).collect()
+    }
+
     /// The tree `id`, loading its layers (fetching them if needed) and merging.
     pub(super) async fn load(&self, fs: &Fs, id: &Arc<TreeId>) -> Result<Arc<LoadedTree>> {
         if let Some(t) = self.cache.get(id) {

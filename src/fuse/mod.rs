@@ -22,6 +22,7 @@ use tokio::runtime::Handle;
 
 use crate::error::Error;
 use crate::fs::{Attr, DirEntry, FileKind, Fs};
+use crate::telemetry::OpTimer;
 
 pub mod export;
 
@@ -50,6 +51,8 @@ pub struct FuseFs {
     dirs: Arc<Mutex<HashMap<u64, Arc<Vec<DirEntry>>>>>,
     next_dir: AtomicU64,
     errors: Arc<OpErrors>,
+    /// The daemon's control socket, named by the root's `user.regfs.control` xattr.
+    control: Option<Arc<Vec<u8>>>,
 }
 
 impl FuseFs {
@@ -61,7 +64,15 @@ impl FuseFs {
             dirs: Arc::default(),
             next_dir: AtomicU64::new(1),
             errors: Arc::default(),
+            control: None,
         }
+    }
+
+    /// Advertise the daemon's control socket in the root directory's
+    /// `user.regfs.control` xattr (how `regfs status MOUNTPOINT` finds it).
+    pub fn with_control_socket(mut self, socket: &Path) -> FuseFs {
+        self.control = Some(Arc::new(socket.as_os_str().as_bytes().to_vec()));
+        self
     }
 
     /// Mount at `mountpoint` and serve from background threads until unmounted.
@@ -89,6 +100,9 @@ impl FuseFs {
 
 pub(crate) fn errno(op: &str, e: &Error, errors: &OpErrors) -> Errno {
     let n = e.errno();
+    if matches!(e, Error::DigestMismatch { .. }) {
+        metrics::counter!(crate::telemetry::VERIFICATION_FAILURES).increment(1);
+    }
     if n == libc::ENOENT || n == libc::ENODATA {
         tracing::debug!(op, error = %e, "fuse op failed");
     } else {
@@ -153,7 +167,9 @@ impl Filesystem for FuseFs {
             self.errors.clone(),
             name.as_bytes().to_vec(),
         );
+        let timer = OpTimer::start("lookup");
         self.rt.spawn(async move {
+            let _timer = timer;
             match fs.lookup(parent.0, &name).await {
                 Ok(a) => reply.entry(&a.ttl, &file_attr(&a), Generation(0)),
                 Err(e) => reply.error(errno("lookup", &e, &errors)),
@@ -167,7 +183,9 @@ impl Filesystem for FuseFs {
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         let (fs, errors) = (self.fs.clone(), self.errors.clone());
+        let timer = OpTimer::start("getattr");
         self.rt.spawn(async move {
+            let _timer = timer;
             match fs.getattr(ino.0).await {
                 Ok(a) => reply.attr(&a.ttl, &file_attr(&a)),
                 Err(e) => reply.error(errno("getattr", &e, &errors)),
@@ -177,7 +195,9 @@ impl Filesystem for FuseFs {
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
         let (fs, errors) = (self.fs.clone(), self.errors.clone());
+        let timer = OpTimer::start("readlink");
         self.rt.spawn(async move {
+            let _timer = timer;
             match fs.readlink(ino.0).await {
                 Ok(t) => reply.data(&t),
                 Err(e) => reply.error(errno("readlink", &e, &errors)),
@@ -191,7 +211,9 @@ impl Filesystem for FuseFs {
             return;
         }
         let (fs, errors) = (self.fs.clone(), self.errors.clone());
+        let timer = OpTimer::start("open");
         self.rt.spawn(async move {
+            let _timer = timer;
             match fs.open(ino.0).await {
                 // Everything regfs serves is immutable: keep the page cache across opens.
                 Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
@@ -212,7 +234,9 @@ impl Filesystem for FuseFs {
         reply: ReplyData,
     ) {
         let (fs, errors) = (self.fs.clone(), self.errors.clone());
+        let timer = OpTimer::start("read");
         self.rt.spawn(async move {
+            let _timer = timer;
             match fs.read(fh.0, offset, size).await {
                 Ok(data) => reply.data(&data),
                 Err(e) => reply.error(errno("read", &e, &errors)),
@@ -248,7 +272,9 @@ impl Filesystem for FuseFs {
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         let (fs, errors, dirs) = (self.fs.clone(), self.errors.clone(), self.dirs.clone());
         let fh = self.next_dir.fetch_add(1, Ordering::Relaxed);
+        let timer = OpTimer::start("opendir");
         self.rt.spawn(async move {
+            let _timer = timer;
             match fs.readdir(ino.0).await {
                 Ok(entries) => {
                     dirs.lock().unwrap().insert(fh, Arc::new(entries));
@@ -270,6 +296,7 @@ impl Filesystem for FuseFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
+        let _timer = OpTimer::start("readdir");
         // A snapshot taken at opendir: served from memory, no waiting.
         let Some(entries) = self.dirs.lock().unwrap().get(&fh.0).cloned() else {
             reply.error(Errno::from_i32(libc::EBADF));
@@ -311,12 +338,20 @@ impl Filesystem for FuseFs {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        if let (crate::fs::ROOT_INO, Some(socket)) = (ino.0, &self.control) {
+            if name.as_bytes() == crate::export::fs::SOCKET_XATTR {
+                reply_xattr(reply, size, socket);
+                return;
+            }
+        }
         let (fs, errors, name) = (
             self.fs.clone(),
             self.errors.clone(),
             name.as_bytes().to_vec(),
         );
+        let timer = OpTimer::start("getxattr");
         self.rt.spawn(async move {
+            let _timer = timer;
             match fs.getxattr(ino.0, &name).await {
                 Ok(v) => reply_xattr(reply, size, &v),
                 Err(e) => reply.error(errno("getxattr", &e, &errors)),
@@ -326,7 +361,9 @@ impl Filesystem for FuseFs {
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
         let (fs, errors) = (self.fs.clone(), self.errors.clone());
+        let timer = OpTimer::start("listxattr");
         self.rt.spawn(async move {
+            let _timer = timer;
             match fs.listxattr(ino.0).await {
                 Ok(names) => {
                     let mut buf = Vec::new();

@@ -470,6 +470,7 @@ impl Client {
                 Ok(Err(e)) => Err(errors::from_reqwest(e, &req.what)),
                 Ok(Ok(r)) => Ok(r),
             };
+            crate::telemetry::registry_response(res.as_ref().ok().map(|r| r.status().as_u16()));
             let resp = match res {
                 Err(e) if e.is_transient() && req.idempotent && attempt < inner.retry.retries => {
                     tracing::debug!("retrying after: {e}");
