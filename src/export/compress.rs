@@ -174,6 +174,17 @@ fn deflate_block(b: &Block, level: flate2::Compression) -> io::Result<Vec<u8>> {
     Ok(out)
 }
 
+/// The gzip level: `REGFS_GZIP_LEVEL` (0-9), default 3: on the python rootfs
+/// it is ~2.5% larger than level 6 and packs in about half the time.
+fn gzip_level() -> flate2::Compression {
+    std::env::var("REGFS_GZIP_LEVEL")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&l: &u32| l <= 9)
+        .map(flate2::Compression::new)
+        .unwrap_or(flate2::Compression::new(3))
+}
+
 /// Pack `root` into a temp file in `tmp_dir` with `codec`. `progress` gets
 /// content bytes as they are read.
 pub fn pack_layer(
@@ -268,7 +279,7 @@ fn compress_worker(
             let Ok(b) = rx.lock().unwrap().recv() else {
                 return;
             };
-            let r = deflate_block(&b, flate2::Compression::default()).map(|d| (b.seq, d));
+            let r = deflate_block(&b, gzip_level()).map(|d| (b.seq, d));
             if tx.send(r).is_err() {
                 return;
             }
