@@ -115,8 +115,14 @@ impl Trees {
                     .zip(config.diff_ids.iter())
                     .map(|(d, diff)| fs.content.open_layer(&id.repo, d, diff));
                 let layers = futures_util::future::try_join_all(fetches).await?;
-                let trees: Vec<&Tree> = layers.iter().map(|l| &*l.tree).collect();
-                let merged = tokio::task::block_in_place(|| layer::merge(&trees));
+                let owned: Vec<Arc<Tree>> = layers.iter().map(|l| l.tree.clone()).collect();
+                // CPU work off the async workers (and never inline on the FUSE thread).
+                let merged = tokio::task::spawn_blocking(move || {
+                    let trees: Vec<&Tree> = owned.iter().map(|t| &**t).collect();
+                    layer::merge(&trees)
+                })
+                .await
+                .map_err(|e| Error::Io(std::io::Error::other(e)))?;
                 LoadedTree {
                     tree: Arc::new(merged),
                     sources: layers.iter().map(|l| l.source.clone()).collect(),

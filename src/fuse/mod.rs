@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
+use std::future::Future;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -153,6 +154,24 @@ pub(crate) fn reply_xattr(reply: ReplyXattr, size: u32, data: &[u8]) {
     }
 }
 
+impl FuseFs {
+    /// Run an operation: polled once right here, and if it completes without
+    /// waiting (everything it needs is in memory) the reply goes out at once;
+    /// otherwise it continues as a task, so the dispatch thread never waits on
+    /// the network or the disk. Metadata of loaded trees takes the fast path.
+    fn run<F: Future<Output = ()> + Send + 'static>(&self, op: F) {
+        let _rt = self.rt.enter();
+        let mut op = Box::pin(op);
+        let waker = std::task::Waker::noop();
+        let mut cx = std::task::Context::from_waker(waker);
+        if op.as_mut().poll(&mut cx).is_pending() {
+            // Futures re-register their waker on every poll: the task's poll
+            // replaces the no-op one.
+            self.rt.spawn(op);
+        }
+    }
+}
+
 impl Filesystem for FuseFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         let _ = config.set_max_readahead(1 << 20);
@@ -168,7 +187,7 @@ impl Filesystem for FuseFs {
             name.as_bytes().to_vec(),
         );
         let timer = OpTimer::start("lookup");
-        self.rt.spawn(async move {
+        self.run(async move {
             let _timer = timer;
             match fs.lookup(parent.0, &name).await {
                 Ok(a) => reply.entry(&a.ttl, &file_attr(&a), Generation(0)),
@@ -184,7 +203,7 @@ impl Filesystem for FuseFs {
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         let (fs, errors) = (self.fs.clone(), self.errors.clone());
         let timer = OpTimer::start("getattr");
-        self.rt.spawn(async move {
+        self.run(async move {
             let _timer = timer;
             match fs.getattr(ino.0).await {
                 Ok(a) => reply.attr(&a.ttl, &file_attr(&a)),
@@ -196,7 +215,7 @@ impl Filesystem for FuseFs {
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
         let (fs, errors) = (self.fs.clone(), self.errors.clone());
         let timer = OpTimer::start("readlink");
-        self.rt.spawn(async move {
+        self.run(async move {
             let _timer = timer;
             match fs.readlink(ino.0).await {
                 Ok(t) => reply.data(&t),
@@ -212,7 +231,7 @@ impl Filesystem for FuseFs {
         }
         let (fs, errors) = (self.fs.clone(), self.errors.clone());
         let timer = OpTimer::start("open");
-        self.rt.spawn(async move {
+        self.run(async move {
             let _timer = timer;
             match fs.open(ino.0).await {
                 // Everything regfs serves is immutable: keep the page cache across opens.
@@ -235,7 +254,7 @@ impl Filesystem for FuseFs {
     ) {
         let (fs, errors) = (self.fs.clone(), self.errors.clone());
         let timer = OpTimer::start("read");
-        self.rt.spawn(async move {
+        self.run(async move {
             let _timer = timer;
             match fs.read(fh.0, offset, size).await {
                 Ok(data) => reply.data(&data),
@@ -273,7 +292,7 @@ impl Filesystem for FuseFs {
         let (fs, errors, dirs) = (self.fs.clone(), self.errors.clone(), self.dirs.clone());
         let fh = self.next_dir.fetch_add(1, Ordering::Relaxed);
         let timer = OpTimer::start("opendir");
-        self.rt.spawn(async move {
+        self.run(async move {
             let _timer = timer;
             match fs.readdir(ino.0).await {
                 Ok(entries) => {
@@ -350,7 +369,7 @@ impl Filesystem for FuseFs {
             name.as_bytes().to_vec(),
         );
         let timer = OpTimer::start("getxattr");
-        self.rt.spawn(async move {
+        self.run(async move {
             let _timer = timer;
             match fs.getxattr(ino.0, &name).await {
                 Ok(v) => reply_xattr(reply, size, &v),
@@ -362,7 +381,7 @@ impl Filesystem for FuseFs {
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
         let (fs, errors) = (self.fs.clone(), self.errors.clone());
         let timer = OpTimer::start("listxattr");
-        self.rt.spawn(async move {
+        self.run(async move {
             let _timer = timer;
             match fs.listxattr(ino.0).await {
                 Ok(names) => {
