@@ -6,7 +6,20 @@ use clap::{Args, Parser, Subcommand};
 
 /// Mount an OCI / Docker v2 container registry as a read-only directory.
 #[derive(Parser, Debug)]
-#[command(name = "regfs", version, about, long_about = None, args_override_self = true)]
+#[command(
+    name = "regfs",
+    version,
+    about,
+    long_about = None,
+    args_override_self = true,
+    after_help = "\
+Examples:
+  regfs mount localhost:5000 /mnt/reg --daemon --metrics-addr 127.0.0.1:9100
+  ls /mnt/reg/lab && cat /mnt/reg/lab/busybox:latest/config.json
+  regfs prefetch /mnt/reg lab/python:3.11
+  regfs status /mnt/reg
+  regfs unmount /mnt/reg"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -24,6 +37,10 @@ Examples:
   regfs mount docker.io /mnt/hub --platform linux/arm64/v8")]
     Mount(Box<MountArgs>),
     /// Unmount a regfs mount (lazy detach); its daemon exits 0.
+    #[command(after_help = "\
+Examples:
+  regfs unmount /mnt/reg
+  umount /mnt/reg          # the same, as root")]
     Unmount(UnmountArgs),
     /// Pack and push an export entry; exits 0 once the tag is pushed.
     #[command(after_help = "\
@@ -34,10 +51,65 @@ Examples:
   echo 'commit myapp:1.0' > /mnt/export/.regfs-control   # the same, for tools that only write files")]
     Commit(CommitArgs),
     /// Manage export entries.
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "\
+Examples:
+  regfs export new /mnt/export/myapp:2.0 --from lab/python:3.11
+  regfs export new /mnt/export/scratch:1"
+    )]
     Export(ExportCommand),
-    /// Show the staged export entries and the commits in flight.
+    /// Show what a daemon is doing: images in use, cache size and limit,
+    /// fetches in flight, staged export entries and commits in flight.
+    #[command(after_help = "\
+Examples:
+  regfs status /mnt/reg
+  regfs status /mnt/reg --json | jq .cache
+  regfs status /mnt/export          # the same daemon, through its export directory")]
     Status(StatusArgs),
+    /// Warm the cache for an image (config and every layer, or every chunk of
+    /// an eStargz / zstd:chunked layer) before it is used, with a progress bar.
+    #[command(after_help = "\
+Examples:
+  regfs prefetch /mnt/reg lab/python:3.11
+  regfs prefetch /mnt/reg lab/busybox@sha256:… --quiet
+  # later, even with the registry unreachable:
+  chroot /mnt/reg/lab/python@sha256:…/rootfs python3 -V")]
+    Prefetch(PrefetchArgs),
+    /// Print a shell completion script.
+    #[command(after_help = "\
+Examples:
+  regfs completions bash > /etc/bash_completion.d/regfs
+  regfs completions zsh > \"${fpath[1]}/_regfs\"
+  regfs completions fish > ~/.config/fish/completions/regfs.fish")]
+    Completions(CompletionsArgs),
+    /// Print the man page (roff), generated from this command line.
+    #[command(after_help = "\
+Examples:
+  regfs manpage > /usr/local/share/man/man1/regfs.1
+  regfs manpage | man -l -")]
+    Manpage,
+}
+
+#[derive(Args, Debug)]
+pub struct PrefetchArgs {
+    /// A regfs mountpoint (or its export directory).
+    pub mountpoint: PathBuf,
+    /// The image: NAME:TAG or NAME@DIGEST (a multi-arch tag means this mount's platform).
+    pub reference: String,
+    /// The daemon's control socket (found from the mountpoint otherwise).
+    #[arg(long)]
+    pub control: Option<PathBuf>,
+    /// No progress bar.
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct CompletionsArgs {
+    /// The shell.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
 }
 
 #[derive(Subcommand, Debug)]
@@ -84,7 +156,7 @@ pub struct ExportNewArgs {
 
 #[derive(Args, Debug)]
 pub struct StatusArgs {
-    /// The export directory.
+    /// A regfs mountpoint or export directory.
     pub path: Option<PathBuf>,
     /// The daemon's control socket.
     #[arg(long)]
@@ -162,6 +234,9 @@ pub struct MountArgs {
     /// Write the log here instead of standard error (RUST_LOG sets the level).
     #[arg(long)]
     pub log_file: Option<PathBuf>,
+    /// Serve Prometheus metrics at http://HOST:PORT/metrics.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub metrics_addr: Option<String>,
     /// FUSE dispatch threads.
     #[arg(long, default_value_t = 2)]
     pub threads: usize,

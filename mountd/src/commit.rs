@@ -1,7 +1,7 @@
 //! The client commands that talk to a daemon's control socket:
 //! `regfs commit`, `regfs export new`, `regfs status`.
 
-use std::io::{BufRead, BufReader, IsTerminal, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -58,7 +58,7 @@ fn locate(path: &Path, control: Option<&Path>) -> anyhow::Result<(PathBuf, Strin
 }
 
 /// Send `req`, call `on_progress` for progress lines, return the result.
-fn request(
+pub(crate) fn request(
     socket: &Path,
     req: &Value,
     on_progress: &mut dyn FnMut(&Value),
@@ -101,7 +101,7 @@ pub fn commit(args: CommitArgs) -> anyhow::Result<()> {
         "docker": args.docker.then_some(true),
         "source_date_epoch": args.source_date_epoch,
     });
-    let tty = std::io::stderr().is_terminal() && !args.quiet;
+    let bar = crate::prefetch::bar(args.quiet);
     let mut last_phase = String::new();
     let mut show = |p: &Value| {
         let phase = p["phase"].as_str().unwrap_or("").to_string();
@@ -116,29 +116,20 @@ pub fn commit(args: CommitArgs) -> anyhow::Result<()> {
                 p["push_total"].as_u64().unwrap_or(0),
             )
         };
-        if tty {
-            let width = 30usize;
-            let filled = if total > 0 {
-                (done.min(total) * width as u64 / total) as usize
-            } else {
-                0
-            };
-            eprint!(
-                "\r{phase:>5} [{}{}] {:.1}/{:.1} MiB ",
-                "#".repeat(filled),
-                "-".repeat(width - filled),
-                mib(done),
-                mib(total)
-            );
-        } else if phase != last_phase && !args.quiet {
-            eprintln!("{entry}: {phase}…");
+        if phase != last_phase {
+            if bar.is_hidden() && !args.quiet {
+                // Not a terminal: one line per phase.
+                eprintln!("{entry}: {phase}…");
+            }
+            bar.reset();
         }
+        bar.set_message(format!("{entry} {phase:>4}"));
+        bar.set_length(total);
+        bar.set_position(done.min(total));
         last_phase = phase;
     };
     let r = request(&socket, &req, &mut show);
-    if tty {
-        eprintln!();
-    }
+    bar.finish_and_clear();
     let r = r?;
     println!(
         "pushed {} {} (layer {}, {:.1} MiB; {} blob(s) uploaded, {} mounted, {} present)",
@@ -168,26 +159,42 @@ pub fn export_new(args: ExportNewArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `regfs status [EXPORTDIR]`.
-pub fn status(args: StatusArgs) -> anyhow::Result<()> {
-    let socket = match (&args.control, &args.path) {
-        (Some(c), _) => c.clone(),
+/// The control socket of the daemon serving `path` (a mountpoint or export
+/// directory, or a path inside one), or `control` if given.
+pub(crate) fn socket_for(path: Option<&Path>, control: Option<&Path>) -> anyhow::Result<PathBuf> {
+    Ok(match (control, path) {
+        (Some(c), _) => c.to_path_buf(),
         (None, Some(p)) => {
             let p = std::path::absolute(p)?;
             getxattr(&p, SOCKET_XATTR)
                 .map(|b| PathBuf::from(std::ffi::OsStr::from_bytes(&b)))
                 .or_else(|| locate(&p.join("x"), None).ok().map(|(s, _)| s))
-                .ok_or_else(|| anyhow!("{} is not a regfs export directory", p.display()))?
+                .ok_or_else(|| {
+                    anyhow!(
+                        "{} is not a regfs mountpoint or export directory",
+                        p.display()
+                    )
+                })?
         }
-        (None, None) => bail!(
-            "which daemon? give the export directory (regfs status EXPORTDIR) or --control SOCKET"
-        ),
-    };
+        (None, None) => {
+            bail!("which daemon? give its mountpoint (regfs status MOUNTPOINT) or --control SOCKET")
+        }
+    })
+}
+
+/// `regfs status MOUNTPOINT|EXPORTDIR`.
+pub fn status(args: StatusArgs) -> anyhow::Result<()> {
+    let socket = socket_for(args.path.as_deref(), args.control.as_deref())?;
     let r = request(&socket, &json!({"op": "status"}), &mut |_| {})?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&r)?);
         return Ok(());
     }
+    crate::status::print_read_only(&r);
+    if r["export"].as_bool() == Some(false) {
+        return Ok(());
+    }
+    println!();
     println!("{:<32} {:<24} LAST COMMIT", "ENTRY", "FROM");
     for e in r["entries"].as_array().into_iter().flatten() {
         println!(

@@ -23,13 +23,15 @@ pub struct Export {
     socket: PathBuf,
 }
 
-/// Start the export mount and control socket if `--export` was given.
+/// Start the export mount and the daemon's control socket (serving `ctx`
+/// with the exporter) if `--export` was given.
 pub fn start(
     args: &MountArgs,
     fs: Arc<Fs>,
     rt: &tokio::runtime::Runtime,
     cache_dir: &std::path::Path,
     platform: Platform,
+    ctx: control::Context,
 ) -> anyhow::Result<Option<Export>> {
     let Some(mountpoint) = args.export.clone() else {
         return Ok(None);
@@ -57,7 +59,11 @@ pub fn start(
     std::fs::create_dir_all(&mountpoint)
         .with_context(|| format!("export directory {}", mountpoint.display()))?;
     let _guard = rt.enter();
-    control::serve(&socket, exp.clone(), rt.handle())?;
+    let ctx = control::Context {
+        exporter: Some(exp.clone()),
+        ..ctx
+    };
+    control::serve(&socket, ctx, rt.handle())?;
     let efs = Arc::new(ExportFs::new(
         exp,
         rt.handle().clone(),
@@ -82,6 +88,11 @@ pub fn start(
 }
 
 impl Export {
+    /// The control socket.
+    pub fn socket(&self) -> &std::path::Path {
+        &self.socket
+    }
+
     /// Unmount the export directory and remove the socket.
     pub fn stop(self) {
         if let Err(e) = unmount::detach(&self.mountpoint) {

@@ -6,11 +6,15 @@ mod commit;
 mod config;
 mod control;
 mod daemon;
+mod docs;
 mod endpoints;
 mod export;
 mod logging;
+mod metrics;
 mod mount;
+mod prefetch;
 mod size;
+mod status;
 mod unmount;
 
 use clap::Parser;
@@ -23,6 +27,9 @@ fn main() {
         cli::Command::Commit(args) => commit::commit(args),
         cli::Command::Export(cli::ExportCommand::New(args)) => commit::export_new(args),
         cli::Command::Status(args) => commit::status(args),
+        cli::Command::Prefetch(args) => prefetch::run(args),
+        cli::Command::Completions(args) => docs::completions(args.shell),
+        cli::Command::Manpage => docs::manpage(),
     };
     if let Err(e) = result {
         eprintln!("regfs: {e:#}");

@@ -17,7 +17,7 @@ use regfs::reference::Registry;
 use regfs::registry::{Client, ClientOptions, Credentials};
 
 use crate::cli::MountArgs;
-use crate::{daemon, logging, unmount};
+use crate::{control, daemon, logging, unmount};
 
 fn default_cache_dir() -> PathBuf {
     if let Some(x) = std::env::var_os("XDG_CACHE_HOME") {
@@ -62,6 +62,11 @@ pub fn run(args: MountArgs) -> anyhow::Result<()> {
         return daemon::spawn(password.as_deref(), &hint);
     }
     logging::init(args.log_file.as_deref())?;
+    // Before anything records: the recorder is global.
+    let metrics = match &args.metrics_addr {
+        Some(a) => Some((a.clone(), crate::metrics::install()?)),
+        None => None,
+    };
 
     let (registry, scheme) = Registry::parse(&args.registry)?;
     let platform = match &args.platform {
@@ -127,8 +132,35 @@ pub fn run(args: MountArgs) -> anyhow::Result<()> {
             mount_time: SystemTime::now(),
         },
     ));
-    let export = crate::export::start(&args, fs.clone(), &rt, &cache_dir, export_platform)?;
+    if let Some((addr, handle)) = metrics {
+        crate::metrics::serve(&addr, handle, fs.clone(), rt.handle())?;
+    }
+    let ctx = control::Context {
+        fs: fs.clone(),
+        exporter: None,
+        mountpoint: std::path::absolute(&mountpoint)?,
+        cache_dir: cache_dir.clone(),
+    };
+    let export = crate::export::start(
+        &args,
+        fs.clone(),
+        &rt,
+        &cache_dir,
+        export_platform,
+        ctx.clone(),
+    )?;
+    // One control socket per daemon: the export side's, else our own.
+    let (socket, own_socket) = match &export {
+        Some(e) => (e.socket().to_path_buf(), false),
+        None => {
+            let p = control::default_socket(&cache_dir);
+            let _guard = rt.enter();
+            control::serve(&p, ctx, rt.handle())?;
+            (p, true)
+        }
+    };
     let session = FuseFs::new(fs, rt.handle().clone())
+        .with_control_socket(&socket)
         .mount(
             &mountpoint,
             &MountConfig {
@@ -170,6 +202,9 @@ pub fn run(args: MountArgs) -> anyhow::Result<()> {
     })?;
     if let Some(e) = export {
         e.stop();
+    }
+    if own_socket {
+        let _ = std::fs::remove_file(&socket);
     }
     // Do not wait for in-flight network tasks: the mount is gone.
     rt.shutdown_timeout(Duration::from_secs(1));

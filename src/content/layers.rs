@@ -142,7 +142,7 @@ impl Content {
         let index = serde_json::to_vec(&tree).map_err(|e| Error::Io(std::io::Error::other(e)))?;
         self.store.put(Kind::Index, diff_id, &index)?;
         tracing::info!(
-            digest = %desc.digest, %diff_id, compressed = stats.compressed_bytes,
+            digest = %desc.digest, %diff_id, bytes = stats.compressed_bytes, compressed = stats.compressed_bytes,
             uncompressed = stats.uncompressed_bytes, entries = stats.entries,
             ms = started.elapsed().as_millis() as u64, cache = "miss", "fetched layer"
         );
