@@ -334,3 +334,43 @@ fn completions_manpage_and_examples() {
     let help = check(regfs(&["mount", "--help"]), "mount --help");
     assert!(help.contains("--metrics-addr <HOST:PORT>"), "{help}");
 }
+
+#[test]
+fn prefetch_of_an_estargz_image_fetches_every_chunk() {
+    require_fuse!();
+    let reg = Registry::start(RegistryKind::Plain);
+    reg.push_with(
+        "python-3.11-esgz",
+        "lab/python:3.11-esgz",
+        &["--preserve-digests"],
+    );
+    let digest = reg.manifest_digest("lab/python", "3.11-esgz");
+    let m = Mount::new(&reg, &[]);
+    let out = check(
+        regfs(&[
+            "prefetch",
+            m.path().to_str().unwrap(),
+            &format!("lab/python@{digest}"),
+            "--quiet",
+        ]),
+        "regfs prefetch (eStargz)",
+    );
+    assert!(out.contains(" lazy)"), "no layer was served lazily: {out}");
+    let chunks = fs::read_dir(m.cache_dir().join("chunks/sha256"))
+        .unwrap()
+        .count();
+    assert!(chunks > 100, "{chunks} chunks cached");
+    let gets = reg.blob_gets(None);
+
+    reg.stop();
+    let rootfs = m.path().join(format!("lab/python@{digest}/rootfs"));
+    let oracle = umoci_unpack("python-3.11");
+    for f in ["usr/bin/python3.11", "usr/lib/python3.11/os.py"] {
+        assert_eq!(
+            sha256_file(&rootfs.join(f)),
+            sha256_file(&oracle.join(f)),
+            "{f}"
+        );
+    }
+    assert_eq!(reg.blob_gets(None), gets, "blob GETs after the prefetch");
+}
