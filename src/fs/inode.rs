@@ -165,6 +165,13 @@ impl InodeTable {
         n
     }
 
+    /// One more kernel reference to an inode handed out by a listing.
+    pub fn add_ref(&self, ino: u64) {
+        if let Some(e) = self.inner.lock().unwrap().by_ino.get_mut(&ino) {
+            e.1 += 1;
+        }
+    }
+
     /// The kernel dropped `nlookup` references to `ino`; at zero the inode goes.
     pub fn forget(&self, ino: u64, nlookup: u64) {
         if ino == ROOT_INO {

@@ -152,6 +152,31 @@ impl Fs {
         }
     }
 
+    /// The entries of directory `ino` with their attributes where they are known
+    /// without the network (tree nodes); for `readdirplus`.
+    pub async fn readdir_plus(&self, ino: u64) -> Result<Vec<(DirEntry, Option<Attr>)>> {
+        let entries = self.readdir(ino).await?;
+        let Key::Node { tree, .. } = self.key(ino)? else {
+            return Ok(entries.into_iter().map(|e| (e, None)).collect());
+        };
+        let t = self.trees.load(self, &tree).await?;
+        Ok(entries
+            .into_iter()
+            .map(|e| {
+                let attr = match self.inodes.key(e.ino) {
+                    Some(Key::Node { node, .. }) => Some(tree::node_attr(e.ino, t.tree.node(node))),
+                    _ => None,
+                };
+                (e, attr)
+            })
+            .collect())
+    }
+
+    /// The kernel took a lookup reference to `ino` through `readdirplus`.
+    pub fn add_lookup(&self, ino: u64) {
+        self.inodes.add_ref(ino);
+    }
+
     /// The target of symlink `ino`.
     pub async fn readlink(&self, ino: u64) -> Result<Vec<u8>> {
         match self.key(ino)? {

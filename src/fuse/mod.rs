@@ -12,12 +12,13 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use fuser::{
     BackgroundSession, Config, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
     Generation, INodeNo, InitFlags, KernelConfig, LockOwner, MountOption, OpenFlags, ReplyAttr,
-    ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyXattr, Request, SessionACL,
+    ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyXattr,
+    Request, SessionACL,
 };
 use tokio::runtime::Handle;
 
@@ -49,7 +50,7 @@ pub struct OpErrors {
 pub struct FuseFs {
     fs: Arc<Fs>,
     rt: Handle,
-    dirs: Arc<Mutex<HashMap<u64, Arc<Vec<DirEntry>>>>>,
+    dirs: Arc<Mutex<HashMap<u64, Arc<Vec<(DirEntry, Option<Attr>)>>>>>,
     next_dir: AtomicU64,
     errors: Arc<OpErrors>,
     /// The daemon's control socket, named by the root's `user.regfs.control` xattr.
@@ -177,6 +178,10 @@ impl Filesystem for FuseFs {
         let _ = config.set_max_readahead(1 << 20);
         let _ = config.set_max_background(64);
         let _ = config.add_capabilities(InitFlags::FUSE_PARALLEL_DIROPS);
+        // Entries with their attributes in one reply: `ls -l` and `find` of a
+        // loaded tree need no LOOKUP per entry.
+        let _ = config
+            .add_capabilities(InitFlags::FUSE_DO_READDIRPLUS | InitFlags::FUSE_READDIRPLUS_AUTO);
         Ok(())
     }
 
@@ -294,7 +299,7 @@ impl Filesystem for FuseFs {
         let timer = OpTimer::start("opendir");
         self.run(async move {
             let _timer = timer;
-            match fs.readdir(ino.0).await {
+            match fs.readdir_plus(ino.0).await {
                 Ok(entries) => {
                     dirs.lock().unwrap().insert(fh, Arc::new(entries));
                     reply.opened(
@@ -327,12 +332,78 @@ impl Filesystem for FuseFs {
                 0 => reply.add(ino, 1, FileType::Directory, "."),
                 1 => reply.add(ino, 2, FileType::Directory, ".."),
                 n => match entries.get(n - 2) {
-                    Some(e) => reply.add(
+                    Some((e, _)) => reply.add(
                         INodeNo(e.ino),
                         (n + 1) as u64,
                         file_type(e.kind),
                         OsStr::from_bytes(&e.name),
                     ),
+                    None => break,
+                },
+            };
+            if full {
+                break;
+            }
+            i += 1;
+        }
+        reply.ok();
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let _timer = OpTimer::start("readdirplus");
+        let Some(entries) = self.dirs.lock().unwrap().get(&fh.0).cloned() else {
+            reply.error(Errno::from_i32(libc::EBADF));
+            return;
+        };
+        // `.` and `..` carry no lookup reference; their attributes are not cached.
+        let mut dot = FileAttr {
+            ino,
+            ..file_attr(&Attr::dir(ino.0, SystemTime::UNIX_EPOCH, Duration::ZERO))
+        };
+        let zero = Duration::ZERO;
+        let mut i = offset as usize;
+        loop {
+            let full = match i {
+                0 => reply.add(ino, 1, ".", &zero, &dot, Generation(0)),
+                1 => {
+                    dot.ino = INodeNo(1);
+                    reply.add(INodeNo(1), 2, "..", &zero, &dot, Generation(0))
+                }
+                n => match entries.get(n - 2) {
+                    Some((e, attr)) => {
+                        // Entries whose attributes need the network (tags) go out
+                        // uncached: the kernel looks them up when they are used.
+                        let (ttl, fa) = match attr {
+                            Some(a) => (a.ttl, file_attr(a)),
+                            None => (
+                                zero,
+                                FileAttr {
+                                    kind: file_type(e.kind),
+                                    ..file_attr(&Attr::dir(e.ino, SystemTime::UNIX_EPOCH, zero))
+                                },
+                            ),
+                        };
+                        let full = reply.add(
+                            INodeNo(e.ino),
+                            (n + 1) as u64,
+                            OsStr::from_bytes(&e.name),
+                            &ttl,
+                            &fa,
+                            Generation(0),
+                        );
+                        if !full {
+                            // The kernel now holds a lookup reference to it.
+                            self.fs.add_lookup(e.ino);
+                        }
+                        full
+                    }
                     None => break,
                 },
             };
