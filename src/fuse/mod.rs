@@ -46,11 +46,14 @@ pub struct OpErrors {
     pub count: AtomicU64,
 }
 
+/// A directory's entries as snapshotted at `opendir`, with known attributes.
+type Listing = Arc<Vec<(DirEntry, Option<Attr>)>>;
+
 /// The fuser adapter.
 pub struct FuseFs {
     fs: Arc<Fs>,
     rt: Handle,
-    dirs: Arc<Mutex<HashMap<u64, Arc<Vec<(DirEntry, Option<Attr>)>>>>>,
+    dirs: Arc<Mutex<HashMap<u64, Listing>>>,
     next_dir: AtomicU64,
     errors: Arc<OpErrors>,
     /// The daemon's control socket, named by the root's `user.regfs.control` xattr.
