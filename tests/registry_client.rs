@@ -260,7 +260,7 @@ async fn tls_with_ca() {
     let (h, ca) = (reg.host_port(), reg.ca_cert().unwrap());
     let https = format!("https://{h}");
     let mut o = options(&https);
-    o.ca_certs = vec![ca.into()];
+    o.ca_certs = vec![ca];
     let c = Client::new(o).unwrap();
     assert_eq!(c.base_url().scheme(), "https");
     c.ping().await.unwrap();
