@@ -219,10 +219,10 @@ pub struct MountArgs {
     /// Read the password (or token) from the first line of standard input.
     #[arg(long, requires = "username")]
     pub password_stdin: bool,
-    /// Seconds before a request without progress fails (then EIO, after retries).
+    /// Seconds a request may go without progress, retries included; then EIO.
     #[arg(long, default_value_t = 30)]
     pub timeout: u64,
-    /// Retries of a failed request (connection errors, 5xx, 429).
+    /// Retries of a failed request (connection errors, 5xx, 429), within --timeout.
     #[arg(long, default_value_t = 3)]
     pub retries: u32,
     /// Let other users use the mount (allow_other).

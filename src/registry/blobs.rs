@@ -3,6 +3,7 @@
 
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
+use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use futures_util::{Stream, StreamExt};
@@ -29,6 +30,9 @@ pub struct BlobStream {
     /// Bytes still to drop from the current body (a server that ignored our Range).
     skip: u64,
     reconnects_left: u32,
+    /// When the last byte arrived (or the request started): the client's
+    /// no-progress budget runs from here.
+    progress_at: Instant,
     done: bool,
     what: String,
 }
@@ -49,7 +53,7 @@ impl Client {
     pub async fn blob(&self, repo: &str, digest: &Digest, size: Option<u64>) -> Result<BlobStream> {
         validate_repository(repo)?;
         let what = format!("blob {digest} in {repo}");
-        let resp = self.blob_get(repo, digest, None, &what).await?;
+        let resp = self.blob_get(repo, digest, None, &what, None).await?;
         if resp.status() != StatusCode::OK {
             return Err(unexpected(resp.status(), &what));
         }
@@ -68,6 +72,7 @@ impl Client {
             body: Some(Box::pin(resp.bytes_stream())),
             skip: 0,
             reconnects_left: self.inner.retry.retries,
+            progress_at: Instant::now(),
             done: false,
             what,
         })
@@ -95,7 +100,7 @@ impl Client {
             usize::try_from(len).map_err(|_| Error::TooLarge(format!("range of {len} bytes")))?;
         let what = format!("blob {digest} in {repo} bytes {offset}-{end}");
         let resp = self
-            .blob_get(repo, digest, Some((offset, Some(end))), &what)
+            .blob_get(repo, digest, Some((offset, Some(end))), &what, None)
             .await?;
         let status = resp.status();
         let (skip, total) = match status {
@@ -186,9 +191,11 @@ impl Client {
         digest: &Digest,
         range: Option<(u64, Option<u64>)>,
         what: &str,
+        deadline: Option<Instant>,
     ) -> Result<Response> {
         let url = self.url(&format!("v2/{repo}/blobs/{digest}"))?;
         let mut req = Req::new(Method::GET, url, Scope::pull(repo), what);
+        req.deadline = deadline;
         if let Some((a, b)) = range {
             let v = match b {
                 Some(b) => format!("bytes={a}-{b}"),
@@ -292,6 +299,7 @@ impl BlobStream {
                         h.update(&chunk);
                     }
                     self.received += n;
+                    self.progress_at = Instant::now();
                     return Ok(Some(chunk));
                 }
                 Ok(None) => {
@@ -365,11 +373,18 @@ impl BlobStream {
         }
         let attempt = self.client.inner.retry.retries - self.reconnects_left;
         self.reconnects_left -= 1;
-        self.client.backoff(attempt, None).await;
+        let deadline = self.progress_at + self.client.inner.budget;
+        if !self.client.backoff(attempt, None, deadline).await {
+            self.fail();
+            return Err(Error::Timeout(format!(
+                "{}: no progress within {:?}",
+                self.what, self.client.inner.budget
+            )));
+        }
         let range = (self.received > 0).then_some((self.received, None));
         let resp = match self
             .client
-            .blob_get(&self.repo, &self.digest, range, &self.what)
+            .blob_get(&self.repo, &self.digest, range, &self.what, Some(deadline))
             .await
         {
             Ok(r) => r,

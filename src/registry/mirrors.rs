@@ -112,8 +112,9 @@ impl Mirror {
         o.insecure_skip_verify = spec.skip_verify;
         o.client_cert = spec.client_cert.clone();
         o.docker_config_dir = base.docker_config_dir.clone();
-        o.timeout = base.timeout;
-        // The registry is the fallback: do not wait on a failing mirror.
+        // The registry is the fallback: do not wait on a failing mirror longer
+        // than one attempt at the registry.
+        o.timeout = (base.timeout / (base.retries + 1)).max(std::time::Duration::from_millis(500));
         o.retries = 0;
         o.user_agent = base.user_agent.clone();
         Ok(Mirror {
@@ -196,6 +197,7 @@ impl Client {
                 body: None,
                 idempotent: true,
                 what: req.what.clone(),
+                deadline: req.deadline,
             };
             match m.client.send_direct(mreq).await {
                 Ok(resp)

@@ -19,7 +19,7 @@ mod upload;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use reqwest::header::{HeaderMap, AUTHORIZATION, LINK, RETRY_AFTER};
 use reqwest::{Method, Response, StatusCode};
@@ -145,7 +145,11 @@ struct Inner {
     base: Url,
     http: reqwest::Client,
     auth: auth::Auth,
+    /// One attempt's bound: connect + headers, or a gap between body bytes.
     timeout: Duration,
+    /// How long a request may go without progress, all retries included
+    /// (`ClientOptions::timeout`): the bound on the time to an error.
+    budget: Duration,
     retry: RetryPolicy,
     counters: Counters,
     mirrors: Vec<mirrors::Mirror>,
@@ -163,6 +167,8 @@ pub(crate) struct Req {
     idempotent: bool,
     /// Names the object in errors (`manifest lab/busybox:latest`).
     what: String,
+    /// Give up (no more retries) at this instant; default: now + the budget.
+    deadline: Option<Instant>,
 }
 
 impl Req {
@@ -175,6 +181,7 @@ impl Req {
             body: None,
             idempotent: true,
             what: what.into(),
+            deadline: None,
         }
     }
 }
@@ -195,10 +202,11 @@ impl Client {
         let scheme = opts.scheme()?;
         let base = Url::parse(&format!("{scheme}://{}/", opts.registry.api_host))
             .map_err(|e| Error::invalid(format!("registry {}: {e}", opts.registry.api_host)))?;
+        let attempt_timeout = attempt_timeout(&opts);
         let mut b = reqwest::Client::builder()
             .user_agent(opts.user_agent.clone())
-            .connect_timeout(opts.timeout)
-            .read_timeout(opts.timeout)
+            .connect_timeout(attempt_timeout)
+            .read_timeout(attempt_timeout)
             .redirect(reqwest::redirect::Policy::limited(10))
             .referer(false);
         let mut certs = Vec::new();
@@ -245,7 +253,7 @@ impl Client {
             scheme == "http" || opts.insecure_skip_verify,
             opts.credentials.clone(),
             opts.docker_config_dir.clone(),
-            opts.timeout,
+            attempt_timeout,
             retry.clone(),
         );
         Ok(Client {
@@ -254,7 +262,8 @@ impl Client {
                 base,
                 http,
                 auth,
-                timeout: opts.timeout,
+                timeout: attempt_timeout,
+                budget: opts.timeout,
                 retry,
                 counters: Counters::default(),
                 mirrors,
@@ -442,9 +451,20 @@ impl Client {
     async fn send_direct(&self, req: Req) -> Result<Response> {
         let inner = &*self.inner;
         let same_origin = req.url.origin() == inner.base.origin();
+        let deadline = req
+            .deadline
+            .unwrap_or_else(|| Instant::now() + inner.budget);
         let mut attempt = 0u32;
         let mut authenticated = false;
         loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(Error::Timeout(format!(
+                    "{}: no progress within {:?}",
+                    req.what, inner.budget
+                )));
+            }
+            let this_attempt = inner.timeout.min(left);
             let auth = if same_origin {
                 inner.auth.header_for(&req.scope).await?
             } else {
@@ -462,10 +482,10 @@ impl Client {
             }
             inner.counters.requests.fetch_add(1, Ordering::Relaxed);
             tracing::trace!(method = %req.method, path = req.url.path(), "registry request");
-            let res = match tokio::time::timeout(inner.timeout, rb.send()).await {
+            let res = match tokio::time::timeout(this_attempt, rb.send()).await {
                 Err(_) => Err(Error::Timeout(format!(
                     "{}: no response within {:?}",
-                    req.what, inner.timeout
+                    req.what, this_attempt
                 ))),
                 Ok(Err(e)) => Err(errors::from_reqwest(e, &req.what)),
                 Ok(Ok(r)) => Ok(r),
@@ -474,7 +494,9 @@ impl Client {
             let resp = match res {
                 Err(e) if e.is_transient() && req.idempotent && attempt < inner.retry.retries => {
                     tracing::debug!("retrying after: {e}");
-                    self.backoff(attempt, None).await;
+                    if !self.backoff(attempt, None, deadline).await {
+                        return Err(e);
+                    }
                     attempt += 1;
                     continue;
                 }
@@ -503,7 +525,9 @@ impl Client {
                     .and_then(|v| v.to_str().ok())
                     .and_then(|v| retry::parse_retry_after(v, SystemTime::now()));
                 tracing::debug!(status = status.as_u16(), "{}: retrying", req.what);
-                self.backoff(attempt, after).await;
+                if !self.backoff(attempt, after, deadline).await {
+                    return Ok(resp);
+                }
                 attempt += 1;
                 continue;
             }
@@ -511,10 +535,28 @@ impl Client {
         }
     }
 
-    async fn backoff(&self, attempt: u32, retry_after: Option<Duration>) {
+    /// Wait before retry `attempt`; false (no wait) if the retry could not
+    /// start before `deadline`.
+    async fn backoff(
+        &self,
+        attempt: u32,
+        retry_after: Option<Duration>,
+        deadline: Instant,
+    ) -> bool {
+        let delay = self.inner.retry.delay(attempt, retry_after);
+        if Instant::now() + delay >= deadline {
+            return false;
+        }
         self.inner.counters.retries.fetch_add(1, Ordering::Relaxed);
-        tokio::time::sleep(self.inner.retry.delay(attempt, retry_after)).await;
+        tokio::time::sleep(delay).await;
+        true
     }
+}
+
+/// One attempt's timeout: the budget shared by the first try and the retries,
+/// so a registry that never answers costs the reader `opts.timeout` in all.
+fn attempt_timeout(opts: &ClientOptions) -> Duration {
+    (opts.timeout / (opts.retries + 1)).max(Duration::from_millis(500))
 }
 
 /// A client identity from a PEM certificate (chain) and a PEM private key.

@@ -140,7 +140,9 @@ impl Client {
                     if self.blob_exists(repo, digest).await.unwrap_or(false) {
                         return Ok(());
                     }
-                    self.backoff(attempt, None).await;
+                    let _ = self
+                        .backoff(attempt, None, std::time::Instant::now() + self.inner.budget)
+                        .await;
                     attempt += 1;
                 }
                 other => return other,
@@ -245,7 +247,9 @@ impl Client {
                 Ok(resp) => return location(&resp, what),
                 Err(e) if e.is_transient() && attempt < self.inner.retry.retries => {
                     tracing::debug!("{what}: PATCH at {from}: {e}; asking for the upload status");
-                    self.backoff(attempt, None).await;
+                    let _ = self
+                        .backoff(attempt, None, std::time::Instant::now() + self.inner.budget)
+                        .await;
                     attempt += 1;
                     let (have, new_loc) = self.upload_status(repo, &loc, what).await?;
                     loc = new_loc;
