@@ -8,6 +8,8 @@
 //!   streaming pass (the rules for hostile and ambiguous tars are there).
 //! - [`ingest`](mod@ingest): [`ingest()`] hashes, decompresses, stores and
 //!   indexes a fetched layer blob in one pass, checking both digests.
+//! - [`span`]: the span index of a gzip layer (zlib checkpoints + span
+//!   digests) for random access by Range requests; [`zran`] its FFI core.
 //! - [`merge`](mod@merge): [`merge()`] applies OCI whiteouts across layers.
 //!
 //! Pure Rust: no FUSE, no network, no async.
@@ -16,7 +18,9 @@ pub mod compression;
 pub mod index;
 pub mod ingest;
 pub mod merge;
+pub mod span;
 pub mod tree;
+pub mod zran;
 
 pub use compression::Compression;
 pub use index::{index_tar, Limits};
