@@ -225,6 +225,10 @@ impl<W: Write> HashingWriter<W> {
     pub fn finish(self) -> (W, Digest, u64) {
         (self.inner, self.hasher.finish(), self.count)
     }
+    /// Bytes written so far.
+    pub fn count(&self) -> u64 {
+        self.count
+    }
 }
 
 impl<W: Write> Write for HashingWriter<W> {

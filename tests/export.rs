@@ -543,3 +543,134 @@ fn from_base_posix_view() {
     let (_keep, rootfs) = pull_unpack(&reg, "ov:1");
     assert_same_tree(&staged, &without_root(snapshot(&rootfs)));
 }
+
+/// Blob GETs of `digest` in the access log: (requests, response bytes, full-blob 200s).
+fn blob_traffic(reg: &Registry, digest: &str) -> (usize, u64, usize) {
+    let (mut n, mut bytes, mut whole) = (0, 0, 0);
+    for line in reg.log().lines() {
+        let Some(rest) = line.find("] \"GET ").map(|i| &line[i + 7..]) else {
+            continue;
+        };
+        let Some((uri, tail)) = rest.split_once(' ') else {
+            continue;
+        };
+        if uri
+            .split('?')
+            .next()
+            .and_then(|u| u.rsplit_once("/blobs/"))
+            .map(|(_, d)| d)
+            != Some(digest)
+        {
+            continue;
+        }
+        // … HTTP/1.1" STATUS BYTES …
+        let mut f = tail
+            .split_once('"')
+            .map(|(_, t)| t)
+            .unwrap_or("")
+            .split_whitespace();
+        let status: u16 = f.next().and_then(|s| s.parse().ok()).unwrap_or(0);
+        let size: u64 = f.next().and_then(|s| s.parse().ok()).unwrap_or(0);
+        if (200..300).contains(&status) {
+            n += 1;
+            bytes += size;
+            whole += usize::from(status == 200);
+        }
+    }
+    (n, bytes, whole)
+}
+
+/// `--compression estargz`: the pushed layer carries the TOC annotations, a
+/// fresh regfs mount serves it lazily (footer + TOC Range GETs for `ls -lR`)
+/// and its rootfs equals the staged tree, and skopeo + umoci unpack it too
+/// (as a plain gzip tar: they also show the TOC file `stargz.index.json`).
+#[test]
+fn estargz_commit_is_lazy_and_round_trips() {
+    require_fuse!();
+    let reg = Registry::start(RegistryKind::Plain);
+    let em = ExportMount::new(&reg, &[]);
+    let e = em.entry("esgz:1");
+    fs::create_dir(&e).unwrap();
+    cp_a(&umoci_unpack("busybox"), &e);
+    add_extras(&e);
+    // A file of three chunks (4 MiB each at most), incompressible.
+    let mut big = vec![0u8; (9 << 20) + 4321];
+    let mut seed = 0x9E3779B97F4A7C15u64;
+    for c in big.chunks_mut(8) {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        c.copy_from_slice(&seed.to_le_bytes()[..c.len()]);
+    }
+    fs::write(e.join("extras/big"), &big).unwrap();
+    let staged = without_root(snapshot(&e));
+    let out = em.regfs(&[
+        "commit",
+        "-q",
+        "--compression",
+        "estargz",
+        e.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        em.mount.log()
+    );
+    let layer = layer_of(&String::from_utf8_lossy(&out.stdout));
+
+    let (code, body) = oci_manifest(&reg, "/v2/esgz/manifests/1");
+    assert_eq!(code, 200);
+    let m: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let desc = m["layers"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(desc["digest"], layer.as_str());
+    assert_eq!(
+        desc["mediaType"],
+        "application/vnd.oci.image.layer.v1.tar+gzip"
+    );
+    let ann = &desc["annotations"];
+    assert!(
+        ann["containerd.io/snapshot/stargz/toc.digest"]
+            .as_str()
+            .is_some_and(|d| d.starts_with("sha256:")),
+        "{desc}"
+    );
+    let usize_: u64 = ann["io.containers.estargz.uncompressed-size"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(usize_ > big.len() as u64, "{desc}");
+    let size = desc["size"].as_u64().unwrap();
+
+    // A fresh read-only mount: ls -lR fetches the footer and the TOC only.
+    let ro = harness::Mount::new(&reg, &[]);
+    let rootfs = ro.path().join("esgz:1/rootfs");
+    let ls = Command::new("ls").arg("-lR").arg(&rootfs).output().unwrap();
+    assert!(ls.status.success());
+    let (n, bytes, whole) = blob_traffic(&reg, &layer);
+    assert_eq!(
+        (n, whole),
+        (2, 0),
+        "ls -lR: expected footer + TOC Range GETs only"
+    );
+    assert!(bytes < size / 4, "ls -lR fetched {bytes} of {size} bytes");
+    assert!(
+        ro.log().contains("fetched and verified TOC"),
+        "lazy mode not used:\n{}",
+        ro.log()
+    );
+    // Reading everything fetches chunks by Range, never the whole blob.
+    assert_same_tree(&staged, &without_root(snapshot(&rootfs)));
+    let (n, _, whole) = blob_traffic(&reg, &layer);
+    assert!(n > 2 && whole == 0, "chunk reads: {n} GETs, {whole} whole");
+
+    // skopeo + umoci: the same tree plus the TOC file at the top.
+    let (_keep, unpacked) = pull_unpack(&reg, "esgz:1");
+    let mut pulled = without_root(snapshot(&unpacked));
+    assert!(
+        pulled.remove(Path::new("/stargz.index.json")).is_some(),
+        "umoci shows the TOC entry"
+    );
+    assert_same_tree(&staged, &pulled);
+}

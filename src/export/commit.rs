@@ -3,15 +3,16 @@
 //! by the export filesystem and the control socket.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use bytes::Bytes;
+use futures_util::StreamExt;
 use serde::Serialize;
 
 use super::base::{self, BaseTree};
-use super::compress::{pack_layer, Codec};
+use super::compress::{pack_to, Codec};
 use super::image::{build_config, build_manifest, LayerDesc, ManifestFormat};
 use super::pack::PackOptions;
 use super::push::{push_image, BlobSource, ImagePush, PushBlob, PushReport};
@@ -19,7 +20,52 @@ use super::staging::{now_secs, parse_entry_ref, CommitRecord, EntryMeta, Staging
 use crate::content::Content;
 use crate::digest::Digest;
 use crate::error::{Error, Result};
+use crate::estargz::TOC_DIGEST_ANNOTATION;
 use crate::image::Platform;
+
+/// The layer annotation with an eStargz layer's uncompressed (tar) size.
+pub const ESTARGZ_UNCOMPRESSED_SIZE: &str = "io.containers.estargz.uncompressed-size";
+/// Pieces of the compressed stream handed to the upload, and how many may wait.
+const STREAM_PIECE: usize = 1 << 20;
+const STREAM_DEPTH: usize = 24;
+
+/// The packer's output: pieces of the blob sent to the upload as they come.
+struct ChannelWriter {
+    buf: Vec<u8>,
+    tx: tokio::sync::mpsc::Sender<Result<Bytes>>,
+    stopped: Arc<AtomicBool>,
+}
+
+impl ChannelWriter {
+    fn send(&mut self) -> std::io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let piece = std::mem::replace(&mut self.buf, Vec::with_capacity(STREAM_PIECE));
+        self.tx.blocking_send(Ok(Bytes::from(piece))).map_err(|_| {
+            self.stopped.store(true, Ordering::Relaxed);
+            std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the upload stopped")
+        })
+    }
+
+    /// Send what is left.
+    fn finish(mut self) -> std::io::Result<()> {
+        self.send()
+    }
+}
+
+impl std::io::Write for ChannelWriter {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= STREAM_PIECE {
+            self.send()?;
+        }
+        Ok(data.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
 
 /// How to commit.
 #[derive(Clone, Debug, Default)]
@@ -250,22 +296,66 @@ impl Exporter {
             None => None,
         };
         let root = self.staging.root(reference);
-        let tmp = self.staging.tmp_dir();
         let pack_opts = PackOptions {
             source_date_epoch: opts.source_date_epoch,
         };
         let codec = opts.codec;
         let started = Instant::now();
+        // Pack on blocking threads into a channel; upload from it meanwhile.
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Bytes>>(STREAM_DEPTH);
+        let stopped = Arc::new(AtomicBool::new(false));
         let p = progress.clone();
-        let layer = tokio::task::spawn_blocking(move || {
+        let stop = stopped.clone();
+        let pack = tokio::task::spawn_blocking(move || {
             p.content_total.store(du(&root), Ordering::Relaxed);
             let count = |n| {
                 p.packed.fetch_add(n, Ordering::Relaxed);
             };
-            pack_layer(&root, &tmp, codec, &pack_opts, &count)
-        })
-        .await
-        .map_err(|e| Error::Io(std::io::Error::other(e)))??;
+            let out = ChannelWriter {
+                buf: Vec::with_capacity(STREAM_PIECE),
+                tx: tx.clone(),
+                stopped: stop,
+            };
+            let r = pack_to(&root, codec, &pack_opts, &count, out).and_then(|(packed, w)| {
+                w.finish()?;
+                Ok(packed)
+            });
+            if r.is_err() {
+                // Make the upload fail rather than push a truncated blob.
+                let _ = tx.blocking_send(Err(Error::Io(std::io::Error::other("packing failed"))));
+            }
+            r
+        });
+        let sent = progress.sent.clone();
+        let body = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx)).map(move |r| {
+            if let Ok(b) = &r {
+                sent.fetch_add(b.len() as u64, Ordering::Relaxed);
+            }
+            r
+        });
+        let client = self.content().client();
+        let (uploaded, packed) = tokio::join!(client.push_blob_stream(&repo, body), pack);
+        let packed = packed.map_err(|e| Error::Io(std::io::Error::other(e)))?;
+        let layer = match (packed, uploaded) {
+            // The upload stopped first: its error is the cause.
+            (Err(_), Err(up)) if stopped.load(Ordering::Relaxed) => return Err(up),
+            (Err(e), _) => return Err(e),
+            (Ok(_), Err(up)) => return Err(up),
+            (Ok(layer), Ok((digest, size))) => {
+                if digest != layer.digest || size != layer.size {
+                    return Err(Error::DigestMismatch {
+                        what: "streamed layer".into(),
+                        expected: format!("{} ({} bytes)", layer.digest, layer.size),
+                        actual: format!("{digest} ({size} bytes)"),
+                    });
+                }
+                layer
+            }
+        };
+        tracing::info!(
+            entry = reference, digest = %layer.digest, size = layer.size,
+            tar_size = layer.tar_size, "layer packed and uploaded"
+        );
         let pack_ms = started.elapsed().as_millis() as u64;
         let created = opts.source_date_epoch.unwrap_or(now_secs() as i64);
         let config = build_config(
@@ -290,15 +380,19 @@ impl Exporter {
                 });
             }
         }
+        let mut annotations = BTreeMap::new();
+        if let Some(toc) = &layer.toc_digest {
+            annotations.insert(TOC_DIGEST_ANNOTATION.to_string(), toc.to_string());
+            annotations.insert(
+                ESTARGZ_UNCOMPRESSED_SIZE.to_string(),
+                layer.tar_size.to_string(),
+            );
+        }
         layers.push(LayerDesc {
             media_type: codec.oci_media_type().into(),
             digest: layer.digest.clone(),
             size: layer.size,
-        });
-        blobs.push(PushBlob {
-            digest: layer.digest.clone(),
-            size: layer.size,
-            source: BlobSource::File(layer.path.clone()),
+            annotations,
         });
         let config = Bytes::from(config);
         blobs.push(PushBlob {
@@ -308,11 +402,18 @@ impl Exporter {
         });
         let (manifest, media_type) = build_manifest(opts.format, &config, &layers)?;
         *progress.phase.lock().unwrap() = "push";
-        progress
-            .push_total
-            .store(blobs.iter().map(|b| b.size).sum(), Ordering::Relaxed);
+        progress.push_total.store(
+            layer.size + blobs.iter().map(|b| b.size).sum::<u64>(),
+            Ordering::Relaxed,
+        );
         let started = Instant::now();
-        let mut report = PushReport::default();
+        // The layer is up already (streamed while packing).
+        let mut report = PushReport {
+            uploaded: 1,
+            uploaded_bytes: layer.size,
+            ..PushReport::default()
+        };
+        progress.sent.store(layer.size, Ordering::Relaxed);
         let digest = push_image(
             self.content(),
             ImagePush {
@@ -326,7 +427,7 @@ impl Exporter {
             &mut report,
         )
         .await?;
-        let push_ms = started.elapsed().as_millis() as u64;
+        let push_ms = started.elapsed().as_millis() as u64 + pack_ms;
         meta.last_commit = Some(CommitRecord {
             manifest: digest.clone(),
             layer: layer.digest.clone(),

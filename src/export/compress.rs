@@ -1,13 +1,18 @@
-//! Pack a staged tree into a compressed layer file in one pass, hashing both
+//! Pack a staged tree into a compressed layer in one pass, hashing both
 //! the tar (diff_id) and the compressed blob (digest) on the way.
 //!
 //! Three stages run on their own threads, connected by bounded channels:
 //! the tar writer (which also hashes the uncompressed stream), compressors,
-//! and the writer of the temp file (which hashes the compressed stream).
+//! and the collector, which puts the compressed blocks in order, hashes them
+//! and writes them to any [`Write`]: a temp file ([`pack_layer`]) or, for a
+//! commit, a channel feeding the upload ([`pack_to`]), so packing and
+//! uploading overlap.
 //! gzip is compressed in parallel the way pigz does it: 1 MiB blocks, each a
 //! raw deflate stream primed with the previous block's last 32 KiB and ended
 //! with a sync flush, concatenated into one ordinary gzip member (any gzip
-//! reader reads it; it is one member, not many).
+//! reader reads it; it is one member, not many). eStargz members are
+//! independent gzip members, compressed in parallel as they are (see
+//! [`super::estargz`]).
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -18,7 +23,8 @@ use std::sync::{Arc, Mutex};
 
 use flate2::{Compress, FlushCompress, Status};
 
-use super::pack::{write_tar, PackOptions, PackStats};
+use super::estargz::{finish_toc, toc_tar, EstargzSink};
+use super::pack::{write_tar, PackOptions, PackStats, TarSink};
 use crate::digest::{Algorithm, Digest, Hasher, HashingWriter};
 use crate::error::{Error, Result};
 
@@ -30,6 +36,9 @@ pub enum Codec {
     Gzip,
     /// zstd.
     Zstd,
+    /// eStargz: gzip members per file chunk, a TOC and a footer, so lazy
+    /// readers (regfs, stargz-snapshotter) fetch files one at a time.
+    Estargz,
     /// An uncompressed tar.
     None,
 }
@@ -40,12 +49,10 @@ impl std::str::FromStr for Codec {
         match s {
             "gzip" => Ok(Codec::Gzip),
             "zstd" => Ok(Codec::Zstd),
+            "estargz" => Ok(Codec::Estargz),
             "none" | "uncompressed" => Ok(Codec::None),
-            "estargz" => Err(Error::Unsupported(
-                "writing eStargz layers is not implemented yet; use gzip or zstd".into(),
-            )),
             _ => Err(Error::invalid(format!(
-                "compression {s:?}: expected gzip, zstd or none"
+                "compression {s:?}: expected gzip, zstd, estargz or none"
             ))),
         }
     }
@@ -55,18 +62,16 @@ impl Codec {
     /// The OCI layer media type.
     pub fn oci_media_type(self) -> &'static str {
         match self {
-            Codec::Gzip => "application/vnd.oci.image.layer.v1.tar+gzip",
+            Codec::Gzip | Codec::Estargz => "application/vnd.oci.image.layer.v1.tar+gzip",
             Codec::Zstd => "application/vnd.oci.image.layer.v1.tar+zstd",
             Codec::None => "application/vnd.oci.image.layer.v1.tar",
         }
     }
 }
 
-/// A packed layer in a temp file (removed on drop).
-#[derive(Debug)]
-pub struct PackedLayer {
-    /// The compressed blob.
-    pub path: PathBuf,
+/// What packing produced.
+#[derive(Debug, Clone)]
+pub struct Packed {
     /// Digest of the uncompressed tar.
     pub diff_id: Digest,
     /// Digest of the blob.
@@ -79,6 +84,24 @@ pub struct PackedLayer {
     pub stats: PackStats,
     /// How it is compressed.
     pub codec: Codec,
+    /// eStargz: sha256 of the TOC JSON (the `toc.digest` annotation).
+    pub toc_digest: Option<Digest>,
+}
+
+/// A packed layer in a temp file (removed on drop).
+#[derive(Debug)]
+pub struct PackedLayer {
+    /// The compressed blob.
+    pub path: PathBuf,
+    /// Digests and sizes.
+    pub packed: Packed,
+}
+
+impl std::ops::Deref for PackedLayer {
+    type Target = Packed;
+    fn deref(&self) -> &Packed {
+        &self.packed
+    }
 }
 
 impl Drop for PackedLayer {
@@ -90,11 +113,13 @@ impl Drop for PackedLayer {
 const BLOCK: usize = 1 << 20;
 const DICT: usize = 32 * 1024;
 
-struct Block {
-    seq: u64,
-    data: Vec<u8>,
-    dict: Vec<u8>,
-    last: bool,
+/// A piece of the tar on its way to a compressor: a gzip block (primed with
+/// `dict`), or for eStargz one whole gzip member.
+pub(super) struct Block {
+    pub(super) seq: u64,
+    pub(super) data: Vec<u8>,
+    pub(super) dict: Vec<u8>,
+    pub(super) last: bool,
 }
 
 /// The tar side: buffers blocks, hashes them, hands them on.
@@ -144,6 +169,8 @@ impl Write for BlockWriter {
     }
 }
 
+impl TarSink for BlockWriter {}
+
 /// Compress one block as raw deflate (sync-flushed, or finished if last).
 fn deflate_block(b: &Block, level: flate2::Compression) -> io::Result<Vec<u8>> {
     let mut c = Compress::new(level, false);
@@ -172,6 +199,13 @@ fn deflate_block(b: &Block, level: flate2::Compression) -> io::Result<Vec<u8>> {
         }
     }
     Ok(out)
+}
+
+/// One complete gzip member (deterministic header: mtime 0, OS unknown).
+fn gzip_member(data: &[u8], level: flate2::Compression) -> io::Result<Vec<u8>> {
+    let mut e = flate2::GzBuilder::new().write(Vec::with_capacity(data.len() / 2 + 64), level);
+    e.write_all(data)?;
+    e.finish()
 }
 
 /// The gzip level: `REGFS_GZIP_LEVEL` (0-9), default 3: on the python rootfs
@@ -203,15 +237,50 @@ pub fn pack_layer(
     // From here on the file is removed if anything fails.
     let mut layer = PackedLayer {
         path,
-        diff_id: Digest::sha256_of(b""),
-        digest: Digest::sha256_of(b""),
-        size: 0,
-        tar_size: 0,
-        stats: PackStats::default(),
-        codec,
+        packed: Packed {
+            diff_id: Digest::sha256_of(b""),
+            digest: Digest::sha256_of(b""),
+            size: 0,
+            tar_size: 0,
+            stats: PackStats::default(),
+            codec,
+            toc_digest: None,
+        },
     };
+    let (packed, out) = pack_to(
+        root,
+        codec,
+        opts,
+        progress,
+        BufWriter::with_capacity(1 << 20, file),
+    )?;
+    let file = out.into_inner().map_err(|e| e.into_error())?;
+    file.sync_all()?;
+    layer.packed = packed;
+    Ok(layer)
+}
+
+/// What the tar side hands over when it is done.
+struct Produced {
+    hasher: Hasher,
+    crc: u32,
+    total: u64,
+    stats: PackStats,
+    toc: Vec<super::estargz::Pending>,
+}
+
+/// Pack `root` with `codec`, writing the blob to `out` as it is compressed
+/// (in order, compressed blocks as they complete). `progress` gets content
+/// bytes as they are read. Returns the digests and `out`, flushed.
+pub fn pack_to<W: Write + Send>(
+    root: &Path,
+    codec: Codec,
+    opts: &PackOptions,
+    progress: &(dyn Fn(u64) + Sync),
+    out: W,
+) -> Result<(Packed, W)> {
     let workers = match codec {
-        Codec::Gzip => std::thread::available_parallelism()
+        Codec::Gzip | Codec::Estargz => std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(2)
             .clamp(1, 8),
@@ -220,9 +289,21 @@ pub fn pack_layer(
     let (tx, rx) = sync_channel::<Block>(workers * 2);
     let (ctx, crx) = sync_channel::<io::Result<(u64, Vec<u8>)>>(workers * 2);
     let rx = Arc::new(Mutex::new(rx));
-    let out = HashingWriter::new(BufWriter::with_capacity(1 << 20, file), Algorithm::Sha256);
-    let result = std::thread::scope(|s| -> Result<_> {
-        let producer = s.spawn(move || -> io::Result<_> {
+    let out = HashingWriter::new(out, Algorithm::Sha256);
+    std::thread::scope(|s| -> Result<_> {
+        let producer = s.spawn(move || -> io::Result<Produced> {
+            let mut count = |n| progress(n);
+            if codec == Codec::Estargz {
+                let (w, stats) = write_tar(root, EstargzSink::new(tx), opts, &mut count)?;
+                let (hasher, total, toc) = w.finish();
+                return Ok(Produced {
+                    hasher,
+                    crc: 0,
+                    total,
+                    stats,
+                    toc,
+                });
+            }
             let w = BlockWriter {
                 buf: Vec::with_capacity(BLOCK),
                 tail: Vec::new(),
@@ -232,10 +313,15 @@ pub fn pack_layer(
                 total: 0,
                 tx,
             };
-            let mut count = |n| progress(n);
             let (mut w, stats) = write_tar(root, w, opts, &mut count)?;
             w.send(true)?;
-            Ok((w.hasher.finish(), w.crc.sum(), w.total, stats))
+            Ok(Produced {
+                hasher: w.hasher,
+                crc: w.crc.sum(),
+                total: w.total,
+                stats,
+                toc: Vec::new(),
+            })
         });
         for _ in 0..workers {
             let (rx, ctx) = (rx.clone(), ctx.clone());
@@ -246,41 +332,65 @@ pub fn pack_layer(
         let produced = producer
             .join()
             .map_err(|_| Error::Io(io::Error::other("tar writer panicked")))?;
-        let (diff_id, crc, total, stats) = produced?;
-        let mut out = written?;
-        if codec == Codec::Gzip {
-            out.write_all(&crc.to_le_bytes())?;
-            out.write_all(&(total as u32).to_le_bytes())?;
+        // An output error explains a tar-side one ("compressor stopped"); else the tar side's.
+        let (mut out, offsets) = written?;
+        let Produced {
+            mut hasher,
+            crc,
+            mut total,
+            stats,
+            toc,
+        } = produced?;
+        let mut toc_digest = None;
+        match codec {
+            Codec::Gzip => {
+                out.write_all(&crc.to_le_bytes())?;
+                out.write_all(&(total as u32).to_le_bytes())?;
+            }
+            Codec::Estargz => {
+                let json = finish_toc(toc, &offsets)?;
+                toc_digest = Some(Digest::sha256_of(&json));
+                let tail = toc_tar(&json);
+                hasher.update(&tail);
+                total += tail.len() as u64;
+                let toc_offset = out.count();
+                out.write_all(&gzip_member(&tail, gzip_level())?)?;
+                out.write_all(&crate::estargz::footer::footer_bytes(toc_offset))?;
+            }
+            Codec::Zstd | Codec::None => {}
         }
-        let (buf, digest, size) = out.finish();
-        let file = buf.into_inner().map_err(|e| e.into_error())?;
-        file.sync_all()?;
-        Ok((diff_id, digest, size, total, stats))
-    })?;
-    (
-        layer.diff_id,
-        layer.digest,
-        layer.size,
-        layer.tar_size,
-        layer.stats,
-    ) = result;
-    Ok(layer)
+        out.flush()?;
+        let (out, digest, size) = out.finish();
+        let packed = Packed {
+            diff_id: hasher.finish(),
+            digest,
+            size,
+            tar_size: total,
+            stats,
+            codec,
+            toc_digest,
+        };
+        Ok((packed, out))
+    })
 }
-
-type Out = HashingWriter<BufWriter<File>>;
 
 fn compress_worker(
     codec: Codec,
     rx: &Mutex<Receiver<Block>>,
     tx: &SyncSender<io::Result<(u64, Vec<u8>)>>,
 ) {
+    let level = gzip_level();
     match codec {
-        Codec::Gzip => loop {
+        Codec::Gzip | Codec::Estargz => loop {
             let Ok(b) = rx.lock().unwrap().recv() else {
                 return;
             };
-            let r = deflate_block(&b, gzip_level()).map(|d| (b.seq, d));
-            if tx.send(r).is_err() {
+            let r = if codec == Codec::Gzip {
+                deflate_block(&b, level)
+            } else {
+                gzip_member(&b.data, level)
+            };
+            if tx.send(r.map(|d| (b.seq, d))).is_err() {
                 return;
             }
         },
@@ -325,18 +435,25 @@ fn compress_worker(
     }
 }
 
-/// Write compressed blocks in order (gzip: after the member header).
-fn collect(codec: Codec, mut out: Out, rx: Receiver<io::Result<(u64, Vec<u8>)>>) -> Result<Out> {
+/// Write compressed blocks in order (gzip: after the member header); returns
+/// the output and where each block started in it.
+fn collect<W: Write>(
+    codec: Codec,
+    mut out: HashingWriter<W>,
+    rx: Receiver<io::Result<(u64, Vec<u8>)>>,
+) -> Result<(HashingWriter<W>, Vec<u64>)> {
     if codec == Codec::Gzip {
         // Deflate, no flags, mtime 0, no extra flags, OS unknown: deterministic.
         out.write_all(&[0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff])?;
     }
+    let mut offsets = Vec::new();
     let mut pending = BTreeMap::new();
     let mut next = 0u64;
     for r in rx {
         let (seq, data) = r?;
         pending.insert(seq, data);
         while let Some(d) = pending.remove(&next) {
+            offsets.push(out.count());
             out.write_all(&d)?;
             next += 1;
         }
@@ -344,7 +461,7 @@ fn collect(codec: Codec, mut out: Out, rx: Receiver<io::Result<(u64, Vec<u8>)>>)
     if !pending.is_empty() {
         return Err(Error::Io(io::Error::other("compressed blocks missing")));
     }
-    Ok(out)
+    Ok((out, offsets))
 }
 
 #[cfg(test)]
@@ -424,5 +541,82 @@ mod tests {
         let zb = std::fs::read(&z.path).unwrap();
         let zt = zstd::stream::decode_all(&zb[..]).unwrap();
         assert_eq!(Digest::sha256_of(&zt), a.diff_id);
+    }
+
+    #[test]
+    fn estargz_reads_back_lazily_and_as_a_plain_gzip_tar() {
+        use crate::estargz::{decode_chunk, parse_footer, toc, toc_to_tree, Format, Toc};
+        use crate::layer::{Content, Limits};
+        let src = tree();
+        // A file of three chunks (the last one short).
+        let multi: Vec<u8> = (0..(2 * super::super::estargz::CHUNK_SIZE as u32 + 12345))
+            .map(|i| (i.wrapping_mul(2654435761) >> 24) as u8)
+            .collect();
+        std::fs::write(src.path().join("dir/multi"), &multi).unwrap();
+        std::fs::write(src.path().join("empty"), b"").unwrap();
+        let mut blob = Vec::new();
+        let (p, _) = pack_to(
+            src.path(),
+            Codec::Estargz,
+            &PackOptions::default(),
+            &|_| {},
+            &mut blob,
+        )
+        .unwrap();
+        assert_eq!(Digest::sha256_of(&blob), p.digest);
+        assert_eq!(blob.len() as u64, p.size);
+        // A valid gzip tar: diff_id over everything, TOC last.
+        let mut tar = Vec::new();
+        flate2::read::MultiGzDecoder::new(&blob[..])
+            .read_to_end(&mut tar)
+            .unwrap();
+        assert_eq!(Digest::sha256_of(&tar), p.diff_id);
+        assert_eq!(tar.len() as u64, p.tar_size);
+        let names: Vec<String> = tar::Archive::new(&tar[..])
+            .entries()
+            .unwrap()
+            .map(|e| e.unwrap().path().unwrap().display().to_string())
+            .collect();
+        assert_eq!(names.last().unwrap(), crate::estargz::TOC_NAME);
+        assert!(names.contains(&"dir/multi".to_string()));
+        // Footer → TOC → tree; every chunk decodes and verifies.
+        let (off, footer) = parse_footer(&blob).unwrap();
+        let json =
+            toc::estargz_toc_json(&blob[off as usize..blob.len() - footer as usize]).unwrap();
+        assert_eq!(Some(Digest::sha256_of(&json)), p.toc_digest);
+        let t = Toc::parse(&json).unwrap();
+        let idx = toc_to_tree(&t, Format::Estargz, off, 0, &Limits::default()).unwrap();
+        for (path, want) in [
+            ("dir/multi", &multi[..]),
+            ("dir/small", b"hello"),
+            ("link", b"hello"),
+        ] {
+            let id = idx.tree.lookup_path(path.as_bytes()).unwrap();
+            let Content::Chunks { chunks, .. } = &idx.tree.node(id).content else {
+                panic!("{path}: not chunked");
+            };
+            let mut got = Vec::new();
+            for c in chunks {
+                let start = c.blob_offset as usize;
+                let end = start + c.blob_len as usize;
+                got.extend(decode_chunk(Format::Estargz, &blob[start..end], c).unwrap());
+            }
+            assert_eq!(got, want, "{path}");
+        }
+        let multi_id = idx.tree.lookup_path(b"dir/multi").unwrap();
+        assert!(
+            matches!(&idx.tree.node(multi_id).content, Content::Chunks { chunks, .. } if chunks.len() == 3)
+        );
+        // Deterministic.
+        let mut again = Vec::new();
+        pack_to(
+            src.path(),
+            Codec::Estargz,
+            &PackOptions::default(),
+            &|_| {},
+            &mut again,
+        )
+        .unwrap();
+        assert_eq!(blob, again);
     }
 }

@@ -5,6 +5,8 @@
 //! `created`; without a base, a minimal config for the platform. The manifest
 //! is OCI, or Docker schema 2 on request.
 
+use std::collections::BTreeMap;
+
 use serde_json::{json, Value};
 
 use crate::digest::Digest;
@@ -31,6 +33,8 @@ pub struct LayerDesc {
     pub digest: Digest,
     /// Blob size.
     pub size: u64,
+    /// Descriptor annotations (eStargz: the TOC digest, the uncompressed size).
+    pub annotations: BTreeMap<String, String>,
 }
 
 impl From<&BlobRef> for LayerDesc {
@@ -39,6 +43,7 @@ impl From<&BlobRef> for LayerDesc {
             media_type: b.media_type.clone(),
             digest: b.digest.clone(),
             size: b.size,
+            annotations: b.annotations.clone(),
         }
     }
 }
@@ -158,7 +163,11 @@ pub fn build_manifest(
                 ManifestFormat::Oci => oci_layer_type(&l.media_type),
                 ManifestFormat::Docker => docker_layer_type(&l.media_type)?,
             };
-            Ok(json!({"mediaType": t, "digest": l.digest.to_string(), "size": l.size}))
+            let mut d = json!({"mediaType": t, "digest": l.digest.to_string(), "size": l.size});
+            if !l.annotations.is_empty() {
+                d["annotations"] = json!(l.annotations);
+            }
+            Ok(d)
         })
         .collect::<Result<Vec<_>>>()?;
     let m = json!({

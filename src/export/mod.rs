@@ -4,7 +4,8 @@
 //! - [`fs`]: the writable filesystem over it (copy-up from a `--from` base,
 //!   whiteouts), plain Rust; `crate::fuse::export` links fuser to it.
 //! - [`pack`] and [`compress`]: a deterministic tar, compressed and hashed
-//!   in one pass into a temp file.
+//!   in one pass, streamed to the upload as it is produced; [`estargz`]:
+//!   the eStargz layout (gzip member per chunk, TOC, footer).
 //! - [`image`]: the config and manifest; [`push`]: blobs then the manifest.
 //! - [`commit`]: the whole commit, with progress, and [`Exporter`], the
 //!   service the filesystem and the control socket share.
@@ -12,6 +13,7 @@
 pub mod base;
 pub mod commit;
 pub mod compress;
+pub mod estargz;
 pub mod fs;
 pub mod image;
 pub mod pack;
@@ -20,6 +22,6 @@ pub mod staging;
 pub mod xattr;
 
 pub use commit::{CommitOptions, CommitOutcome, CommitProgress, Exporter};
-pub use compress::Codec;
+pub use compress::{Codec, Packed};
 pub use image::ManifestFormat;
 pub use staging::{EntryMeta, Staging};

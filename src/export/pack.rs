@@ -41,9 +41,59 @@ const WHITEOUT_PREFIX: &[u8] = b".wh.";
 /// Copy-up temp files of the export filesystem: never packed.
 const TMP_PREFIX: &[u8] = b".wh..regfs-tmp.";
 
+/// One tar entry as the sink sees it (for an eStargz TOC).
+#[derive(Clone, Debug, Default)]
+pub struct EntryDesc {
+    /// The name as stored (directories end in `/`).
+    pub name: Vec<u8>,
+    /// `dir`, `reg`, `symlink`, `hardlink`, `char`, `block`, `fifo`.
+    pub kind: &'static str,
+    /// Content size of a regular file.
+    pub size: u64,
+    /// Modification time (seconds since the epoch, as written).
+    pub mtime: i64,
+    /// Symlink target, or the first name of a hard link.
+    pub link: Vec<u8>,
+    /// Permission bits (`0o7777`).
+    pub mode: u32,
+    /// Owner.
+    pub uid: u64,
+    /// Group.
+    pub gid: u64,
+    /// Device numbers.
+    pub dev: (u32, u32),
+    /// Extended attributes, sorted.
+    pub xattrs: Vec<(String, Vec<u8>)>,
+}
+
+/// Where [`write_tar`] writes: a byte stream, told about entry boundaries
+/// (the default methods suit a plain tar; an eStargz writer starts a gzip
+/// member where file content starts and builds its TOC from the entries).
+pub trait TarSink: Write {
+    /// Entry `e` follows (its headers are written next).
+    fn entry(&mut self, _e: &EntryDesc) -> io::Result<()> {
+        Ok(())
+    }
+    /// A regular file's `size` content bytes, after its header (the padding
+    /// to 512 bytes is written by the caller).
+    fn content(&mut self, data: &mut dyn Read, size: u64) -> io::Result<()> {
+        let n = io::copy(&mut data.take(size), self)?;
+        if n != size {
+            return Err(io::Error::other("short file content"));
+        }
+        Ok(())
+    }
+    /// The end-of-archive blocks follow.
+    fn end(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl TarSink for Vec<u8> {}
+
 /// Write the tree under `root` as a tar stream to `out` (finished, with the
 /// end-of-archive blocks). `progress` is called with content bytes as they go.
-pub fn write_tar<W: Write>(
+pub fn write_tar<W: TarSink>(
     root: &Path,
     out: W,
     opts: &PackOptions,
@@ -57,6 +107,7 @@ pub fn write_tar<W: Write>(
         progress,
     };
     st.dir(&mut b, root, &mut Vec::new())?;
+    b.get_mut().end()?;
     b.finish()?;
     Ok((b.into_inner()?, st.stats))
 }
@@ -69,7 +120,7 @@ struct Packer<'a> {
 }
 
 impl Packer<'_> {
-    fn dir<W: Write>(
+    fn dir<W: TarSink>(
         &mut self,
         b: &mut tar::Builder<W>,
         dir: &Path,
@@ -99,7 +150,7 @@ impl Packer<'_> {
         Ok(())
     }
 
-    fn entry<W: Write>(
+    fn entry<W: TarSink>(
         &mut self,
         b: &mut tar::Builder<W>,
         path: &Path,
@@ -123,7 +174,13 @@ impl Packer<'_> {
             h.set_size(0);
             set_name(&mut h, name, &mut pax);
             h.set_cksum();
-            return self.append(b, &h, &pax, io::empty());
+            let d = EntryDesc {
+                name: name.to_vec(),
+                kind: "reg",
+                mode: 0o644,
+                ..EntryDesc::default()
+            };
+            return self.append(b, &h, &pax, &d, None);
         }
         let mtime = match self.opts.source_date_epoch {
             Some(e) => md.mtime().min(e),
@@ -135,11 +192,21 @@ impl Packer<'_> {
         h.set_mtime(mtime.max(0) as u64);
         h.set_size(0);
         set_name(&mut h, name, &mut pax);
+        let mut d = EntryDesc {
+            name: name.to_vec(),
+            mtime: mtime.max(0),
+            mode: md.mode() & 0o7777,
+            uid: md.uid() as u64,
+            gid: md.gid() as u64,
+            ..EntryDesc::default()
+        };
         for (k, v) in xattr::all(path)? {
             let k =
                 String::from_utf8(k).map_err(|_| io::Error::other("xattr name is not UTF-8"))?;
-            pax.push((format!("SCHILY.xattr.{k}"), v));
+            pax.push((format!("SCHILY.xattr.{k}"), v.clone()));
+            d.xattrs.push((k, v));
         }
+        d.xattrs.sort();
         if !ft.is_dir() && md.nlink() > 1 {
             let key = (md.dev(), md.ino());
             if let Some(first) = self.links.get(&key) {
@@ -147,27 +214,35 @@ impl Packer<'_> {
                 let first = first.clone();
                 set_link(&mut h, &first, &mut pax);
                 h.set_cksum();
-                return self.append(b, &h, &pax, io::empty());
+                d.kind = "hardlink";
+                d.link = first;
+                return self.append(b, &h, &pax, &d, None);
             }
             self.links.insert(key, name.to_vec());
         }
         if ft.is_dir() {
             h.set_entry_type(EntryType::Directory);
+            d.kind = "dir";
         } else if ft.is_symlink() {
             h.set_entry_type(EntryType::Symlink);
             let target = fs::read_link(path)?;
             set_link(&mut h, target.as_os_str().as_bytes(), &mut pax);
+            d.kind = "symlink";
+            d.link = target.as_os_str().as_bytes().to_vec();
         } else if ft.is_fifo() {
             h.set_entry_type(EntryType::Fifo);
+            d.kind = "fifo";
         } else if ft.is_char_device() || ft.is_block_device() {
             h.set_entry_type(if ft.is_char_device() {
                 EntryType::Char
             } else {
                 EntryType::Block
             });
+            d.kind = if ft.is_char_device() { "char" } else { "block" };
             let rdev = md.rdev();
             h.set_device_major(libc::major(rdev))?;
             h.set_device_minor(libc::minor(rdev))?;
+            d.dev = (libc::major(rdev), libc::minor(rdev));
         } else if ft.is_socket() {
             tracing::warn!(path = %path.display(), "sockets cannot be packed; skipped");
             return Ok(());
@@ -178,29 +253,43 @@ impl Packer<'_> {
             h.set_cksum();
             // Read exactly `size` bytes even if the file changes under us.
             let f = File::open(path)?;
-            let data = f.take(size).chain(io::repeat(0)).take(size);
+            let mut data = f.take(size).chain(io::repeat(0)).take(size);
             self.stats.content_bytes += size;
             (self.progress)(size);
-            return self.append(b, &h, &pax, data);
+            d.kind = "reg";
+            d.size = size;
+            return self.append(b, &h, &pax, &d, Some(&mut data));
         }
         h.set_cksum();
-        self.append(b, &h, &pax, io::empty())
+        self.append(b, &h, &pax, &d, None)
     }
 
-    fn append<W: Write, R: Read>(
+    /// Headers (PAX, then `h`), then for a regular file `h.size()` bytes of
+    /// `data` and the padding.
+    fn append<W: TarSink>(
         &mut self,
         b: &mut tar::Builder<W>,
         h: &Header,
         pax: &[(String, Vec<u8>)],
-        data: R,
+        d: &EntryDesc,
+        data: Option<&mut dyn Read>,
     ) -> io::Result<()> {
+        b.get_mut().entry(d)?;
         if !pax.is_empty() {
             let mut sorted: Vec<_> = pax.iter().collect();
             sorted.sort();
             b.append_pax_extensions(sorted.iter().map(|(k, v)| (k.as_str(), v.as_slice())))?;
         }
         self.stats.entries += 1;
-        b.append(h, data)
+        let out = b.get_mut();
+        out.write_all(h.as_bytes())?;
+        let size = h.size()?;
+        if let Some(data) = data {
+            out.content(data, size)?;
+            let pad = (512 - size % 512) % 512;
+            out.write_all(&[0u8; 512][..pad as usize])?;
+        }
+        Ok(())
     }
 }
 

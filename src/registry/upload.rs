@@ -89,6 +89,90 @@ impl Client {
         }
     }
 
+    /// Push a blob whose digest and size are known only at its end: `body` is
+    /// read once, hashed as it goes, and sent as it comes (so the producer and
+    /// the upload overlap). Up to [`MONOLITHIC_LIMIT`] bytes it is buffered and
+    /// pushed with one PUT (skipped if the registry has it); beyond, it goes in
+    /// [`CHUNK_SIZE`] PATCHes, resumed after transient failures like
+    /// [`push_blob`](Self::push_blob), and the final PUT carries the digest.
+    /// An error item in `body` cancels the upload. Returns the digest and size.
+    pub async fn push_blob_stream<S>(&self, repo: &str, body: S) -> Result<(Digest, u64)>
+    where
+        S: Stream<Item = Result<Bytes>> + Send,
+    {
+        validate_repository(repo)?;
+        let what = format!("upload of a streamed blob to {repo}");
+        let mut body = std::pin::pin!(body);
+        let mut hasher = Hasher::new(crate::digest::Algorithm::Sha256);
+        let mut buf = BytesMut::new();
+        let mut ended = false;
+        while buf.len() as u64 <= MONOLITHIC_LIMIT {
+            match body.next().await {
+                None => {
+                    ended = true;
+                    break;
+                }
+                Some(chunk) => {
+                    let chunk = chunk?;
+                    hasher.update(&chunk);
+                    buf.extend_from_slice(&chunk);
+                }
+            }
+        }
+        if ended {
+            let digest = hasher.finish();
+            let size = buf.len() as u64;
+            if !self.blob_exists(repo, &digest).await? {
+                let one = futures_util::stream::iter([Ok(buf.freeze())]);
+                let what = format!("upload of blob {digest} to {repo}");
+                self.push_monolithic(repo, &digest, size, std::pin::pin!(one), &what)
+                    .await?;
+            }
+            return Ok((digest, size));
+        }
+        let mut loc = self.start_upload(repo, &what).await?;
+        let mut sent = 0u64;
+        let result: Result<()> = async {
+            loop {
+                while buf.len() >= CHUNK_SIZE || (ended && !buf.is_empty()) {
+                    let n = buf.len().min(CHUNK_SIZE);
+                    let chunk = buf.split_to(n).freeze();
+                    loc = self
+                        .patch_chunk(repo, loc.clone(), sent, chunk, &what)
+                        .await?;
+                    sent += n as u64;
+                }
+                if ended {
+                    return Ok(());
+                }
+                match body.next().await {
+                    None => ended = true,
+                    Some(chunk) => {
+                        let chunk = chunk?;
+                        hasher.update(&chunk);
+                        buf.extend_from_slice(&chunk);
+                    }
+                }
+            }
+        }
+        .await;
+        if let Err(e) = result {
+            self.cancel_upload(repo, loc).await;
+            return Err(e);
+        }
+        let digest = hasher.finish();
+        let what = format!("upload of blob {digest} to {repo}");
+        let mut url = loc;
+        url.query_pairs_mut()
+            .append_pair("digest", &digest.to_string());
+        let mut req = Req::new(Method::PUT, url, Scope::push(repo), what.clone());
+        req.headers
+            .insert(CONTENT_LENGTH, HeaderValue::from_static("0"));
+        let resp = self.send(req).await?;
+        expect_status(resp, StatusCode::CREATED, &what, self).await?;
+        Ok((digest, sent))
+    }
+
     async fn push_monolithic<S>(
         &self,
         repo: &str,
