@@ -197,3 +197,32 @@ fn writes_are_refused_and_mount_is_nosuid_nodev() {
         );
     }
 }
+
+/// Symlink targets are cached by the kernel; a tag that moves must still be
+/// seen to move once its TTL has passed (it becomes a new inode).
+#[test]
+fn a_moved_tag_is_seen_after_the_tag_ttl() {
+    require_fuse!();
+    let reg = harness::Registry::start(harness::RegistryKind::Plain);
+    reg.push("busybox", "lab/moving:tag");
+    let m = Mount::new(&reg, &["--tag-ttl", "1"]);
+    let link = m.path().join("lab/moving:tag");
+    let first = fs::read_link(&link).unwrap();
+    assert_eq!(
+        first.to_str().unwrap(),
+        format!("moving@{}", reg.manifest_digest("lab/moving", "tag"))
+    );
+    // Read it through the kernel's cache a few times: stable.
+    for _ in 0..3 {
+        assert_eq!(fs::read_link(&link).unwrap(), first);
+    }
+    reg.push("busybox-arm64", "lab/moving:tag");
+    let moved = format!("moving@{}", reg.manifest_digest("lab/moving", "tag"));
+    assert_ne!(first.to_str().unwrap(), moved);
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert_eq!(fs::read_link(&link).unwrap().to_str().unwrap(), moved);
+    // And the path through it leads to the new image.
+    let config: serde_json::Value =
+        serde_json::from_slice(&fs::read(link.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["architecture"], "arm64");
+}

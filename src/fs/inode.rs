@@ -42,12 +42,16 @@ pub enum Key {
     Root,
     /// A namespace directory (`lab`, `lab/team`).
     Namespace(Arc<str>),
-    /// A `name:tag` symlink.
+    /// A `name:tag` symlink showing one resolution of the tag. The kernel
+    /// caches symlink targets, so a tag that moves gets a new inode (the next
+    /// lookup after the tag TTL finds it); empty `target`: listed, not yet resolved.
     Tag {
         /// Repository.
         repo: Arc<str>,
         /// Tag.
         tag: Arc<str>,
+        /// `name@sha256:…`, or empty if not resolved yet.
+        target: Arc<str>,
     },
     /// A `name@digest` directory (image or index).
     Image {

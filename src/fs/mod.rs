@@ -180,7 +180,10 @@ impl Fs {
     /// The target of symlink `ino`.
     pub async fn readlink(&self, ino: u64) -> Result<Vec<u8>> {
         match self.key(ino)? {
-            Key::Tag { repo, tag } => Ok(self.resolve_tag(&repo, &tag).await?.into_bytes()),
+            Key::Tag { repo, tag, target } if target.is_empty() => {
+                Ok(self.resolve_tag(&repo, &tag).await?.into_bytes())
+            }
+            Key::Tag { target, .. } => Ok(target.as_bytes().to_vec()),
             Key::Platform { repo, index, entry } => {
                 let info = self.content.manifest(&repo, &index).await?;
                 let Manifest::Index { entries, .. } = &info.manifest else {
@@ -396,11 +399,15 @@ impl Fs {
         let tag_ttl = self.cfg.tag_ttl;
         match &key {
             Key::Root | Key::Namespace(_) => Ok(Attr::dir(self.inodes.ino(key), t0, tag_ttl)),
-            Key::Tag { repo, tag } => {
-                let target = self.resolve_tag(repo, tag).await?;
+            Key::Tag { repo, tag, target } => {
+                let len = if target.is_empty() {
+                    self.resolve_tag(repo, tag).await?.len()
+                } else {
+                    target.len()
+                };
                 Ok(Attr::symlink(
-                    self.inodes.ino(key),
-                    target.len() as u64,
+                    self.inodes.ino(key.clone()),
+                    len as u64,
                     t0,
                     tag_ttl,
                 ))

@@ -111,10 +111,13 @@ impl Fs {
                 if validate_tag(tag).is_err() {
                     continue;
                 }
+                let tag: Arc<str> = tag.as_str().into();
+                let target = self.last_resolution(&repo, &tag);
                 out.push(DirEntry {
                     ino: self.inodes.ino(Key::Tag {
                         repo: repo.clone(),
-                        tag: tag.as_str().into(),
+                        tag: tag.clone(),
+                        target,
                     }),
                     name: format!("{name}:{tag}").into_bytes(),
                     kind: FileKind::Symlink,
@@ -139,10 +142,9 @@ impl Fs {
         if let Some((n, t)) = name.split_once(':') {
             validate_component(n).map_err(invalid)?;
             validate_tag(t).map_err(invalid)?;
-            return Ok(Key::Tag {
-                repo: join(prefix, n).into(),
-                tag: t.into(),
-            });
+            let (repo, tag): (Arc<str>, Arc<str>) = (join(prefix, n).into(), t.into());
+            let target = self.resolve_tag(&repo, &tag).await?.into();
+            return Ok(Key::Tag { repo, tag, target });
         }
         validate_component(name).map_err(invalid)?;
         let path = join(prefix, name);
@@ -153,6 +155,15 @@ impl Fs {
             }
         }
         Ok(Key::Namespace(path.into()))
+    }
+
+    /// The latest resolution of `repo:tag` known, however old; empty if none.
+    fn last_resolution(&self, repo: &Arc<str>, tag: &Arc<str>) -> Arc<str> {
+        let key = (repo.clone(), tag.clone());
+        match self.ns.resolved.lock().unwrap().get(&key) {
+            Some((_, target)) => target.as_str().into(),
+            None => "".into(),
+        }
     }
 
     /// The symlink target of `repo:tag`: `name@digest`, for an index the manifest

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use super::{Attr, DirEntry, FileKind, Fs, Key, TreeId, TreeWhich, IMMUTABLE_TTL};
-use crate::content::{Content, LayerSource};
+use crate::content::{Content, LayerSource, SpanView};
 use crate::error::{Error, Result};
 use crate::image::Manifest;
 use crate::layer::{self, Kind, Node, NodeId, Tree};
@@ -36,6 +36,29 @@ impl LoadedTree {
                 }
                 _ => Err(Error::invalid("chunked file without a remote layer")),
             };
+        }
+        if let Some(LayerSource::Spans(l)) =
+            n.content.layer().and_then(|i| self.sources.get(i as usize))
+        {
+            // An evicted gzip layer: fetch and verify the spans this read needs.
+            let Some((start, end)) = crate::content::tar_range(n, offset, size as u64) else {
+                return Ok(Vec::new());
+            };
+            let view = content.read_spans(l, start, end).await?;
+            let which = n.content.layer().unwrap_or(0) as usize;
+            return tokio::task::spawn_blocking(move || {
+                let n = self.tree.node(node);
+                let mut views: Vec<SpanView> = (0..self.sources.len())
+                    .map(|_| SpanView::default())
+                    .collect();
+                views[which] = view;
+                let mut buf = vec![0u8; size as usize];
+                let got = layer::read_content(n, &views, offset, &mut buf)?;
+                buf.truncate(got);
+                Ok(buf)
+            })
+            .await
+            .map_err(|e| Error::Io(std::io::Error::other(e)))?;
         }
         tokio::task::spawn_blocking(move || {
             let n = self.tree.node(node);

@@ -185,6 +185,9 @@ impl Filesystem for FuseFs {
         // loaded tree need no LOOKUP per entry.
         let _ = config
             .add_capabilities(InitFlags::FUSE_DO_READDIRPLUS | InitFlags::FUSE_READDIRPLUS_AUTO);
+        // Symlink targets are immutable per inode (a moved tag is a new inode):
+        // let the kernel keep them.
+        let _ = config.add_capabilities(InitFlags::FUSE_CACHE_SYMLINKS);
         Ok(())
     }
 
