@@ -76,6 +76,16 @@ Examples:
   # later, even with the registry unreachable:
   chroot /mnt/reg/lab/python@sha256:…/rootfs python3 -V")]
     Prefetch(PrefetchArgs),
+    /// Export or import the index of a gzip layer (tar index + span index),
+    /// so a machine that never streamed the layer can serve it by Range requests.
+    #[command(
+        subcommand,
+        after_help = "\
+Examples:
+  regfs index export sha256:… layer.rgix --cache-dir /var/cache/regfs
+  regfs index import layer.rgix --cache-dir /var/cache/regfs"
+    )]
+    Index(IndexCommand),
     /// Print a shell completion script.
     #[command(after_help = "\
 Examples:
@@ -103,6 +113,36 @@ pub struct PrefetchArgs {
     /// No progress bar.
     #[arg(long, short)]
     pub quiet: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum IndexCommand {
+    /// Write the tar index and span index of a cached gzip layer (by diff_id
+    /// or blob digest) to FILE, with the blob digest and diff_id.
+    Export(IndexExportArgs),
+    /// Check an exported index file and store it in the cache. Trusted for
+    /// where bytes are; every span is still verified against its digest.
+    Import(IndexImportArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct IndexExportArgs {
+    /// The layer's diff_id or blob digest (sha256:…).
+    pub digest: String,
+    /// Where to write the index ("-": standard output).
+    pub file: PathBuf,
+    /// The cache directory [default: as `regfs mount`].
+    #[arg(long)]
+    pub cache_dir: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct IndexImportArgs {
+    /// An index file written by `regfs index export` ("-": standard input).
+    pub file: PathBuf,
+    /// The cache directory [default: as `regfs mount`].
+    #[arg(long)]
+    pub cache_dir: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]

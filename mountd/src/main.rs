@@ -9,6 +9,7 @@ mod daemon;
 mod docs;
 mod endpoints;
 mod export;
+mod index;
 mod logging;
 mod metrics;
 mod mount;
@@ -28,6 +29,8 @@ fn main() {
         cli::Command::Export(cli::ExportCommand::New(args)) => commit::export_new(args),
         cli::Command::Status(args) => commit::status(args),
         cli::Command::Prefetch(args) => prefetch::run(args),
+        cli::Command::Index(cli::IndexCommand::Export(args)) => index::export(args),
+        cli::Command::Index(cli::IndexCommand::Import(args)) => index::import(args),
         cli::Command::Completions(args) => docs::completions(args.shell),
         cli::Command::Manpage => docs::manpage(),
     };

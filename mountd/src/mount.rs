@@ -19,7 +19,7 @@ use regfs::registry::{Client, ClientOptions, Credentials};
 use crate::cli::MountArgs;
 use crate::{control, daemon, logging, unmount};
 
-fn default_cache_dir() -> PathBuf {
+pub(crate) fn default_cache_dir() -> PathBuf {
     if let Some(x) = std::env::var_os("XDG_CACHE_HOME") {
         return PathBuf::from(x).join("regfs");
     }

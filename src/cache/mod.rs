@@ -10,6 +10,7 @@
 //! index/sha256/<hex>     the layer index (a serialized tree), named by diff_id
 //! chunks/sha256/<hex>    verified uncompressed eStargz / zstd:chunked chunks, by chunk digest
 //! toc/sha256/<hex>       the index of a lazy layer, named by its verified TOC's anchor digest
+//! spans/sha256/<hex>     the span index of a gzip layer (zlib checkpoints, span digests), by diff_id
 //! tmp/                   downloads in progress; emptied at start
 //! ```
 
@@ -43,6 +44,9 @@ pub enum Kind {
     /// Indexes of lazily served layers built from a verified TOC, by the
     /// digest that verified it (TOC digest or zstd:chunked manifest checksum).
     Toc,
+    /// Span indexes of gzip layers (checkpoints to inflate from and a digest
+    /// per span), by diff_id: what serves an evicted layer by Range requests.
+    Span,
 }
 
 impl Kind {
@@ -53,9 +57,17 @@ impl Kind {
             Kind::Index => "index",
             Kind::Chunk => "chunks",
             Kind::Toc => "toc",
+            Kind::Span => "spans",
         }
     }
-    const ALL: [Kind; 5] = [Kind::Blob, Kind::Layer, Kind::Index, Kind::Chunk, Kind::Toc];
+    const ALL: [Kind; 6] = [
+        Kind::Blob,
+        Kind::Layer,
+        Kind::Index,
+        Kind::Chunk,
+        Kind::Toc,
+        Kind::Span,
+    ];
 }
 
 /// Counters for tests, status and metrics.
@@ -108,9 +120,20 @@ impl Store {
     /// Open (creating) a store at `root`, bounded to `limit` bytes. Files already
     /// there were verified before they were renamed in, so they are reused as-is.
     pub fn open(root: &Path, limit: u64) -> Result<Store> {
+        Store::open_with(root, limit, true)
+    }
+
+    /// Open a store for an offline tool (`regfs index`): unbounded, and
+    /// leaving `tmp/` alone (a daemon may be writing there). A running daemon
+    /// sees what is added only after a restart.
+    pub fn open_offline(root: &Path) -> Result<Store> {
+        Store::open_with(root, u64::MAX, false)
+    }
+
+    fn open_with(root: &Path, limit: u64, clean_tmp: bool) -> Result<Store> {
         create_private_dir(root)?;
         let tmp = root.join("tmp");
-        if tmp.exists() {
+        if tmp.exists() && clean_tmp {
             fs::remove_dir_all(&tmp)?;
         }
         create_private_dir(&tmp)?;

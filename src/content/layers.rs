@@ -114,7 +114,7 @@ impl Content {
         let (blob, diff) = (desc.digest.clone(), diff_id.clone());
         let (result, tmp, reader_err) = tokio::task::spawn_blocking(move || {
             let mut tmp = tmp;
-            let r = layer::ingest(
+            let r = layer::ingest_spans(
                 &mut reader,
                 compression,
                 &blob,
@@ -122,12 +122,13 @@ impl Content {
                 0,
                 &mut tmp.file,
                 &limits,
+                Some(layer::span::DEFAULT_SPAN),
             );
             (r, tmp, reader.take_error())
         })
         .await
         .map_err(|e| Error::Io(std::io::Error::other(e)))?;
-        let (tree, stats) = match (result, reader_err) {
+        let (tree, stats, spans) = match (result, reader_err) {
             (Ok(v), _) => v,
             // The network's error explains an ingest failure better than "truncated tar".
             (Err(_), Some(net)) | (Err(net), None) => {
@@ -141,6 +142,15 @@ impl Content {
         self.store.commit(tmp, Kind::Layer, diff_id)?;
         let index = serde_json::to_vec(&tree).map_err(|e| Error::Io(std::io::Error::other(e)))?;
         self.store.put(Kind::Index, diff_id, &index)?;
+        if let Some(ix) = spans {
+            // Last, so that it outlives the tar in the LRU order.
+            let bytes = super::spans::encode_stored(&desc.digest, &ix);
+            self.store.put(Kind::Span, diff_id, &bytes)?;
+            tracing::debug!(
+                digest = %desc.digest, %diff_id, checkpoints = ix.checkpoints.len(),
+                bytes = bytes.len(), "stored span index"
+            );
+        }
         tracing::info!(
             digest = %desc.digest, %diff_id, bytes = stats.compressed_bytes, compressed = stats.compressed_bytes,
             uncompressed = stats.uncompressed_bytes, entries = stats.entries,

@@ -7,6 +7,7 @@ use std::fs::File;
 use std::sync::Arc;
 
 use super::chunks::Background;
+use super::spans::SpanLayer;
 use super::{Content, LoadedLayer};
 use crate::cache::Kind;
 use crate::digest::Digest;
@@ -57,13 +58,16 @@ pub enum LayerSource {
     Local(Arc<File>),
     /// Chunks fetched on demand (see [`Content::read_chunks`]).
     Remote(Arc<RemoteLayer>),
+    /// A gzip layer whose tar was evicted, served by its span index: whole
+    /// spans fetched by Range requests and verified (see [`Content::read_spans`]).
+    Spans(Arc<SpanLayer>),
 }
 
 impl ReadAt for LayerSource {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
         match self {
             LayerSource::Local(f) => std::os::unix::fs::FileExt::read_at(&**f, buf, offset),
-            LayerSource::Remote(_) => Err(std::io::Error::new(
+            LayerSource::Remote(_) | LayerSource::Spans(_) => Err(std::io::Error::new(
                 std::io::ErrorKind::Unsupported,
                 "a remote layer has no local tar",
             )),
@@ -158,6 +162,9 @@ impl Content {
                 }
             }
         }
+        if let Some(opened) = self.span_layer(repo, desc, diff_id).await {
+            return Ok(opened);
+        }
         let LoadedLayer { tree, file } = &*self.layer(repo, desc, diff_id).await?;
         Ok(OpenedLayer {
             tree: tree.clone(),
@@ -165,7 +172,7 @@ impl Content {
         })
     }
 
-    fn has_whole_layer(&self, diff_id: &Digest) -> bool {
+    pub(super) fn has_whole_layer(&self, diff_id: &Digest) -> bool {
         self.layers.get(diff_id).is_some()
             || (self.store.path(Kind::Layer, diff_id).exists()
                 && self.store.path(Kind::Index, diff_id).exists())

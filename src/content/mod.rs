@@ -7,6 +7,7 @@ mod chunks;
 mod layers;
 mod lazy;
 mod prefetch;
+mod spans;
 
 use std::fs::File;
 use std::sync::Arc;
@@ -16,6 +17,9 @@ use bytes::Bytes;
 pub use layers::LoadedLayer;
 pub use lazy::{LayerSource, LazyOptions, OpenedLayer, RemoteLayer};
 pub use prefetch::{PrefetchProgress, PrefetchReport, PrefetchSnapshot};
+pub use spans::{
+    check_tree, export_index, import_index, tar_range, ImportedIndex, SpanLayer, SpanView,
+};
 
 use crate::cache::{Kind, Store};
 use crate::digest::Digest;

@@ -150,6 +150,12 @@ impl Content {
                 progress.add_done(desc.size);
                 false
             }
+            LayerSource::Spans(_) => {
+                // Prefetching means the whole layer: stream it again.
+                self.layer(repo, desc, diff_id).await?;
+                progress.add_done(desc.size);
+                false
+            }
             LayerSource::Remote(remote) => {
                 let chunks = all_chunks(&opened.tree);
                 let refs: Vec<&Chunk> = chunks.iter().collect();

@@ -10,6 +10,7 @@ use crate::digest::{Digest, Hasher, HashingReader};
 use crate::error::{Error, Result};
 use crate::layer::compression::Compression;
 use crate::layer::index::{index_tar_counted, Limits};
+use crate::layer::span::{SpanBuilder, SpanIndex, SpanReader};
 use crate::layer::tree::Tree;
 
 /// What an ingest saw.
@@ -49,13 +50,49 @@ pub fn ingest<R: Read>(
     out: &mut File,
     limits: &Limits,
 ) -> Result<(Tree, IngestStats)> {
+    ingest_spans(
+        compressed,
+        compression,
+        blob_digest,
+        diff_id,
+        layer,
+        out,
+        limits,
+        None,
+    )
+    .map(|(tree, stats, _)| (tree, stats))
+}
+
+/// [`ingest()`], also building the layer's [`SpanIndex`] (checkpoints at
+/// least `span_every` uncompressed bytes apart) in the same pass when the
+/// layer is gzip and `span_every` is given: the gzip stream is then inflated
+/// with zlib's `Z_BLOCK` (see [`crate::layer::span`]) instead of flate2. The
+/// digest checks are the same; the index is only returned with `Ok`, so it
+/// describes a verified layer.
+#[allow(clippy::too_many_arguments)]
+pub fn ingest_spans<R: Read>(
+    compressed: R,
+    compression: Compression,
+    blob_digest: &Digest,
+    diff_id: &Digest,
+    layer: u16,
+    out: &mut File,
+    limits: &Limits,
+    span_every: Option<u64>,
+) -> Result<(Tree, IngestStats, Option<SpanIndex>)> {
+    let span_every = span_every.filter(|_| compression == Compression::Gzip);
+    let spans = RefCell::new(SpanBuilder::new(span_every.unwrap_or(u64::MAX)));
     let source_err: RefCell<Option<io::Error>> = RefCell::new(None);
     let mut source = Source {
         inner: HashingReader::new(compressed, blob_digest.algorithm()),
         err: &source_err,
     };
+    let inner: Box<dyn Read + '_> = match span_every {
+        Some(_) => Box::new(SpanReader::new(&mut source, &spans)?),
+        None => compression.decoder(&mut source),
+    };
     let mut tee = Tee {
-        inner: compression.decoder(&mut source),
+        inner,
         hasher: Some(Hasher::new(diff_id.algorithm())),
         out: BufWriter::with_capacity(1 << 20, &mut *out),
         count: 0,
@@ -97,6 +134,15 @@ pub fn ingest<R: Read>(
     let (_, blob_actual, compressed_bytes) = source.inner.finish();
     blob_actual.expect(blob_digest, &format!("layer blob {blob_digest}"))?;
     diff_actual.expect(diff_id, &format!("layer diff_id {diff_id}"))?;
+    let index = span_every.map(|_| spans.into_inner().finish(compressed_bytes));
+    if let Some(ix) = &index {
+        if ix.uncompressed_size != uncompressed_bytes {
+            return Err(Error::invalid(format!(
+                "layer {blob_digest}: span index covers {} of {uncompressed_bytes} bytes",
+                ix.uncompressed_size
+            )));
+        }
+    }
     Ok((
         tree,
         IngestStats {
@@ -104,6 +150,7 @@ pub fn ingest<R: Read>(
             uncompressed_bytes,
             entries,
         },
+        index,
     ))
 }
 
