@@ -131,9 +131,11 @@ impl SpanIndex {
         let mut raw = !cp.member_start;
         let mut filled = 0;
         while filled < total {
+            // Data that does not even inflate is not what was verified: a
+            // verification failure like a wrong digest (EIO, not EINVAL).
             let step = inf
                 .inflate(input, &mut out[filled..])
-                .map_err(|e| Error::invalid(format!("span: {e}")))?;
+                .map_err(|e| self.undecodable(first, &e.to_string()))?;
             input = &input[step.consumed..];
             filled += step.produced;
             if step.stream_end && filled < total {
@@ -148,7 +150,7 @@ impl SpanIndex {
                 && !step.stream_end
                 && !step.block_boundary
             {
-                return Err(Error::invalid("span: compressed data ends early"));
+                return Err(self.undecodable(first, "compressed data ends early"));
             }
         }
         let mut spans = Vec::with_capacity(last - first + 1);
@@ -164,6 +166,15 @@ impl SpanIndex {
             spans.push(data);
         }
         Ok(spans)
+    }
+
+    fn undecodable(&self, span: usize, why: &str) -> Error {
+        let (a, _) = self.span(span);
+        Error::DigestMismatch {
+            what: format!("span {span} (uncompressed offset {a})"),
+            expected: self.checkpoints[span].span_digest.to_string(),
+            actual: format!("nothing: {why}"),
+        }
     }
 
     /// The binary form.
