@@ -31,42 +31,6 @@ fn esgz_registry() -> Registry {
     reg
 }
 
-/// Blob GETs of `digest` in the access log: (requests, response bytes, full-blob 200s).
-fn blob_traffic(reg: &Registry, digest: &str) -> (usize, u64, usize) {
-    let (mut n, mut bytes, mut whole) = (0, 0, 0);
-    for line in reg.log().lines() {
-        let Some(rest) = line.find("] \"GET ").map(|i| &line[i + 7..]) else {
-            continue;
-        };
-        let Some((uri, tail)) = rest.split_once(' ') else {
-            continue;
-        };
-        if uri
-            .split('?')
-            .next()
-            .and_then(|u| u.rsplit_once("/blobs/"))
-            .map(|(_, d)| d)
-            != Some(digest)
-        {
-            continue;
-        }
-        // … HTTP/1.1" STATUS BYTES …
-        let mut f = tail
-            .split_once('"')
-            .map(|(_, t)| t)
-            .unwrap_or("")
-            .split_whitespace();
-        let status: u16 = f.next().and_then(|s| s.parse().ok()).unwrap_or(0);
-        let size: u64 = f.next().and_then(|s| s.parse().ok()).unwrap_or(0);
-        if (200..300).contains(&status) {
-            n += 1;
-            bytes += size;
-            whole += usize::from(status == 200);
-        }
-    }
-    (n, bytes, whole)
-}
-
 fn manifest(img: &Path) -> serde_json::Value {
     serde_json::from_slice(&fs::read(img.join("manifest.json")).unwrap()).unwrap()
 }
@@ -145,7 +109,7 @@ fn ls_fetches_tocs_cat_fetches_one_chunk_and_the_chunk_cache_persists() {
     ls(&img);
     let ls_traffic: Vec<(usize, u64, usize)> = layers(&img)
         .iter()
-        .map(|(d, _)| blob_traffic(&reg, d))
+        .map(|(d, _)| reg.blob_traffic(d))
         .collect();
     for ((d, size), (n, bytes, whole)) in layers(&img).iter().zip(&ls_traffic) {
         assert_eq!(
@@ -163,7 +127,7 @@ fn ls_fetches_tocs_cat_fetches_one_chunk_and_the_chunk_cache_persists() {
     let want = fs::read(umoci_unpack("python-3.11").join("etc/debian_version")).unwrap();
     let got = fs::read(img.join("rootfs/etc/debian_version")).unwrap();
     assert_eq!(got, want);
-    let (n, bytes, whole) = blob_traffic(&reg, &big);
+    let (n, bytes, whole) = reg.blob_traffic(&big);
     let cat_bytes = bytes - ls_traffic[0].1;
     assert_eq!((n, whole), (3, 0), "one chunk Range GET for the cat");
     assert!(
@@ -176,7 +140,7 @@ fn ls_fetches_tocs_cat_fetches_one_chunk_and_the_chunk_cache_persists() {
         fs::read(zimg.join("rootfs/etc/debian_version")).unwrap(),
         want
     );
-    let (zn, _, zwhole) = blob_traffic(&reg, &layers(&zimg)[0].0);
+    let (zn, _, zwhole) = reg.blob_traffic(&layers(&zimg)[0].0);
     assert_eq!(
         (zn, zwhole),
         (1, 0),
@@ -191,7 +155,7 @@ fn ls_fetches_tocs_cat_fetches_one_chunk_and_the_chunk_cache_persists() {
         want
     );
     assert_eq!(
-        blob_traffic(&reg, &big).0,
+        reg.blob_traffic(&big).0,
         3,
         "remount fetched from the large layer again"
     );
@@ -334,7 +298,7 @@ fn a_toc_that_does_not_match_its_annotation_is_never_served() {
     let expected = umoci_snapshot("python-3.11");
     let want = &expected[Path::new("/usr/local/share/lab.txt")];
     assert_eq!(want.size, Some(text.len() as u64));
-    let (_, _, whole) = blob_traffic(&reg, &l3);
+    let (_, _, whole) = reg.blob_traffic(&l3);
     assert_eq!(
         whole, 1,
         "the layer with the bad annotation was not fetched whole"
@@ -408,12 +372,9 @@ fn background_fetch_fills_the_chunk_cache_without_blocking_reads() {
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
     // Everything is local now: reading a sample of files fetches nothing more.
-    let before: Vec<usize> = layers
-        .iter()
-        .map(|(d, _)| blob_traffic(&reg, d).0)
-        .collect();
+    let before: Vec<usize> = layers.iter().map(|(d, _)| reg.blob_traffic(d).0).collect();
     for (d, size) in &layers {
-        let (_, bytes, whole) = blob_traffic(&reg, d);
+        let (_, bytes, whole) = reg.blob_traffic(d);
         assert_eq!(whole, 0, "{d} fetched whole");
         assert!(
             bytes <= size + 4096,
@@ -427,10 +388,7 @@ fn background_fetch_fills_the_chunk_cache_without_blocking_reads() {
         .output()
         .unwrap();
     assert!(out.status.success());
-    let after: Vec<usize> = layers
-        .iter()
-        .map(|(d, _)| blob_traffic(&reg, d).0)
-        .collect();
+    let after: Vec<usize> = layers.iter().map(|(d, _)| reg.blob_traffic(d).0).collect();
     assert_eq!(
         before, after,
         "reads after the background fetch went to the network"

@@ -544,42 +544,6 @@ fn from_base_posix_view() {
     assert_same_tree(&staged, &without_root(snapshot(&rootfs)));
 }
 
-/// Blob GETs of `digest` in the access log: (requests, response bytes, full-blob 200s).
-fn blob_traffic(reg: &Registry, digest: &str) -> (usize, u64, usize) {
-    let (mut n, mut bytes, mut whole) = (0, 0, 0);
-    for line in reg.log().lines() {
-        let Some(rest) = line.find("] \"GET ").map(|i| &line[i + 7..]) else {
-            continue;
-        };
-        let Some((uri, tail)) = rest.split_once(' ') else {
-            continue;
-        };
-        if uri
-            .split('?')
-            .next()
-            .and_then(|u| u.rsplit_once("/blobs/"))
-            .map(|(_, d)| d)
-            != Some(digest)
-        {
-            continue;
-        }
-        // … HTTP/1.1" STATUS BYTES …
-        let mut f = tail
-            .split_once('"')
-            .map(|(_, t)| t)
-            .unwrap_or("")
-            .split_whitespace();
-        let status: u16 = f.next().and_then(|s| s.parse().ok()).unwrap_or(0);
-        let size: u64 = f.next().and_then(|s| s.parse().ok()).unwrap_or(0);
-        if (200..300).contains(&status) {
-            n += 1;
-            bytes += size;
-            whole += usize::from(status == 200);
-        }
-    }
-    (n, bytes, whole)
-}
-
 /// `--compression estargz`: the pushed layer carries the TOC annotations, a
 /// fresh regfs mount serves it lazily (footer + TOC Range GETs for `ls -lR`)
 /// and its rootfs equals the staged tree, and skopeo + umoci unpack it too
@@ -648,7 +612,7 @@ fn estargz_commit_is_lazy_and_round_trips() {
     let rootfs = ro.path().join("esgz:1/rootfs");
     let ls = Command::new("ls").arg("-lR").arg(&rootfs).output().unwrap();
     assert!(ls.status.success());
-    let (n, bytes, whole) = blob_traffic(&reg, &layer);
+    let (n, bytes, whole) = reg.blob_traffic(&layer);
     assert_eq!(
         (n, whole),
         (2, 0),
@@ -662,7 +626,7 @@ fn estargz_commit_is_lazy_and_round_trips() {
     );
     // Reading everything fetches chunks by Range, never the whole blob.
     assert_same_tree(&staged, &without_root(snapshot(&rootfs)));
-    let (n, _, whole) = blob_traffic(&reg, &layer);
+    let (n, _, whole) = reg.blob_traffic(&layer);
     assert!(n > 2 && whole == 0, "chunk reads: {n} GETs, {whole} whole");
 
     // skopeo + umoci: the same tree plus the TOC file at the top.

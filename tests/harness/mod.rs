@@ -261,6 +261,8 @@ pub struct Request {
     pub uri: String,
     /// HTTP status of the response.
     pub status: u16,
+    /// Bytes in the response body, as the access log says.
+    pub bytes: u64,
 }
 
 /// A running `docker-registry serve` child process with its own storage.
@@ -480,6 +482,28 @@ impl Registry {
             .count()
     }
 
+    /// Successful blob GETs of `digest` (`sha256:…`): (requests, response
+    /// bytes, whole-blob 200s, as opposed to 206 ranges).
+    pub fn blob_traffic(&self, digest: &str) -> (usize, u64, usize) {
+        let mut out = (0, 0, 0);
+        for r in self.requests() {
+            let d = r
+                .uri
+                .split('?')
+                .next()
+                .and_then(|u| u.rsplit_once("/blobs/"));
+            if r.method == "GET"
+                && (200..300).contains(&r.status)
+                && d.map(|(_, d)| d) == Some(digest)
+            {
+                out.0 += 1;
+                out.1 += r.bytes;
+                out.2 += usize::from(r.status == 200);
+            }
+        }
+        out
+    }
+
     /// Is the registry process running?
     pub fn is_running(&self) -> bool {
         lock(&self.child)
@@ -656,11 +680,14 @@ fn parse_access_line(line: &str) -> Option<Request> {
     let mut parts = req.split(' ');
     let method = parts.next()?.to_string();
     let uri = parts.next()?.to_string();
-    let status = rest.trim_start().split(' ').next()?.parse().ok()?;
+    let mut fields = rest.split_whitespace();
+    let status = fields.next()?.parse().ok()?;
+    let bytes = fields.next().and_then(|b| b.parse().ok()).unwrap_or(0);
     Some(Request {
         method,
         uri,
         status,
+        bytes,
     })
 }
 
