@@ -151,6 +151,14 @@ fn evicted_gzip_layer_is_served_by_verified_spans() {
         "{} checkpoints",
         ix.checkpoints.len()
     );
+    let stored = fs::metadata(cache.join("spans/sha256").join(hex(&big.diff_id)))
+        .unwrap()
+        .len();
+    eprintln!(
+        "span index: {} checkpoints for {} uncompressed bytes, {stored} bytes stored",
+        ix.checkpoints.len(),
+        ix.uncompressed_size
+    );
     assert_eq!(ix.compressed_size, big.size);
 
     // Evict the unpacked tars; the tar indexes and span indexes stay.

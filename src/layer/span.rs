@@ -27,6 +27,10 @@ pub const DEFAULT_SPAN: u64 = 4 << 20;
 /// Most checkpoints an index may hold (a 32 KiB window each).
 pub const MAX_CHECKPOINTS: usize = 1 << 20;
 
+/// Longest span an index may describe: a span is inflated whole into memory,
+/// so a (hostile, imported) index must not ask for more.
+pub const MAX_SPAN: u64 = 64 << 20;
+
 /// Where inflating can start again.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Checkpoint {
@@ -269,11 +273,18 @@ impl SpanIndex {
         {
             return Err(bad("checkpoint past the end"));
         }
-        Ok(SpanIndex {
+        let ix = SpanIndex {
             compressed_size,
             uncompressed_size,
             checkpoints,
-        })
+        };
+        if (0..ix.checkpoints.len()).any(|i| {
+            let (a, b) = ix.span(i);
+            b - a > MAX_SPAN
+        }) {
+            return Err(bad("span longer than 64 MiB"));
+        }
+        Ok(ix)
     }
 }
 
