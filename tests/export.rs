@@ -225,6 +225,21 @@ fn same_tree_same_layer_digest_and_empty_tree() {
     fs::create_dir(&b).unwrap();
     cp_a(&a, &b);
     assert_eq!(first, layer_of(&em.commit("det:b")));
+    // Re-commits of an unchanged tree reuse the layer without packing, once its
+    // last change is old enough not to share a ctime with a later one.
+    let reused = |em: &ExportMount| em.mount.log().matches("its layer is reused").count();
+    assert_eq!(reused(&em), 0, "changed seconds ago: packed again");
+    std::thread::sleep(Duration::from_millis(3100));
+    assert_eq!(first, layer_of(&em.commit("det:a")));
+    assert_eq!(first, layer_of(&em.commit("det:a")));
+    assert_eq!(reused(&em), 1);
+    // A metadata change (ctime) packs again: same bytes, same digest.
+    let data = a.join("extras/data");
+    let mode = fs::metadata(&data).unwrap().permissions();
+    fs::set_permissions(&data, fs::Permissions::from_mode(0o600)).unwrap();
+    fs::set_permissions(&data, mode).unwrap();
+    assert_eq!(first, layer_of(&em.commit("det:a")));
+    assert_eq!(reused(&em), 1);
 
     // An empty tree is a valid image.
     fs::create_dir(em.entry("empty:1")).unwrap();

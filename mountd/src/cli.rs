@@ -165,7 +165,7 @@ Example:
 pub struct CommitArgs {
     /// The entry: EXPORTDIR/NAME:TAG.
     pub path: PathBuf,
-    /// Layer compression: gzip, zstd or none [default: the daemon's --compression].
+    /// Layer compression: gzip, zstd, estargz or none [default: the daemon's --compression].
     #[arg(long)]
     pub compression: Option<String>,
     /// Push a Docker schema 2 manifest instead of OCI.
@@ -293,7 +293,7 @@ pub struct MountArgs {
     /// Where export entries are staged [default: CACHE_DIR/export].
     #[arg(long, requires = "export")]
     pub export_state: Option<PathBuf>,
-    /// Layer compression of commits: gzip, zstd or none.
+    /// Layer compression of commits: gzip, zstd, estargz or none.
     #[arg(long, default_value = "gzip")]
     pub compression: String,
     /// Commits push Docker schema 2 manifests instead of OCI.

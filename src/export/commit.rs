@@ -12,11 +12,11 @@ use futures_util::StreamExt;
 use serde::Serialize;
 
 use super::base::{self, BaseTree};
-use super::compress::{pack_to, Codec};
+use super::compress::{pack_to, Codec, Packed};
 use super::image::{build_config, build_manifest, LayerDesc, ManifestFormat};
 use super::pack::PackOptions;
 use super::push::{push_image, BlobSource, ImagePush, PushBlob, PushReport};
-use super::staging::{now_secs, parse_entry_ref, CommitRecord, EntryMeta, Staging};
+use super::staging::{now_secs, parse_entry_ref, CommitRecord, EntryMeta, LayerRecord, Staging};
 use crate::content::Content;
 use crate::digest::Digest;
 use crate::error::{Error, Result};
@@ -296,66 +296,53 @@ impl Exporter {
             None => None,
         };
         let root = self.staging.root(reference);
-        let pack_opts = PackOptions {
-            source_date_epoch: opts.source_date_epoch,
-        };
         let codec = opts.codec;
         let started = Instant::now();
-        // Pack on blocking threads into a channel; upload from it meanwhile.
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Bytes>>(STREAM_DEPTH);
-        let stopped = Arc::new(AtomicBool::new(false));
-        let p = progress.clone();
-        let stop = stopped.clone();
-        let pack = tokio::task::spawn_blocking(move || {
-            p.content_total.store(du(&root), Ordering::Relaxed);
-            let count = |n| {
-                p.packed.fetch_add(n, Ordering::Relaxed);
-            };
-            let out = ChannelWriter {
-                buf: Vec::with_capacity(STREAM_PIECE),
-                tx: tx.clone(),
-                stopped: stop,
-            };
-            let r = pack_to(&root, codec, &pack_opts, &count, out).and_then(|(packed, w)| {
-                w.finish()?;
-                Ok(packed)
-            });
-            if r.is_err() {
-                // Make the upload fail rather than push a truncated blob.
-                let _ = tx.blocking_send(Err(Error::Io(std::io::Error::other("packing failed"))));
-            }
-            r
+        let r = root.clone();
+        let tree = tokio::task::spawn_blocking(move || fingerprint(&r))
+            .await
+            .map_err(|e| Error::Io(std::io::Error::other(e)))??;
+        progress
+            .content_total
+            .store(tree.content_bytes, Ordering::Relaxed);
+        // Fast path: nothing changed since the last commit (same entries, same
+        // lstat incl. inode and ctime) and the registry still has its layer.
+        let unchanged = meta.last_commit.as_ref().and_then(|c| {
+            c.reuse
+                .as_ref()
+                .filter(|r| {
+                    r.fingerprint == tree.digest
+                        && r.codec == codec.name()
+                        && r.source_date_epoch == opts.source_date_epoch
+                })
+                .map(|r| (c.layer.clone(), r.clone()))
         });
-        let sent = progress.sent.clone();
-        let body = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx)).map(move |r| {
-            if let Ok(b) = &r {
-                sent.fetch_add(b.len() as u64, Ordering::Relaxed);
+        let reused = match unchanged {
+            Some((digest, r)) if self.content().client().blob_exists(&repo, &digest).await? => {
+                tracing::info!(entry = reference, layer = %digest, "unchanged since the last commit; its layer is reused");
+                progress.packed.store(tree.content_bytes, Ordering::Relaxed);
+                Some(Packed {
+                    diff_id: r.diff_id,
+                    digest,
+                    size: r.size,
+                    tar_size: r.tar_size,
+                    stats: Default::default(),
+                    codec,
+                    toc_digest: r.toc_digest,
+                })
             }
-            r
-        });
-        let client = self.content().client();
-        let (uploaded, packed) = tokio::join!(client.push_blob_stream(&repo, body), pack);
-        let packed = packed.map_err(|e| Error::Io(std::io::Error::other(e)))?;
-        let layer = match (packed, uploaded) {
-            // The upload stopped first: its error is the cause.
-            (Err(_), Err(up)) if stopped.load(Ordering::Relaxed) => return Err(up),
-            (Err(e), _) => return Err(e),
-            (Ok(_), Err(up)) => return Err(up),
-            (Ok(layer), Ok((digest, size))) => {
-                if digest != layer.digest || size != layer.size {
-                    return Err(Error::DigestMismatch {
-                        what: "streamed layer".into(),
-                        expected: format!("{} ({} bytes)", layer.digest, layer.size),
-                        actual: format!("{digest} ({size} bytes)"),
-                    });
-                }
-                layer
+            _ => None,
+        };
+        let layer = match reused.clone() {
+            Some(l) => l,
+            None => {
+                let pack_opts = PackOptions {
+                    source_date_epoch: opts.source_date_epoch,
+                };
+                self.pack_and_upload(reference, &repo, root, codec, pack_opts, progress)
+                    .await?
             }
         };
-        tracing::info!(
-            entry = reference, digest = %layer.digest, size = layer.size,
-            tar_size = layer.tar_size, "layer packed and uploaded"
-        );
         let pack_ms = started.elapsed().as_millis() as u64;
         let created = opts.source_date_epoch.unwrap_or(now_secs() as i64);
         let config = build_config(
@@ -408,10 +395,16 @@ impl Exporter {
         );
         let started = Instant::now();
         // The layer is up already (streamed while packing).
-        let mut report = PushReport {
-            uploaded: 1,
-            uploaded_bytes: layer.size,
-            ..PushReport::default()
+        let mut report = match reused {
+            Some(_) => PushReport {
+                present: 1,
+                ..PushReport::default()
+            },
+            None => PushReport {
+                uploaded: 1,
+                uploaded_bytes: layer.size,
+                ..PushReport::default()
+            },
         };
         progress.sent.store(layer.size, Ordering::Relaxed);
         let digest = push_image(
@@ -432,6 +425,15 @@ impl Exporter {
             manifest: digest.clone(),
             layer: layer.digest.clone(),
             at: now_secs(),
+            reuse: (!tree.racy).then(|| LayerRecord {
+                fingerprint: tree.digest.clone(),
+                codec: codec.name().to_string(),
+                source_date_epoch: opts.source_date_epoch,
+                diff_id: layer.diff_id.clone(),
+                size: layer.size,
+                tar_size: layer.tar_size,
+                toc_digest: layer.toc_digest.clone(),
+            }),
         });
         if let Err(e) = self.staging.save(&meta) {
             tracing::warn!(entry = reference, error = %e, "pushed, but recording the commit failed");
@@ -449,23 +451,139 @@ impl Exporter {
             push_ms,
         })
     }
+    /// Pack `root` and upload the blob as it is compressed (one pass; the
+    /// digest is known at the end, for the final PUT).
+    async fn pack_and_upload(
+        &self,
+        reference: &str,
+        repo: &str,
+        root: std::path::PathBuf,
+        codec: Codec,
+        pack_opts: PackOptions,
+        progress: &Arc<CommitProgress>,
+    ) -> Result<Packed> {
+        // Pack on blocking threads into a channel; upload from it meanwhile.
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Bytes>>(STREAM_DEPTH);
+        let stopped = Arc::new(AtomicBool::new(false));
+        let p = progress.clone();
+        let stop = stopped.clone();
+        let pack = tokio::task::spawn_blocking(move || {
+            let count = |n| {
+                p.packed.fetch_add(n, Ordering::Relaxed);
+            };
+            let out = ChannelWriter {
+                buf: Vec::with_capacity(STREAM_PIECE),
+                tx: tx.clone(),
+                stopped: stop,
+            };
+            let r = pack_to(&root, codec, &pack_opts, &count, out).and_then(|(packed, w)| {
+                w.finish()?;
+                Ok(packed)
+            });
+            if r.is_err() {
+                // Make the upload fail rather than push a truncated blob.
+                let _ = tx.blocking_send(Err(Error::Io(std::io::Error::other("packing failed"))));
+            }
+            r
+        });
+        let sent = progress.sent.clone();
+        let body = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx)).map(move |r| {
+            if let Ok(b) = &r {
+                sent.fetch_add(b.len() as u64, Ordering::Relaxed);
+            }
+            r
+        });
+        let client = self.content().client();
+        let (uploaded, packed) = tokio::join!(client.push_blob_stream(repo, body), pack);
+        let packed = packed.map_err(|e| Error::Io(std::io::Error::other(e)))?;
+        let layer = match (packed, uploaded) {
+            // The upload stopped first: its error is the cause.
+            (Err(_), Err(up)) if stopped.load(Ordering::Relaxed) => return Err(up),
+            (Err(e), _) => return Err(e),
+            (Ok(_), Err(up)) => return Err(up),
+            (Ok(layer), Ok((digest, size))) => {
+                if digest != layer.digest || size != layer.size {
+                    return Err(Error::DigestMismatch {
+                        what: "streamed layer".into(),
+                        expected: format!("{} ({} bytes)", layer.digest, layer.size),
+                        actual: format!("{digest} ({size} bytes)"),
+                    });
+                }
+                layer
+            }
+        };
+        tracing::info!(
+            entry = reference, digest = %layer.digest, size = layer.size,
+            tar_size = layer.tar_size, "layer packed and uploaded"
+        );
+        Ok(layer)
+    }
 }
 
-/// Bytes of regular files under `root` (for progress; errors count as 0).
-fn du(root: &std::path::Path) -> u64 {
-    let mut total = 0;
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in rd.flatten() {
-            match e.file_type() {
-                Ok(t) if t.is_dir() => stack.push(e.path()),
-                Ok(t) if t.is_file() => total += e.metadata().map(|m| m.len()).unwrap_or(0),
-                _ => {}
+/// The state of an upper tree: a hash over every entry's name and `lstat`.
+struct TreeState {
+    digest: Digest,
+    /// Bytes of regular files (for progress).
+    content_bytes: u64,
+    /// Something changed in the last seconds (a later change could share its
+    /// ctime): the state is not recorded for reuse.
+    racy: bool,
+}
+
+fn fingerprint(root: &std::path::Path) -> Result<TreeState> {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::MetadataExt;
+    fn walk(
+        dir: &std::path::Path,
+        name: &mut Vec<u8>,
+        h: &mut crate::digest::Hasher,
+        st: &mut (u64, i64),
+    ) -> std::io::Result<()> {
+        let mut children: Vec<_> = std::fs::read_dir(dir)?
+            .map(|e| e.map(|e| e.file_name()))
+            .collect::<std::io::Result<_>>()?;
+        children.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+        for c in children {
+            let len = name.len();
+            name.extend_from_slice(c.as_bytes());
+            let path = dir.join(&c);
+            let md = std::fs::symlink_metadata(&path)?;
+            h.update(&(name.len() as u64).to_le_bytes());
+            h.update(name);
+            for v in [
+                md.dev(),
+                md.ino(),
+                md.mode() as u64,
+                md.nlink(),
+                md.uid() as u64,
+                md.gid() as u64,
+                md.rdev(),
+                md.size(),
+                md.mtime() as u64,
+                md.mtime_nsec() as u64,
+                md.ctime() as u64,
+                md.ctime_nsec() as u64,
+            ] {
+                h.update(&v.to_le_bytes());
             }
+            st.1 = st.1.max(md.ctime());
+            if md.is_file() {
+                st.0 += md.size();
+            }
+            if md.is_dir() {
+                name.push(b'/');
+                walk(&path, name, h, st)?;
+            }
+            name.truncate(len);
         }
+        Ok(())
     }
-    total
+    let mut h = crate::digest::Hasher::new(crate::digest::Algorithm::Sha256);
+    let mut st = (0u64, 0i64);
+    walk(root, &mut Vec::new(), &mut h, &mut st)?;
+    Ok(TreeState {
+        digest: h.finish(),
+        content_bytes: st.0,
+        racy: st.1 >= now_secs() as i64 - 2,
+    })
 }

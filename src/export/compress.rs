@@ -59,6 +59,16 @@ impl std::str::FromStr for Codec {
 }
 
 impl Codec {
+    /// The name `--compression` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Codec::Gzip => "gzip",
+            Codec::Zstd => "zstd",
+            Codec::Estargz => "estargz",
+            Codec::None => "none",
+        }
+    }
+
     /// The OCI layer media type.
     pub fn oci_media_type(self) -> &'static str {
         match self {

@@ -45,6 +45,30 @@ pub struct CommitRecord {
     pub layer: Digest,
     /// Seconds since the epoch.
     pub at: u64,
+    /// What the next commit needs to reuse the layer if nothing changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reuse: Option<LayerRecord>,
+}
+
+/// The layer of a commit and the state of the tree it was packed from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LayerRecord {
+    /// Hash of every entry's name and `lstat` (incl. inode and ctime) in the upper tree.
+    pub fingerprint: Digest,
+    /// Compression (`gzip`, `zstd`, `estargz`, `none`).
+    pub codec: String,
+    /// `--source-date-epoch` of that commit.
+    #[serde(default)]
+    pub source_date_epoch: Option<i64>,
+    /// diff_id.
+    pub diff_id: Digest,
+    /// Blob size.
+    pub size: u64,
+    /// Uncompressed size.
+    pub tar_size: u64,
+    /// eStargz TOC digest.
+    #[serde(default)]
+    pub toc_digest: Option<Digest>,
 }
 
 /// What `meta.json` holds.
