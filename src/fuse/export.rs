@@ -12,14 +12,14 @@ use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use fuser::{
-    BackgroundSession, Config, Errno, FileHandle, FileType, Filesystem, FopenFlags, Generation,
-    INodeNo, KernelConfig, LockOwner, MountOption, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
+    BackgroundSession, Config, Errno, FileHandle, Filesystem, FopenFlags, Generation, INodeNo,
+    KernelConfig, LockOwner, MountOption, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
     ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite,
     ReplyXattr, Request, SessionACL, TimeOrNow, WriteFlags,
 };
 use tokio::runtime::Handle;
 
-use super::{errno, file_attr, file_type, reply_xattr, MountConfig, OpErrors};
+use super::{errno, file_attr, reply_xattr, MountConfig, OpErrors};
 use crate::export::fs::{Caller, ExportFs, SetAttr, SetTime};
 use crate::fs::DirEntry;
 
@@ -395,33 +395,13 @@ impl Filesystem for ExportFuse {
         ino: INodeNo,
         fh: FileHandle,
         offset: u64,
-        mut reply: ReplyDirectory,
+        reply: ReplyDirectory,
     ) {
         let Some(entries) = self.dirs.lock().unwrap().get(&fh.0).cloned() else {
             reply.error(Errno::from_i32(libc::EBADF));
             return;
         };
-        let mut i = offset as usize;
-        loop {
-            let full = match i {
-                0 => reply.add(ino, 1, FileType::Directory, "."),
-                1 => reply.add(ino, 2, FileType::Directory, ".."),
-                n => match entries.get(n - 2) {
-                    Some(e) => reply.add(
-                        INodeNo(e.ino),
-                        (n + 1) as u64,
-                        file_type(e.kind),
-                        OsStr::from_bytes(&e.name),
-                    ),
-                    None => break,
-                },
-            };
-            if full {
-                break;
-            }
-            i += 1;
-        }
-        reply.ok();
+        super::fill_dir(reply, ino, offset, |n| entries.get(n));
     }
 
     fn releasedir(

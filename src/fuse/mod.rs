@@ -148,6 +148,37 @@ pub(crate) fn file_attr(a: &Attr) -> FileAttr {
     }
 }
 
+/// Answer `readdir` from a snapshot: `.`, `..`, then `entry(0)`, `entry(1)`, …
+/// from `offset` until the reply buffer is full (the kernel asks again).
+pub(crate) fn fill_dir<'a>(
+    mut reply: ReplyDirectory,
+    ino: INodeNo,
+    offset: u64,
+    entry: impl Fn(usize) -> Option<&'a DirEntry>,
+) {
+    let mut i = offset as usize;
+    loop {
+        let full = match i {
+            0 => reply.add(ino, 1, FileType::Directory, "."),
+            1 => reply.add(ino, 2, FileType::Directory, ".."),
+            n => match entry(n - 2) {
+                Some(e) => reply.add(
+                    INodeNo(e.ino),
+                    (n + 1) as u64,
+                    file_type(e.kind),
+                    OsStr::from_bytes(&e.name),
+                ),
+                None => break,
+            },
+        };
+        if full {
+            break;
+        }
+        i += 1;
+    }
+    reply.ok();
+}
+
 pub(crate) fn reply_xattr(reply: ReplyXattr, size: u32, data: &[u8]) {
     if size == 0 {
         reply.size(data.len() as u32);
@@ -324,7 +355,7 @@ impl Filesystem for FuseFs {
         ino: INodeNo,
         fh: FileHandle,
         offset: u64,
-        mut reply: ReplyDirectory,
+        reply: ReplyDirectory,
     ) {
         let _timer = OpTimer::start("readdir");
         // A snapshot taken at opendir: served from memory, no waiting.
@@ -332,27 +363,7 @@ impl Filesystem for FuseFs {
             reply.error(Errno::from_i32(libc::EBADF));
             return;
         };
-        let mut i = offset as usize;
-        loop {
-            let full = match i {
-                0 => reply.add(ino, 1, FileType::Directory, "."),
-                1 => reply.add(ino, 2, FileType::Directory, ".."),
-                n => match entries.get(n - 2) {
-                    Some((e, _)) => reply.add(
-                        INodeNo(e.ino),
-                        (n + 1) as u64,
-                        file_type(e.kind),
-                        OsStr::from_bytes(&e.name),
-                    ),
-                    None => break,
-                },
-            };
-            if full {
-                break;
-            }
-            i += 1;
-        }
-        reply.ok();
+        fill_dir(reply, ino, offset, |n| entries.get(n).map(|(e, _)| e));
     }
 
     fn readdirplus(
