@@ -108,18 +108,8 @@ impl Content {
         progress.bytes_total.store(total, Ordering::Relaxed);
         let config = self.config(repo, &m.config).await?;
         progress.add_done(m.config.size);
-        if config.diff_ids.len() != m.layers.len() {
-            return Err(Error::invalid(format!(
-                "image {}: {} layers but {} diff_ids in the config",
-                info.digest,
-                m.layers.len(),
-                config.diff_ids.len()
-            )));
-        }
         let fetches = m
-            .layers
-            .iter()
-            .zip(config.diff_ids.iter())
+            .layers_with_diff_ids(&config, &info.digest.to_string())?
             .map(|(desc, diff)| self.prefetch_layer(repo, desc, diff, progress));
         let lazy = futures_util::future::try_join_all(fetches).await?;
         let report = PrefetchReport {

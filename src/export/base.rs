@@ -87,18 +87,8 @@ pub async fn tree(content: &Content, base: &BaseRef) -> Result<BaseTree> {
         return Err(Error::invalid(format!("{} is an index", base.digest)));
     };
     let config = content.config(&base.repository, &m.config).await?;
-    if config.diff_ids.len() != m.layers.len() {
-        return Err(Error::invalid(format!(
-            "base {}: {} layers but {} diff_ids",
-            base.digest,
-            m.layers.len(),
-            config.diff_ids.len()
-        )));
-    }
     let fetches = m
-        .layers
-        .iter()
-        .zip(config.diff_ids.iter())
+        .layers_with_diff_ids(&config, &base.digest.to_string())?
         .map(|(d, diff)| content.layer(&base.repository, d, diff));
     let layers = futures_util::future::try_join_all(fetches).await?;
     let trees: Vec<Tree> = layers.iter().map(|l| (*l.tree).clone()).collect();

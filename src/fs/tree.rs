@@ -107,24 +107,13 @@ impl Trees {
             return Err(Error::invalid(format!("{} is an index", id.image)));
         };
         let config = fs.content.config(&id.repo, &m.config).await?;
-        if config.diff_ids.len() != m.layers.len() {
-            return Err(Error::invalid(format!(
-                "image {}: {} layers but {} diff_ids in the config",
-                id.image,
-                m.layers.len(),
-                config.diff_ids.len()
-            )));
-        }
+        let mut layers = m.layers_with_diff_ids(&config, &id.image.to_string())?;
         let loaded = match id.which {
             TreeWhich::Layer(i) => {
-                let desc = m
-                    .layers
-                    .get(i)
+                let (desc, diff_id) = layers
+                    .nth(i)
                     .ok_or_else(|| Error::NotFound("layer".into()))?;
-                let l = fs
-                    .content
-                    .open_layer(&id.repo, desc, &config.diff_ids[i])
-                    .await?;
+                let l = fs.content.open_layer(&id.repo, desc, diff_id).await?;
                 LoadedTree {
                     tree: l.tree,
                     sources: vec![l.source],
@@ -132,11 +121,7 @@ impl Trees {
             }
             TreeWhich::Rootfs => {
                 // Independent layers are fetched in parallel.
-                let fetches = m
-                    .layers
-                    .iter()
-                    .zip(config.diff_ids.iter())
-                    .map(|(d, diff)| fs.content.open_layer(&id.repo, d, diff));
+                let fetches = layers.map(|(d, diff)| fs.content.open_layer(&id.repo, d, diff));
                 let layers = futures_util::future::try_join_all(fetches).await?;
                 let owned: Vec<Arc<Tree>> = layers.iter().map(|l| l.tree.clone()).collect();
                 // CPU work off the async workers (and never inline on the FUSE thread).

@@ -64,6 +64,25 @@ pub struct ImageManifest {
     pub layers: Vec<BlobRef>,
 }
 
+impl ImageManifest {
+    /// Each layer with its diff_id from `config`; an error if the two disagree
+    /// on the number of layers (`what` names the image in the message).
+    pub fn layers_with_diff_ids<'a>(
+        &'a self,
+        config: &'a super::ImageConfig,
+        what: &str,
+    ) -> Result<impl Iterator<Item = (&'a BlobRef, &'a Digest)>> {
+        if config.diff_ids.len() != self.layers.len() {
+            return Err(Error::invalid(format!(
+                "image {what}: {} layers but {} diff_ids in the config",
+                self.layers.len(),
+                config.diff_ids.len()
+            )));
+        }
+        Ok(self.layers.iter().zip(config.diff_ids.iter()))
+    }
+}
+
 /// One manifest an index points at.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct IndexEntry {

@@ -14,21 +14,11 @@ use crate::reference::{validate_repository, validate_tag, Selector};
 /// The largest manifest we accept (the limit distribution itself applies).
 pub const MAX_MANIFEST_SIZE: usize = 4 * 1024 * 1024;
 
-/// OCI image manifest.
-pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-/// OCI image index.
-pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
-/// Docker image manifest, schema 2.
-pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
-/// Docker manifest list.
-pub const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
-
-/// The media types we ask for (without them, distribution 2.8 answers 404 for OCI
-/// manifests and converts v2s2 to schema 1).
-pub const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.manifest.v1+json, \
-application/vnd.oci.image.index.v1+json, \
-application/vnd.docker.distribution.manifest.v2+json, \
-application/vnd.docker.distribution.manifest.list.v2+json";
+// The media types (and the `Accept` list: without it, distribution 2.8 answers
+// 404 for OCI manifests and converts v2s2 to schema 1) are the image model's.
+pub use crate::image::media_type::{
+    DOCKER_LIST, DOCKER_MANIFEST, MANIFEST_ACCEPT, OCI_INDEX, OCI_MANIFEST,
+};
 
 /// A manifest as served, checked against its digest.
 #[derive(Clone, Debug)]
