@@ -653,3 +653,51 @@ fn estargz_commit_is_lazy_and_round_trips() {
     );
     assert_same_tree(&staged, &pulled);
 }
+
+/// The export filesystem's inode table follows the kernel's references:
+/// inodes the kernel evicts (and forgets) leave it, so stat-ing a big tree
+/// does not grow the daemon for good.
+#[test]
+fn forgotten_inodes_leave_the_table() {
+    require_fuse!();
+    let reg = Registry::start(RegistryKind::Plain);
+    let em = ExportMount::new(&reg, &[]);
+    let e = em.entry("forget:1");
+    fs::create_dir(&e).unwrap();
+    for d in 0..20 {
+        let dir = e.join(format!("d{d}"));
+        fs::create_dir(&dir).unwrap();
+        for f in 0..100 {
+            fs::write(dir.join(format!("f{f}")), b"x").unwrap();
+        }
+    }
+    let inodes = || -> usize {
+        let s = fs::read_to_string(em.dir().join(".regfs-control")).unwrap();
+        s.lines()
+            .find_map(|l| l.strip_prefix("inodes "))
+            .unwrap_or_else(|| panic!("no inode count: {s}"))
+            .parse()
+            .unwrap()
+    };
+    assert_eq!(without_root(snapshot(&e)).len(), 20 * 101);
+    let before = inodes();
+    assert!(before > 2000, "{before}");
+    // Evict unused dentries and inodes: the kernel sends FORGETs.
+    let mut after = before;
+    for _ in 0..50 {
+        nix::unistd::sync();
+        fs::write("/proc/sys/vm/drop_caches", "2").unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        after = inodes();
+        if after < 100 {
+            break;
+        }
+    }
+    assert!(
+        after < 100,
+        "{before} inodes before, {after} after eviction"
+    );
+    // Everything is still there, with the same content.
+    assert_eq!(fs::read(e.join("d7/f42")).unwrap(), b"x");
+    assert_eq!(without_root(snapshot(&e)).len(), 20 * 101);
+}

@@ -116,6 +116,10 @@ impl Filesystem for ExportFuse {
         });
     }
 
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.fs.forget(ino.0, nlookup);
+    }
+
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         self.run(move |fs, errors| match fs.getattr(ino.0) {
             Ok(a) => reply.attr(&a.ttl, &file_attr(&a)),

@@ -1,6 +1,12 @@
 //! Inode numbers for the export filesystem: one per path, except that the
 //! names of one hard-linked file share a number (keyed by the file's
 //! identity), so `stat` shows them as one inode.
+//!
+//! The kernel's references are counted ([`Inodes::remember`] for every entry
+//! handed to it, [`Inodes::forget`] when it drops them): an inode it no longer
+//! holds leaves the table, so the table holds what the kernel holds (plus
+//! numbers `readdir` handed out, which the kernel does not reference; those
+//! are dropped in bulk once there are many), not every path ever seen.
 
 use std::collections::HashMap;
 
@@ -20,8 +26,17 @@ pub struct Inodes {
     by_path: HashMap<Vec<u8>, u64>,
     paths: HashMap<u64, Vec<Vec<u8>>>,
     by_identity: HashMap<Identity, u64>,
+    /// Identities given to each inode (to drop them with it).
+    identities: HashMap<u64, Vec<Identity>>,
+    /// The kernel's lookup count of each inode it holds.
+    refs: HashMap<u64, u64>,
+    /// Inodes allocated since the last sweep of unreferenced ones.
+    since_sweep: u64,
     next: u64,
 }
+
+/// Sweep inodes the kernel does not hold once this many were allocated.
+const SWEEP_EVERY: u64 = 65_536;
 
 impl Default for Inodes {
     fn default() -> Self {
@@ -29,6 +44,9 @@ impl Default for Inodes {
             by_path: HashMap::new(),
             paths: HashMap::new(),
             by_identity: HashMap::new(),
+            identities: HashMap::new(),
+            refs: HashMap::new(),
+            since_sweep: 0,
             next: ROOT + 1,
         };
         t.by_path.insert(Vec::new(), ROOT);
@@ -54,22 +72,91 @@ impl Inodes {
         let ino = match self.by_path.get(path) {
             Some(&i) => i,
             None => {
+                if self.since_sweep >= SWEEP_EVERY {
+                    self.sweep();
+                }
                 let i = self.next;
                 self.next += 1;
+                self.since_sweep += 1;
                 self.by_path.insert(path.to_vec(), i);
                 self.paths.insert(i, vec![path.to_vec()]);
                 i
             }
         };
         if let Some(id) = identity {
-            self.by_identity.insert(id, ino);
+            self.set_identity(ino, id);
         }
         ino
     }
 
     /// Give `ino` a new identity (a base node copied up becomes a real file).
     pub fn set_identity(&mut self, ino: u64, identity: Identity) {
-        self.by_identity.insert(identity, ino);
+        if self.by_identity.insert(identity, ino) != Some(ino) {
+            self.identities.entry(ino).or_default().push(identity);
+        }
+    }
+
+    /// The kernel got a reference to `ino` (an entry reply for `path`). If
+    /// `ino` was forgotten meanwhile, `path` names it again.
+    pub fn remember(&mut self, ino: u64, path: &[u8]) {
+        *self.refs.entry(ino).or_default() += 1;
+        let paths = self.paths.entry(ino).or_default();
+        if paths.is_empty() {
+            paths.push(path.to_vec());
+            self.by_path.entry(path.to_vec()).or_insert(ino);
+        }
+    }
+
+    /// The kernel dropped `nlookup` references to `ino`; at zero it leaves the table.
+    pub fn forget(&mut self, ino: u64, nlookup: u64) {
+        let Some(n) = self.refs.get_mut(&ino) else {
+            return;
+        };
+        *n = n.saturating_sub(nlookup);
+        if *n == 0 {
+            self.refs.remove(&ino);
+            self.drop_ino(ino);
+        }
+    }
+
+    /// How many inodes the table holds (for tests and status).
+    pub fn len(&self) -> usize {
+        self.paths.len()
+    }
+
+    /// Whether only the root is left.
+    pub fn is_empty(&self) -> bool {
+        self.paths.len() <= 1
+    }
+
+    fn drop_ino(&mut self, ino: u64) {
+        if ino == ROOT {
+            return;
+        }
+        for p in self.paths.remove(&ino).unwrap_or_default() {
+            if self.by_path.get(&p) == Some(&ino) {
+                self.by_path.remove(&p);
+            }
+        }
+        for id in self.identities.remove(&ino).unwrap_or_default() {
+            if self.by_identity.get(&id) == Some(&ino) {
+                self.by_identity.remove(&id);
+            }
+        }
+    }
+
+    /// Drop every inode the kernel holds no reference to (`readdir` numbers).
+    fn sweep(&mut self) {
+        let unheld: Vec<u64> = self
+            .paths
+            .keys()
+            .copied()
+            .filter(|i| *i != ROOT && !self.refs.contains_key(i))
+            .collect();
+        for i in unheld {
+            self.drop_ino(i);
+        }
+        self.since_sweep = 0;
     }
 
     /// A path of `ino`.
@@ -150,5 +237,50 @@ mod tests {
         assert_eq!(t.path(f).unwrap(), b"e:1/x/f");
         assert_eq!(t.ino(b"e:1/x/f", None), f);
         assert_ne!(t.ino(b"e:1/d/f", None), f);
+    }
+
+    #[test]
+    fn forget_drops_what_the_kernel_no_longer_holds() {
+        let mut t = Inodes::default();
+        let a = t.ino(b"e:1/a", None);
+        t.remember(a, b"e:1/a");
+        t.remember(a, b"e:1/a");
+        t.forget(a, 1);
+        assert_eq!(t.path(a).unwrap(), b"e:1/a");
+        t.forget(a, 1);
+        assert_eq!(t.path(a), None);
+        assert!(t.is_empty());
+        // A new lookup gets a new number.
+        assert_ne!(t.ino(b"e:1/a", None), a);
+        // Hard links: the identity goes with the inode.
+        let l = t.ino(b"e:1/l1", Some((1, 9)));
+        assert_eq!(t.ino(b"e:1/l2", Some((1, 9))), l);
+        t.remember(l, b"e:1/l1");
+        t.forget(l, 5);
+        assert_eq!(t.ino(b"e:1/l2", None), t.ino(b"e:1/l2", None));
+        assert_ne!(t.ino(b"e:1/l3", Some((1, 9))), l);
+        // Forgotten between allocation and the reply: the path names it again.
+        let b = t.ino(b"e:1/b", None);
+        t.remember(b, b"e:1/b");
+        t.forget(b, 1);
+        t.remember(b, b"e:1/b");
+        assert_eq!(t.path(b).unwrap(), b"e:1/b");
+        // The root stays; unknown inodes are ignored.
+        t.remember(ROOT, b"");
+        t.forget(ROOT, 1);
+        t.forget(12345, 1);
+        assert_eq!(t.path(ROOT).unwrap(), b"");
+    }
+
+    #[test]
+    fn readdir_numbers_are_swept() {
+        let mut t = Inodes::default();
+        let held = t.ino(b"e:1/held", None);
+        t.remember(held, b"e:1/held");
+        for i in 0..SWEEP_EVERY + 10 {
+            t.ino(format!("e:1/f{i}").as_bytes(), None);
+        }
+        assert!(t.len() < 20, "{}", t.len());
+        assert_eq!(t.path(held).unwrap(), b"e:1/held");
     }
 }

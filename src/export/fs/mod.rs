@@ -388,7 +388,24 @@ impl ExportFs {
                 return Err(Error::NotFound(entry));
             }
         }
-        self.attr_at(&path)
+        self.entry_attr(&path)
+    }
+
+    /// [`Self::attr_at`] for an entry reply: the kernel gets a reference.
+    fn entry_attr(&self, path: &[u8]) -> Result<Attr> {
+        let a = self.attr_at(path)?;
+        self.inodes.lock().unwrap().remember(a.ino, path);
+        Ok(a)
+    }
+
+    /// The kernel dropped `nlookup` references to `ino`.
+    pub fn forget(&self, ino: u64, nlookup: u64) {
+        self.inodes.lock().unwrap().forget(ino, nlookup);
+    }
+
+    /// Inodes in the table (for tests).
+    pub fn inode_count(&self) -> usize {
+        self.inodes.lock().unwrap().len()
     }
 
     /// Attributes of `ino`.
@@ -485,7 +502,7 @@ impl ExportFs {
                 fs::set_permissions(&root, fs::Permissions::from_mode(mode & 0o7777))?;
                 std::os::unix::fs::lchown(&root, Some(who.uid), Some(who.gid))?;
                 tracing::info!(entry = %entry, "export entry created");
-                self.attr_at(&path)
+                self.entry_attr(&path)
             }
             Loc::Namespace(ns) => {
                 let name = std::str::from_utf8(name).map_err(|_| err(libc::EINVAL))?;
@@ -497,7 +514,7 @@ impl ExportFs {
                     return Err(err(libc::EEXIST));
                 }
                 self.namespaces.lock().unwrap().insert(ns);
-                self.attr_at(&path)
+                self.entry_attr(&path)
             }
             Loc::Root | Loc::Control => Err(err(libc::EEXIST)),
             Loc::Entry { entry, rel } => {
@@ -511,7 +528,7 @@ impl ExportFs {
                 if had_wh || view.lower_has(&rel)? {
                     view.make_opaque(&real)?;
                 }
-                self.attr_at(&path)
+                self.entry_attr(&path)
             }
         }
     }
@@ -569,7 +586,7 @@ impl ExportFs {
             drop(_g);
             let a = self.attr_at(&path)?;
             let fh = self.open(a.ino, flags)?;
-            return Ok((self.attr_at(&path)?, fh));
+            return Ok((self.entry_attr(&path)?, fh));
         }
         let (dir, real) = self.prepare_create(&view, &rel)?;
         let acc = flags & libc::O_ACCMODE;
@@ -581,7 +598,7 @@ impl ExportFs {
             .open(&real)?;
         self.finish_create(&real, mode, who, false)?;
         view.unwhiteout(&dir, name)?;
-        let a = self.attr_at(&path)?;
+        let a = self.entry_attr(&path)?;
         Ok((a, self.add_handle(Handle::File(Arc::new(f)))))
     }
 
@@ -610,7 +627,7 @@ impl ExportFs {
             .map_err(io::Error::from)?;
         self.finish_create(&real, mode, who, false)?;
         view.unwhiteout(&dir, name)?;
-        self.attr_at(&path)
+        self.entry_attr(&path)
     }
 
     /// Make a symlink.
@@ -623,7 +640,7 @@ impl ExportFs {
         std::os::unix::fs::symlink(OsStr::from_bytes(target), &real)?;
         self.finish_create(&real, 0, who, true)?;
         view.unwhiteout(&dir, name)?;
-        self.attr_at(&path)
+        self.entry_attr(&path)
     }
 
     /// Make a hard link to `ino` at `(parent, name)`.
@@ -655,7 +672,7 @@ impl ExportFs {
         if let Some(id) = view::identity(&md) {
             self.inodes.lock().unwrap().set_identity(ino, id);
         }
-        self.attr_at(&path)
+        self.entry_attr(&path)
     }
 
     /// Remove a non-directory.
@@ -1119,6 +1136,7 @@ impl ExportFs {
                 p.entry, p.phase, p.sent, p.push_total
             );
         }
+        s += &format!("inodes {}\n", self.inode_count());
         s.into_bytes()
     }
 
