@@ -179,7 +179,23 @@ impl Write for BlockWriter {
     }
 }
 
-impl TarSink for BlockWriter {}
+impl TarSink for BlockWriter {
+    /// Read file content straight into the block buffer (no 8 KiB copies).
+    fn content(&mut self, data: &mut dyn std::io::Read, size: u64) -> io::Result<()> {
+        let mut left = size;
+        while left > 0 {
+            let start = self.buf.len();
+            let n = (BLOCK - start).min(left as usize);
+            self.buf.resize(start + n, 0);
+            data.read_exact(&mut self.buf[start..])?;
+            left -= n as u64;
+            if self.buf.len() == BLOCK {
+                self.send(false)?;
+            }
+        }
+        Ok(())
+    }
+}
 
 /// Compress one block as raw deflate (sync-flushed, or finished if last).
 fn deflate_block(b: &Block, level: flate2::Compression) -> io::Result<Vec<u8>> {
