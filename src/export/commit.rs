@@ -1,6 +1,8 @@
-//! Commits: pack an entry's upper tree into a layer, build the config and
-//! manifest on top of its base, and push. [`Exporter`] is the service shared
-//! by the export filesystem and the control socket.
+//! Commits: pack an entry's upper tree into a layer while uploading it (or
+//! reuse the last commit's layer if the tree did not change), build the config
+//! and manifest on top of its base, and push the rest, the manifest last.
+//! [`Exporter`] is the service shared by the export filesystem and the
+//! control socket.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

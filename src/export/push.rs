@@ -1,6 +1,7 @@
 //! Push an image: every blob first (skipped when present, cross-repository
 //! mounted when it comes from a base image, uploaded otherwise), then the
-//! manifest, so the tag never points at a missing blob.
+//! manifest, so the tag never points at a missing blob. (A commit's new layer
+//! is streamed up before, while it is packed: see [`super::commit`].)
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};

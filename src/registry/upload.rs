@@ -1,5 +1,6 @@
 //! Uploads: existence checks, cross-repository mounts, blob pushes (monolithic or
-//! chunked with resume), and manifest pushes.
+//! chunked with resume; of a known digest, or streamed with the digest computed
+//! on the way and sent with the final PUT), and manifest pushes.
 
 use bytes::{Bytes, BytesMut};
 use futures_util::{Stream, StreamExt};
