@@ -88,7 +88,7 @@ struct TocOut<'a> {
 }
 
 /// The tar side of an eStargz layer: cuts the stream into gzip members
-/// (sent to the compressors as [`Block`]s), hashes the tar (diff_id), and
+/// (sent to the compressors as blocks), hashes the tar (diff_id), and
 /// collects the TOC.
 pub struct EstargzSink {
     buf: Vec<u8>,
