@@ -219,6 +219,9 @@ impl Filesystem for FuseFs {
         // Symlink targets are immutable per inode (a moved tag is a new inode):
         // let the kernel keep them.
         let _ = config.add_capabilities(InitFlags::FUSE_CACHE_SYMLINKS);
+        // Let the kernel handle (and cache) POSIX ACLs: images carry none, so
+        // `ls -l` no longer asks for `system.posix_acl_access` once per entry.
+        let _ = config.add_capabilities(InitFlags::FUSE_POSIX_ACL);
         Ok(())
     }
 
