@@ -13,6 +13,7 @@ pub mod error;
 pub mod estargz;
 pub mod export;
 pub mod reference;
+pub mod rfc3339;
 pub mod telemetry;
 
 pub use error::{Error, Result};

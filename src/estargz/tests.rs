@@ -1,8 +1,8 @@
 use std::io::Write;
 
-use super::tree::parse_rfc3339;
 use super::*;
 use crate::layer::{Chunk, Content, Kind, Limits};
+use crate::rfc3339::parse as parse_rfc3339;
 
 #[test]
 fn footer_roundtrip_and_legacy() {

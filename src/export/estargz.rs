@@ -25,7 +25,6 @@ use base64::Engine;
 use serde::Serialize;
 
 use super::compress::Block;
-use super::image::rfc3339;
 use super::pack::{EntryDesc, TarSink};
 use crate::digest::{Algorithm, Digest, Hasher};
 use crate::estargz::TOC_NAME;
@@ -182,7 +181,7 @@ impl TarSink for EstargzSink {
             name: utf8(&d.name, "name")?,
             kind: d.kind,
             size: d.size,
-            modtime: rfc3339(d.mtime),
+            modtime: crate::rfc3339::format(d.mtime),
             link_name: utf8(&d.link, "link target")?,
             mode: d.mode as u64,
             uid: d.uid,

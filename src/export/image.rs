@@ -48,29 +48,6 @@ impl From<&BlobRef> for LayerDesc {
     }
 }
 
-/// RFC 3339 UTC for seconds since the epoch.
-pub fn rfc3339(secs: i64) -> String {
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    // Civil from days (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = if m <= 2 { y + 1 } else { y };
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60
-    )
-}
-
 /// The new config: `base` (raw JSON bytes) extended, or a fresh one for `platform`.
 pub fn build_config(
     base: Option<&[u8]>,
@@ -79,7 +56,7 @@ pub fn build_config(
     created: i64,
     comment: &str,
 ) -> Result<Vec<u8>> {
-    let created = rfc3339(created);
+    let created = crate::rfc3339::format(created);
     let mut c: Value = match base {
         Some(b) => serde_json::from_slice(b)
             .map_err(|e| Error::invalid(format!("base image config: {e}")))?,
@@ -190,8 +167,11 @@ mod tests {
 
     #[test]
     fn dates() {
-        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
-        assert_eq!(rfc3339(1_700_000_000), "2023-11-14T22:13:20Z");
+        assert_eq!(crate::rfc3339::format(0), "1970-01-01T00:00:00Z");
+        assert_eq!(
+            crate::rfc3339::format(1_700_000_000),
+            "2023-11-14T22:13:20Z"
+        );
     }
 
     #[test]
