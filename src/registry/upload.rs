@@ -106,20 +106,13 @@ impl Client {
         let mut body = std::pin::pin!(body);
         let mut hasher = Hasher::new(crate::digest::Algorithm::Sha256);
         let mut buf = BytesMut::new();
-        let mut ended = false;
-        while buf.len() as u64 <= MONOLITHIC_LIMIT {
-            match body.next().await {
-                None => {
-                    ended = true;
-                    break;
-                }
-                Some(chunk) => {
-                    let chunk = chunk?;
-                    hasher.update(&chunk);
-                    buf.extend_from_slice(&chunk);
-                }
-            }
-        }
+        let mut ended = !fill_hashed(
+            &mut body,
+            &mut hasher,
+            &mut buf,
+            MONOLITHIC_LIMIT as usize + 1,
+        )
+        .await?;
         if ended {
             let digest = hasher.finish();
             let size = buf.len() as u64;
@@ -146,14 +139,7 @@ impl Client {
                 if ended {
                     return Ok(());
                 }
-                match body.next().await {
-                    None => ended = true,
-                    Some(chunk) => {
-                        let chunk = chunk?;
-                        hasher.update(&chunk);
-                        buf.extend_from_slice(&chunk);
-                    }
-                }
+                ended = !fill_hashed(&mut body, &mut hasher, &mut buf, CHUNK_SIZE).await?;
             }
         }
         .await;
@@ -253,19 +239,7 @@ impl Client {
         let result: Result<()> = async {
             while !ended {
                 let mut buf = BytesMut::with_capacity(CHUNK_SIZE);
-                while buf.len() < CHUNK_SIZE {
-                    match body.next().await {
-                        None => {
-                            ended = true;
-                            break;
-                        }
-                        Some(chunk) => {
-                            let chunk = chunk?;
-                            hasher.update(&chunk);
-                            buf.extend_from_slice(&chunk);
-                        }
-                    }
-                }
+                ended = !fill_hashed(&mut body, &mut hasher, &mut buf, CHUNK_SIZE).await?;
                 if sent + buf.len() as u64 > size {
                     return Err(size_error(what, size, sent + buf.len() as u64));
                 }
@@ -489,4 +463,27 @@ fn size_error(what: &str, want: u64, got: u64) -> Error {
         expected: format!("{want} bytes"),
         actual: format!("{got} bytes"),
     }
+}
+/// Append chunks of `body` to `buf`, hashing each, until `buf` holds at least
+/// `want` bytes. Returns false once the stream has ended.
+async fn fill_hashed<S>(
+    body: &mut std::pin::Pin<&mut S>,
+    hasher: &mut Hasher,
+    buf: &mut BytesMut,
+    want: usize,
+) -> Result<bool>
+where
+    S: Stream<Item = Result<Bytes>> + ?Sized,
+{
+    while buf.len() < want {
+        match body.next().await {
+            None => return Ok(false),
+            Some(chunk) => {
+                let chunk = chunk?;
+                hasher.update(&chunk);
+                buf.extend_from_slice(&chunk);
+            }
+        }
+    }
+    Ok(true)
 }
