@@ -12,10 +12,10 @@ use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use fuser::{
-    BackgroundSession, Config, Errno, FileHandle, Filesystem, FopenFlags, Generation, INodeNo,
+    BackgroundSession, Errno, FileHandle, Filesystem, FopenFlags, Generation, INodeNo,
     KernelConfig, LockOwner, MountOption, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
     ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite,
-    ReplyXattr, Request, SessionACL, TimeOrNow, WriteFlags,
+    ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use tokio::runtime::Handle;
 
@@ -60,21 +60,7 @@ impl ExportFuse {
 
     /// Mount read-write at `mountpoint` and serve from background threads.
     pub fn mount(self, mountpoint: &Path, cfg: &MountConfig) -> std::io::Result<BackgroundSession> {
-        let mut config = Config::default();
-        config.mount_options = vec![
-            MountOption::RW,
-            MountOption::NoSuid,
-            MountOption::NoDev,
-            MountOption::DefaultPermissions,
-            MountOption::FSName(cfg.fs_name.clone()),
-            MountOption::Subtype("regfs-export".into()),
-        ];
-        config.acl = if cfg.allow_other {
-            SessionACL::All
-        } else {
-            SessionACL::Owner
-        };
-        config.n_threads = Some(cfg.threads.max(1));
+        let config = super::session_config(cfg, MountOption::RW, "regfs-export", &[]);
         fuser::spawn_mount(self, mountpoint, &config)
     }
 

@@ -82,25 +82,36 @@ impl FuseFs {
 
     /// Mount at `mountpoint` and serve from background threads until unmounted.
     pub fn mount(self, mountpoint: &Path, cfg: &MountConfig) -> std::io::Result<BackgroundSession> {
-        let mut options = vec![
-            MountOption::RO,
-            MountOption::NoSuid,
-            MountOption::NoDev,
-            MountOption::DefaultPermissions,
-            MountOption::FSName(cfg.fs_name.clone()),
-            MountOption::Subtype("regfs".into()),
-        ];
-        options.push(MountOption::NoAtime);
-        let mut config = Config::default();
-        config.mount_options = options;
-        config.acl = if cfg.allow_other {
-            SessionACL::All
-        } else {
-            SessionACL::Owner
-        };
-        config.n_threads = Some(cfg.threads.max(1));
+        let config = session_config(cfg, MountOption::RO, "regfs", &[MountOption::NoAtime]);
         fuser::spawn_mount(self, mountpoint, &config)
     }
+}
+
+/// The session settings both mounts share: `nosuid,nodev,default_permissions`,
+/// the source name, `allow_other` only when asked, the dispatch threads.
+pub(crate) fn session_config(
+    cfg: &MountConfig,
+    access: MountOption,
+    subtype: &str,
+    extra: &[MountOption],
+) -> Config {
+    let mut config = Config::default();
+    config.mount_options = vec![
+        access,
+        MountOption::NoSuid,
+        MountOption::NoDev,
+        MountOption::DefaultPermissions,
+        MountOption::FSName(cfg.fs_name.clone()),
+        MountOption::Subtype(subtype.into()),
+    ];
+    config.mount_options.extend_from_slice(extra);
+    config.acl = if cfg.allow_other {
+        SessionACL::All
+    } else {
+        SessionACL::Owner
+    };
+    config.n_threads = Some(cfg.threads.max(1));
+    config
 }
 
 pub(crate) fn errno(op: &str, e: &Error, errors: &OpErrors) -> Errno {
