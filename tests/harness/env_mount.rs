@@ -15,6 +15,7 @@ impl Mount {
         stdin: Option<String>,
         env: Vec<(OsString, OsString)>,
     ) -> Mount {
+        // The pid lets scripts/test tell stale mounts from live ones.
         let mountpoint = tempdir(&format!("mnt-{}", std::process::id()));
         let cache = tempdir("cache");
         let logdir = tempdir("mountlog");

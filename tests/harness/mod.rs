@@ -1018,26 +1018,7 @@ impl Mount {
     /// with exactly `regfs mount ADDR MNT --cache-dir CACHE …args`, writing
     /// `stdin` (if any) to the daemon's standard input.
     pub fn with_args(addr: &str, args: Vec<OsString>, stdin: Option<String>) -> Mount {
-        // The pid lets scripts/test tell stale mounts from live ones.
-        let mountpoint = tempdir(&format!("mnt-{}", std::process::id()));
-        let cache = tempdir("cache");
-        let logdir = tempdir("mountlog");
-        let mut full: Vec<OsString> = vec!["mount".into(), addr.into(), mountpoint.path().into()];
-        full.push("--cache-dir".into());
-        full.push(cache.path().into());
-        full.extend(args);
-        let mut m = Mount {
-            args: full,
-            stdin,
-            env: Vec::new(),
-            child: None,
-            log_path: logdir.path().join("regfs.log"),
-            mountpoint,
-            cache,
-            logdir,
-        };
-        m.start();
-        m
+        Self::with_env(addr, args, stdin, Vec::new())
     }
 
     fn start(&mut self) {
