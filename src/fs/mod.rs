@@ -45,6 +45,20 @@ pub struct FsConfig {
     pub mount_time: SystemTime,
 }
 
+/// Extended attributes that, when a file lacks them, regfs reports as not
+/// supported (EOPNOTSUPP) rather than absent (ENODATA): SELinux labels and
+/// POSIX ACLs. The kernel labels a FUSE mount by policy, not by this xattr,
+/// and image layers seldom carry either, so this is what NFS without labels
+/// answers. The difference matters for speed: `ls -l` asks for both names on
+/// every file it lists until one answer says "not supported", then stops
+/// asking for the whole filesystem (coreutils caches that per device). A file
+/// that does carry one of them still returns it.
+pub const UNSUPPORTED_WHEN_ABSENT: [&[u8]; 3] = [
+    b"security.selinux",
+    b"system.posix_acl_access",
+    b"system.posix_acl_default",
+];
+
 /// An open file.
 enum Handle {
     /// Bytes held in memory (manifests).
@@ -293,18 +307,25 @@ impl Fs {
     }
 
     /// The value of extended attribute `name` of `ino`.
+    ///
+    /// A name the file lacks is ENODATA, except the names in
+    /// [`UNSUPPORTED_WHEN_ABSENT`], which are EOPNOTSUPP.
     pub async fn getxattr(&self, ino: u64, name: &[u8]) -> Result<Vec<u8>> {
         if let Key::Node { tree, node } = self.key(ino)? {
-            if node == 0 {
-                // Tree roots are synthetic (see `attr`): no xattrs, no layer fetch.
-                return Err(Error::Io(std::io::Error::from_raw_os_error(libc::ENODATA)));
-            }
-            let t = self.trees.load(self, &tree).await?;
-            if let Some((_, v)) = t.tree.node(node).xattrs.iter().find(|(k, _)| k == name) {
-                return Ok(v.clone());
+            // Tree roots are synthetic (see `attr`): no xattrs, no layer fetch.
+            if node != 0 {
+                let t = self.trees.load(self, &tree).await?;
+                if let Some((_, v)) = t.tree.node(node).xattrs.iter().find(|(k, _)| k == name) {
+                    return Ok(v.clone());
+                }
             }
         }
-        Err(Error::Io(std::io::Error::from_raw_os_error(libc::ENODATA)))
+        let errno = if UNSUPPORTED_WHEN_ABSENT.contains(&name) {
+            libc::EOPNOTSUPP
+        } else {
+            libc::ENODATA
+        };
+        Err(Error::Io(std::io::Error::from_raw_os_error(errno)))
     }
 
     /// The names of the extended attributes of `ino`.

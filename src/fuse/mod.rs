@@ -119,7 +119,7 @@ pub(crate) fn errno(op: &str, e: &Error, errors: &OpErrors) -> Errno {
     if matches!(e, Error::DigestMismatch { .. }) {
         metrics::counter!(crate::telemetry::VERIFICATION_FAILURES).increment(1);
     }
-    if n == libc::ENOENT || n == libc::ENODATA {
+    if n == libc::ENOENT || n == libc::ENODATA || n == libc::EOPNOTSUPP {
         tracing::debug!(op, error = %e, "fuse op failed");
     } else {
         errors.count.fetch_add(1, Ordering::Relaxed);
@@ -230,9 +230,9 @@ impl Filesystem for FuseFs {
         // Symlink targets are immutable per inode (a moved tag is a new inode):
         // let the kernel keep them.
         let _ = config.add_capabilities(InitFlags::FUSE_CACHE_SYMLINKS);
-        // Let the kernel handle (and cache) POSIX ACLs: images carry none, so
-        // `ls -l` no longer asks for `system.posix_acl_access` once per entry.
-        let _ = config.add_capabilities(InitFlags::FUSE_POSIX_ACL);
+        // No FUSE_POSIX_ACL: the kernel would then ask for each inode's ACL
+        // once, cold. Without it `ls -l` asks us, hears EOPNOTSUPP (see
+        // `crate::fs::UNSUPPORTED_WHEN_ABSENT`) and stops asking at all.
         Ok(())
     }
 
