@@ -114,10 +114,11 @@ impl Content {
         let (blob, diff) = (desc.digest.clone(), diff_id.clone());
         let (result, tmp, reader_err) = tokio::task::spawn_blocking(move || {
             let mut tmp = tmp;
+            // The client's BlobStream verifies the digest before it ends.
             let r = layer::ingest_spans(
                 &mut reader,
                 compression,
-                &blob,
+                layer::BlobCheck::BySource(&blob),
                 &diff,
                 0,
                 &mut tmp.file,

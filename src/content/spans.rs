@@ -475,7 +475,7 @@ mod tests {
         let (tree, _, spans) = layer::ingest_spans(
             &blob[..],
             Compression::Gzip,
-            &bd,
+            layer::BlobCheck::Hash(&bd),
             &dd,
             0,
             &mut out,

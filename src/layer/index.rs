@@ -182,11 +182,13 @@ impl Shared {
         if len > RING as u64 {
             return None;
         }
-        Some(
-            (start..self.pos)
-                .map(|p| self.ring[(p % RING as u64) as usize])
-                .collect(),
-        )
+        let at = (start % RING as u64) as usize;
+        let len = len as usize;
+        let mut out = Vec::with_capacity(len);
+        let first = len.min(RING - at);
+        out.extend_from_slice(&self.ring[at..at + first]);
+        out.extend_from_slice(&self.ring[..len - first]);
+        Some(out)
     }
 }
 
@@ -214,10 +216,15 @@ impl<R: Read> Read for Tracked<R> {
             return Err(io::Error::other(msg));
         }
         st.budget -= n as u64;
+        // Copy the last RING bytes read into the ring, in at most two pieces.
         let keep = n.min(RING);
-        for (i, &b) in buf[n - keep..n].iter().enumerate() {
-            let p = start + (n - keep + i) as u64;
-            st.ring[(p % RING as u64) as usize] = b;
+        let mut src = &buf[n - keep..n];
+        let mut at = ((start + (n - keep) as u64) % RING as u64) as usize;
+        while !src.is_empty() {
+            let k = src.len().min(RING - at);
+            st.ring[at..at + k].copy_from_slice(&src[..k]);
+            src = &src[k..];
+            at = 0;
         }
         Ok(n)
     }

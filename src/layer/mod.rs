@@ -24,7 +24,7 @@ pub mod zran;
 
 pub use compression::Compression;
 pub use index::{index_tar, Limits};
-pub use ingest::{ingest, ingest_spans, IngestStats};
+pub use ingest::{ingest, ingest_spans, BlobCheck, IngestStats};
 pub use merge::merge;
 pub use tree::{
     normalize, read_content, Chunk, Content, Kind, Node, NodeId, ReadAt, Segment, Tree,

@@ -294,8 +294,11 @@ pub struct SpanBuilder {
     checkpoints: Vec<Checkpoint>,
     /// Window etc. of the span being hashed (its digest is filled in at its end).
     open: Option<Checkpoint>,
-    hasher: Hasher,
+    /// `None` when the span digests are computed elsewhere (see [`SpanBuilder::deferred`]).
+    hasher: Option<Hasher>,
     out: u64,
+    /// Uncompressed offsets of checkpoints opened since the last [`SpanBuilder::take_boundaries`].
+    boundaries: Vec<u64>,
 }
 
 impl SpanBuilder {
@@ -312,13 +315,34 @@ impl SpanBuilder {
                 window: Vec::new(),
                 span_digest: Digest::sha256_of(b""),
             }),
-            hasher: Hasher::new(crate::digest::Algorithm::Sha256),
+            hasher: Some(Hasher::new(crate::digest::Algorithm::Sha256)),
             out: 0,
+            boundaries: Vec::new(),
         }
     }
 
+    /// Like [`SpanBuilder::new`], but the span digests are not computed here:
+    /// whoever hashes the uncompressed stream feeds a [`SpanHasher`] the
+    /// offsets from [`SpanBuilder::take_boundaries`] and hands its digests to
+    /// [`SpanBuilder::finish_with`]. This lets the decoder and the hashing run
+    /// on different threads.
+    pub fn deferred(every: u64) -> SpanBuilder {
+        SpanBuilder {
+            hasher: None,
+            ..SpanBuilder::new(every)
+        }
+    }
+
+    /// The uncompressed offsets where spans started since the last call, in
+    /// order. Each is at most the number of bytes decoded so far.
+    pub fn take_boundaries(&mut self) -> Vec<u64> {
+        std::mem::take(&mut self.boundaries)
+    }
+
     fn data(&mut self, d: &[u8]) {
-        self.hasher.update(d);
+        if let Some(h) = self.hasher.as_mut() {
+            h.update(d);
+        }
         self.out += d.len() as u64;
     }
 
@@ -328,19 +352,25 @@ impl SpanBuilder {
     }
 
     fn close_span(&mut self) {
-        let h = std::mem::replace(
-            &mut self.hasher,
-            Hasher::new(crate::digest::Algorithm::Sha256),
-        );
+        let digest = match self.hasher.as_mut() {
+            Some(h) => std::mem::replace(h, Hasher::new(crate::digest::Algorithm::Sha256)).finish(),
+            None => Digest::sha256_of(b""),
+        };
         if let Some(mut c) = self.open.take() {
-            c.span_digest = h.finish();
+            c.span_digest = digest;
             self.checkpoints.push(c);
         }
     }
 
-    fn checkpoint(&mut self, compressed: u64, bits: u8, window: Vec<u8>) {
+    /// Start a span at the current offset with checkpoint `c`.
+    fn open_span(&mut self, c: Checkpoint) {
         self.close_span();
-        self.open = Some(Checkpoint {
+        self.boundaries.push(self.out);
+        self.open = Some(c);
+    }
+
+    fn checkpoint(&mut self, compressed: u64, bits: u8, window: Vec<u8>) {
+        self.open_span(Checkpoint {
             compressed,
             bits,
             uncompressed: self.out,
@@ -348,6 +378,24 @@ impl SpanBuilder {
             window,
             span_digest: Digest::sha256_of(b""),
         });
+    }
+
+    /// [`SpanBuilder::finish`] for a [`SpanBuilder::deferred`] builder, with
+    /// the span digests a [`SpanHasher`] computed. A count that does not match
+    /// the checkpoints is [`Error::Invalid`] (the two did not see the same stream).
+    pub fn finish_with(self, compressed_size: u64, digests: Vec<Digest>) -> Result<SpanIndex> {
+        let mut ix = self.finish(compressed_size);
+        if digests.len() != ix.checkpoints.len() {
+            return Err(Error::invalid(format!(
+                "span index: {} span digests for {} checkpoints",
+                digests.len(),
+                ix.checkpoints.len()
+            )));
+        }
+        for (c, d) in ix.checkpoints.iter_mut().zip(digests) {
+            c.span_digest = d;
+        }
+        Ok(ix)
     }
 
     /// The index, once the whole stream (`compressed_size` bytes of blob) went through.
@@ -368,6 +416,78 @@ impl SpanBuilder {
             uncompressed_size: self.out,
             checkpoints: self.checkpoints,
         }
+    }
+}
+
+/// Hashes an uncompressed stream span by span, for a [`SpanBuilder::deferred`]
+/// builder on another thread. The spans are cut at the offsets given to
+/// [`SpanHasher::boundaries`] before the data that reaches them.
+pub struct SpanHasher {
+    hasher: Hasher,
+    pos: u64,
+    next: std::collections::VecDeque<u64>,
+    start: u64,
+    digests: Vec<Digest>,
+}
+
+impl Default for SpanHasher {
+    fn default() -> Self {
+        SpanHasher {
+            hasher: Hasher::new(crate::digest::Algorithm::Sha256),
+            pos: 0,
+            next: Default::default(),
+            start: 0,
+            digests: Vec::new(),
+        }
+    }
+}
+
+impl SpanHasher {
+    /// Spans start at these offsets (in order, none before what was already hashed).
+    pub fn boundaries(&mut self, offsets: impl IntoIterator<Item = u64>) {
+        self.next.extend(offsets);
+    }
+
+    /// Hash the next bytes of the stream.
+    pub fn update(&mut self, mut data: &[u8]) {
+        loop {
+            self.cut_due();
+            let room = match self.next.front() {
+                Some(&b) => usize::try_from(b - self.pos).unwrap_or(usize::MAX),
+                None => usize::MAX,
+            };
+            let n = room.min(data.len());
+            self.hasher.update(&data[..n]);
+            self.pos += n as u64;
+            data = &data[n..];
+            if data.is_empty() {
+                self.cut_due();
+                return;
+            }
+        }
+    }
+
+    /// Close the span if a boundary is due at the current offset.
+    fn cut_due(&mut self) {
+        while self.next.front().is_some_and(|&b| b <= self.pos) {
+            self.next.pop_front();
+            let h = std::mem::replace(
+                &mut self.hasher,
+                Hasher::new(crate::digest::Algorithm::Sha256),
+            );
+            self.digests.push(h.finish());
+            self.start = self.pos;
+        }
+    }
+
+    /// The digest of every span, as [`SpanBuilder::finish`] counts them (an
+    /// empty last span after others is dropped).
+    pub fn finish(mut self) -> Vec<Digest> {
+        self.cut_due();
+        if self.start < self.pos || self.digests.is_empty() {
+            self.digests.push(self.hasher.finish());
+        }
+        self.digests
     }
 }
 
@@ -443,11 +563,11 @@ impl<R: Read> Read for SpanReader<'_, R> {
                 // The member's header is a checkpoint if the span is long enough.
                 let mut b = self.builder.borrow_mut();
                 if b.due() {
-                    b.close_span();
-                    b.open = Some(Checkpoint {
+                    let uncompressed = b.out;
+                    b.open_span(Checkpoint {
                         compressed: self.total_in,
                         bits: 0,
-                        uncompressed: b.out,
+                        uncompressed,
                         member_start: true,
                         window: Vec::new(),
                         span_digest: Digest::sha256_of(b""),

@@ -568,3 +568,42 @@ fn measure_100k() {
         json.len() >> 20
     );
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig { cases: 32, ..Default::default() })]
+
+    /// The ring keeps exactly the last `RING` bytes, whatever the read sizes
+    /// and however they wrap around its end.
+    #[test]
+    fn ring_keeps_the_last_bytes(
+        reads in proptest::collection::vec(1usize..(RING + 5000), 1..12),
+        backs in proptest::collection::vec(0usize..(RING + 10), 8),
+    ) {
+        let total: usize = reads.iter().sum();
+        let data: Vec<u8> = (0..total).map(|i| (i * 7 + i / 251) as u8).collect();
+        let st = Rc::new(RefCell::new(Shared {
+            pos: 0,
+            limit: u64::MAX,
+            budget: u64::MAX,
+            failure: None,
+            ring: vec![0; RING],
+        }));
+        let mut r = Tracked { inner: &data[..], st: Rc::clone(&st) };
+        let mut pos = 0;
+        for n in reads {
+            let mut buf = vec![0u8; n];
+            let got = r.read(&mut buf).unwrap();
+            proptest::prop_assert_eq!(got, n);
+            pos += n;
+            for &back in &backs {
+                let start = pos.saturating_sub(back) as u64;
+                let recent = st.borrow().recent(start);
+                if pos - start as usize > RING {
+                    proptest::prop_assert!(recent.is_none());
+                } else {
+                    proptest::prop_assert_eq!(recent.unwrap(), &data[start as usize..pos]);
+                }
+            }
+        }
+    }
+}

@@ -34,7 +34,16 @@ fn run(
     // The span-indexing path (zlib Z_BLOCK instead of flate2 for gzip) must
     // judge every input the same way.
     let mut out2 = tempfile::tempfile().unwrap();
-    let r2 = ingest_spans(blob, c, blob_d, diff, 3, &mut out2, limits, Some(4096));
+    let r2 = ingest_spans(
+        blob,
+        c,
+        BlobCheck::Hash(blob_d),
+        diff,
+        3,
+        &mut out2,
+        limits,
+        Some(4096),
+    );
     match (&r, &r2) {
         (Ok((t1, s1)), Ok((t2, s2, ix))) => {
             assert_eq!(s1, s2);

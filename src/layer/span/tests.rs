@@ -184,3 +184,60 @@ proptest! {
         }
     }
 }
+
+/// Decode with a deferred builder, hashing the spans elsewhere from the
+/// offsets taken after each `chunk` bytes (as the ingest pipeline does).
+fn build_deferred(blob: &[u8], every: u64, chunk: usize) -> SpanIndex {
+    let b = RefCell::new(SpanBuilder::deferred(every));
+    let mut r = SpanReader::new(blob, &b).unwrap();
+    let mut hasher = SpanHasher::default();
+    let mut buf = vec![0u8; chunk];
+    loop {
+        // Fill the chunk from several reads, so spans start inside it.
+        let mut n = 0;
+        while n < chunk {
+            match r.read(&mut buf[n..]).unwrap() {
+                0 => break,
+                k => n += k,
+            }
+        }
+        hasher.boundaries(b.borrow_mut().take_boundaries());
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    drop(r);
+    b.into_inner()
+        .finish_with(blob.len() as u64, hasher.finish())
+        .unwrap()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    /// Span digests computed apart from the decoder (on another thread in
+    /// `ingest`) equal those the builder computes itself, for one gzip member
+    /// or several, whatever the read size.
+    #[test]
+    fn deferred_span_digests_equal_inline_ones(
+        seed in any::<u64>(),
+        len in 0usize..300_000,
+        members in 1usize..4,
+        every in 1u64..50_000,
+        chunk in 1usize..100_000,
+    ) {
+        let data = sample(seed, len);
+        let mut blob = Vec::new();
+        let part = len.div_ceil(members).max(1);
+        for piece in data.chunks(part) {
+            blob.extend(gz(piece, 6));
+        }
+        if blob.is_empty() {
+            blob = gz(b"", 6);
+        }
+        let (inline, _) = build(&blob, every);
+        let deferred = build_deferred(&blob, every, chunk);
+        prop_assert_eq!(deferred.encode(), inline.encode());
+    }
+}
