@@ -204,7 +204,7 @@ enum Decoded {
         /// `None` when the source checks the digest itself.
         blob_actual: Option<Digest>,
         compressed_bytes: u64,
-        spans: Option<SpanBuilder>,
+        spans: Option<Box<SpanBuilder>>,
     },
     /// It failed (and said so in the queue), or the indexer stopped reading;
     /// with the blob's actual digest if the indexer asked for it.
@@ -302,7 +302,7 @@ impl Decoder<'_> {
         Ok(Decoded::Complete {
             blob_actual,
             compressed_bytes,
-            spans: self.span_every.map(|_| spans.into_inner()),
+            spans: self.span_every.map(|_| Box::new(spans.into_inner())),
         })
     }
 
