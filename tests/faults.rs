@@ -896,7 +896,7 @@ fn hostile_manifests_are_errors_not_panics() {
             (Ok(target), "index listing itself") => {
                 // The tag resolves to the listed digest; that manifest does not hash to it.
                 let dir = ns.join(target);
-                let e = fs::read_dir(&dir).map(|_| ()).unwrap_err();
+                let e = list_dir(&dir).unwrap_err();
                 assert_eq!(e.raw_os_error(), Some(libc::EIO), "{name}: {e}");
             }
             (Ok(target), _) => panic!("{name}: resolved to {}", target.display()),

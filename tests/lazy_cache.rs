@@ -8,7 +8,7 @@ use std::fs;
 use std::io::{ErrorKind, Read};
 use std::path::{Path, PathBuf};
 
-use harness::{umoci_unpack, Mount, Registry, RegistryKind};
+use harness::{list_dir, umoci_unpack, Mount, Registry, RegistryKind};
 use sha2::{Digest as _, Sha256};
 
 fn sha256_file(p: &Path) -> std::io::Result<String> {
@@ -198,7 +198,7 @@ fn corrupted_layer_is_eio_and_nothing_is_cached() {
     let img = m.path().join("lab/busybox:latest");
     let layers = layer_digests(&img);
     corrupt_blob(&reg, &layers[0]);
-    let e = fs::read_dir(img.join("rootfs")).map(|_| ()).unwrap_err();
+    let e = list_dir(&img.join("rootfs")).unwrap_err();
     assert_eq!(e.raw_os_error(), Some(libc::EIO), "{e}");
     let e = fs::read(img.join("blobs").join(&layers[0])).unwrap_err();
     assert_eq!(e.raw_os_error(), Some(libc::EIO), "{e}");

@@ -183,3 +183,90 @@ fn programs_run_from_the_mount() {
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout), "1\n", "{out:?}");
 }
+
+/// `lgetxattr(path, name)`: the value, or the errno.
+fn lgetxattr(path: &Path, name: &str) -> Result<Vec<u8>, i32> {
+    use std::os::unix::ffi::OsStrExt;
+    let p = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+    let n = std::ffi::CString::new(name).unwrap();
+    let mut buf = vec![0u8; 256];
+    let r = unsafe { libc::lgetxattr(p.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error().raw_os_error().unwrap());
+    }
+    buf.truncate(r as usize);
+    Ok(buf)
+}
+
+/// A directory larger than one listing batch (`Fs::readdir_plus_from`
+/// answers the kernel's reads from their offset, with no open handle) lists
+/// every entry once, in `ls -l` as in `read_dir`; and the xattr answers
+/// `ls -l` depends on: a present xattr is served, an absent SELinux label or
+/// ACL is "not supported" (so `ls` stops asking), any other absent name is
+/// ENODATA.
+#[test]
+fn large_directories_list_whole_and_absent_xattrs_answer_as_ls_expects() {
+    require_fuse!();
+    use harness::export::ExportMount;
+    let reg = harness::Registry::start(harness::RegistryKind::Plain);
+    let em = ExportMount::new(&reg, &[]);
+    let root = em.entry("many:1");
+    let many = root.join("many");
+    fs::create_dir_all(&many).unwrap();
+    let names: Vec<String> = (0..2500).map(|i| format!("file-{i:05}")).collect();
+    for n in &names {
+        fs::write(many.join(n), n.as_bytes()).unwrap();
+    }
+    let noted = many.join(&names[7]);
+    {
+        use std::os::unix::ffi::OsStrExt;
+        let p = std::ffi::CString::new(noted.as_os_str().as_bytes()).unwrap();
+        let r = unsafe {
+            libc::setxattr(
+                p.as_ptr(),
+                c"user.note".as_ptr(),
+                b"hi".as_ptr().cast(),
+                2,
+                0,
+            )
+        };
+        assert_eq!(r, 0, "{}", std::io::Error::last_os_error());
+    }
+    em.commit("many:1");
+
+    let dir = em.mount.path().join("many:1/rootfs/many");
+    let mut listed: Vec<String> = harness::list_dir(&dir)
+        .unwrap()
+        .iter()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    listed.sort();
+    assert_eq!(listed, names);
+    let ls = Command::new("ls").arg("-l").arg(&dir).output().unwrap();
+    assert!(
+        ls.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ls.stderr)
+    );
+    let lines = String::from_utf8_lossy(&ls.stdout)
+        .lines()
+        .filter(|l| l.starts_with('-'))
+        .count();
+    assert_eq!(lines, names.len());
+    // Contents line up with names across the batches.
+    for i in [0, 1023, 1024, 2047, 2048, 2499] {
+        assert_eq!(fs::read(dir.join(&names[i])).unwrap(), names[i].as_bytes());
+    }
+
+    let file = dir.join(&names[7]);
+    assert_eq!(lgetxattr(&file, "user.note"), Ok(b"hi".to_vec()));
+    assert_eq!(lgetxattr(&file, "user.absent"), Err(libc::ENODATA));
+    for name in [
+        "security.selinux",
+        "system.posix_acl_access",
+        "system.posix_acl_default",
+    ] {
+        assert_eq!(lgetxattr(&file, name), Err(libc::EOPNOTSUPP), "{name}");
+        assert_eq!(lgetxattr(&dir, name), Err(libc::EOPNOTSUPP), "{name}");
+    }
+}

@@ -45,6 +45,9 @@ pub struct FsConfig {
     pub mount_time: SystemTime,
 }
 
+/// Entries of a tree directory listed per [`Fs::readdir_plus_from`] call.
+pub const LISTING_BATCH: usize = 1024;
+
 /// Extended attributes that, when a file lacks them, regfs reports as not
 /// supported (EOPNOTSUPP) rather than absent (ENODATA): SELinux labels and
 /// POSIX ACLs. The kernel labels a FUSE mount by policy, not by this xattr,
@@ -169,12 +172,35 @@ impl Fs {
     /// The entries of directory `ino` with their attributes where they are known
     /// without the network (tree nodes); for `readdirplus`.
     pub async fn readdir_plus(&self, ino: u64) -> Result<Vec<(DirEntry, Option<Attr>)>> {
-        let entries = self.readdir(ino).await?;
-        let Key::Node { tree, .. } = self.key(ino)? else {
-            return Ok(entries.into_iter().map(|e| (e, None)).collect());
+        self.readdir_plus_from(ino, 0)
+            .await
+            .map(|(_, entries)| entries)
+    }
+
+    /// [`Fs::readdir_plus`] from the `skip`th entry on, for a reader that
+    /// keeps no listing between calls: `(first, entries)`, where `first` is
+    /// the index of the first entry returned. A tree directory returns at
+    /// most [`LISTING_BATCH`] entries (one reply never holds more), so
+    /// reading a huge directory this way stays linear.
+    pub async fn readdir_plus_from(
+        &self,
+        ino: u64,
+        skip: usize,
+    ) -> Result<(usize, Vec<(DirEntry, Option<Attr>)>)> {
+        let key = self.key(ino)?;
+        let (first, entries) = match &key {
+            Key::Node { tree, node } => (
+                skip,
+                self.list_tree_range(tree, *node, skip, LISTING_BATCH)
+                    .await?,
+            ),
+            _ => (0, self.readdir(ino).await?),
+        };
+        let Key::Node { tree, .. } = key else {
+            return Ok((first, entries.into_iter().map(|e| (e, None)).collect()));
         };
         let t = self.trees.load(self, &tree).await?;
-        Ok(entries
+        let with_attrs = entries
             .into_iter()
             .map(|e| {
                 let attr = match self.inodes.key(e.ino) {
@@ -183,7 +209,8 @@ impl Fs {
                 };
                 (e, attr)
             })
-            .collect())
+            .collect();
+        Ok((first, with_attrs))
     }
 
     /// The kernel took a lookup reference to `ino` through `readdirplus`.

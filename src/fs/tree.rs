@@ -146,6 +146,17 @@ impl Trees {
 impl Fs {
     /// Entries of directory `node` of tree `id`.
     pub(super) async fn list_tree(&self, id: &Arc<TreeId>, node: NodeId) -> Result<Vec<DirEntry>> {
+        self.list_tree_range(id, node, 0, usize::MAX).await
+    }
+
+    /// At most `max` entries of directory `node`, from the `skip`th on.
+    pub(super) async fn list_tree_range(
+        &self,
+        id: &Arc<TreeId>,
+        node: NodeId,
+        skip: usize,
+        max: usize,
+    ) -> Result<Vec<DirEntry>> {
         let t = self.trees.load(self, id).await?;
         if t.tree.node(node).kind != Kind::Dir {
             return Err(Error::Io(std::io::Error::from_raw_os_error(libc::ENOTDIR)));
@@ -153,6 +164,8 @@ impl Fs {
         Ok(t.tree
             .children(node)
             .iter()
+            .skip(skip)
+            .take(max)
             .map(|(name, child)| DirEntry {
                 ino: self.inodes.ino(Key::Node {
                     tree: id.clone(),

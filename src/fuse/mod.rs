@@ -10,7 +10,7 @@ use std::ffi::OsStr;
 use std::future::Future;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -55,6 +55,8 @@ pub struct FuseFs {
     rt: Handle,
     dirs: Arc<Mutex<HashMap<u64, Listing>>>,
     next_dir: AtomicU64,
+    /// The kernel opens directories without asking us (FUSE_NO_OPENDIR_SUPPORT).
+    stateless_dirs: AtomicBool,
     errors: Arc<OpErrors>,
     /// The daemon's control socket, named by the root's `user.regfs.control` xattr.
     control: Option<Arc<Vec<u8>>>,
@@ -68,6 +70,7 @@ impl FuseFs {
             rt,
             dirs: Arc::default(),
             next_dir: AtomicU64::new(1),
+            stateless_dirs: AtomicBool::new(false),
             errors: Arc::default(),
             control: None,
         }
@@ -190,6 +193,82 @@ pub(crate) fn fill_dir<'a>(
     reply.ok();
 }
 
+/// Answer `readdirplus` from `entries`, the directory's listing from entry
+/// `skipped` on: `.`, `..`, then the entries from `offset` until the reply
+/// buffer is full (the kernel asks again). Each entry sent takes a lookup
+/// reference in `fs`.
+fn fill_dir_plus_at(
+    mut reply: ReplyDirectoryPlus,
+    ino: INodeNo,
+    offset: u64,
+    skipped: usize,
+    entries: &[(DirEntry, Option<Attr>)],
+    fs: &Fs,
+) {
+    // `.` and `..` carry no lookup reference; their attributes are not cached.
+    let mut dot = FileAttr {
+        ino,
+        ..file_attr(&Attr::dir(ino.0, SystemTime::UNIX_EPOCH, Duration::ZERO))
+    };
+    let zero = Duration::ZERO;
+    let mut i = offset as usize;
+    loop {
+        let full = match i {
+            0 => reply.add(ino, 1, ".", &zero, &dot, Generation(0)),
+            1 => {
+                dot.ino = INodeNo(1);
+                reply.add(INodeNo(1), 2, "..", &zero, &dot, Generation(0))
+            }
+            n => match (n - 2).checked_sub(skipped).and_then(|k| entries.get(k)) {
+                Some((e, attr)) => {
+                    // Entries whose attributes need the network (tags) go out
+                    // uncached: the kernel looks them up when they are used.
+                    let (ttl, fa) = match attr {
+                        Some(a) => (a.ttl, file_attr(a)),
+                        None => (
+                            zero,
+                            FileAttr {
+                                kind: file_type(e.kind),
+                                ..file_attr(&Attr::dir(e.ino, SystemTime::UNIX_EPOCH, zero))
+                            },
+                        ),
+                    };
+                    let full = reply.add(
+                        INodeNo(e.ino),
+                        (n + 1) as u64,
+                        OsStr::from_bytes(&e.name),
+                        &ttl,
+                        &fa,
+                        Generation(0),
+                    );
+                    if !full {
+                        // The kernel now holds a lookup reference to it.
+                        fs.add_lookup(e.ino);
+                    }
+                    full
+                }
+                None => break,
+            },
+        };
+        if full {
+            break;
+        }
+        i += 1;
+    }
+    reply.ok();
+}
+
+/// [`fill_dir_plus_at`] from a whole listing.
+fn fill_dir_plus(
+    reply: ReplyDirectoryPlus,
+    ino: INodeNo,
+    offset: u64,
+    entries: &[(DirEntry, Option<Attr>)],
+    fs: &Fs,
+) {
+    fill_dir_plus_at(reply, ino, offset, 0, entries, fs)
+}
+
 pub(crate) fn reply_xattr(reply: ReplyXattr, size: u32, data: &[u8]) {
     if size == 0 {
         reply.size(data.len() as u32);
@@ -230,6 +309,11 @@ impl Filesystem for FuseFs {
         // Symlink targets are immutable per inode (a moved tag is a new inode):
         // let the kernel keep them.
         let _ = config.add_capabilities(InitFlags::FUSE_CACHE_SYMLINKS);
+        // Directories need no open: two round trips fewer per directory.
+        let no_opendir = config
+            .add_capabilities(InitFlags::FUSE_NO_OPENDIR_SUPPORT)
+            .is_ok();
+        self.stateless_dirs.store(no_opendir, Ordering::Relaxed);
         // No FUSE_POSIX_ACL: the kernel would then ask for each inode's ACL
         // once, cold. Without it `ls -l` asks us, hears EOPNOTSUPP (see
         // `crate::fs::UNSUPPORTED_WHEN_ABSENT`) and stops asking at all.
@@ -345,6 +429,13 @@ impl Filesystem for FuseFs {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        if self.stateless_dirs.load(Ordering::Relaxed) {
+            // The kernel then stops sending OPENDIR/RELEASEDIR altogether and
+            // caches listings itself (KEEP_CACHE | CACHE_DIR): `readdirplus`
+            // lists from (ino, offset) with no handle.
+            reply.error(Errno::from_i32(libc::ENOSYS));
+            return;
+        }
         let (fs, errors, dirs) = (self.fs.clone(), self.errors.clone(), self.dirs.clone());
         let fh = self.next_dir.fetch_add(1, Ordering::Relaxed);
         let timer = OpTimer::start("opendir");
@@ -371,13 +462,28 @@ impl Filesystem for FuseFs {
         offset: u64,
         reply: ReplyDirectory,
     ) {
-        let _timer = OpTimer::start("readdir");
+        let timer = OpTimer::start("readdir");
         // A snapshot taken at opendir: served from memory, no waiting.
-        let Some(entries) = self.dirs.lock().unwrap().get(&fh.0).cloned() else {
-            reply.error(Errno::from_i32(libc::EBADF));
+        if let Some(entries) = self.dirs.lock().unwrap().get(&fh.0).cloned() {
+            fill_dir(reply, ino, offset, |n| entries.get(n).map(|(e, _)| e));
             return;
-        };
-        fill_dir(reply, ino, offset, |n| entries.get(n).map(|(e, _)| e));
+        }
+        // No snapshot (the kernel does not open directories): list now.
+        let (fs, errors) = (self.fs.clone(), self.errors.clone());
+        self.run(async move {
+            let _timer = timer;
+            match fs
+                .readdir_plus_from(ino.0, offset.saturating_sub(2) as usize)
+                .await
+            {
+                Ok((skipped, entries)) => fill_dir(reply, ino, offset, |n| {
+                    n.checked_sub(skipped)
+                        .and_then(|k| entries.get(k))
+                        .map(|(e, _)| e)
+                }),
+                Err(e) => reply.error(errno("readdir", &e, &errors)),
+            }
+        });
     }
 
     fn readdirplus(
@@ -386,64 +492,27 @@ impl Filesystem for FuseFs {
         ino: INodeNo,
         fh: FileHandle,
         offset: u64,
-        mut reply: ReplyDirectoryPlus,
+        reply: ReplyDirectoryPlus,
     ) {
-        let _timer = OpTimer::start("readdirplus");
-        let Some(entries) = self.dirs.lock().unwrap().get(&fh.0).cloned() else {
-            reply.error(Errno::from_i32(libc::EBADF));
+        let timer = OpTimer::start("readdirplus");
+        if let Some(entries) = self.dirs.lock().unwrap().get(&fh.0).cloned() {
+            fill_dir_plus(reply, ino, offset, &entries, &self.fs);
             return;
-        };
-        // `.` and `..` carry no lookup reference; their attributes are not cached.
-        let mut dot = FileAttr {
-            ino,
-            ..file_attr(&Attr::dir(ino.0, SystemTime::UNIX_EPOCH, Duration::ZERO))
-        };
-        let zero = Duration::ZERO;
-        let mut i = offset as usize;
-        loop {
-            let full = match i {
-                0 => reply.add(ino, 1, ".", &zero, &dot, Generation(0)),
-                1 => {
-                    dot.ino = INodeNo(1);
-                    reply.add(INodeNo(1), 2, "..", &zero, &dot, Generation(0))
-                }
-                n => match entries.get(n - 2) {
-                    Some((e, attr)) => {
-                        // Entries whose attributes need the network (tags) go out
-                        // uncached: the kernel looks them up when they are used.
-                        let (ttl, fa) = match attr {
-                            Some(a) => (a.ttl, file_attr(a)),
-                            None => (
-                                zero,
-                                FileAttr {
-                                    kind: file_type(e.kind),
-                                    ..file_attr(&Attr::dir(e.ino, SystemTime::UNIX_EPOCH, zero))
-                                },
-                            ),
-                        };
-                        let full = reply.add(
-                            INodeNo(e.ino),
-                            (n + 1) as u64,
-                            OsStr::from_bytes(&e.name),
-                            &ttl,
-                            &fa,
-                            Generation(0),
-                        );
-                        if !full {
-                            // The kernel now holds a lookup reference to it.
-                            self.fs.add_lookup(e.ino);
-                        }
-                        full
-                    }
-                    None => break,
-                },
-            };
-            if full {
-                break;
-            }
-            i += 1;
         }
-        reply.ok();
+        // No snapshot (the kernel does not open directories): list now.
+        let (fs, errors) = (self.fs.clone(), self.errors.clone());
+        self.run(async move {
+            let _timer = timer;
+            match fs
+                .readdir_plus_from(ino.0, offset.saturating_sub(2) as usize)
+                .await
+            {
+                Ok((skipped, entries)) => {
+                    fill_dir_plus_at(reply, ino, offset, skipped, &entries, &fs)
+                }
+                Err(e) => reply.error(errno("readdirplus", &e, &errors)),
+            }
+        });
     }
 
     fn releasedir(

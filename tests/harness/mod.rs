@@ -1453,6 +1453,13 @@ fn openssl_batch(batch: &[PathBuf]) -> Option<Vec<String>> {
     (hashes.len() == batch.len()).then_some(hashes)
 }
 
+/// List directory `path` as `ls` does: open it and read every entry. The
+/// error is whichever step failed (regfs opens directories without a round
+/// trip, so a listing that cannot be made fails at the first read).
+pub fn list_dir(path: &Path) -> io::Result<Vec<fs::DirEntry>> {
+    fs::read_dir(path)?.collect()
+}
+
 /// Lower-case hex sha256 of a file's contents (sha2 crate).
 pub fn sha256_file(path: &Path) -> String {
     let mut f = fs::File::open(path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
