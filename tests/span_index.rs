@@ -86,7 +86,13 @@ fn big_layer(img: &Path) -> Big {
 }
 
 fn hex(d: &str) -> &str {
-    d.strip_prefix("sha256:").unwrap()
+    d.split_once(':').unwrap().1
+}
+
+/// Where the cache keeps a verified span: `chunks/<algorithm>/<hex>`.
+fn span_chunk(cache: &Path, span_digest: &str) -> PathBuf {
+    let (alg, hex) = span_digest.split_once(':').unwrap();
+    cache.join("chunks").join(alg).join(hex)
 }
 
 /// The stored tar index and span index of a layer.
@@ -206,7 +212,7 @@ fn evicted_gzip_layer_is_served_by_verified_spans() {
     // Verified spans are cached by digest: reading again fetches nothing.
     for i in spans.0..=spans.1 {
         let d = ix.checkpoints[i].span_digest.to_string();
-        assert!(cache.join("chunks/sha256").join(hex(&d)).exists());
+        assert!(span_chunk(&cache, &d).exists());
     }
 
     // Export the index, import it into a fresh cache, serve the file by spans.
@@ -252,7 +258,7 @@ fn evicted_gzip_layer_is_served_by_verified_spans() {
     assert_eq!(err.raw_os_error(), Some(libc::EIO), "{path2}: {err}");
     for i in s2.0..=s2.1 {
         let d = ix.checkpoints[i].span_digest.to_string();
-        assert!(!cache.join("chunks/sha256").join(hex(&d)).exists());
+        assert!(!span_chunk(&cache, &d).exists());
     }
     let log = m.log();
     assert!(

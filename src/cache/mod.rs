@@ -9,6 +9,7 @@
 //! layers/sha256/<hex>    uncompressed layer tars, named by diff_id
 //! index/sha256/<hex>     the layer index (a serialized tree), named by diff_id
 //! chunks/sha256/<hex>    verified uncompressed eStargz / zstd:chunked chunks, by chunk digest
+//! chunks/blake3/<hex>    verified uncompressed spans of gzip layers, by span digest
 //! toc/sha256/<hex>       the index of a lazy layer, named by its verified TOC's anchor digest
 //! spans/sha256/<hex>     the span index of a gzip layer (zlib checkpoints, span digests), by diff_id
 //! tmp/                   downloads in progress; emptied at start
@@ -26,7 +27,7 @@ use std::sync::Mutex;
 pub use flight::{FlightGuard, KeyedLocks};
 use lru::Lru;
 
-use crate::digest::Digest;
+use crate::digest::{Algorithm, Digest};
 use crate::error::{Error, Result};
 
 /// What a cached file holds; each kind is one directory.
@@ -138,23 +139,26 @@ impl Store {
         }
         create_private_dir(&tmp)?;
         let mut lru = Lru::default();
+        let mut found: Vec<(std::time::SystemTime, PathBuf, u64)> = Vec::new();
         for kind in Kind::ALL {
-            let dir = root.join(kind.dir()).join("sha256");
-            fs::create_dir_all(&dir)?;
-            fs::set_permissions(root.join(kind.dir()), fs::Permissions::from_mode(0o700))?;
-            let mut found: Vec<(std::time::SystemTime, PathBuf, u64)> = Vec::new();
-            for e in fs::read_dir(&dir)? {
-                let e = e?;
-                let md = e.metadata()?;
-                if md.is_file() {
-                    let t = md.accessed().or_else(|_| md.modified())?;
-                    found.push((t, e.path(), md.len()));
+            for alg in Algorithm::ALL {
+                let dir = root.join(kind.dir()).join(alg.as_str());
+                fs::create_dir_all(&dir)?;
+                for e in fs::read_dir(&dir)? {
+                    let e = e?;
+                    let md = e.metadata()?;
+                    if md.is_file() {
+                        let t = md.accessed().or_else(|_| md.modified())?;
+                        found.push((t, e.path(), md.len()));
+                    }
                 }
             }
-            found.sort();
-            for (_, p, len) in found {
-                lru.insert(p, len);
-            }
+            fs::set_permissions(root.join(kind.dir()), fs::Permissions::from_mode(0o700))?;
+        }
+        // Least recently used first, across kinds.
+        found.sort();
+        for (_, p, len) in found {
+            lru.insert(p, len);
         }
         let store = Store {
             root: root.to_path_buf(),
@@ -284,6 +288,32 @@ fn create_private_dir(p: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_digest_algorithm_has_a_home_and_is_found_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let digests: Vec<Digest> = Algorithm::ALL
+            .iter()
+            .map(|&a| {
+                let mut h = crate::digest::Hasher::new(a);
+                h.update(b"span");
+                h.finish()
+            })
+            .collect();
+        {
+            let s = Store::open(dir.path(), 1 << 20).unwrap();
+            for d in &digests {
+                s.put(Kind::Chunk, d, b"span").unwrap();
+            }
+            assert_eq!(s.size(), 4 * digests.len() as u64);
+        }
+        // Reopened, the store accounts (and can evict) all of them.
+        let s = Store::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!(s.size(), 4 * digests.len() as u64);
+        for d in &digests {
+            assert_eq!(s.read(Kind::Chunk, d).unwrap(), b"span", "{d}");
+        }
+    }
 
     #[test]
     fn put_get_and_reopen() {

