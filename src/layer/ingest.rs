@@ -237,7 +237,9 @@ impl Decoder<'_> {
         };
         let spans = RefCell::new(SpanBuilder::deferred(self.span_every.unwrap_or(u64::MAX)));
         let mut decoder: Box<dyn Read + '_> = match self.span_every {
-            Some(_) => match SpanReader::new(&mut source, &spans) {
+            // The diff_id check covers what the gzip CRC would.
+            Some(_) => match SpanReader::new(&mut source, &spans).and_then(SpanReader::without_crc)
+            {
                 Ok(r) => Box::new(r),
                 Err(e) => return self.fail(Error::Io(e)),
             },

@@ -93,6 +93,17 @@ impl Inflate {
         )
     }
 
+    /// Do not compute or compare the gzip CRC-32 of this stream (until the
+    /// next [`Inflate::reset`]): for callers that verify the output by a
+    /// stronger digest anyway. Saves a pass over every output byte.
+    pub fn skip_check(&mut self) -> io::Result<()> {
+        // SAFETY: the stream was initialised in `new` and not ended.
+        check(
+            unsafe { z::inflateValidate(&mut *self.strm, 0) },
+            "inflateValidate",
+        )
+    }
+
     /// Feed `bits` (≤ 7, may be 0) low bits of `value` before the next input.
     pub fn prime(&mut self, bits: u8, value: u8) -> io::Result<()> {
         if bits == 0 {

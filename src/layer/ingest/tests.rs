@@ -319,3 +319,37 @@ fn source_read_errors_are_io() {
         r => panic!("{:?}", r.map(|x| x.1)),
     }
 }
+
+#[test]
+fn gzip_crc_is_left_to_the_diff_id() {
+    // A member whose data inflates but whose CRC-32 trailer is wrong: the
+    // ingest pass does not compute CRCs (the diff_id covers the output), so
+    // the layer is judged by its digests alone.
+    let tar = sample_tar();
+    let mut blob = gzip(&tar);
+    let crc_at = blob.len() - 8;
+    blob[crc_at] ^= 0xff;
+    let bd = Digest::sha256_of(&blob);
+    let spans = |diff: &Digest| {
+        let mut out = tempfile::tempfile().unwrap();
+        ingest_spans(
+            &blob[..],
+            Compression::Gzip,
+            BlobCheck::Hash(&bd),
+            diff,
+            0,
+            &mut out,
+            &Limits::default(),
+            Some(4096),
+        )
+    };
+    let (tree, stats, ix) = spans(&Digest::sha256_of(&tar)).unwrap();
+    assert_eq!(stats.uncompressed_bytes, tar.len() as u64);
+    assert!(ix.is_some());
+    assert!(tree.lookup_path(b"etc/hostname").is_some());
+    // Different bytes with a wrong CRC still fail, on the diff_id.
+    match spans(&Digest::sha256_of(b"another tar")) {
+        Err(Error::DigestMismatch { what, .. }) => assert!(what.contains("diff_id"), "{what}"),
+        r => panic!("{:?}", r.map(|x| x.1)),
+    }
+}
