@@ -162,6 +162,17 @@ pub(crate) fn file_attr(a: &Attr) -> FileAttr {
     }
 }
 
+/// Offer directory positions from `offset` on until `add` says the reply is
+/// full (`Some(true)`; the kernel asks again from there) or that there is no
+/// such entry (`None`). Positions 0 and 1 are `.` and `..`; position `n` ≥ 2
+/// is entry `n - 2`, and its offset cookie is `n + 1`.
+fn offer_from(offset: u64, mut add: impl FnMut(usize) -> Option<bool>) {
+    let mut i = offset as usize;
+    while add(i) == Some(false) {
+        i += 1;
+    }
+}
+
 /// Answer `readdir` from a snapshot: `.`, `..`, then `entry(0)`, `entry(1)`, …
 /// from `offset` until the reply buffer is full (the kernel asks again).
 pub(crate) fn fill_dir<'a>(
@@ -170,26 +181,21 @@ pub(crate) fn fill_dir<'a>(
     offset: u64,
     entry: impl Fn(usize) -> Option<&'a DirEntry>,
 ) {
-    let mut i = offset as usize;
-    loop {
-        let full = match i {
+    offer_from(offset, |i| {
+        Some(match i {
             0 => reply.add(ino, 1, FileType::Directory, "."),
             1 => reply.add(ino, 2, FileType::Directory, ".."),
-            n => match entry(n - 2) {
-                Some(e) => reply.add(
+            n => {
+                let e = entry(n - 2)?;
+                reply.add(
                     INodeNo(e.ino),
                     (n + 1) as u64,
                     file_type(e.kind),
                     OsStr::from_bytes(&e.name),
-                ),
-                None => break,
-            },
-        };
-        if full {
-            break;
-        }
-        i += 1;
-    }
+                )
+            }
+        })
+    });
     reply.ok();
 }
 
@@ -211,50 +217,43 @@ fn fill_dir_plus_at(
         ..file_attr(&Attr::dir(ino.0, SystemTime::UNIX_EPOCH, Duration::ZERO))
     };
     let zero = Duration::ZERO;
-    let mut i = offset as usize;
-    loop {
-        let full = match i {
+    offer_from(offset, |i| {
+        Some(match i {
             0 => reply.add(ino, 1, ".", &zero, &dot, Generation(0)),
             1 => {
                 dot.ino = INodeNo(1);
                 reply.add(INodeNo(1), 2, "..", &zero, &dot, Generation(0))
             }
-            n => match (n - 2).checked_sub(skipped).and_then(|k| entries.get(k)) {
-                Some((e, attr)) => {
-                    // Entries whose attributes need the network (tags) go out
-                    // uncached: the kernel looks them up when they are used.
-                    let (ttl, fa) = match attr {
-                        Some(a) => (a.ttl, file_attr(a)),
-                        None => (
-                            zero,
-                            FileAttr {
-                                kind: file_type(e.kind),
-                                ..file_attr(&Attr::dir(e.ino, SystemTime::UNIX_EPOCH, zero))
-                            },
-                        ),
-                    };
-                    let full = reply.add(
-                        INodeNo(e.ino),
-                        (n + 1) as u64,
-                        OsStr::from_bytes(&e.name),
-                        &ttl,
-                        &fa,
-                        Generation(0),
-                    );
-                    if !full {
-                        // The kernel now holds a lookup reference to it.
-                        fs.add_lookup(e.ino);
-                    }
-                    full
+            n => {
+                let (e, attr) = (n - 2).checked_sub(skipped).and_then(|k| entries.get(k))?;
+                // Entries whose attributes need the network (tags) go out
+                // uncached: the kernel looks them up when they are used.
+                let (ttl, fa) = match attr {
+                    Some(a) => (a.ttl, file_attr(a)),
+                    None => (
+                        zero,
+                        FileAttr {
+                            kind: file_type(e.kind),
+                            ..file_attr(&Attr::dir(e.ino, SystemTime::UNIX_EPOCH, zero))
+                        },
+                    ),
+                };
+                let full = reply.add(
+                    INodeNo(e.ino),
+                    (n + 1) as u64,
+                    OsStr::from_bytes(&e.name),
+                    &ttl,
+                    &fa,
+                    Generation(0),
+                );
+                if !full {
+                    // The kernel now holds a lookup reference to it.
+                    fs.add_lookup(e.ino);
                 }
-                None => break,
-            },
-        };
-        if full {
-            break;
-        }
-        i += 1;
-    }
+                full
+            }
+        })
+    });
     reply.ok();
 }
 
