@@ -11,6 +11,56 @@ use crate::error::{Error, Result};
 use crate::image::BlobRef;
 use crate::layer::{self, Compression, Tree};
 
+/// How urgent a whole-layer fetch is. An image's layers are fetched
+/// together and its tree is ready when the largest one is; the others have
+/// slack, and ingest them at a lower CPU priority (nice 5) so that, on a
+/// machine with fewer cores than busy threads, they do not slow the one
+/// that decides when the image is ready. (python:3.11 on 2 vCPUs: mount +
+/// `ls -lR` 0.662 → 0.620 s, mean of 8 interleaved pairs.)
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Urgency {
+    /// Nothing waits on anything slower: full priority.
+    #[default]
+    Critical,
+    /// A sibling fetch takes longer anyway.
+    Slack,
+}
+
+/// Lowers the calling thread's CPU priority while it lives (threads it
+/// starts inherit it), and restores the previous one on drop.
+struct Niced {
+    tid: libc::id_t,
+    before: libc::c_int,
+}
+
+impl Niced {
+    /// Nice value for [`Urgency::Slack`] work.
+    const SLACK: libc::c_int = 5;
+
+    fn lower() -> Niced {
+        // SAFETY: gettid has no preconditions; getpriority/setpriority on
+        // our own thread id only read and set that thread's nice value
+        // (Linux keeps it per thread). A failure leaves the priority as it
+        // was, which is harmless.
+        unsafe {
+            let tid = libc::gettid() as libc::id_t;
+            let before = libc::getpriority(libc::PRIO_PROCESS, tid);
+            libc::setpriority(libc::PRIO_PROCESS, tid, before.max(Self::SLACK));
+            Niced { tid, before }
+        }
+    }
+}
+
+impl Drop for Niced {
+    fn drop(&mut self) {
+        // SAFETY: as in `lower`. Raising priority back needs CAP_SYS_NICE
+        // unless RLIMIT_NICE allows it; the daemon runs as root.
+        unsafe {
+            libc::setpriority(libc::PRIO_PROCESS, self.tid, self.before);
+        }
+    }
+}
+
 /// A layer ready to serve: its index and its uncompressed tar.
 pub struct LoadedLayer {
     /// The layer's tree (content offsets point into `file`, layer number 0).
@@ -39,6 +89,18 @@ impl Content {
         desc: &BlobRef,
         diff_id: &Digest,
     ) -> Result<Arc<LoadedLayer>> {
+        self.layer_with(repo, desc, diff_id, Urgency::Critical)
+            .await
+    }
+
+    /// [`Content::layer`], fetched (if it must be) with `urgency`.
+    pub async fn layer_with(
+        &self,
+        repo: &str,
+        desc: &BlobRef,
+        diff_id: &Digest,
+        urgency: Urgency,
+    ) -> Result<Arc<LoadedLayer>> {
         let started = std::time::Instant::now();
         let hit = |l: Arc<LoadedLayer>| {
             let bytes = l.file.metadata().map(|m| m.len()).unwrap_or(0);
@@ -59,7 +121,7 @@ impl Content {
             self.layers.insert(diff_id.clone(), l.clone());
             return Ok(hit(l));
         }
-        let l = Arc::new(self.fetch_layer(repo, desc, diff_id).await?);
+        let l = Arc::new(self.fetch_layer(repo, desc, diff_id, urgency).await?);
         self.layers.insert(diff_id.clone(), l.clone());
         Ok(l)
     }
@@ -97,6 +159,7 @@ impl Content {
         repo: &str,
         desc: &BlobRef,
         diff_id: &Digest,
+        urgency: Urgency,
     ) -> Result<LoadedLayer> {
         let compression = Compression::from_media_type(&desc.media_type)?;
         if !desc.urls.is_empty() {
@@ -113,6 +176,7 @@ impl Content {
         let limits = self.limits.clone();
         let (blob, diff) = (desc.digest.clone(), diff_id.clone());
         let (result, tmp, reader_err) = tokio::task::spawn_blocking(move || {
+            let _niced = (urgency == Urgency::Slack).then(Niced::lower);
             let mut tmp = tmp;
             // The client's BlobStream verifies the digest before it ends.
             let r = layer::ingest_spans(
@@ -161,5 +225,32 @@ impl Content {
             tree: Arc::new(tree),
             file: Arc::new(file),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Niced;
+
+    fn nice() -> libc::c_int {
+        // SAFETY: reads this thread's nice value.
+        unsafe { libc::getpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t) }
+    }
+
+    #[test]
+    fn slack_work_runs_niced_and_the_thread_gets_its_priority_back() {
+        std::thread::spawn(|| {
+            let before = nice();
+            {
+                let _n = Niced::lower();
+                assert_eq!(nice(), before.max(Niced::SLACK));
+                // Threads started meanwhile (the inflate thread) inherit it.
+                let child = std::thread::spawn(nice).join().unwrap();
+                assert_eq!(child, before.max(Niced::SLACK));
+            }
+            assert_eq!(nice(), before, "a pooled thread must not stay niced");
+        })
+        .join()
+        .unwrap();
     }
 }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use super::chunks::Background;
 use super::spans::SpanLayer;
-use super::{Content, LoadedLayer};
+use super::{Content, LoadedLayer, Urgency};
 use crate::cache::Kind;
 use crate::digest::Digest;
 use crate::error::{Error, Result};
@@ -131,6 +131,18 @@ impl Content {
         desc: &BlobRef,
         diff_id: &Digest,
     ) -> Result<OpenedLayer> {
+        self.open_layer_with(repo, desc, diff_id, Urgency::Critical)
+            .await
+    }
+
+    /// [`Content::open_layer`], a whole-layer fetch running with `urgency`.
+    pub async fn open_layer_with(
+        &self,
+        repo: &str,
+        desc: &BlobRef,
+        diff_id: &Digest,
+        urgency: Urgency,
+    ) -> Result<OpenedLayer> {
         let spec = LazySpec::from_descriptor(desc).filter(|_| self.lazy.opts.enabled);
         if let Some(spec) = spec {
             if !self.has_whole_layer(diff_id) {
@@ -165,7 +177,7 @@ impl Content {
         if let Some(opened) = self.span_layer(repo, desc, diff_id).await {
             return Ok(opened);
         }
-        let LoadedLayer { tree, file } = &*self.layer(repo, desc, diff_id).await?;
+        let LoadedLayer { tree, file } = &*self.layer_with(repo, desc, diff_id, urgency).await?;
         Ok(OpenedLayer {
             tree: tree.clone(),
             source: LayerSource::Local(file.clone()),

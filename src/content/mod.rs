@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-pub use layers::LoadedLayer;
+pub use layers::{LoadedLayer, Urgency};
 pub use lazy::{LayerSource, LazyOptions, OpenedLayer, RemoteLayer};
 pub use prefetch::{PrefetchProgress, PrefetchReport, PrefetchSnapshot};
 pub use spans::{

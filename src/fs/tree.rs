@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use super::{Attr, DirEntry, FileKind, Fs, Key, TreeId, TreeWhich, IMMUTABLE_TTL};
-use crate::content::{Content, LayerSource, SpanView};
+use crate::content::{Content, LayerSource, SpanView, Urgency};
 use crate::error::{Error, Result};
 use crate::image::Manifest;
 use crate::layer::{self, Kind, Node, NodeId, Tree};
@@ -120,8 +120,18 @@ impl Trees {
                 }
             }
             TreeWhich::Rootfs => {
-                // Independent layers are fetched in parallel.
-                let fetches = layers.map(|(d, diff)| fs.content.open_layer(&id.repo, d, diff));
+                // Independent layers are fetched in parallel; the tree is
+                // ready when the largest is, so the others yield to it.
+                let layers: Vec<_> = layers.collect();
+                let largest = (0..layers.len()).max_by_key(|&i| layers[i].0.size);
+                let fetches = layers.iter().enumerate().map(|(i, (d, diff))| {
+                    let urgency = if Some(i) == largest {
+                        Urgency::Critical
+                    } else {
+                        Urgency::Slack
+                    };
+                    fs.content.open_layer_with(&id.repo, d, diff, urgency)
+                });
                 let layers = futures_util::future::try_join_all(fetches).await?;
                 let owned: Vec<Arc<Tree>> = layers.iter().map(|l| l.tree.clone()).collect();
                 // CPU work off the async workers (and never inline on the FUSE thread).
