@@ -49,6 +49,9 @@ pub struct OpErrors {
 /// A directory's entries as snapshotted at `opendir`, with known attributes.
 type Listing = Arc<Vec<(DirEntry, Option<Attr>)>>;
 
+/// Part of a directory listing: the index of its first entry, and the entries.
+type Batch = (usize, Vec<(DirEntry, Option<Attr>)>);
+
 /// The fuser adapter.
 pub struct FuseFs {
     fs: Arc<Fs>,
@@ -279,6 +282,26 @@ pub(crate) fn reply_xattr(reply: ReplyXattr, size: u32, data: &[u8]) {
 }
 
 impl FuseFs {
+    /// List directory `ino` from position `offset` with no open handle (the
+    /// kernel opens directories without asking) and hand the batch (index of
+    /// its first entry, entries) or the errno to `answer`.
+    fn list_from(
+        &self,
+        op: &'static str,
+        timer: OpTimer,
+        ino: INodeNo,
+        offset: u64,
+        answer: impl FnOnce(std::result::Result<Batch, Errno>) + Send + 'static,
+    ) {
+        let (fs, errors) = (self.fs.clone(), self.errors.clone());
+        self.run(async move {
+            let _timer = timer;
+            let skip = offset.saturating_sub(2) as usize;
+            let listed = fs.readdir_plus_from(ino.0, skip).await;
+            answer(listed.map_err(|e| errno(op, &e, &errors)));
+        });
+    }
+
     /// Run an operation: polled once right here, and if it completes without
     /// waiting (everything it needs is in memory) the reply goes out at once;
     /// otherwise it continues as a task, so the dispatch thread never waits on
@@ -467,21 +490,13 @@ impl Filesystem for FuseFs {
             fill_dir(reply, ino, offset, |n| entries.get(n).map(|(e, _)| e));
             return;
         }
-        // No snapshot (the kernel does not open directories): list now.
-        let (fs, errors) = (self.fs.clone(), self.errors.clone());
-        self.run(async move {
-            let _timer = timer;
-            match fs
-                .readdir_plus_from(ino.0, offset.saturating_sub(2) as usize)
-                .await
-            {
-                Ok((skipped, entries)) => fill_dir(reply, ino, offset, |n| {
-                    n.checked_sub(skipped)
-                        .and_then(|k| entries.get(k))
-                        .map(|(e, _)| e)
-                }),
-                Err(e) => reply.error(errno("readdir", &e, &errors)),
-            }
+        self.list_from("readdir", timer, ino, offset, move |listed| match listed {
+            Ok((skipped, entries)) => fill_dir(reply, ino, offset, |n| {
+                n.checked_sub(skipped)
+                    .and_then(|k| entries.get(k))
+                    .map(|(e, _)| e)
+            }),
+            Err(e) => reply.error(e),
         });
     }
 
@@ -498,20 +513,19 @@ impl Filesystem for FuseFs {
             fill_dir_plus(reply, ino, offset, &entries, &self.fs);
             return;
         }
-        // No snapshot (the kernel does not open directories): list now.
-        let (fs, errors) = (self.fs.clone(), self.errors.clone());
-        self.run(async move {
-            let _timer = timer;
-            match fs
-                .readdir_plus_from(ino.0, offset.saturating_sub(2) as usize)
-                .await
-            {
+        let fs = self.fs.clone();
+        self.list_from(
+            "readdirplus",
+            timer,
+            ino,
+            offset,
+            move |listed| match listed {
                 Ok((skipped, entries)) => {
                     fill_dir_plus_at(reply, ino, offset, skipped, &entries, &fs)
                 }
-                Err(e) => reply.error(errno("readdirplus", &e, &errors)),
-            }
-        });
+                Err(e) => reply.error(e),
+            },
+        );
     }
 
     fn releasedir(
