@@ -204,25 +204,38 @@ impl Content {
         // Open before committing: the store may evict the file at once (it can be
         // larger than the whole cache), and the open descriptor keeps it readable.
         let file = tmp.file.try_clone()?;
-        self.store.commit(tmp, Kind::Layer, diff_id)?;
-        let index = serde_json::to_vec(&tree).map_err(|e| Error::Io(std::io::Error::other(e)))?;
-        self.store.put(Kind::Index, diff_id, &index)?;
-        if let Some(ix) = spans {
-            // Last, so that it outlives the tar in the LRU order.
-            let bytes = super::spans::encode_stored(&desc.digest, &ix);
-            self.store.put(Kind::Span, diff_id, &bytes)?;
-            tracing::debug!(
-                digest = %desc.digest, %diff_id, checkpoints = ix.checkpoints.len(),
-                bytes = bytes.len(), "stored span index"
-            );
-        }
+        let tree = Arc::new(tree);
+        // fsync, rename and two small writes: disk work, off the async workers.
+        let (store, blob, diff, t) = (
+            self.store.clone(),
+            desc.digest.clone(),
+            diff_id.clone(),
+            tree.clone(),
+        );
+        tokio::task::spawn_blocking(move || -> Result<()> {
+            store.commit(tmp, Kind::Layer, &diff)?;
+            let index = serde_json::to_vec(&*t).map_err(|e| Error::Io(std::io::Error::other(e)))?;
+            store.put(Kind::Index, &diff, &index)?;
+            if let Some(ix) = spans {
+                // Last, so that it outlives the tar in the LRU order.
+                let bytes = super::spans::encode_stored(&blob, &ix);
+                store.put(Kind::Span, &diff, &bytes)?;
+                tracing::debug!(
+                    digest = %blob, diff_id = %diff, checkpoints = ix.checkpoints.len(),
+                    bytes = bytes.len(), "stored span index"
+                );
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|e| Error::Io(std::io::Error::other(e)))??;
         tracing::info!(
             digest = %desc.digest, %diff_id, bytes = stats.compressed_bytes, compressed = stats.compressed_bytes,
             uncompressed = stats.uncompressed_bytes, entries = stats.entries,
             ms = started.elapsed().as_millis() as u64, cache = "miss", "fetched layer"
         );
         Ok(LoadedLayer {
-            tree: Arc::new(tree),
+            tree,
             file: Arc::new(file),
         })
     }
