@@ -22,6 +22,21 @@ pub enum FileKind {
     Fifo,
 }
 
+impl From<crate::layer::Kind> for FileKind {
+    /// The kind of a layer tree node (an image file or an export base file).
+    fn from(k: crate::layer::Kind) -> FileKind {
+        use crate::layer::Kind;
+        match k {
+            Kind::File => FileKind::File,
+            Kind::Dir => FileKind::Dir,
+            Kind::Symlink => FileKind::Symlink,
+            Kind::CharDev => FileKind::CharDev,
+            Kind::BlockDev => FileKind::BlockDev,
+            Kind::Fifo => FileKind::Fifo,
+        }
+    }
+}
+
 /// The attributes of one inode plus how long the kernel may cache them.
 #[derive(Clone, Debug)]
 pub struct Attr {

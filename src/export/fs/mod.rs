@@ -184,17 +184,6 @@ fn file_kind(ft: fs::FileType) -> FileKind {
     }
 }
 
-fn tree_kind(k: Kind) -> FileKind {
-    match k {
-        Kind::File => FileKind::File,
-        Kind::Dir => FileKind::Dir,
-        Kind::Symlink => FileKind::Symlink,
-        Kind::CharDev => FileKind::CharDev,
-        Kind::BlockDev => FileKind::BlockDev,
-        Kind::Fifo => FileKind::Fifo,
-    }
-}
-
 fn timespec(t: Option<SetTime>) -> TimeSpec {
     match t {
         None => TimeSpec::UTIME_OMIT,
@@ -321,7 +310,7 @@ impl ExportFs {
                 };
                 Attr {
                     ino,
-                    kind: tree_kind(n.kind),
+                    kind: n.kind.into(),
                     perm: (n.mode & 0o7777) as u16,
                     nlink: n.nlink,
                     uid: n.uid,
