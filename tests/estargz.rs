@@ -50,15 +50,6 @@ fn layers(img: &Path) -> Vec<(String, u64)> {
         .collect()
 }
 
-fn blob_path(reg: &Registry, digest: &str) -> PathBuf {
-    let hex = digest.strip_prefix("sha256:").unwrap();
-    reg.storage_dir()
-        .join("docker/registry/v2/blobs/sha256")
-        .join(&hex[..2])
-        .join(hex)
-        .join("data")
-}
-
 /// The TOC of the eStargz blob at `path`, read with the library itself.
 fn esgz_toc(path: &Path) -> (Toc, u64) {
     let blob = fs::read(path).unwrap();
@@ -168,7 +159,7 @@ fn corrupted_chunk_is_eio_for_that_file_only() {
     let m = Mount::new(&reg, &[]);
     let img = m.path().join("lab").join(ESGZ);
     let (big, _) = layers(&img)[0].clone();
-    let path = blob_path(&reg, &big);
+    let path = reg.blob_path(&big);
     let (toc, toc_off) = esgz_toc(&path);
     // A mid-sized single-chunk file under usr/ whose content no other entry shares.
     let victim = toc
@@ -328,7 +319,7 @@ fn a_corrupted_toc_is_never_served() {
     let img = m.path().join("lab").join(ESGZ);
     // Layer 4 is small; flip a byte inside its TOC member in the registry storage.
     let (l4, _) = layers(&img)[3].clone();
-    let path = blob_path(&reg, &l4);
+    let path = reg.blob_path(&l4);
     let mut blob = fs::read(&path).unwrap();
     let (toc_off, _) = estargz::parse_footer(&blob).unwrap();
     let at = toc_off as usize + (blob.len() - 51 - toc_off as usize) / 2;

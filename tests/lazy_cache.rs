@@ -176,13 +176,7 @@ fn cache_stays_within_its_size_bound() {
 
 /// Flip one byte of a blob in the registry's own storage.
 fn corrupt_blob(reg: &Registry, digest: &str) {
-    let hex = digest.strip_prefix("sha256:").unwrap();
-    let p = reg
-        .storage_dir()
-        .join("docker/registry/v2/blobs/sha256")
-        .join(&hex[..2])
-        .join(hex)
-        .join("data");
+    let p = reg.blob_path(digest);
     let mut data = fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
     let i = data.len() / 2;
     data[i] ^= 0x55;

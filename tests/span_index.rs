@@ -17,15 +17,6 @@ fn json(p: &Path) -> serde_json::Value {
     serde_json::from_slice(&fs::read(p).unwrap()).unwrap()
 }
 
-fn blob_path(reg: &Registry, digest: &str) -> PathBuf {
-    let hex = digest.strip_prefix("sha256:").unwrap();
-    reg.storage_dir()
-        .join("docker/registry/v2/blobs/sha256")
-        .join(&hex[..2])
-        .join(hex)
-        .join("data")
-}
-
 /// Response bytes of blob GETs of `digest` in the access log, and how many
 /// of them were whole-blob 200s.
 fn fetched(reg: &Registry, digest: &str) -> (u64, usize) {
@@ -250,7 +241,7 @@ fn evicted_gzip_layer_is_served_by_verified_spans() {
     let (path2, off2, size2) = pick(Some(spans));
     let s2 = ix.spans_covering(off2, off2 + size2).unwrap();
     let (cs2, ce2) = ix.compressed_range(s2.0, s2.1);
-    let data = blob_path(&reg, &big.blob);
+    let data = reg.blob_path(&big.blob);
     let mut blob = fs::read(&data).unwrap();
     blob[((cs2 + ce2) / 2) as usize] ^= 0x20;
     fs::write(&data, &blob).unwrap();

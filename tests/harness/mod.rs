@@ -430,6 +430,17 @@ impl Registry {
         self.dir.join("storage")
     }
 
+    /// Where the registry keeps blob `digest` (`sha256:…`) on disk, for
+    /// tests that corrupt or inspect what it serves.
+    pub fn blob_path(&self, digest: &str) -> PathBuf {
+        let hex = digest.strip_prefix("sha256:").unwrap();
+        self.storage_dir()
+            .join("docker/registry/v2/blobs/sha256")
+            .join(&hex[..2])
+            .join(hex)
+            .join("data")
+    }
+
     /// The private CA certificate (PEM) of a [`RegistryKind::Tls`] registry.
     pub fn ca_cert(&self) -> Option<PathBuf> {
         (self.kind == RegistryKind::Tls).then(|| self.dir.join("tls/ca.crt"))
