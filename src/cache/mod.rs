@@ -249,6 +249,20 @@ impl Store {
         self.flights.lock(key).await
     }
 
+    /// [`Store::flight`] for each of the chunks `digests` (duplicates
+    /// allowed), taken in digest order so that two callers wanting
+    /// overlapping sets cannot deadlock. The chunk cache's flight keys are
+    /// shared by eStargz chunks and gzip spans.
+    pub async fn chunk_flights(&self, mut digests: Vec<&Digest>) -> Vec<FlightGuard> {
+        digests.sort();
+        digests.dedup();
+        let mut guards = Vec::with_capacity(digests.len());
+        for d in digests {
+            guards.push(self.flight(format!("chunk {d}")).await);
+        }
+        guards
+    }
+
     /// Bytes currently accounted in the store.
     pub fn size(&self) -> u64 {
         self.lru.lock().unwrap().total()

@@ -67,19 +67,14 @@ impl Fetcher {
         if out.iter().all(Option::is_some) {
             return Ok(out.into_iter().flatten().collect());
         }
-        let mut missing: Vec<&Digest> = needed
+        let missing: Vec<&Digest> = needed
             .iter()
             .zip(&out)
             .filter(|(_, o)| o.is_none())
             .map(|(c, _)| &c.digest)
             .collect();
-        missing.sort();
-        missing.dedup();
-        // One fetch per chunk digest; locks taken in digest order (no deadlock).
-        let mut guards = Vec::with_capacity(missing.len());
-        for d in &missing {
-            guards.push(self.store.flight(format!("chunk {d}")).await);
-        }
+        // One fetch per chunk digest.
+        let guards = self.store.chunk_flights(missing).await;
         let mut fetch: Vec<&Chunk> = Vec::new();
         for (c, o) in needed.iter().zip(out.iter_mut()) {
             if o.is_none() {

@@ -163,18 +163,13 @@ impl Content {
             .map(|i| self.cached_span(digest(i)).map(Part::File))
             .collect();
         if parts.iter().any(Option::is_none) {
-            let mut missing: Vec<&Digest> = (first..=last)
+            let missing: Vec<&Digest> = (first..=last)
                 .zip(&parts)
                 .filter(|(_, p)| p.is_none())
                 .map(|(i, _)| digest(i))
                 .collect();
-            missing.sort();
-            missing.dedup();
-            // The chunk cache's flight keys: one fetch per span digest.
-            let mut guards = Vec::with_capacity(missing.len());
-            for d in &missing {
-                guards.push(self.store.flight(format!("chunk {d}")).await);
-            }
+            // One fetch per span digest.
+            let guards = self.store.chunk_flights(missing).await;
             for (i, p) in (first..=last).zip(parts.iter_mut()) {
                 if p.is_none() {
                     *p = self.cached_span(digest(i)).map(Part::File);
