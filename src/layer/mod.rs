@@ -27,7 +27,7 @@ pub use index::{index_tar, Limits};
 pub use ingest::{ingest, ingest_spans, BlobCheck, IngestStats};
 pub use merge::merge;
 pub use tree::{
-    normalize, read_content, Chunk, Content, Kind, Node, NodeId, ReadAt, Segment, Tree,
+    normalize, read_content, read_full_at, Chunk, Content, Kind, Node, NodeId, ReadAt, Segment, Tree,
     OPAQUE_XATTR,
 };
 

@@ -502,6 +502,21 @@ impl<T: ReadAt + ?Sized> ReadAt for std::sync::Arc<T> {
     }
 }
 
+/// Read from `data` at `offset` until `buf` is full or the data ends, as
+/// `pread` to a file would; the bytes read.
+pub fn read_full_at(data: &dyn ReadAt, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    let mut got = 0;
+    while got < buf.len() {
+        match data.read_at(&mut buf[got..], offset + got as u64) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(got)
+}
+
 /// Fill `buf` exactly from `data` at `offset`; a short source is an error
 /// (the cache file is shorter than the index says: corrupt cache).
 fn read_exact_at(data: &dyn ReadAt, mut buf: &mut [u8], mut offset: u64) -> io::Result<()> {

@@ -57,17 +57,7 @@ impl ExportFs {
         };
         let mut buf = vec![0u8; size as usize];
         let got = match h {
-            Handle::File(f) => {
-                let mut got = 0;
-                while got < buf.len() {
-                    let n = f.read_at(&mut buf[got..], offset + got as u64)?;
-                    if n == 0 {
-                        break;
-                    }
-                    got += n;
-                }
-                got
-            }
+            Handle::File(f) => crate::layer::read_full_at(&*f, &mut buf, offset)?,
             Handle::Base(b, n) => {
                 crate::layer::read_content(b.tree.node(n), &b.files, offset, &mut buf)?
             }
