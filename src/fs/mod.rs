@@ -17,7 +17,6 @@ mod usage;
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -187,30 +186,21 @@ impl Fs {
         ino: u64,
         skip: usize,
     ) -> Result<(usize, Vec<(DirEntry, Option<Attr>)>)> {
-        let key = self.key(ino)?;
-        let (first, entries) = match &key {
-            Key::Node { tree, node } => (
-                skip,
-                self.list_tree_range(tree, *node, skip, LISTING_BATCH)
-                    .await?,
-            ),
-            _ => (0, self.readdir(ino).await?),
-        };
-        let Key::Node { tree, .. } = key else {
-            return Ok((first, entries.into_iter().map(|e| (e, None)).collect()));
-        };
-        let t = self.trees.load(self, &tree).await?;
-        let with_attrs = entries
-            .into_iter()
-            .map(|e| {
-                let attr = match self.inodes.key(e.ino) {
-                    Some(Key::Node { node, .. }) => Some(tree::node_attr(e.ino, t.tree.node(node))),
-                    _ => None,
-                };
-                (e, attr)
-            })
-            .collect();
-        Ok((first, with_attrs))
+        match self.key(ino)? {
+            Key::Node { tree, node } => {
+                let entries = self
+                    .list_tree_range(&tree, node, skip, LISTING_BATCH)
+                    .await?;
+                let with_attrs = entries.into_iter().map(|(e, a)| (e, Some(a))).collect();
+                Ok((skip, with_attrs))
+            }
+            // Namespace and image directories: their entries' attributes may
+            // need the network, so none are given.
+            _ => {
+                let entries = self.readdir(ino).await?;
+                Ok((0, entries.into_iter().map(|e| (e, None)).collect()))
+            }
+        }
     }
 
     /// The kernel took a lookup reference to `ino` through `readdirplus`.
@@ -311,14 +301,7 @@ impl Fs {
             Src::File(f) => {
                 blocking(move || {
                     let mut buf = vec![0u8; size as usize];
-                    let mut got = 0;
-                    while got < buf.len() {
-                        let n = f.read_at(&mut buf[got..], offset + got as u64)?;
-                        if n == 0 {
-                            break;
-                        }
-                        got += n;
-                    }
+                    let got = crate::layer::read_full_at(&*f, &mut buf, offset)?;
                     buf.truncate(got);
                     Ok(buf)
                 })

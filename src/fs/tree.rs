@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use super::{Attr, DirEntry, FileKind, Fs, Key, TreeId, TreeWhich, IMMUTABLE_TTL};
+use super::{Attr, DirEntry, Fs, Key, TreeId, TreeWhich, IMMUTABLE_TTL};
 use crate::content::{Content, LayerSource, SpanView, Urgency};
 use crate::error::{Error, Result};
 use crate::image::Manifest;
@@ -156,17 +156,19 @@ impl Trees {
 impl Fs {
     /// Entries of directory `node` of tree `id`.
     pub(super) async fn list_tree(&self, id: &Arc<TreeId>, node: NodeId) -> Result<Vec<DirEntry>> {
-        self.list_tree_range(id, node, 0, usize::MAX).await
+        let entries = self.list_tree_range(id, node, 0, usize::MAX).await?;
+        Ok(entries.into_iter().map(|(e, _)| e).collect())
     }
 
-    /// At most `max` entries of directory `node`, from the `skip`th on.
+    /// At most `max` entries of directory `node`, from the `skip`th on, each
+    /// with its attributes.
     pub(super) async fn list_tree_range(
         &self,
         id: &Arc<TreeId>,
         node: NodeId,
         skip: usize,
         max: usize,
-    ) -> Result<Vec<DirEntry>> {
+    ) -> Result<Vec<(DirEntry, Attr)>> {
         let t = self.trees.load(self, id).await?;
         if t.tree.node(node).kind != Kind::Dir {
             return Err(Error::Io(std::io::Error::from_raw_os_error(libc::ENOTDIR)));
@@ -176,26 +178,20 @@ impl Fs {
             .iter()
             .skip(skip)
             .take(max)
-            .map(|(name, child)| DirEntry {
-                ino: self.inodes.ino(Key::Node {
+            .map(|(name, child)| {
+                let n = t.tree.node(*child);
+                let ino = self.inodes.ino(Key::Node {
                     tree: id.clone(),
                     node: *child,
-                }),
-                name: name.to_vec(),
-                kind: kind_of(t.tree.node(*child).kind),
+                });
+                let entry = DirEntry {
+                    ino,
+                    name: name.to_vec(),
+                    kind: n.kind.into(),
+                };
+                (entry, node_attr(ino, n))
             })
             .collect())
-    }
-}
-
-fn kind_of(k: Kind) -> FileKind {
-    match k {
-        Kind::File => FileKind::File,
-        Kind::Dir => FileKind::Dir,
-        Kind::Symlink => FileKind::Symlink,
-        Kind::CharDev => FileKind::CharDev,
-        Kind::BlockDev => FileKind::BlockDev,
-        Kind::Fifo => FileKind::Fifo,
     }
 }
 
@@ -213,7 +209,7 @@ pub(super) fn node_attr(ino: u64, n: &Node) -> Attr {
     };
     Attr {
         ino,
-        kind: kind_of(n.kind),
+        kind: n.kind.into(),
         perm: (n.mode & 0o7777) as u16,
         nlink: n.nlink,
         uid: n.uid,
