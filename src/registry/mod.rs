@@ -14,6 +14,7 @@ mod manifests;
 pub mod mirrors;
 pub mod paging;
 pub mod retry;
+mod tls;
 mod upload;
 
 use std::path::PathBuf;
@@ -209,30 +210,19 @@ impl Client {
             .read_timeout(attempt_timeout)
             .redirect(reqwest::redirect::Policy::limited(10))
             .referer(false);
-        let mut certs = Vec::new();
-        for path in &opts.ca_certs {
-            let pem = std::fs::read(path)
-                .map_err(|e| Error::invalid(format!("CA certificate {}: {e}", path.display())))?;
-            let found = reqwest::Certificate::from_pem_bundle(&pem)
-                .map_err(|e| Error::invalid(format!("CA certificate {}: {e}", path.display())))?;
-            if found.is_empty() {
-                return Err(Error::invalid(format!(
-                    "CA certificate {}: no PEM certificate in the file",
-                    path.display()
-                )));
-            }
-            certs.extend(found);
-        }
-        if !certs.is_empty() {
-            b = b.tls_certs_merge(certs);
-        }
+        let tls = tls::client_config(&tls::TlsSettings {
+            ca_certs: &opts.ca_certs,
+            insecure_skip_verify: opts.insecure_skip_verify,
+            client_cert: opts
+                .client_cert
+                .as_ref()
+                .map(|(c, k)| (c.as_path(), k.as_path())),
+            preload_roots: scheme == "https",
+        })?;
         if opts.insecure_skip_verify {
             tracing::warn!(registry = %opts.registry, "TLS certificate verification is disabled");
-            b = b.tls_danger_accept_invalid_certs(true);
         }
-        if let Some((cert, key)) = &opts.client_cert {
-            b = b.identity(client_identity(cert, key)?);
-        }
+        b = b.tls_backend_preconfigured(tls);
         // HTTPS_PROXY / HTTP_PROXY / NO_PROXY apply, except to a loopback registry:
         // a proxy elsewhere cannot reach this machine's 127.0.0.1.
         if opts.registry.is_loopback() {
@@ -560,24 +550,6 @@ fn attempt_timeout(opts: &ClientOptions) -> Duration {
 }
 
 /// A client identity from a PEM certificate (chain) and a PEM private key.
-fn client_identity(cert: &std::path::Path, key: &std::path::Path) -> Result<reqwest::Identity> {
-    let read = |p: &std::path::Path| {
-        std::fs::read(p)
-            .map_err(|e| Error::invalid(format!("client certificate {}: {e}", p.display())))
-    };
-    let mut pem = read(cert)?;
-    pem.push(b'\n');
-    pem.extend(read(key)?);
-    reqwest::Identity::from_pem(&pem).map_err(|e| {
-        Error::invalid(format!(
-            "client certificate {} / key {}: {}",
-            cert.display(),
-            key.display(),
-            errors_chain(&e)
-        ))
-    })
-}
-
 fn errors_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
