@@ -270,7 +270,7 @@ mod tests {
         let empty = dir.path().join("empty.pem");
         std::fs::write(&empty, b"not a certificate\n").unwrap();
         let e = client_config(&TlsSettings {
-            ca_certs: &[empty.clone()],
+            ca_certs: std::slice::from_ref(&empty),
             ..TlsSettings::default()
         })
         .unwrap_err();
