@@ -25,6 +25,7 @@ use bytes::Bytes;
 
 pub use attr::{Attr, DirEntry, FileKind, IMMUTABLE_TTL};
 pub use inode::{InodeTable, Key, TreeId, TreeWhich, ROOT_INO};
+pub use tree::node_attr;
 pub use usage::ImageInUse;
 
 use crate::content::{Content, ManifestInfo};

@@ -195,8 +195,9 @@ impl Fs {
     }
 }
 
-/// The attributes of a tree node, as its tar entry had them.
-pub(super) fn node_attr(ino: u64, n: &Node) -> Attr {
+/// The attributes of a tree node, as its tar entry had them (cached for
+/// [`IMMUTABLE_TTL`]).
+pub fn node_attr(ino: u64, n: &Node) -> Attr {
     let mtime = if n.mtime >= 0 {
         SystemTime::UNIX_EPOCH + Duration::new(n.mtime as u64, n.mtime_nsec)
     } else {

@@ -41,7 +41,7 @@ use super::commit::Exporter;
 use super::staging::{parse_entry_ref, EntryMeta};
 use crate::error::{Error, Result};
 use crate::fs::{Attr, DirEntry, FileKind};
-use crate::layer::{Kind, NodeId};
+use crate::layer::NodeId;
 use crate::reference::validate_component;
 
 /// The hidden control file at the top.
@@ -303,27 +303,12 @@ impl ExportFs {
                 let n = view.base.as_ref().expect("base object").tree.node(*node);
                 let id = (!n.is_dir() && n.nlink > 1).then_some((BASE_DEV, *node as u64));
                 let ino = self.inodes.lock().unwrap().ino(vpath, id);
-                let mtime = if n.mtime >= 0 {
-                    SystemTime::UNIX_EPOCH + Duration::new(n.mtime as u64, n.mtime_nsec)
-                } else {
-                    SystemTime::UNIX_EPOCH
-                };
-                Attr {
-                    ino,
-                    kind: n.kind.into(),
-                    perm: (n.mode & 0o7777) as u16,
-                    nlink: n.nlink,
-                    uid: n.uid,
-                    gid: n.gid,
-                    size: match n.kind {
-                        Kind::Symlink => n.link_target.as_ref().map_or(0, |t| t.len() as u64),
-                        Kind::File => n.size,
-                        _ => 0,
-                    },
-                    mtime,
-                    rdev: libc::makedev(n.rdev.0, n.rdev.1) as u32,
-                    ttl: TTL,
-                }
+                let mut a = crate::fs::node_attr(ino, n);
+                // Times before 1970 show as the epoch here, as a ustar
+                // header would record them.
+                a.mtime = a.mtime.max(SystemTime::UNIX_EPOCH);
+                a.ttl = TTL;
+                a
             }
         }
     }
