@@ -43,28 +43,28 @@ pub(super) fn client_config(s: &TlsSettings<'_>) -> Result<ClientConfig> {
         .with_safe_default_protocol_versions()
         .map_err(|e| Error::invalid(format!("TLS: {e}")))?
         .dangerous();
-    let builder = if s.insecure_skip_verify {
-        builder.with_custom_certificate_verifier(Arc::new(AcceptAny(provider)))
+    let roots = if s.insecure_skip_verify {
+        None
     } else {
         let mut extra = Vec::new();
         for path in s.ca_certs {
             extra.extend(read_ca_file(path)?);
         }
-        let roots = Arc::new(LazyRoots {
-            provider,
+        Some(Roots {
             extra,
             verifier: OnceLock::new(),
-        });
-        if s.preload_roots {
-            let r = roots.clone();
-            let _ = std::thread::Builder::new()
-                .name("regfs-tls-roots".into())
-                .spawn(move || {
-                    let _ = r.verifier();
-                });
-        }
-        builder.with_custom_certificate_verifier(roots)
+        })
     };
+    let check = Arc::new(ServerCheck { provider, roots });
+    if s.preload_roots && check.roots.is_some() {
+        let c = check.clone();
+        let _ = std::thread::Builder::new()
+            .name("regfs-tls-roots".into())
+            .spawn(move || {
+                let _ = c.verifier();
+            });
+    }
+    let builder = builder.with_custom_certificate_verifier(check);
     let mut config = match s.client_cert {
         Some((cert, key)) => {
             let (chain, key_der) = read_identity(cert, key)?;
@@ -117,29 +117,46 @@ fn read_identity(
     Ok((chain, key_der))
 }
 
-/// The platform's roots (and the extra CAs), loaded on first use.
+/// The platform's roots and the extra CAs, read at the first certificate check.
 #[derive(Debug)]
-struct LazyRoots {
-    provider: Arc<CryptoProvider>,
+struct Roots {
     extra: Vec<CertificateDer<'static>>,
     verifier: OnceLock<std::result::Result<rustls_platform_verifier::Verifier, rustls::Error>>,
 }
 
-impl LazyRoots {
-    fn verifier(&self) -> std::result::Result<&rustls_platform_verifier::Verifier, rustls::Error> {
-        self.verifier
+/// How server certificates are checked: against [`Roots`], or (`--insecure`,
+/// no roots) not at all. Handshake signatures are always checked, so the peer
+/// holds the key of the certificate it sent.
+#[derive(Debug)]
+struct ServerCheck {
+    provider: Arc<CryptoProvider>,
+    roots: Option<Roots>,
+}
+
+impl ServerCheck {
+    /// The verifier built from the roots, loading them the first time;
+    /// `None` when certificates are not checked.
+    fn verifier(
+        &self,
+    ) -> std::result::Result<Option<&rustls_platform_verifier::Verifier>, rustls::Error> {
+        let Some(roots) = &self.roots else {
+            return Ok(None);
+        };
+        roots
+            .verifier
             .get_or_init(|| {
                 rustls_platform_verifier::Verifier::new_with_extra_roots(
-                    self.extra.iter().cloned(),
+                    roots.extra.iter().cloned(),
                     self.provider.clone(),
                 )
             })
             .as_ref()
+            .map(Some)
             .map_err(Clone::clone)
     }
 }
 
-impl ServerCertVerifier for LazyRoots {
+impl ServerCertVerifier for ServerCheck {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -148,13 +165,12 @@ impl ServerCertVerifier for LazyRoots {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> std::result::Result<ServerCertVerified, rustls::Error> {
-        self.verifier()?.verify_server_cert(
-            end_entity,
-            intermediates,
-            server_name,
-            ocsp_response,
-            now,
-        )
+        match self.verifier()? {
+            Some(v) => {
+                v.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+            }
+            None => Ok(ServerCertVerified::assertion()),
+        }
     }
 
     // Signatures need no roots: checked as the platform verifier does.
@@ -193,75 +209,24 @@ impl ServerCertVerifier for LazyRoots {
     }
 }
 
-/// `--insecure`: any certificate is accepted (signatures are still checked,
-/// so the peer holds the key of the certificate it sent).
-#[derive(Debug)]
-struct AcceptAny(Arc<CryptoProvider>);
-
-impl ServerCertVerifier for AcceptAny {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> std::result::Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn roots_wait_for_the_first_certificate_check() {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let roots = LazyRoots {
-            provider,
-            extra: Vec::new(),
-            verifier: OnceLock::new(),
+        let check = ServerCheck {
+            provider: Arc::new(rustls::crypto::ring::default_provider()),
+            roots: Some(Roots {
+                extra: Vec::new(),
+                verifier: OnceLock::new(),
+            }),
         };
-        assert!(!roots.supported_verify_schemes().is_empty());
-        assert!(
-            roots.verifier.get().is_none(),
-            "nothing loaded before a check"
-        );
-        let _ = roots.verifier();
-        assert!(roots.verifier.get().is_some());
+        let loaded = |c: &ServerCheck| c.roots.as_ref().unwrap().verifier.get().is_some();
+        assert!(!check.supported_verify_schemes().is_empty());
+        assert!(!loaded(&check), "nothing read before a certificate check");
+        let _ = check.verifier();
+        assert!(loaded(&check));
     }
 
     #[test]
