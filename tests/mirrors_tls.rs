@@ -7,9 +7,10 @@ mod harness;
 
 use std::ffi::OsString;
 use std::fs;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use harness::configured::{pki, ConfiguredRegistry};
+use harness::served::count_reaching;
 use harness::{tempdir, Mount, Registry, RegistryKind};
 use regfs::reference::{Registry as RegName, Selector};
 use regfs::registry::{Client, ClientOptions};
@@ -28,17 +29,6 @@ fn pull_through(upstream: &Registry) -> ConfiguredRegistry {
 /// `count()` once it reaches `at_least`, polling for up to 5 s: a registry
 /// writes a request's access-log line after the response, so regfs can have
 /// read everything before the line is there (seen once in CI).
-fn logged_at_least(at_least: usize, count: impl Fn() -> usize) -> usize {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let n = count();
-        if n >= at_least || Instant::now() >= deadline {
-            return n;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 fn gets(reg: &ConfiguredRegistry, what: &str) -> usize {
     reg.requests()
         .iter()
@@ -85,12 +75,12 @@ fn mirror_serves_then_registry_takes_over() {
     fs::read(m.path().join("lab/busybox:latest/config.json")).unwrap();
     // Tag and config came through the mirror.
     assert!(
-        logged_at_least(1, || gets(&mirror, "/manifests/latest")) >= 1,
+        count_reaching(1, || gets(&mirror, "/manifests/latest")) >= 1,
         "{}",
         mirror.log()
     );
     assert!(
-        logged_at_least(1, || gets(&mirror, "/blobs/sha256:")) >= 1,
+        count_reaching(1, || gets(&mirror, "/blobs/sha256:")) >= 1,
         "{}",
         mirror.log()
     );
@@ -103,7 +93,7 @@ fn mirror_serves_then_registry_takes_over() {
         .unwrap_or_else(|e| panic!("{e}\n{}", m.log()));
     assert_eq!(regfs::digest::Digest::sha256_of(&data).to_string(), layer);
     assert!(
-        logged_at_least(1, || regfs_gets(&upstream.log(), &layer)) >= 1
+        count_reaching(1, || regfs_gets(&upstream.log(), &layer)) >= 1
             && upstream.blob_gets(None) > upstream_blob_gets,
         "the blob did not come from the registry:\n{}",
         upstream.log()
@@ -142,7 +132,7 @@ fn hosts_toml_capabilities() {
     assert_eq!(regfs::digest::Digest::sha256_of(&data).to_string(), layer);
     assert_eq!(gets(&mirror, "/manifests/latest"), 0, "{}", mirror.log());
     assert!(
-        logged_at_least(1, || gets(&mirror, &format!("/blobs/{layer}"))) >= 1,
+        count_reaching(1, || gets(&mirror, &format!("/blobs/{layer}"))) >= 1,
         "{}",
         mirror.log()
     );

@@ -5,20 +5,18 @@
 
 use std::fs;
 use std::net::TcpStream;
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
 
-use super::{free_port, lock, parse_access_line, spawn_tied, terminate, Request, START_TIMEOUT};
+use super::served::Served;
+use super::{free_port, Request};
 
 /// A registry run from a test-written config. Killed on drop.
 pub struct ConfiguredRegistry {
     port: u16,
-    dir: tempfile::TempDir,
     config: PathBuf,
-    child: Mutex<Option<Child>>,
+    served: Served,
+    // Last: the directory outlives the process writing into it.
+    dir: tempfile::TempDir,
 }
 
 impl ConfiguredRegistry {
@@ -44,47 +42,20 @@ impl ConfiguredRegistry {
         fs::write(&config, yaml).unwrap();
         let reg = ConfiguredRegistry {
             port,
-            dir,
             config,
-            child: Mutex::new(None),
+            served: Served::new(dir.path().join("registry.log")),
+            dir,
         };
         reg.spawn_and_wait();
         reg
     }
 
     fn spawn_and_wait(&self) {
-        let log = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.log_path())
-            .unwrap();
-        let mut cmd = Command::new("docker-registry");
-        cmd.arg("serve")
-            .arg(&self.config)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log);
-        for (k, _) in std::env::vars_os() {
-            if k.as_bytes().starts_with(b"REGISTRY_") {
-                cmd.env_remove(k);
-            }
-        }
-        let child = spawn_tied(cmd).expect("cannot run docker-registry");
-        *lock(&self.child) = Some(child);
-        let deadline = Instant::now() + START_TIMEOUT;
-        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            let exited = lock(&self.child)
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten());
-            if let Some(st) = exited {
-                panic!("registry exited ({st}); log:\n{}", self.log());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "registry not listening after {START_TIMEOUT:?}; log:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
+        let port = self.port;
+        if let Err(e) = self.served.spawn_and_wait(&self.config, || {
+            TcpStream::connect(("127.0.0.1", port)).is_ok()
+        }) {
+            panic!("registry on port {port}: {e}");
         }
     }
 
@@ -105,45 +76,33 @@ impl ConfiguredRegistry {
 
     /// Path of the registry's log.
     pub fn log_path(&self) -> PathBuf {
-        self.dir.path().join("registry.log")
+        self.served.log_path().to_path_buf()
     }
 
     /// The log so far.
     pub fn log(&self) -> String {
-        fs::read(self.log_path())
-            .map(|b| String::from_utf8_lossy(&b).into_owned())
-            .unwrap_or_default()
+        self.served.log()
     }
 
     /// Requests from the access log.
     pub fn requests(&self) -> Vec<Request> {
-        self.log().lines().filter_map(parse_access_line).collect()
+        self.served.requests()
     }
 
     /// True while the child runs.
     pub fn is_running(&self) -> bool {
-        lock(&self.child)
-            .as_mut()
-            .is_some_and(|c| c.try_wait().ok().flatten().is_none())
+        self.served.is_running()
     }
 
     /// Stops the registry (SIGTERM, then SIGKILL).
     pub fn stop(&self) {
-        if let Some(mut c) = lock(&self.child).take() {
-            terminate(&mut c, Duration::from_secs(2));
-        }
+        self.served.stop();
     }
 
     /// Starts it again on the same port and config.
     pub fn restart(&self) {
         self.stop();
         self.spawn_and_wait();
-    }
-}
-
-impl Drop for ConfiguredRegistry {
-    fn drop(&mut self) {
-        self.stop();
     }
 }
 

@@ -40,6 +40,7 @@ pub mod configured;
 pub mod env_mount;
 pub mod export;
 pub mod proxy;
+pub mod served;
 pub mod token_server;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -271,7 +272,7 @@ pub struct Registry {
     kind: RegistryKind,
     port: u16,
     dir: PathBuf,
-    child: Mutex<Option<Child>>,
+    served: served::Served,
 }
 
 impl Registry {
@@ -305,7 +306,7 @@ impl Registry {
                 kind,
                 port: free_port(),
                 dir: dir.clone(),
-                child: Mutex::new(None),
+                served: served::Served::new(dir.join("registry.log")),
             };
             match reg.spawn_and_wait() {
                 Ok(()) => return reg,
@@ -349,51 +350,9 @@ impl Registry {
     /// Spawns the child (log appended to `DIR/registry.log`) and waits for /v2/.
     fn spawn_and_wait(&self) -> Result<(), String> {
         let config = self.write_config();
-        let log = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.log_path())
-            .unwrap();
-        let mut cmd = Command::new("docker-registry");
-        cmd.arg("serve")
-            .arg(&config)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log);
-        // The registry reads REGISTRY_* variables as configuration overrides.
-        for (k, _) in std::env::vars_os() {
-            if k.as_bytes().starts_with(b"REGISTRY_") {
-                cmd.env_remove(k);
-            }
-        }
-        let child = spawn_tied(cmd).map_err(|e| {
-            format!("cannot run docker-registry ({e}); install the Debian package docker-registry (scripts/test does)")
-        })?;
-        *lock(&self.child) = Some(child);
-        let deadline = Instant::now() + START_TIMEOUT;
-        loop {
-            if let Ok((200 | 401, _)) = self.get_with("/v2/", false) {
-                return Ok(());
-            }
-            let exited = lock(&self.child)
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten());
-            if let Some(status) = exited {
-                lock(&self.child).take();
-                return Err(format!("registry exited ({status}); log:\n{}", self.log()));
-            }
-            if Instant::now() > deadline {
-                if let Some(mut c) = lock(&self.child).take() {
-                    terminate(&mut c, Duration::from_secs(1));
-                }
-                return Err(format!(
-                    "no answer on {} in {START_TIMEOUT:?}; log:\n{}",
-                    self.url("/v2/"),
-                    self.log()
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        self.served.spawn_and_wait(&config, || {
+            matches!(self.get_with("/v2/", false), Ok((200 | 401, _)))
+        })
     }
 
     /// The registry flavour.
@@ -463,20 +422,18 @@ impl Registry {
 
     /// Path of the log file (stdout and stderr of every start, appended).
     pub fn log_path(&self) -> PathBuf {
-        self.dir.join("registry.log")
+        self.served.log_path().to_path_buf()
     }
 
     /// The whole registry log so far.
     pub fn log(&self) -> String {
-        fs::read(self.log_path())
-            .map(|b| String::from_utf8_lossy(&b).into_owned())
-            .unwrap_or_default()
+        self.served.log()
     }
 
     /// Requests from the access log (combined format: one line per request,
     /// written when the response completes).
     pub fn requests(&self) -> Vec<Request> {
-        self.log().lines().filter_map(parse_access_line).collect()
+        self.served.requests()
     }
 
     /// Number of successful (2xx) `GET`s of blobs, optionally of one digest
@@ -517,17 +474,13 @@ impl Registry {
 
     /// Is the registry process running?
     pub fn is_running(&self) -> bool {
-        lock(&self.child)
-            .as_mut()
-            .is_some_and(|c| c.try_wait().ok().flatten().is_none())
+        self.served.is_running()
     }
 
     /// Stops the registry (SIGTERM, SIGKILL after 2 s). Storage is kept; the
     /// port is left closed until [`Registry::restart`].
     pub fn stop(&self) {
-        if let Some(mut c) = lock(&self.child).take() {
-            terminate(&mut c, Duration::from_secs(2));
-        }
+        self.served.stop();
     }
 
     /// Starts it again (stopping it first if it runs) on the same port with
