@@ -385,3 +385,40 @@ fn background_fetch_fills_the_chunk_cache_without_blocking_reads() {
         "reads after the background fetch went to the network"
     );
 }
+
+/// skopeo (containers/storage) writes the zero runs of binaries in a
+/// zstd:chunked layer as holes, `"zeros"` chunks with no data: such a layer is
+/// still served lazily, holes included, and equals the gzip image's unpack.
+#[test]
+fn skopeo_zstd_chunked_with_holes_is_served_lazily() {
+    require_fuse!();
+    let reg = Registry::start(RegistryKind::Plain);
+    reg.push_with(
+        "busybox",
+        "lab/busybox:zstd-chunked",
+        &["--dest-compress", "--dest-compress-format", "zstd:chunked"],
+    );
+    let m = Mount::new(&reg, &[]);
+    let img = m.path().join("lab/busybox:zstd-chunked");
+    // The layer's TOC has holes, or this test would prove nothing.
+    let layer = &manifest(&img)["layers"][0];
+    let position = layer["annotations"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .find(|(k, _)| k.ends_with("zstd-chunked.manifest-position"))
+        .map(|(_, v)| v.as_str().unwrap().to_string())
+        .expect("a zstd:chunked TOC position annotation");
+    let mut pos = position.split(':').map(|n| n.parse::<usize>().unwrap());
+    let (off, len) = (pos.next().unwrap(), pos.next().unwrap());
+    let digest = layer["digest"].as_str().unwrap();
+    let blob = fs::read(reg.blob_path(digest)).unwrap();
+    let toc = zstd::decode_all(&blob[off..off + len]).unwrap();
+    let toc = String::from_utf8(toc).unwrap();
+    assert!(toc.contains(r#""chunkType":"zeros""#), "no hole in the TOC");
+
+    assert_same_tree(&umoci_snapshot("busybox"), &snapshot(&img.join("rootfs")));
+    let (_, _, whole) = reg.blob_traffic(digest);
+    assert_eq!(whole, 0, "the layer was fetched whole:\n{}", m.log());
+    assert!(m.log().contains("fetched and verified TOC"), "{}", m.log());
+}

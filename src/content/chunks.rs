@@ -16,10 +16,10 @@ use tokio::sync::Semaphore;
 use super::lazy::{LazyLayer, LazyOptions, RemoteLayer};
 use super::Content;
 use crate::cache::{Kind, Store};
-use crate::digest::Digest;
+use crate::digest::{Digest, Hasher};
 use crate::error::{Error, Result};
 use crate::estargz::decode_chunk;
-use crate::layer::{Chunk, Content as NodeContent};
+use crate::layer::Chunk;
 use crate::registry::Client;
 use crate::telemetry::InFlight;
 
@@ -173,6 +173,50 @@ pub(super) fn runs<'a>(chunks: &[&'a Chunk], max_run: u64) -> Vec<Vec<&'a Chunk>
     out
 }
 
+/// Holes (zstd:chunked `"zeros"` chunks) whose digest was seen to be that of
+/// their size in zero bytes. Nothing is fetched for a hole, but its digest
+/// from the TOC is checked like any chunk's before its zeros are served:
+/// once per (digest, size), since the one determines the other.
+#[derive(Default)]
+pub(crate) struct Holes {
+    checked: Mutex<HashSet<(Digest, u64)>>,
+}
+
+/// Most (digest, size) pairs remembered before starting over.
+const MAX_HOLES: usize = 1 << 16;
+
+impl Holes {
+    /// `Ok` if `hole`'s digest is that of `hole.size` zero bytes; else a
+    /// [`Error::DigestMismatch`] (EIO for the reader).
+    pub(crate) async fn check(&self, hole: &Chunk) -> Result<()> {
+        let key = (hole.digest.clone(), hole.size);
+        if self.checked.lock().unwrap().contains(&key) {
+            return Ok(());
+        }
+        let (algorithm, size) = (hole.digest.algorithm(), hole.size);
+        let actual = tokio::task::spawn_blocking(move || {
+            let zeros = [0u8; 64 << 10];
+            let mut h = Hasher::new(algorithm);
+            let mut left = size;
+            while left > 0 {
+                let n = left.min(zeros.len() as u64) as usize;
+                h.update(&zeros[..n]);
+                left -= n as u64;
+            }
+            h.finish()
+        })
+        .await
+        .map_err(|e| Error::Io(std::io::Error::other(e)))?;
+        actual.expect(&hole.digest, &format!("hole of {size} zero bytes"))?;
+        let mut checked = self.checked.lock().unwrap();
+        if checked.len() >= MAX_HOLES {
+            checked.clear();
+        }
+        checked.insert(key);
+        Ok(())
+    }
+}
+
 /// Throttled fetching of chunks nobody asked for yet.
 pub(crate) struct Background {
     permits: Arc<Semaphore>,
@@ -219,10 +263,14 @@ impl Content {
             return Ok(Vec::new());
         }
         let first = chunks.partition_point(|c| c.file_offset + c.size <= offset);
-        let needed: Vec<&Chunk> = chunks[first..]
+        let (holes, needed): (Vec<&Chunk>, Vec<&Chunk>) = chunks[first..]
             .iter()
             .take_while(|c| c.file_offset < end)
-            .collect();
+            .partition(|c| c.zeros);
+        // Holes are zeros in `out` already, once their digest is seen to match.
+        for h in holes {
+            self.lazy.zeros.check(h).await?;
+        }
         let data = self.fetcher().get(layer, &needed).await?;
         let spans: Vec<(u64, u64)> = needed.iter().map(|c| (c.file_offset, c.size)).collect();
         tokio::task::spawn_blocking(move || -> Result<Vec<u8>> {
@@ -265,18 +313,7 @@ impl Content {
         {
             return;
         }
-        let mut chunks: Vec<Chunk> = Vec::new();
-        let mut seen = HashSet::new();
-        for n in l.tree.nodes() {
-            if let NodeContent::Chunks { chunks: cs, .. } = &n.content {
-                for c in cs {
-                    if seen.insert(c.digest.clone()) {
-                        chunks.push(c.clone());
-                    }
-                }
-            }
-        }
-        chunks.sort_by_key(|c| (c.blob_offset, c.inner_offset));
+        let chunks = super::prefetch::all_chunks(&l.tree);
         let (prio, rest): (Vec<Chunk>, Vec<Chunk>) = chunks
             .into_iter()
             .partition(|c| l.prefetch_end.is_some_and(|p| c.blob_offset < p));
@@ -340,7 +377,29 @@ mod tests {
             blob_len: len,
             inner_offset: 0,
             digest: Digest::sha256_of(&off.to_le_bytes()),
+            zeros: false,
         }
+    }
+
+    #[tokio::test]
+    async fn holes_are_served_only_when_their_digest_is_that_of_zeros() {
+        let holes = Holes::default();
+        let hole = |size: u64, digest: Digest| Chunk {
+            size,
+            digest,
+            zeros: true,
+            ..c(0, 0)
+        };
+        let size = (64 << 10) + 17;
+        let right = hole(size, Digest::sha256_of(&vec![0u8; size as usize]));
+        holes.check(&right).await.unwrap();
+        holes.check(&right).await.unwrap();
+        let wrong = hole(size, Digest::sha256_of(b"not zeros"));
+        let e = holes.check(&wrong).await.unwrap_err();
+        assert!(matches!(e, Error::DigestMismatch { .. }), "{e:?}");
+        // The right digest for another size is wrong for this one.
+        let other = hole(size - 1, right.digest.clone());
+        assert!(holes.check(&other).await.is_err());
     }
 
     #[test]

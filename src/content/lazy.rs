@@ -6,7 +6,7 @@
 use std::fs::File;
 use std::sync::Arc;
 
-use super::chunks::Background;
+use super::chunks::{Background, Holes};
 use super::spans::SpanLayer;
 use super::{Content, LoadedLayer, Urgency};
 use crate::cache::Kind;
@@ -102,12 +102,14 @@ pub(crate) struct Lazy {
     pub(crate) opts: LazyOptions,
     pub(crate) indexes: quick_cache::sync::Cache<Digest, Arc<LazyLayer>, LazyWeighter>,
     pub(crate) background: Background,
+    pub(crate) zeros: Holes,
 }
 
 impl Lazy {
     pub(crate) fn new(opts: LazyOptions, max_nodes: u64) -> Lazy {
         Lazy {
             background: Background::new(&opts),
+            zeros: Holes::default(),
             opts,
             indexes: quick_cache::sync::Cache::with_weighter(1024, max_nodes, LazyWeighter),
         }

@@ -168,13 +168,14 @@ impl Content {
     }
 }
 
-/// Every chunk of a lazy layer's tree, once each, in blob order.
-fn all_chunks(tree: &Tree) -> Vec<Chunk> {
+/// Every chunk of a lazy layer's tree with data to fetch (holes have none),
+/// once each, in blob order.
+pub(super) fn all_chunks(tree: &Tree) -> Vec<Chunk> {
     let mut seen = HashSet::new();
     let mut out: Vec<Chunk> = Vec::new();
     for n in tree.nodes() {
         if let NodeContent::Chunks { chunks, .. } = &n.content {
-            for c in chunks {
+            for c in chunks.iter().filter(|c| !c.zeros) {
                 if seen.insert(c.digest.clone()) {
                     out.push(c.clone());
                 }

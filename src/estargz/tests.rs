@@ -55,6 +55,7 @@ fn chunk(data: &[u8]) -> Chunk {
         blob_len: 0,
         inner_offset: 0,
         digest: crate::digest::Digest::sha256_of(data),
+        zeros: false,
     }
 }
 
@@ -271,4 +272,53 @@ fn spec_from_annotations() {
     d.annotations
         .insert(ZSTD_POSITION_ANNOTATIONS[1].into(), "800:100:300:2".into());
     assert_eq!(LazySpec::from_descriptor(&d), None, "unknown manifest type");
+}
+
+#[test]
+fn zstd_chunked_holes_are_chunks_without_data() {
+    let zeros = crate::digest::Digest::sha256_of(&[0u8; 3000]);
+    let toc = format!(
+        r#"{{"version":1,"entries":[
+ {{"name":"bin/sparse","type":"reg","size":5000,"mode":33261,"offset":100,"chunkSize":1000,
+   "chunkDigest":"sha256:0000000000000000000000000000000000000000000000000000000000000001"}},
+ {{"type":"chunk","name":"bin/sparse","offset":300,"chunkOffset":1000,"chunkSize":3000,
+   "chunkDigest":"{zeros}","chunkType":"zeros"}},
+ {{"type":"chunk","name":"bin/sparse","offset":300,"chunkOffset":4000,
+   "chunkDigest":"sha256:0000000000000000000000000000000000000000000000000000000000000002"}}]}}"#
+    );
+    let toc = Toc::parse(toc.as_bytes()).unwrap();
+    let ix = toc_to_tree(&toc, Format::ZstdChunked, 400, 0, &Limits::default()).unwrap();
+    let id = ix.tree.lookup_path(b"bin/sparse").unwrap();
+    let Content::Chunks { chunks, .. } = &ix.tree.node(id).content else {
+        panic!("not chunked");
+    };
+    let shape: Vec<(u64, u64, bool, u64)> = chunks
+        .iter()
+        .map(|c| (c.file_offset, c.size, c.zeros, c.blob_len))
+        .collect();
+    // The hole's offset is not a frame start: the first chunk runs to the
+    // third's frame (300), not to the hole's.
+    assert_eq!(
+        shape,
+        [
+            (0, 1000, false, 200),
+            (1000, 3000, true, 0),
+            (4000, 1000, false, 100)
+        ]
+    );
+    assert_eq!(chunks[1].digest, zeros);
+    // Holes are a containers/storage zstd:chunked notion: not in eStargz.
+    assert!(matches!(
+        toc_to_tree(&toc, Format::Estargz, 400, 0, &Limits::default()),
+        Err(crate::Error::Unsupported(_))
+    ));
+    // A hole larger than a layer may be is refused (its digest is checked by hashing it).
+    let small = Limits {
+        max_uncompressed: 2000,
+        ..Limits::default()
+    };
+    assert!(matches!(
+        toc_to_tree(&toc, Format::ZstdChunked, 400, 0, &small),
+        Err(crate::Error::TooLarge(_))
+    ));
 }

@@ -47,7 +47,7 @@ pub fn toc_to_tree(
     let mut starts: Vec<u64> = toc
         .entries
         .iter()
-        .filter(|e| e.offset > 0)
+        .filter(|e| e.offset > 0 && !is_zeros(e))
         .map(|e| e.offset as u64)
         .collect();
     starts.push(data_end);
@@ -73,8 +73,14 @@ pub fn toc_to_tree(
     let mut prefetch_end = None;
     let mut last_file: Option<(NodeId, String)> = None;
     for e in &toc.entries {
-        if !matches!(e.chunk_type.as_str(), "" | "data") {
-            // containers/storage "zeros" chunks have no data to verify: not supported.
+        let known = match e.chunk_type.as_str() {
+            "" | "data" => true,
+            // containers/storage writes holes (runs of zeros) of zstd:chunked
+            // files as chunks with no data.
+            "zeros" => format == Format::ZstdChunked,
+            _ => false,
+        };
+        if !known {
             return Err(Error::Unsupported(format!(
                 "TOC: {}: chunk type {:?}",
                 e.name, e.chunk_type
@@ -99,22 +105,14 @@ pub fn toc_to_tree(
                 )));
             };
             let digest = parse_digest(&e.chunk_digest, &e.name)?;
-            let start = non_neg(e.chunk_offset, "chunkOffset")?;
+            let chunk = entry_chunk(e, digest, &extent)?;
             let expected = chunks.last().map(|c| c.file_offset + c.size).unwrap_or(0);
-            if start != expected {
+            if chunk.file_offset != expected {
                 return Err(Error::invalid(format!(
                     "TOC: {name}: chunks not contiguous"
                 )));
             }
-            let off = non_neg(e.offset, "offset")?;
-            chunks.push(Chunk {
-                file_offset: start,
-                size: non_neg(e.chunk_size, "chunkSize")?,
-                blob_offset: off,
-                blob_len: extent(off, e.end_offset)?,
-                inner_offset: non_neg(e.inner_offset, "innerOffset")?,
-                digest,
-            });
+            chunks.push(chunk);
             continue;
         }
         let comps = normalize(e.name.as_bytes());
@@ -136,6 +134,20 @@ pub fn toc_to_tree(
     let mut tree = b.b.finish();
     // The last chunk of each file runs to the file's end (chunkSize 0).
     fix_sizes(&mut tree)?;
+    // A hole's digest is checked by hashing its zeros: bound the work.
+    for n in tree.nodes() {
+        if let Content::Chunks { chunks, .. } = &n.content {
+            if chunks
+                .iter()
+                .any(|c| c.zeros && c.size > limits.max_uncompressed)
+            {
+                return Err(Error::TooLarge(format!(
+                    "TOC: a hole of more than {} bytes",
+                    limits.max_uncompressed
+                )));
+            }
+        }
+    }
     Ok(LazyIndex {
         format,
         data_end,
@@ -167,6 +179,39 @@ fn fix_sizes(tree: &mut Tree) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// A containers/storage hole: a chunk of zeros with no data in the blob.
+fn is_zeros(e: &TocEntry) -> bool {
+    e.chunk_type == "zeros"
+}
+
+/// The chunk entry `e` describes (for a regular file's entry, its first).
+fn entry_chunk(
+    e: &TocEntry,
+    digest: Digest,
+    extent: &dyn Fn(u64, i64) -> Result<u64>,
+) -> Result<Chunk> {
+    let zeros = is_zeros(e);
+    let (blob_offset, blob_len, inner_offset) = if zeros {
+        (0, 0, 0)
+    } else {
+        let off = non_neg(e.offset, "offset")?;
+        (
+            off,
+            extent(off, e.end_offset)?,
+            non_neg(e.inner_offset, "innerOffset")?,
+        )
+    };
+    Ok(Chunk {
+        file_offset: non_neg(e.chunk_offset, "chunkOffset")?,
+        size: non_neg(e.chunk_size, "chunkSize")?,
+        blob_offset,
+        blob_len,
+        inner_offset,
+        digest,
+        zeros,
+    })
 }
 
 fn non_neg(v: i64, what: &str) -> Result<u64> {
@@ -329,17 +374,9 @@ impl TreeBuilder {
                 } else {
                     return Err(Error::invalid(format!("TOC: {}: no chunkDigest", e.name)));
                 };
-                let off = non_neg(e.offset, "offset")?;
                 node.content = Content::Chunks {
                     layer,
-                    chunks: vec![Chunk {
-                        file_offset: non_neg(e.chunk_offset, "chunkOffset")?,
-                        size: non_neg(e.chunk_size, "chunkSize")?,
-                        blob_offset: off,
-                        blob_len: extent(off, e.end_offset)?,
-                        inner_offset: non_neg(e.inner_offset, "innerOffset")?,
-                        digest,
-                    }],
+                    chunks: vec![entry_chunk(e, digest, extent)?],
                 };
                 file = true;
             }

@@ -62,6 +62,10 @@ pub struct Chunk {
     pub inner_offset: u64,
     /// Digest of the chunk's uncompressed bytes (from the verified TOC).
     pub digest: crate::digest::Digest,
+    /// A run of `size` zero bytes with nothing to fetch (a containers/storage
+    /// zstd:chunked `"zeros"` chunk); `digest` is still theirs to match.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub zeros: bool,
 }
 
 /// Where a file's bytes live.
