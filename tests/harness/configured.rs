@@ -35,8 +35,9 @@ impl ConfiguredRegistry {
             config(port, dir.path())
         );
         assert!(
-            yaml.contains(&format!("addr: 127.0.0.1:{port}")),
-            "the config must set http.addr: 127.0.0.1:{port}:\n{yaml}"
+            yaml.contains(&format!("addr: 127.0.0.1:{port}"))
+                || yaml.contains(&format!("addr: 0.0.0.0:{port}")),
+            "the config must set http.addr: 127.0.0.1:{port} (or 0.0.0.0:{port}):\n{yaml}"
         );
         let config = dir.path().join("config.yml");
         fs::write(&config, yaml).unwrap();
