@@ -523,22 +523,12 @@ pub fn read_full_at(data: &dyn ReadAt, buf: &mut [u8], offset: u64) -> io::Resul
 
 /// Fill `buf` exactly from `data` at `offset`; a short source is an error
 /// (the cache file is shorter than the index says: corrupt cache).
-fn read_exact_at(data: &dyn ReadAt, mut buf: &mut [u8], mut offset: u64) -> io::Result<()> {
-    while !buf.is_empty() {
-        match data.read_at(buf, offset) {
-            Ok(0) => {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "layer data shorter than its index",
-                ))
-            }
-            Ok(n) => {
-                buf = &mut buf[n..];
-                offset += n as u64;
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
+fn read_exact_at(data: &dyn ReadAt, buf: &mut [u8], offset: u64) -> io::Result<()> {
+    if read_full_at(data, buf, offset)? < buf.len() {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "layer data shorter than its index",
+        ));
     }
     Ok(())
 }
