@@ -549,7 +549,7 @@ fn attempt_timeout(opts: &ClientOptions) -> Duration {
     (opts.timeout / (opts.retries + 1)).max(Duration::from_millis(500))
 }
 
-/// A client identity from a PEM certificate (chain) and a PEM private key.
+/// `e` and its sources, joined by ": ".
 fn errors_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();

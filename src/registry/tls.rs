@@ -48,7 +48,7 @@ pub(super) fn client_config(s: &TlsSettings<'_>) -> Result<ClientConfig> {
     } else {
         let mut extra = Vec::new();
         for path in s.ca_certs {
-            extra.extend(read_ca_file(path)?);
+            extra.extend(read_certs(path, "CA certificate")?);
         }
         Some(Roots {
             extra,
@@ -82,11 +82,10 @@ pub(super) fn client_config(s: &TlsSettings<'_>) -> Result<ClientConfig> {
     Ok(config)
 }
 
-/// The certificates of a PEM CA file (at least one).
-fn read_ca_file(path: &Path) -> Result<Vec<CertificateDer<'static>>> {
-    let bad = |e: &dyn std::fmt::Display| {
-        Error::invalid(format!("CA certificate {}: {e}", path.display()))
-    };
+/// The certificates of the PEM file at `path` (at least one); `what` names
+/// the file in errors (`CA certificate`, `client certificate`).
+fn read_certs(path: &Path, what: &str) -> Result<Vec<CertificateDer<'static>>> {
+    let bad = |e: &dyn std::fmt::Display| Error::invalid(format!("{what} {}: {e}", path.display()));
     let pem = std::fs::read(path).map_err(|e| bad(&e))?;
     let certs = CertificateDer::pem_slice_iter(&pem)
         .collect::<std::result::Result<Vec<_>, _>>()
@@ -102,18 +101,12 @@ fn read_identity(
     cert: &Path,
     key: &Path,
 ) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)> {
-    let bad = |p: &Path, e: &dyn std::fmt::Display| {
-        Error::invalid(format!("client certificate {}: {e}", p.display()))
+    let chain = read_certs(cert, "client certificate")?;
+    let bad = |e: &dyn std::fmt::Display| {
+        Error::invalid(format!("client certificate {}: {e}", key.display()))
     };
-    let pem = std::fs::read(cert).map_err(|e| bad(cert, &e))?;
-    let chain = CertificateDer::pem_slice_iter(&pem)
-        .collect::<std::result::Result<Vec<_>, _>>()
-        .map_err(|e| bad(cert, &e))?;
-    if chain.is_empty() {
-        return Err(bad(cert, &"no PEM certificate in the file"));
-    }
-    let pem = std::fs::read(key).map_err(|e| bad(key, &e))?;
-    let key_der = PrivateKeyDer::from_pem_slice(&pem).map_err(|e| bad(key, &e))?;
+    let pem = std::fs::read(key).map_err(|e| bad(&e))?;
+    let key_der = PrivateKeyDer::from_pem_slice(&pem).map_err(|e| bad(&e))?;
     Ok((chain, key_der))
 }
 
