@@ -7,6 +7,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
+use std::io::Read as _;
 use std::os::unix::fs::FileExt;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -16,7 +17,7 @@ use tokio::sync::Semaphore;
 use super::lazy::{LazyLayer, LazyOptions, RemoteLayer};
 use super::Content;
 use crate::cache::{Kind, Store};
-use crate::digest::{Digest, Hasher};
+use crate::digest::{Digest, HashingWriter};
 use crate::error::{Error, Result};
 use crate::estargz::decode_chunk;
 use crate::layer::Chunk;
@@ -194,19 +195,13 @@ impl Holes {
             return Ok(());
         }
         let (algorithm, size) = (hole.digest.algorithm(), hole.size);
-        let actual = tokio::task::spawn_blocking(move || {
-            let zeros = [0u8; 64 << 10];
-            let mut h = Hasher::new(algorithm);
-            let mut left = size;
-            while left > 0 {
-                let n = left.min(zeros.len() as u64) as usize;
-                h.update(&zeros[..n]);
-                left -= n as u64;
-            }
-            h.finish()
+        let actual = tokio::task::spawn_blocking(move || -> std::io::Result<Digest> {
+            let mut h = HashingWriter::new(std::io::sink(), algorithm);
+            std::io::copy(&mut std::io::repeat(0).take(size), &mut h)?;
+            Ok(h.finish().1)
         })
         .await
-        .map_err(|e| Error::Io(std::io::Error::other(e)))?;
+        .map_err(|e| Error::Io(std::io::Error::other(e)))??;
         actual.expect(&hole.digest, &format!("hole of {size} zero bytes"))?;
         let mut checked = self.checked.lock().unwrap();
         if checked.len() >= MAX_HOLES {
@@ -269,7 +264,7 @@ impl Content {
             .partition(|c| c.zeros);
         // Holes are zeros in `out` already, once their digest is seen to match.
         for h in holes {
-            self.lazy.zeros.check(h).await?;
+            self.lazy.holes.check(h).await?;
         }
         let data = self.fetcher().get(layer, &needed).await?;
         let spans: Vec<(u64, u64)> = needed.iter().map(|c| (c.file_offset, c.size)).collect();

@@ -102,14 +102,14 @@ pub(crate) struct Lazy {
     pub(crate) opts: LazyOptions,
     pub(crate) indexes: quick_cache::sync::Cache<Digest, Arc<LazyLayer>, LazyWeighter>,
     pub(crate) background: Background,
-    pub(crate) zeros: Holes,
+    pub(crate) holes: Holes,
 }
 
 impl Lazy {
     pub(crate) fn new(opts: LazyOptions, max_nodes: u64) -> Lazy {
         Lazy {
             background: Background::new(&opts),
-            zeros: Holes::default(),
+            holes: Holes::default(),
             opts,
             indexes: quick_cache::sync::Cache::with_weighter(1024, max_nodes, LazyWeighter),
         }

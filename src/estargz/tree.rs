@@ -133,21 +133,7 @@ pub fn toc_to_tree(
     }
     let mut tree = b.b.finish();
     // The last chunk of each file runs to the file's end (chunkSize 0).
-    fix_sizes(&mut tree)?;
-    // A hole's digest is checked by hashing its zeros: bound the work.
-    for n in tree.nodes() {
-        if let Content::Chunks { chunks, .. } = &n.content {
-            if chunks
-                .iter()
-                .any(|c| c.zeros && c.size > limits.max_uncompressed)
-            {
-                return Err(Error::TooLarge(format!(
-                    "TOC: a hole of more than {} bytes",
-                    limits.max_uncompressed
-                )));
-            }
-        }
-    }
+    fix_sizes(&mut tree, limits.max_uncompressed)?;
     Ok(LazyIndex {
         format,
         data_end,
@@ -156,7 +142,10 @@ pub fn toc_to_tree(
     })
 }
 
-fn fix_sizes(tree: &mut Tree) -> Result<()> {
+/// Give each file's last chunk its size, check that the chunks tile the file,
+/// and refuse holes over `max_hole` bytes (a hole's digest is checked by
+/// hashing its zeros: that work is bounded).
+fn fix_sizes(tree: &mut Tree, max_hole: u64) -> Result<()> {
     for n in tree.nodes_mut() {
         let size = n.size;
         if let Content::Chunks { chunks, .. } = &mut n.content {
@@ -168,6 +157,11 @@ fn fix_sizes(tree: &mut Tree) -> Result<()> {
                 }
                 if c.file_offset != at {
                     return Err(Error::invalid("TOC: chunks not contiguous"));
+                }
+                if c.zeros && c.size > max_hole {
+                    return Err(Error::TooLarge(format!(
+                        "TOC: a hole of more than {max_hole} bytes"
+                    )));
                 }
                 at = c.file_offset.saturating_add(c.size);
             }
