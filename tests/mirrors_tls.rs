@@ -26,9 +26,8 @@ fn pull_through(upstream: &Registry) -> ConfiguredRegistry {
     })
 }
 
-/// `count()` once it reaches `at_least`, polling for up to 5 s: a registry
-/// writes a request's access-log line after the response, so regfs can have
-/// read everything before the line is there (seen once in CI).
+/// GETs of URIs containing `what` in a registry's access log (read them
+/// through [`count_reaching`]: the line is written after the response).
 fn gets(reg: &ConfiguredRegistry, what: &str) -> usize {
     reg.requests()
         .iter()
