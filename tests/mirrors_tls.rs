@@ -158,15 +158,12 @@ async fn client_certificates() {
         "clientAuth",
     );
     let storage = plain.storage_dir();
-    let reg = ConfiguredRegistry::start(|port, _| {
-        format!(
-            "storage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n  secret: c-{port}\n  tls:\n    certificate: {}\n    key: {}\n    clientcas:\n      - {}\n",
-            storage.display(),
-            server.1.display(),
-            server.0.display(),
-            ca.1.display()
-        )
-    });
+    let reg = ConfiguredRegistry::start_tls(
+        &storage,
+        "127.0.0.1",
+        &server,
+        &format!("    clientcas:\n      - {}\n", ca.1.display()),
+    );
     let opts = |with_cert: bool| {
         let mut o = ClientOptions::new(RegName::parse(&reg.host_port()).unwrap().0);
         o.force_https = true;

@@ -139,14 +139,7 @@ async fn https_proxy_and_no_proxy_are_respected() {
         "serverAuth",
     );
     let storage = plain.storage_dir();
-    let reg = ConfiguredRegistry::start(|port, _| {
-        format!(
-            "storage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 0.0.0.0:{port}\n  secret: p-{port}\n  tls:\n    certificate: {}\n    key: {}\n",
-            storage.display(),
-            server.1.display(),
-            server.0.display(),
-        )
-    });
+    let reg = ConfiguredRegistry::start_tls(&storage, "0.0.0.0", &server, "");
     let remote = format!("{ip}:{}", reg.port());
     let client = |host: &str| {
         let mut o = ClientOptions::new(RegName::parse(host).unwrap().0);

@@ -51,6 +51,26 @@ impl ConfiguredRegistry {
         reg
     }
 
+    /// A registry serving `storage` over TLS with `server` (key, certificate)
+    /// on `host` (`127.0.0.1`, or `0.0.0.0` for this machine's other
+    /// addresses too); `tls_extra` is more YAML under `http.tls`, indented
+    /// four spaces (`clientcas`…).
+    pub fn start_tls(
+        storage: &Path,
+        host: &str,
+        server: &(PathBuf, PathBuf),
+        tls_extra: &str,
+    ) -> ConfiguredRegistry {
+        ConfiguredRegistry::start(|port, _| {
+            format!(
+                "storage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {host}:{port}\n  secret: t-{port}\n  tls:\n    certificate: {}\n    key: {}\n{tls_extra}",
+                storage.display(),
+                server.1.display(),
+                server.0.display(),
+            )
+        })
+    }
+
     fn spawn_and_wait(&self) {
         let port = self.port;
         if let Err(e) = self.served.spawn_and_wait(&self.config, || {
