@@ -3,14 +3,24 @@
 //!
 //! It knows nothing of FUSE. One [`Client`] talks to one registry; it is cheap to
 //! clone (an `Arc` inside) and safe to share across tasks.
+//!
+//! [`RegistryApi`] is the seam the content layer talks through: the
+//! [`Client`] is its real implementation, [`MemoryRegistry`] an in-process
+//! one (tests, embedding), and [`FaultyRegistry`] injects faults into the
+//! latter.
 
+pub mod api;
 pub mod auth;
 mod blobs;
 mod body;
 pub mod credentials;
 pub mod errors;
+pub mod faults;
 pub mod hosts;
 mod manifests;
+pub mod memory;
+#[cfg(test)]
+mod memory_tests;
 pub mod mirrors;
 pub mod paging;
 pub mod retry;
@@ -27,10 +37,13 @@ use reqwest::{Method, Response, StatusCode};
 use serde::Deserialize;
 use url::Url;
 
+pub use self::api::{BlobBody, BoxBlobBody, RegistryApi};
 pub use self::auth::Scope;
 pub use self::blobs::BlobStream;
 pub use self::credentials::Credentials;
+pub use self::faults::{Fault, FaultyRegistry};
 pub use self::manifests::{FetchedManifest, MANIFEST_ACCEPT, MAX_MANIFEST_SIZE};
+pub use self::memory::{LayerBlob, MemoryRegistry};
 pub use self::mirrors::MirrorSpec;
 use self::retry::RetryPolicy;
 pub use self::upload::{CHUNK_SIZE, MONOLITHIC_LIMIT};
