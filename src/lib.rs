@@ -6,6 +6,7 @@
 //! verified content; [`fs`] is the filesystem core, testable without a mount;
 //! [`fuse`] is the only module that names `fuser`.
 
+pub mod blocking;
 pub mod cache;
 pub mod content;
 pub mod digest;
@@ -22,3 +23,6 @@ pub mod fuse;
 pub mod image;
 pub mod layer;
 pub mod registry;
+
+#[cfg(test)]
+mod fs_over_memory_tests;

@@ -117,7 +117,7 @@ pub fn run(args: MountArgs) -> anyhow::Result<()> {
         Store::open(&cache_dir, args.cache_size)
             .with_context(|| format!("cache {}", cache_dir.display()))?,
     );
-    let mut content = Content::new(client, store, 4_000_000, Limits::default());
+    let mut content = Content::new(Arc::new(client), store, 4_000_000, Limits::default());
     content.set_lazy_options(LazyOptions {
         background_fetch: args.background_fetch,
         background_bandwidth: args.background_bandwidth,

@@ -7,11 +7,11 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 
 use crate::error::Error;
-use crate::registry::BlobStream;
+use crate::registry::BoxBlobBody;
 
 /// Pump `stream` into a channel from a task; the returned reader yields its bytes.
 /// A stream error (digest mismatch, network) surfaces as a read error.
-pub(crate) fn reader(mut stream: BlobStream) -> ChannelReader {
+pub(crate) fn reader(mut stream: BoxBlobBody) -> ChannelReader {
     let (tx, rx) = mpsc::channel::<Result<Bytes, Error>>(16);
     tokio::spawn(async move {
         loop {

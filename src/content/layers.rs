@@ -3,13 +3,18 @@
 
 use std::fs::File;
 use std::sync::Arc;
+use std::time::Instant;
 
-use super::{bridge, Content};
-use crate::cache::Kind;
+use futures_util::future::BoxFuture;
+
+use super::once::{fetch_once, Fetchable};
+use super::{bridge, index_file, Content};
+use crate::cache::{Kind, TempFile};
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::image::BlobRef;
-use crate::layer::{self, Compression, Tree};
+use crate::layer::span::SpanIndex;
+use crate::layer::{self, Compression, IngestStats, Tree};
 
 /// How urgent a whole-layer fetch is. An image's layers are fetched
 /// together and its tree is ready when the largest one is; the others have
@@ -79,6 +84,183 @@ impl quick_cache::Weighter<Digest, Arc<LoadedLayer>> for NodeWeighter {
     }
 }
 
+/// A whole layer: its uncompressed tar and index in the store, made in one
+/// pass over the blob that verifies both digests.
+struct LayerKind<'a> {
+    content: &'a Content,
+    repo: &'a str,
+    desc: &'a BlobRef,
+    diff_id: &'a Digest,
+    urgency: Urgency,
+}
+
+/// A layer streamed, indexed and verified, not yet committed.
+struct IngestedLayer {
+    tmp: TempFile,
+    tree: Tree,
+    stats: IngestStats,
+    spans: Option<SpanIndex>,
+    started: Instant,
+}
+
+impl Fetchable for LayerKind<'_> {
+    type Value = Arc<LoadedLayer>;
+    type Verified = IngestedLayer;
+
+    fn flight_key(&self) -> String {
+        format!("layer {}", self.diff_id)
+    }
+
+    fn at_hand(&self) -> Option<Arc<LoadedLayer>> {
+        self.content.layers.get(self.diff_id)
+    }
+
+    fn load(&self) -> BoxFuture<'_, Result<Option<Arc<LoadedLayer>>>> {
+        Box::pin(async move {
+            let store = &self.content.store;
+            let diff_id = self.diff_id;
+            let (Some(tar), Some(index)) = (
+                store.get(Kind::Layer, diff_id),
+                store.get(Kind::Index, diff_id),
+            ) else {
+                return Ok(None);
+            };
+            let loaded = crate::blocking::run(move || {
+                let file = File::open(&tar)?;
+                let bytes = std::fs::read(&index)?;
+                let tree: Tree = serde_json::from_slice(&bytes)
+                    .map_err(|e| Error::invalid(format!("cached layer index: {e}")))?;
+                Ok(LoadedLayer {
+                    tree: Arc::new(tree),
+                    file: Arc::new(file),
+                })
+            })
+            .await;
+            match loaded {
+                Ok(l) => Ok(Some(Arc::new(l))),
+                Err(e) => {
+                    tracing::warn!(%diff_id, error = %e, "cached layer unusable; fetching again");
+                    Ok(None)
+                }
+            }
+        })
+    }
+
+    fn fetch_verified(&self) -> BoxFuture<'_, Result<IngestedLayer>> {
+        Box::pin(async move {
+            let (desc, diff_id, urgency) = (self.desc, self.diff_id, self.urgency);
+            let compression = Compression::from_media_type(&desc.media_type)?;
+            if !desc.urls.is_empty() {
+                tracing::debug!(digest = %desc.digest, "non-distributable layer: trying the registry first");
+            }
+            let started = Instant::now();
+            let stream = self
+                .content
+                .client
+                .blob(self.repo, &desc.digest, Some(desc.size))
+                .await?;
+            let mut reader = bridge::reader(stream);
+            let tmp = self.content.store.temp()?;
+            let limits = self.content.limits.clone();
+            let (blob, diff) = (desc.digest.clone(), diff_id.clone());
+            let (result, tmp, reader_err) = tokio::task::spawn_blocking(move || {
+                let _niced = (urgency == Urgency::Slack).then(Niced::lower);
+                let mut tmp = tmp;
+                // The blob body verifies the digest before it ends.
+                let r = layer::ingest_spans(
+                    &mut reader,
+                    compression,
+                    layer::BlobCheck::BySource(&blob),
+                    &diff,
+                    0,
+                    &mut tmp.file,
+                    &limits,
+                    Some(layer::span::DEFAULT_SPAN),
+                );
+                (r, tmp, reader.take_error())
+            })
+            .await
+            .map_err(|e| Error::Io(std::io::Error::other(e)))?;
+            match (result, reader_err) {
+                (Ok((tree, stats, spans)), _) => Ok(IngestedLayer {
+                    tmp,
+                    tree,
+                    stats,
+                    spans,
+                    started,
+                }),
+                // The network's error explains an ingest failure better than "truncated tar".
+                (Err(_), Some(net)) | (Err(net), None) => {
+                    tracing::error!(digest = %desc.digest, %diff_id, error = %net, "layer rejected; nothing cached");
+                    Err(net)
+                }
+            }
+        })
+    }
+
+    fn commit(&self, l: IngestedLayer) -> BoxFuture<'_, Result<Arc<LoadedLayer>>> {
+        Box::pin(async move {
+            let IngestedLayer {
+                tmp,
+                tree,
+                stats,
+                spans,
+                started,
+            } = l;
+            // Open before committing: the store may evict the file at once (it can be
+            // larger than the whole cache), and the open descriptor keeps it readable.
+            let file = tmp.file.try_clone()?;
+            let tree = Arc::new(tree);
+            // fsync, rename and two small writes: disk work, off the async workers.
+            let (store, blob, diff, t) = (
+                self.content.store.clone(),
+                self.desc.digest.clone(),
+                self.diff_id.clone(),
+                tree.clone(),
+            );
+            crate::blocking::run(move || {
+                store.commit(tmp, Kind::Layer, &diff)?;
+                let index =
+                    serde_json::to_vec(&*t).map_err(|e| Error::Io(std::io::Error::other(e)))?;
+                store.put(Kind::Index, &diff, &index)?;
+                if let Some(ix) = spans {
+                    // Last, so that it outlives the tar in the LRU order.
+                    let bytes = index_file::encode_stored(&blob, &ix);
+                    store.put(Kind::Span, &diff, &bytes)?;
+                    tracing::debug!(
+                        digest = %blob, diff_id = %diff, checkpoints = ix.checkpoints.len(),
+                        bytes = bytes.len(), "stored span index"
+                    );
+                }
+                Ok(())
+            })
+            .await?;
+            tracing::info!(
+                digest = %self.desc.digest, diff_id = %self.diff_id, bytes = stats.compressed_bytes,
+                compressed = stats.compressed_bytes, uncompressed = stats.uncompressed_bytes,
+                entries = stats.entries, ms = started.elapsed().as_millis() as u64,
+                cache = "miss", "fetched layer"
+            );
+            Ok(Arc::new(LoadedLayer {
+                tree,
+                file: Arc::new(file),
+            }))
+        })
+    }
+
+    fn remember(&self, l: &Arc<LoadedLayer>) {
+        self.content.layers.insert(self.diff_id.clone(), l.clone());
+    }
+
+    fn log_hit(&self, l: &Arc<LoadedLayer>, started: Instant) {
+        let bytes = l.file.metadata().map(|m| m.len()).unwrap_or(0);
+        tracing::debug!(
+            digest = %self.desc.digest, diff_id = %self.diff_id, bytes,
+            ms = started.elapsed().as_millis() as u64, cache = "hit", "cache hit layer"
+        );
+    }
+}
+
 impl Content {
     /// The layer described by `desc` whose uncompressed digest is `diff_id`:
     /// from memory, from the store, or streamed once from the registry with both
@@ -101,143 +283,21 @@ impl Content {
         diff_id: &Digest,
         urgency: Urgency,
     ) -> Result<Arc<LoadedLayer>> {
-        let started = std::time::Instant::now();
-        let hit = |l: Arc<LoadedLayer>| {
-            let bytes = l.file.metadata().map(|m| m.len()).unwrap_or(0);
-            tracing::debug!(
-                digest = %desc.digest, %diff_id, bytes, ms = started.elapsed().as_millis() as u64,
-                cache = "hit", "cache hit layer"
-            );
-            l
+        let kind = LayerKind {
+            content: self,
+            repo,
+            desc,
+            diff_id,
+            urgency,
         };
-        if let Some(l) = self.layers.get(diff_id) {
-            return Ok(hit(l));
-        }
-        let _flight = self.store.flight(format!("layer {diff_id}")).await;
-        if let Some(l) = self.layers.get(diff_id) {
-            return Ok(hit(l));
-        }
-        if let Some(l) = self.layer_from_store(diff_id).await? {
-            self.layers.insert(diff_id.clone(), l.clone());
-            return Ok(hit(l));
-        }
-        let l = Arc::new(self.fetch_layer(repo, desc, diff_id, urgency).await?);
-        self.layers.insert(diff_id.clone(), l.clone());
-        Ok(l)
+        fetch_once(&self.store, &self.in_flight, &kind).await
     }
 
-    async fn layer_from_store(&self, diff_id: &Digest) -> Result<Option<Arc<LoadedLayer>>> {
-        let (Some(tar), Some(index)) = (
-            self.store.get(Kind::Layer, diff_id),
-            self.store.get(Kind::Index, diff_id),
-        ) else {
-            return Ok(None);
-        };
-        let loaded = tokio::task::spawn_blocking(move || -> Result<LoadedLayer> {
-            let file = File::open(&tar)?;
-            let bytes = std::fs::read(&index)?;
-            let tree: Tree = serde_json::from_slice(&bytes)
-                .map_err(|e| Error::invalid(format!("cached layer index: {e}")))?;
-            Ok(LoadedLayer {
-                tree: Arc::new(tree),
-                file: Arc::new(file),
-            })
-        })
-        .await
-        .map_err(|e| Error::Io(std::io::Error::other(e)))?;
-        match loaded {
-            Ok(l) => Ok(Some(Arc::new(l))),
-            Err(e) => {
-                tracing::warn!(%diff_id, error = %e, "cached layer unusable; fetching again");
-                Ok(None)
-            }
-        }
-    }
-
-    async fn fetch_layer(
-        &self,
-        repo: &str,
-        desc: &BlobRef,
-        diff_id: &Digest,
-        urgency: Urgency,
-    ) -> Result<LoadedLayer> {
-        let compression = Compression::from_media_type(&desc.media_type)?;
-        if !desc.urls.is_empty() {
-            tracing::debug!(digest = %desc.digest, "non-distributable layer: trying the registry first");
-        }
-        let _in_flight = self.in_flight.enter();
-        let started = std::time::Instant::now();
-        let stream = self
-            .client
-            .blob(repo, &desc.digest, Some(desc.size))
-            .await?;
-        let mut reader = bridge::reader(stream);
-        let tmp = self.store.temp()?;
-        let limits = self.limits.clone();
-        let (blob, diff) = (desc.digest.clone(), diff_id.clone());
-        let (result, tmp, reader_err) = tokio::task::spawn_blocking(move || {
-            let _niced = (urgency == Urgency::Slack).then(Niced::lower);
-            let mut tmp = tmp;
-            // The client's BlobStream verifies the digest before it ends.
-            let r = layer::ingest_spans(
-                &mut reader,
-                compression,
-                layer::BlobCheck::BySource(&blob),
-                &diff,
-                0,
-                &mut tmp.file,
-                &limits,
-                Some(layer::span::DEFAULT_SPAN),
-            );
-            (r, tmp, reader.take_error())
-        })
-        .await
-        .map_err(|e| Error::Io(std::io::Error::other(e)))?;
-        let (tree, stats, spans) = match (result, reader_err) {
-            (Ok(v), _) => v,
-            // The network's error explains an ingest failure better than "truncated tar".
-            (Err(_), Some(net)) | (Err(net), None) => {
-                tracing::error!(digest = %desc.digest, %diff_id, error = %net, "layer rejected; nothing cached");
-                return Err(net);
-            }
-        };
-        // Open before committing: the store may evict the file at once (it can be
-        // larger than the whole cache), and the open descriptor keeps it readable.
-        let file = tmp.file.try_clone()?;
-        let tree = Arc::new(tree);
-        // fsync, rename and two small writes: disk work, off the async workers.
-        let (store, blob, diff, t) = (
-            self.store.clone(),
-            desc.digest.clone(),
-            diff_id.clone(),
-            tree.clone(),
-        );
-        tokio::task::spawn_blocking(move || -> Result<()> {
-            store.commit(tmp, Kind::Layer, &diff)?;
-            let index = serde_json::to_vec(&*t).map_err(|e| Error::Io(std::io::Error::other(e)))?;
-            store.put(Kind::Index, &diff, &index)?;
-            if let Some(ix) = spans {
-                // Last, so that it outlives the tar in the LRU order.
-                let bytes = super::spans::encode_stored(&blob, &ix);
-                store.put(Kind::Span, &diff, &bytes)?;
-                tracing::debug!(
-                    digest = %blob, diff_id = %diff, checkpoints = ix.checkpoints.len(),
-                    bytes = bytes.len(), "stored span index"
-                );
-            }
-            Ok(())
-        })
-        .await
-        .map_err(|e| Error::Io(std::io::Error::other(e)))??;
-        tracing::info!(
-            digest = %desc.digest, %diff_id, bytes = stats.compressed_bytes, compressed = stats.compressed_bytes,
-            uncompressed = stats.uncompressed_bytes, entries = stats.entries,
-            ms = started.elapsed().as_millis() as u64, cache = "miss", "fetched layer"
-        );
-        Ok(LoadedLayer {
-            tree,
-            file: Arc::new(file),
-        })
+    /// Whether the layer's tar and index are in memory or in the store.
+    pub(super) fn has_whole_layer(&self, diff_id: &Digest) -> bool {
+        self.layers.get(diff_id).is_some()
+            || (self.store.path(Kind::Layer, diff_id).exists()
+                && self.store.path(Kind::Index, diff_id).exists())
     }
 }
 

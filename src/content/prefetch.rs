@@ -3,18 +3,17 @@
 //! every chunk of an eStargz / zstd:chunked layer — counting progress as it
 //! goes. Foreground work: no throttle.
 
-use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use serde::Serialize;
 
-use super::chunks::runs;
+use super::chunks::{self, all_chunks};
+use super::pieces::runs;
 use super::{Content, LayerSource, ManifestInfo};
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::image::{BlobRef, Manifest, Platform};
-use crate::layer::{Chunk, Content as NodeContent, Tree};
 use crate::reference::Selector;
 
 /// Largest run of adjacent chunks one prefetch Range request takes.
@@ -147,12 +146,20 @@ impl Content {
                 false
             }
             LayerSource::Remote(remote) => {
-                let chunks = all_chunks(&opened.tree);
-                let refs: Vec<&Chunk> = chunks.iter().collect();
-                let fetcher = self.fetcher();
+                let all = all_chunks(&opened.tree);
                 let mut counted = 0u64;
-                for run in runs(&refs, PREFETCH_RUN) {
-                    fetcher.warm(remote, &run).await?;
+                for run in runs(&all, chunks::extent, PREFETCH_RUN) {
+                    let run: Vec<_> = run.into_iter().cloned().collect();
+                    let (client, store) = (&*self.client, &self.store);
+                    chunks::get(
+                        client,
+                        store,
+                        &self.in_flight,
+                        remote,
+                        &run,
+                        chunks::MAX_RUN,
+                    )
+                    .await?;
                     let n: u64 = run.iter().map(|c| c.blob_len).sum();
                     let n = n.min(desc.size - counted);
                     counted += n;
@@ -166,22 +173,4 @@ impl Content {
         progress.layers_done.fetch_add(1, Ordering::Relaxed);
         Ok(lazy)
     }
-}
-
-/// Every chunk of a lazy layer's tree with data to fetch (holes have none),
-/// once each, in blob order.
-pub(super) fn all_chunks(tree: &Tree) -> Vec<Chunk> {
-    let mut seen = HashSet::new();
-    let mut out: Vec<Chunk> = Vec::new();
-    for n in tree.nodes() {
-        if let NodeContent::Chunks { chunks, .. } = &n.content {
-            for c in chunks.iter().filter(|c| !c.zeros) {
-                if seen.insert(c.digest.clone()) {
-                    out.push(c.clone());
-                }
-            }
-        }
-    }
-    out.sort_by_key(|c| (c.blob_offset, c.inner_offset));
-    out
 }

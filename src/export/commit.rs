@@ -496,7 +496,7 @@ impl Exporter {
             r
         });
         let client = self.content().client();
-        let (uploaded, packed) = tokio::join!(client.push_blob_stream(repo, body), pack);
+        let (uploaded, packed) = tokio::join!(client.push_blob_stream(repo, body.boxed()), pack);
         let packed = packed.map_err(|e| Error::Io(std::io::Error::other(e)))?;
         let layer = match (packed, uploaded) {
             // The upload stopped first: its error is the cause.

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use futures_util::Stream;
+use futures_util::{Stream, StreamExt};
 use tokio::io::AsyncReadExt;
 
 use crate::content::Content;
@@ -129,18 +129,24 @@ pub async fn push_image(
                 // Declined: copy it through the cache.
                 let file = content.blob(from, desc).await?;
                 let stream = file_stream(tokio::fs::File::from_std(file), sent.clone());
-                client.push_blob(repo, &b.digest, b.size, stream).await?;
+                client
+                    .push_blob(repo, &b.digest, b.size, stream.boxed())
+                    .await?;
             }
             BlobSource::File(p) => {
                 let f = tokio::fs::File::open(p).await?;
                 let stream = file_stream(f, sent.clone());
-                client.push_blob(repo, &b.digest, b.size, stream).await?;
+                client
+                    .push_blob(repo, &b.digest, b.size, stream.boxed())
+                    .await?;
             }
             BlobSource::Bytes(data) => {
                 let data = data.clone();
                 sent.fetch_add(data.len() as u64, Ordering::Relaxed);
                 let stream = futures_util::stream::iter([Ok(data)]);
-                client.push_blob(repo, &b.digest, b.size, stream).await?;
+                client
+                    .push_blob(repo, &b.digest, b.size, stream.boxed())
+                    .await?;
             }
         }
         tracing::info!(digest = %b.digest, size = b.size, "blob uploaded");
