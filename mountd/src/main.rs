@@ -14,6 +14,7 @@ mod logging;
 mod metrics;
 mod mount;
 mod prefetch;
+mod readiness;
 mod size;
 mod status;
 mod unmount;
