@@ -63,7 +63,7 @@ fn is_helper(argv0: &OsString) -> bool {
 /// Rewrite `argv` (see the module doc).
 pub fn rewrite(argv: Vec<OsString>) -> anyhow::Result<Vec<OsString>> {
     // A `--daemon` child is handed the already effective arguments.
-    if std::env::var_os(crate::daemon::READY_FD_ENV).is_some() {
+    if crate::readiness::is_daemon_child() {
         return Ok(argv);
     }
     let mut args: Vec<OsString> = argv;

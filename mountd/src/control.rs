@@ -1,16 +1,6 @@
-//! The control socket: line-delimited JSON over a Unix socket in the export
-//! state directory. One request per connection:
-//!
-//! ```text
-//! → {"op":"commit","entry":"myapp:1.0","compression":"gzip","docker":false,"source_date_epoch":null}
-//! ← {"progress":{"entry":…,"phase":"push","packed":…,"content_total":…,"sent":…,"push_total":…}}   (repeated)
-//! ← {"ok":true,"result":{"reference":…,"manifest":"sha256:…",…}}   or   {"ok":false,"error":"…"}
-//! → {"op":"new","entry":"myapp:2.0","from":"lab/python:3.11"}
-//! → {"op":"status"}   ← {"ok":true,"result":{"entries":[…],"in_flight":[…],"images":[…],"cache":{…},"fetches_in_flight":0,…}}
-//! → {"op":"prefetch","reference":"lab/python:3.11"}
-//! ← {"progress":{"layers_total":4,"layers_done":1,"bytes_total":…,"bytes_done":…}}   (repeated)
-//! ← {"ok":true,"result":{"digest":"sha256:…","layers":4,"bytes":…,"lazy_layers":0,"ms":…}}
-//! ```
+//! The control socket, the daemon's end: serves the requests of
+//! [`crate::protocol`] (line-delimited JSON over a Unix socket, one request
+//! per connection: `commit`, `new`, `status`, `prefetch`).
 //!
 //! Every daemon serves one: in the export state directory with `--export`,
 //! else in the runtime directory ([`default_socket`]). The root of each of its
@@ -21,49 +11,17 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use regfs::content::PrefetchProgress;
 use regfs::export::{CommitOptions, Exporter};
 use regfs::fs::Fs;
 use regfs::reference::Reference;
-use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use serde::Serialize;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
-/// A request.
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(tag = "op", rename_all = "snake_case")]
-pub enum Request {
-    /// Commit an entry.
-    Commit {
-        /// The entry reference.
-        entry: String,
-        /// gzip, zstd, none (default: the mount's).
-        #[serde(default)]
-        compression: Option<String>,
-        /// Docker schema 2 instead of OCI.
-        #[serde(default)]
-        docker: Option<bool>,
-        /// Clamp mtimes and `created`.
-        #[serde(default)]
-        source_date_epoch: Option<i64>,
-    },
-    /// Make an entry, optionally from a base image.
-    New {
-        /// The entry reference.
-        entry: String,
-        /// The base.
-        #[serde(default)]
-        from: Option<String>,
-    },
-    /// Entries and commits in flight; images in use, cache, fetches in flight.
-    Status,
-    /// Warm the cache for an image of the mounted registry.
-    Prefetch {
-        /// NAME:TAG or NAME@DIGEST.
-        reference: String,
-    },
-}
+use crate::protocol::{
+    Answer, CacheStatus, CommitDone, CommitProgress, ImageInUse, Line, PrefetchDone,
+    PrefetchProgress, Request, Status,
+};
 
 /// What the control socket serves: the read-only side, and the export side if any.
 #[derive(Clone)]
@@ -128,10 +86,23 @@ pub fn serve(path: &Path, ctx: Context, rt: &tokio::runtime::Handle) -> anyhow::
     Ok(())
 }
 
-async fn send(w: &mut tokio::net::unix::OwnedWriteHalf, v: &Value) -> std::io::Result<()> {
+async fn send<T: Serialize>(
+    w: &mut tokio::net::unix::OwnedWriteHalf,
+    v: &T,
+) -> std::io::Result<()> {
     let mut line = serde_json::to_vec(v).expect("json");
     line.push(b'\n');
     w.write_all(&line).await
+}
+
+/// Send the last line of an answer.
+async fn answer<R: Serialize>(w: &mut tokio::net::unix::OwnedWriteHalf, r: regfs::Result<R>) {
+    let _ = send(w, &Line::<(), R>::Answer(Answer::of(r))).await;
+}
+
+/// Send a progress line (the client may have gone; the work goes on regardless).
+async fn progress<P: Serialize>(w: &mut tokio::net::unix::OwnedWriteHalf, p: P) {
+    let _ = send(w, &Line::<P, ()>::Progress { progress: p }).await;
 }
 
 async fn handle(s: UnixStream, ctx: Arc<Context>) {
@@ -143,111 +114,146 @@ async fn handle(s: UnixStream, ctx: Arc<Context>) {
     let req: Request = match serde_json::from_str(&line) {
         Ok(r) => r,
         Err(e) => {
-            let _ = send(
-                &mut w,
-                &json!({"ok": false, "error": format!("bad request: {e}")}),
-            )
-            .await;
+            let bad = Answer::<()>::error(format!("bad request: {e}"));
+            let _ = send(&mut w, &Line::<(), ()>::Answer(bad)).await;
             return;
         }
     };
-    let answer = match req {
-        Request::Status => Ok(status(&ctx)),
-        Request::Prefetch { reference } => prefetch(&ctx, &reference, &mut w).await,
-        Request::New { entry, from } => match ctx.exporter() {
-            Ok(exp) => exp
-                .new_entry(&entry, from.as_deref())
-                .await
-                .map(|m| json!(m)),
-            Err(e) => Err(e),
-        },
+    match req {
+        Request::Status => answer(&mut w, Ok(status(&ctx))).await,
+        Request::Prefetch { reference } => {
+            let r = prefetch(&ctx, &reference, &mut w).await;
+            answer(&mut w, r).await
+        }
+        Request::New { entry, from } => {
+            let r = match ctx.exporter() {
+                Ok(exp) => exp.new_entry(&entry, from.as_deref()).await,
+                Err(e) => Err(e),
+            };
+            answer(&mut w, r).await
+        }
         Request::Commit {
             entry,
             compression,
             docker,
             source_date_epoch,
         } => {
-            let parsed = ctx
-                .exporter()
-                .and_then(|exp| Ok((exp, compression.map(|c| c.parse()).transpose()?)));
-            match parsed {
-                Err(e) => Err(e),
-                Ok((exp, c)) => {
-                    let mut opts: CommitOptions = exp.defaults.clone();
-                    if let Some(c) = c {
-                        opts.codec = c;
-                    }
-                    if let Some(d) = docker {
-                        opts.format = if d {
-                            regfs::export::ManifestFormat::Docker
-                        } else {
-                            regfs::export::ManifestFormat::Oci
-                        };
-                    }
-                    if source_date_epoch.is_some() {
-                        opts.source_date_epoch = source_date_epoch;
-                    }
-                    let exp2 = exp.clone();
-                    let e2 = entry.clone();
-                    let task = tokio::spawn(async move { exp2.commit(&e2, &opts).await });
-                    tokio::pin!(task);
-                    let mut tick = tokio::time::interval(Duration::from_millis(200));
-                    loop {
-                        tokio::select! {
-                            r = &mut task => break r.unwrap_or_else(|e| Err(regfs::Error::Io(std::io::Error::other(e)))).map(|o| json!(o)),
-                            _ = tick.tick() => {
-                                if let Some(p) = exp.in_flight().into_iter().find(|p| p.entry == entry) {
-                                    // The client may have gone; the commit goes on regardless.
-                                    let _ = send(&mut w, &json!({"progress": p})).await;
-                                }
-                            }
-                        }
-                    }
+            let r = commit(&ctx, &entry, compression, docker, source_date_epoch, &mut w).await;
+            answer(&mut w, r).await
+        }
+    }
+}
+
+/// `commit`: commit `entry`, sending its progress every 200 ms.
+async fn commit(
+    ctx: &Context,
+    entry: &str,
+    compression: Option<String>,
+    docker: Option<bool>,
+    source_date_epoch: Option<i64>,
+    w: &mut tokio::net::unix::OwnedWriteHalf,
+) -> regfs::Result<CommitDone> {
+    let exp = ctx.exporter()?;
+    let mut opts: CommitOptions = exp.defaults.clone();
+    if let Some(c) = compression {
+        opts.codec = c.parse()?;
+    }
+    if let Some(d) = docker {
+        opts.format = if d {
+            regfs::export::ManifestFormat::Docker
+        } else {
+            regfs::export::ManifestFormat::Oci
+        };
+    }
+    if source_date_epoch.is_some() {
+        opts.source_date_epoch = source_date_epoch;
+    }
+    let (exp2, e2) = (exp.clone(), entry.to_string());
+    let task = tokio::spawn(async move { exp2.commit(&e2, &opts).await });
+    tokio::pin!(task);
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    loop {
+        tokio::select! {
+            r = &mut task => {
+                let o = r.unwrap_or_else(|e| Err(regfs::Error::Io(std::io::Error::other(e))))?;
+                return Ok(CommitDone {
+                    reference: o.reference,
+                    manifest: o.manifest,
+                    layer: o.layer,
+                    diff_id: o.diff_id,
+                    layer_size: o.layer_size,
+                    present: o.present,
+                    mounted: o.mounted,
+                    uploaded: o.uploaded,
+                    pack_ms: o.pack_ms,
+                    push_ms: o.push_ms,
+                });
+            }
+            _ = tick.tick() => {
+                if let Some(p) = exp.in_flight().into_iter().find(|p| p.entry == entry) {
+                    progress(w, commit_progress(p)).await;
                 }
             }
         }
-    };
-    let v = match answer {
-        Ok(result) => json!({"ok": true, "result": result}),
-        Err(e) => json!({"ok": false, "error": e.to_string()}),
-    };
-    let _ = send(&mut w, &v).await;
+    }
+}
+
+fn commit_progress(p: regfs::export::commit::ProgressView) -> CommitProgress {
+    CommitProgress {
+        entry: p.entry,
+        phase: p.phase,
+        packed: p.packed,
+        content_total: p.content_total,
+        sent: p.sent,
+        push_total: p.push_total,
+    }
 }
 
 /// The `status` answer: the export side's entries and commits, plus the
 /// read-only side's images, cache and fetches.
-fn status(ctx: &Context) -> Value {
+fn status(ctx: &Context) -> Status {
     let (entries, in_flight) = match &ctx.exporter {
         Some(exp) => (
-            json!(exp.staging().entries().unwrap_or_default()),
-            json!(exp.in_flight()),
+            exp.staging().entries().unwrap_or_default(),
+            exp.in_flight().into_iter().map(commit_progress).collect(),
         ),
-        None => (json!([]), json!([])),
+        None => (Vec::new(), Vec::new()),
     };
     let content = ctx.fs.content();
     let store = content.store();
     let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
     let client = content.client().stats();
-    json!({
-        "entries": entries,
-        "in_flight": in_flight,
-        "export": ctx.exporter.is_some(),
-        "pid": std::process::id(),
-        "registry": content.client().registry().name,
-        "mountpoint": ctx.mountpoint,
-        "images": ctx.fs.images_in_use(),
-        "cache": {
-            "dir": ctx.cache_dir,
-            "size": store.size(),
-            "limit": store.limit(),
-            "hits": load(&store.stats.hits),
-            "misses": load(&store.stats.misses),
-            "evictions": load(&store.stats.evictions),
+    Status {
+        entries,
+        in_flight,
+        export: ctx.exporter.is_some(),
+        pid: std::process::id(),
+        registry: content.client().registry().name.to_string(),
+        mountpoint: ctx.mountpoint.clone(),
+        images: ctx
+            .fs
+            .images_in_use()
+            .into_iter()
+            .map(|i| ImageInUse {
+                repo: i.repo,
+                digest: i.digest,
+                rootfs: i.rootfs,
+                layers: i.layers,
+                nodes: i.nodes,
+            })
+            .collect(),
+        cache: CacheStatus {
+            dir: ctx.cache_dir.clone(),
+            size: store.size(),
+            limit: store.limit(),
+            hits: load(&store.stats.hits),
+            misses: load(&store.stats.misses),
+            evictions: load(&store.stats.evictions),
         },
-        "fetches_in_flight": content.fetches_in_flight(),
-        "requests": client.requests,
-        "bytes_received": client.bytes_received,
-    })
+        fetches_in_flight: content.fetches_in_flight(),
+        requests: client.requests,
+        bytes_received: client.bytes_received,
+    }
 }
 
 /// `prefetch`: warm the cache for `reference`, sending progress every 200 ms.
@@ -255,7 +261,7 @@ async fn prefetch(
     ctx: &Arc<Context>,
     reference: &str,
     w: &mut tokio::net::unix::OwnedWriteHalf,
-) -> regfs::Result<Value> {
+) -> regfs::Result<PrefetchDone> {
     let r: Reference = reference.parse()?;
     if let Some(reg) = &r.registry {
         if *reg != ctx.fs.content().client().registry().name {
@@ -266,8 +272,17 @@ async fn prefetch(
         }
     }
     let r = r.normalized_for(ctx.fs.content().client().registry());
-    let progress = Arc::new(PrefetchProgress::default());
-    let (ctx2, p2) = (ctx.clone(), progress.clone());
+    let p = Arc::new(regfs::content::PrefetchProgress::default());
+    let snapshot = |p: &regfs::content::PrefetchProgress| {
+        let s = p.snapshot();
+        PrefetchProgress {
+            layers_total: s.layers_total,
+            layers_done: s.layers_done,
+            bytes_total: s.bytes_total,
+            bytes_done: s.bytes_done,
+        }
+    };
+    let (ctx2, p2) = (ctx.clone(), p.clone());
     let task = tokio::spawn(async move {
         let fs = &ctx2.fs;
         fs.content()
@@ -280,13 +295,16 @@ async fn prefetch(
         tokio::select! {
             r = &mut task => {
                 let r = r.unwrap_or_else(|e| Err(regfs::Error::Io(std::io::Error::other(e))))?;
-                let _ = send(w, &json!({"progress": progress.snapshot()})).await;
-                return Ok(json!(r));
+                progress(w, snapshot(&p)).await;
+                return Ok(PrefetchDone {
+                    digest: r.digest.to_string(),
+                    layers: r.layers,
+                    bytes: r.bytes,
+                    lazy_layers: r.lazy_layers,
+                    ms: r.ms,
+                });
             }
-            _ = tick.tick() => {
-                // The client may have gone; the prefetch goes on regardless.
-                let _ = send(w, &json!({"progress": progress.snapshot()})).await;
-            }
+            _ = tick.tick() => progress(w, snapshot(&p)).await,
         }
     }
 }

@@ -2,32 +2,15 @@
 //!
 //! The parent re-executes itself without a terminal (new session, log to a
 //! file), hands over the password through a pipe on the child's stdin, and
-//! waits on a readiness pipe: the child writes `ok` once the kernel mount
-//! answers, or exits with an error the parent reports.
+//! waits on a readiness pipe ([`crate::readiness`]): the child writes `ok`
+//! once the kernel mount answers, or exits with an error the parent reports.
 
 use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 
 use anyhow::{bail, Context};
-
-pub const READY_FD_ENV: &str = "REGFS_READY_FD";
-
-/// In the daemon child: the readiness pipe, if we are one.
-pub fn ready_pipe() -> Option<std::fs::File> {
-    let fd: i32 = std::env::var(READY_FD_ENV).ok()?.parse().ok()?;
-    std::env::remove_var(READY_FD_ENV);
-    // SAFETY: the parent created this descriptor for us and nothing else owns it.
-    Some(std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) }))
-}
-
-/// Tell the parent the mount is ready.
-pub fn notify_ready(pipe: Option<std::fs::File>) {
-    if let Some(mut p) = pipe {
-        let _ = p.write_all(b"ok");
-    }
-}
 
 /// Start the daemon child and wait until it is mounted (or failed).
 pub fn spawn(password: Option<&str>, log_hint: &str) -> anyhow::Result<()> {
@@ -40,7 +23,7 @@ pub fn spawn(password: Option<&str>, log_hint: &str) -> anyhow::Result<()> {
         .collect();
     let mut cmd = Command::new(exe);
     cmd.args(args)
-        .env(READY_FD_ENV, w.as_raw_fd().to_string())
+        .env(crate::readiness::READY_FD_ENV, w.as_raw_fd().to_string())
         .stdin(if password.is_some() {
             Stdio::piped()
         } else {

@@ -2,7 +2,7 @@
 
 mod argv;
 mod cli;
-mod commit;
+mod client;
 mod config;
 mod control;
 mod daemon;
@@ -14,6 +14,9 @@ mod logging;
 mod metrics;
 mod mount;
 mod prefetch;
+mod progress_bar;
+mod protocol;
+mod readiness;
 mod size;
 mod status;
 mod unmount;
@@ -25,9 +28,9 @@ fn main() {
     let result = match cli.command {
         cli::Command::Mount(args) => mount::run(*args),
         cli::Command::Unmount(args) => unmount::run(&args.mountpoint),
-        cli::Command::Commit(args) => commit::commit(args),
-        cli::Command::Export(cli::ExportCommand::New(args)) => commit::export_new(args),
-        cli::Command::Status(args) => commit::status(args),
+        cli::Command::Commit(args) => client::commit(args),
+        cli::Command::Export(cli::ExportCommand::New(args)) => client::export_new(args),
+        cli::Command::Status(args) => client::status(args),
         cli::Command::Prefetch(args) => prefetch::run(args),
         cli::Command::Index(cli::IndexCommand::Export(args)) => index::export(args),
         cli::Command::Index(cli::IndexCommand::Import(args)) => index::import(args),

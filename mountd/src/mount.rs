@@ -17,7 +17,7 @@ use regfs::reference::Registry;
 use regfs::registry::{Client, ClientOptions, Credentials};
 
 use crate::cli::MountArgs;
-use crate::{control, daemon, logging, unmount};
+use crate::{control, daemon, logging, readiness, unmount};
 
 pub(crate) fn default_cache_dir() -> PathBuf {
     if let Some(x) = std::env::var_os("XDG_CACHE_HOME") {
@@ -52,7 +52,7 @@ pub fn run(args: MountArgs) -> anyhow::Result<()> {
     } else {
         None
     };
-    let ready = daemon::ready_pipe();
+    let ready = readiness::ready_pipe();
     if args.daemon && ready.is_none() {
         let hint = args
             .log_file
@@ -171,7 +171,7 @@ pub fn run(args: MountArgs) -> anyhow::Result<()> {
         )
         .with_context(|| format!("mounting at {}", mountpoint.display()))?;
     tracing::info!(%registry, mountpoint = %mountpoint.display(), cache = %cache_dir.display(), "mounted");
-    daemon::notify_ready(ready);
+    readiness::notify_ready(ready);
 
     // The session thread ends when the kernel drops the mount (regfs unmount,
     // umount -l); a signal makes us detach it ourselves.

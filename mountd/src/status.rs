@@ -1,6 +1,6 @@
 //! `regfs status`: the read-only side of the answer, for people.
 
-use serde_json::Value;
+use crate::protocol::Status;
 
 /// Bytes as `12.3 MiB`.
 pub fn human(n: u64) -> String {
@@ -19,52 +19,44 @@ pub fn human(n: u64) -> String {
 }
 
 /// Print the daemon, cache, fetch and image lines of a `status` answer.
-pub fn print_read_only(r: &Value) {
-    let u = |v: &Value| v.as_u64().unwrap_or(0);
-    if let Some(reg) = r["registry"].as_str() {
-        println!(
-            "regfs daemon {} mounting {} at {}",
-            u(&r["pid"]),
-            reg,
-            r["mountpoint"].as_str().unwrap_or("?")
-        );
-    }
-    let c = &r["cache"];
-    if c.is_object() {
-        println!(
-            "cache: {} of {} in {} (hits {}, misses {}, evictions {})",
-            human(u(&c["size"])),
-            human(u(&c["limit"])),
-            c["dir"].as_str().unwrap_or("?"),
-            u(&c["hits"]),
-            u(&c["misses"]),
-            u(&c["evictions"]),
-        );
-        println!(
-            "fetches in flight: {}; registry: {} requests, {} received",
-            u(&r["fetches_in_flight"]),
-            u(&r["requests"]),
-            human(u(&r["bytes_received"])),
-        );
-    }
-    let images = r["images"].as_array().map(Vec::as_slice).unwrap_or(&[]);
-    if r["images"].is_array() {
-        println!("images in use: {}", images.len());
-    }
-    for i in images {
+pub fn print_read_only(r: &Status) {
+    println!(
+        "regfs daemon {} mounting {} at {}",
+        r.pid,
+        r.registry,
+        r.mountpoint.display()
+    );
+    let c = &r.cache;
+    println!(
+        "cache: {} of {} in {} (hits {}, misses {}, evictions {})",
+        human(c.size),
+        human(c.limit),
+        c.dir.display(),
+        c.hits,
+        c.misses,
+        c.evictions,
+    );
+    println!(
+        "fetches in flight: {}; registry: {} requests, {} received",
+        r.fetches_in_flight,
+        r.requests,
+        human(r.bytes_received),
+    );
+    println!("images in use: {}", r.images.len());
+    for i in &r.images {
         let mut trees = Vec::new();
-        if i["rootfs"].as_bool() == Some(true) {
+        if i.rootfs {
             trees.push("rootfs".to_string());
         }
-        for l in i["layers"].as_array().into_iter().flatten() {
-            trees.push(format!("layer {}", u(l)));
+        for l in &i.layers {
+            trees.push(format!("layer {l}"));
         }
         println!(
             "  {}@{}  {} ({} nodes)",
-            i["repo"].as_str().unwrap_or(""),
-            i["digest"].as_str().unwrap_or(""),
+            i.repo,
+            i.digest,
             trees.join(", "),
-            u(&i["nodes"]),
+            i.nodes,
         );
     }
 }

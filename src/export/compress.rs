@@ -23,6 +23,7 @@ use std::sync::{Arc, Mutex};
 
 use flate2::{Compress, FlushCompress, Status};
 
+use super::block::Block;
 use super::estargz::{finish_toc, toc_tar, EstargzSink};
 use super::pack::{write_tar, PackOptions, PackStats, TarSink};
 use crate::digest::{Algorithm, Digest, Hasher, HashingWriter};
@@ -122,15 +123,6 @@ impl Drop for PackedLayer {
 
 const BLOCK: usize = 1 << 20;
 const DICT: usize = 32 * 1024;
-
-/// A piece of the tar on its way to a compressor: a gzip block (primed with
-/// `dict`), or for eStargz one whole gzip member.
-pub(super) struct Block {
-    pub(super) seq: u64,
-    pub(super) data: Vec<u8>,
-    pub(super) dict: Vec<u8>,
-    pub(super) last: bool,
-}
 
 /// The tar side: buffers blocks, hashes them, hands them on.
 struct BlockWriter {

@@ -24,7 +24,7 @@ use std::sync::mpsc::SyncSender;
 use base64::Engine;
 use serde::Serialize;
 
-use super::compress::Block;
+use super::block::Block;
 use super::pack::{EntryDesc, TarSink};
 use crate::digest::{Algorithm, Digest, Hasher};
 use crate::estargz::TOC_NAME;

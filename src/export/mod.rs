@@ -5,12 +5,14 @@
 //!   whiteouts), plain Rust; `crate::fuse::export` links fuser to it.
 //! - [`pack`] and [`compress`]: a deterministic tar, compressed and hashed
 //!   in one pass, streamed to the upload as it is produced; [`estargz`]:
-//!   the eStargz layout (gzip member per chunk, TOC, footer).
+//!   the eStargz layout (gzip member per chunk, TOC, footer); [`block`]:
+//!   the piece of tar the tar side hands a compressor (both use it).
 //! - [`image`]: the config and manifest; [`push`]: blobs then the manifest.
 //! - [`commit`]: the whole commit, with progress, and [`Exporter`], the
 //!   service the filesystem and the control socket share.
 
 pub mod base;
+pub mod block;
 pub mod commit;
 pub mod compress;
 pub mod estargz;

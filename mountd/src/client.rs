@@ -1,5 +1,7 @@
-//! The client commands that talk to a daemon's control socket:
-//! `regfs commit`, `regfs export new`, `regfs status`.
+//! The control-socket client: finding a daemon's socket from a path, sending
+//! a [`Request`] and reading its typed answer ([`crate::protocol`]); and the
+//! commands that are one request each: `regfs commit`, `regfs export new`,
+//! `regfs status`.
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::ffi::OsStrExt;
@@ -7,9 +9,11 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context};
-use serde_json::{json, Value};
+use regfs::export::EntryMeta;
+use serde::de::DeserializeOwned;
 
 use crate::cli::{CommitArgs, ExportNewArgs, StatusArgs};
+use crate::protocol::{Answer, CommitDone, CommitProgress, Line, Request, Status};
 
 /// The xattr of an export mount's top directory that names its socket.
 const SOCKET_XATTR: &str = "user.regfs.control";
@@ -57,32 +61,34 @@ fn locate(path: &Path, control: Option<&Path>) -> anyhow::Result<(PathBuf, Strin
     )
 }
 
-/// Send `req`, call `on_progress` for progress lines, return the result.
-pub(crate) fn request(
+/// Send `req`, call `on_progress` for progress lines (of type `P`), return
+/// the result (of type `R`).
+pub(crate) fn request<P: DeserializeOwned, R: DeserializeOwned>(
     socket: &Path,
-    req: &Value,
-    on_progress: &mut dyn FnMut(&Value),
-) -> anyhow::Result<Value> {
+    req: &Request,
+    on_progress: &mut dyn FnMut(P),
+) -> anyhow::Result<R> {
     let mut s = UnixStream::connect(socket)
         .with_context(|| format!("connecting to the regfs daemon at {}", socket.display()))?;
     let mut line = serde_json::to_vec(req)?;
     line.push(b'\n');
     s.write_all(&line)?;
     for l in BufReader::new(s).lines() {
-        let v: Value = serde_json::from_str(&l?)?;
-        if let Some(p) = v.get("progress") {
-            on_progress(p);
-            continue;
+        let l = l?;
+        let line: Line<P, R> = serde_json::from_str(&l)
+            .with_context(|| format!("an answer line the daemon sent: {l}"))?;
+        match line {
+            Line::Progress { progress } => on_progress(progress),
+            Line::Answer(Answer {
+                ok: true,
+                result: Some(r),
+                ..
+            }) => return Ok(r),
+            Line::Answer(a) => bail!(
+                "{}",
+                a.error.as_deref().unwrap_or("the daemon reported an error")
+            ),
         }
-        if v["ok"].as_bool() == Some(true) {
-            return Ok(v["result"].clone());
-        }
-        bail!(
-            "{}",
-            v["error"]
-                .as_str()
-                .unwrap_or("the daemon reported an error")
-        );
     }
     bail!("the daemon closed the connection without an answer")
 }
@@ -94,52 +100,44 @@ fn mib(n: u64) -> f64 {
 /// `regfs commit EXPORTDIR/NAME:TAG`.
 pub fn commit(args: CommitArgs) -> anyhow::Result<()> {
     let (socket, entry) = locate(&args.path, args.control.as_deref())?;
-    let req = json!({
-        "op": "commit",
-        "entry": entry,
-        "compression": args.compression,
-        "docker": args.docker.then_some(true),
-        "source_date_epoch": args.source_date_epoch,
-    });
-    let bar = crate::prefetch::bar(args.quiet);
+    let req = Request::Commit {
+        entry: entry.clone(),
+        compression: args.compression.clone(),
+        docker: args.docker.then_some(true),
+        source_date_epoch: args.source_date_epoch,
+    };
+    let bar = crate::progress_bar::bar(args.quiet);
     let mut last_phase = String::new();
-    let mut show = |p: &Value| {
-        let phase = p["phase"].as_str().unwrap_or("").to_string();
-        let (done, total) = if phase == "pack" {
-            (
-                p["packed"].as_u64().unwrap_or(0),
-                p["content_total"].as_u64().unwrap_or(0),
-            )
+    let mut show = |p: CommitProgress| {
+        let (done, total) = if p.phase == "pack" {
+            (p.packed, p.content_total)
         } else {
-            (
-                p["sent"].as_u64().unwrap_or(0),
-                p["push_total"].as_u64().unwrap_or(0),
-            )
+            (p.sent, p.push_total)
         };
-        if phase != last_phase {
+        if p.phase != last_phase {
             if bar.is_hidden() && !args.quiet {
                 // Not a terminal: one line per phase.
-                eprintln!("{entry}: {phase}…");
+                eprintln!("{entry}: {}…", p.phase);
             }
             bar.reset();
         }
-        bar.set_message(format!("{entry} {phase:>4}"));
+        bar.set_message(format!("{entry} {:>4}", p.phase));
         bar.set_length(total);
         bar.set_position(done.min(total));
-        last_phase = phase;
+        last_phase = p.phase;
     };
-    let r = request(&socket, &req, &mut show);
+    let r = request::<CommitProgress, CommitDone>(&socket, &req, &mut show);
     bar.finish_and_clear();
     let r = r?;
     println!(
         "pushed {} {} (layer {}, {:.1} MiB; {} blob(s) uploaded, {} mounted, {} present)",
-        r["reference"].as_str().unwrap_or(""),
-        r["manifest"].as_str().unwrap_or(""),
-        r["layer"].as_str().unwrap_or(""),
-        mib(r["layer_size"].as_u64().unwrap_or(0)),
-        r["uploaded"],
-        r["mounted"],
-        r["present"],
+        r.reference,
+        r.manifest,
+        r.layer,
+        mib(r.layer_size),
+        r.uploaded,
+        r.mounted,
+        r.present,
     );
     Ok(())
 }
@@ -147,13 +145,17 @@ pub fn commit(args: CommitArgs) -> anyhow::Result<()> {
 /// `regfs export new EXPORTDIR/NAME:TAG [--from REF]`.
 pub fn export_new(args: ExportNewArgs) -> anyhow::Result<()> {
     let (socket, entry) = locate(&args.path, args.control.as_deref())?;
-    let r = request(
-        &socket,
-        &json!({"op": "new", "entry": entry, "from": args.from}),
-        &mut |_| {},
-    )?;
-    match r["base"]["digest"].as_str() {
-        Some(d) => println!("{entry}: from {} ({d})", args.from.as_deref().unwrap_or("")),
+    let req = Request::New {
+        entry: entry.clone(),
+        from: args.from.clone(),
+    };
+    let r: EntryMeta = request(&socket, &req, &mut |_: ()| {})?;
+    match r.base {
+        Some(b) => println!(
+            "{entry}: from {} ({})",
+            args.from.as_deref().unwrap_or(""),
+            b.digest
+        ),
         None => println!("{entry}: empty"),
     }
     Ok(())
@@ -185,34 +187,37 @@ pub(crate) fn socket_for(path: Option<&Path>, control: Option<&Path>) -> anyhow:
 /// `regfs status MOUNTPOINT|EXPORTDIR`.
 pub fn status(args: StatusArgs) -> anyhow::Result<()> {
     let socket = socket_for(args.path.as_deref(), args.control.as_deref())?;
-    let r = request(&socket, &json!({"op": "status"}), &mut |_| {})?;
+    let r: Status = request(&socket, &Request::Status, &mut |_: ()| {})?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&r)?);
         return Ok(());
     }
     crate::status::print_read_only(&r);
-    if r["export"].as_bool() == Some(false) {
+    if !r.export {
         return Ok(());
     }
     println!();
     println!("{:<32} {:<24} LAST COMMIT", "ENTRY", "FROM");
-    for e in r["entries"].as_array().into_iter().flatten() {
+    for e in &r.entries {
         println!(
             "{:<32} {:<24} {}",
-            e["reference"].as_str().unwrap_or(""),
-            e["from"].as_str().unwrap_or("-"),
-            e["last_commit"]["manifest"].as_str().unwrap_or("-"),
+            e.reference,
+            e.from.as_deref().unwrap_or("-"),
+            e.last_commit
+                .as_ref()
+                .map(|c| c.manifest.to_string())
+                .unwrap_or_else(|| "-".into()),
         );
     }
-    for p in r["in_flight"].as_array().into_iter().flatten() {
+    for p in &r.in_flight {
         println!(
             "committing {}: {} ({:.1}/{:.1} MiB packed, {:.1}/{:.1} MiB pushed)",
-            p["entry"].as_str().unwrap_or(""),
-            p["phase"].as_str().unwrap_or(""),
-            mib(p["packed"].as_u64().unwrap_or(0)),
-            mib(p["content_total"].as_u64().unwrap_or(0)),
-            mib(p["sent"].as_u64().unwrap_or(0)),
-            mib(p["push_total"].as_u64().unwrap_or(0)),
+            p.entry,
+            p.phase,
+            mib(p.packed),
+            mib(p.content_total),
+            mib(p.sent),
+            mib(p.push_total),
         );
     }
     Ok(())

@@ -1,0 +1,30 @@
+//! The readiness pipe between a `--daemon` parent and its child: the parent
+//! passes the pipe's descriptor in [`READY_FD_ENV`]; the child writes `ok`
+//! once its mount answers.
+
+use std::io::Write;
+use std::os::fd::{FromRawFd, OwnedFd};
+
+/// The environment variable naming the readiness pipe's descriptor.
+pub const READY_FD_ENV: &str = "REGFS_READY_FD";
+
+/// Whether this process is a `--daemon` child (its arguments are already
+/// the effective ones).
+pub fn is_daemon_child() -> bool {
+    std::env::var_os(READY_FD_ENV).is_some()
+}
+
+/// In the daemon child: the readiness pipe, if we are one.
+pub fn ready_pipe() -> Option<std::fs::File> {
+    let fd: i32 = std::env::var(READY_FD_ENV).ok()?.parse().ok()?;
+    std::env::remove_var(READY_FD_ENV);
+    // SAFETY: the parent created this descriptor for us and nothing else owns it.
+    Some(std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) }))
+}
+
+/// Tell the parent the mount is ready.
+pub fn notify_ready(pipe: Option<std::fs::File>) {
+    if let Some(mut p) = pipe {
+        let _ = p.write_all(b"ok");
+    }
+}
