@@ -2,7 +2,7 @@
 //! password), Prometheus metrics, `regfs status`, `regfs prefetch`, and the
 //! generated completions and man page.
 
-mod harness;
+use crate::harness;
 
 use std::ffi::OsString;
 use std::fs;

@@ -1,7 +1,7 @@
 //! Issue 2: credentials (docker config.json, --password-stdin), wrong
 //! passwords, TLS with a private CA, and a stopped registry, through real mounts.
 
-mod harness;
+use crate::harness;
 
 use std::fs;
 use std::io::Write;

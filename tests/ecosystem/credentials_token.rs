@@ -4,7 +4,7 @@
 //! registry configured with `auth: token`, with tokens that expire while mounted
 //! and identity tokens exchanged through the OAuth2 refresh flow.
 
-mod harness;
+use crate::harness;
 
 use std::ffi::OsString;
 use std::fs;
