@@ -1,14 +1,14 @@
 //! [`ConfiguredRegistry`]: a real `docker-registry serve` with a configuration
 //! the test writes (token auth, pull-through cache, client certificates), on a
-//! free loopback port. Often pointed at the storage of a [`super::Registry`]
+//! free loopback port. Often pointed at the storage of a [`super::registry::Registry`]
 //! that skopeo filled, so the same images are served with different settings.
 
 use std::fs;
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 
-use super::served::Served;
-use super::{free_port, Request};
+use super::process::free_port;
+use super::served::{Request, Served};
 
 /// A registry run from a test-written config. Killed on drop.
 pub struct ConfiguredRegistry {
@@ -90,16 +90,6 @@ impl ConfiguredRegistry {
         self.port
     }
 
-    /// The directory handed to the config function.
-    pub fn dir(&self) -> &Path {
-        self.dir.path()
-    }
-
-    /// Path of the registry's log.
-    pub fn log_path(&self) -> PathBuf {
-        self.served.log_path().to_path_buf()
-    }
-
     /// The log so far.
     pub fn log(&self) -> String {
         self.served.log()
@@ -110,20 +100,9 @@ impl ConfiguredRegistry {
         self.served.requests()
     }
 
-    /// True while the child runs.
-    pub fn is_running(&self) -> bool {
-        self.served.is_running()
-    }
-
     /// Stops the registry (SIGTERM, then SIGKILL).
     pub fn stop(&self) {
         self.served.stop();
-    }
-
-    /// Starts it again on the same port and config.
-    pub fn restart(&self) {
-        self.stop();
-        self.spawn_and_wait();
     }
 }
 
@@ -132,7 +111,7 @@ pub mod pki {
     use std::path::{Path, PathBuf};
     use std::process::Command;
 
-    use super::super::run;
+    use super::super::process::run;
 
     /// Writes `NAME.key` and a self-signed `NAME.crt` (CN = `cn`) into `dir`.
     pub fn self_signed(dir: &Path, name: &str, cn: &str) -> (PathBuf, PathBuf) {

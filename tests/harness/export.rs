@@ -5,7 +5,9 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use super::{regfs_bin, run, tempdir, Mount, Registry};
+use super::mount::{mount_fstype, regfs_bin, Mount};
+use super::process::{run, tempdir};
+use super::registry::Registry;
 
 /// A daemon serving the registry at `mount.path()` and an export directory.
 pub struct ExportMount {
@@ -41,7 +43,7 @@ impl ExportMount {
 
     fn wait_export(&self) {
         for _ in 0..400 {
-            if super::mount_fstype(self.dir()).is_some_and(|t| t.starts_with("fuse")) {
+            if mount_fstype(self.dir()).is_some_and(|t| t.starts_with("fuse")) {
                 return;
             }
             std::thread::sleep(std::time::Duration::from_millis(25));
@@ -52,11 +54,6 @@ impl ExportMount {
     /// The export directory.
     pub fn dir(&self) -> &Path {
         self.export.path()
-    }
-
-    /// The staging state directory.
-    pub fn state(&self) -> &Path {
-        self.state.path()
     }
 
     /// Path of entry `name` in the export directory.

@@ -110,17 +110,6 @@ impl Rule {
         self.path_contains = Some(s.to_string());
         self
     }
-    /// Any method.
-    pub fn any_method(mut self) -> Rule {
-        self.method = None;
-        self
-    }
-    /// Only the `n`th matching request (1-based).
-    pub fn nth(mut self, n: u64) -> Rule {
-        self.skip = n.saturating_sub(1);
-        self.times = Some(1);
-        self
-    }
     /// At most `n` matching requests.
     pub fn times(mut self, n: u64) -> Rule {
         self.times = Some(n);
@@ -222,11 +211,6 @@ impl Proxy {
         lock(&self.shared.rules).clear();
     }
 
-    /// Requests received so far.
-    pub fn requests(&self) -> u64 {
-        self.shared.requests.load(Ordering::Relaxed)
-    }
-
     /// Response body bytes sent to the client so far.
     pub fn body_bytes(&self) -> u64 {
         self.shared.body_bytes.load(Ordering::Relaxed)
@@ -243,11 +227,6 @@ impl Proxy {
             .into_iter()
             .filter(|r| r.path.contains(s))
             .collect()
-    }
-
-    /// Forget the request log.
-    pub fn reset_log(&self) {
-        lock(&self.shared.seen).clear();
     }
 }
 

@@ -1,5 +1,5 @@
 //! [`Served`]: a running `docker-registry serve` and its log, the process
-//! handling that [`super::Registry`] and [`super::configured::ConfiguredRegistry`]
+//! handling that [`super::registry::Registry`] and [`super::configured::ConfiguredRegistry`]
 //! share.
 
 use std::fs;
@@ -9,7 +9,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use super::{lock, parse_access_line, spawn_tied, terminate, Request, START_TIMEOUT};
+use super::process::{lock, spawn_tied, terminate};
+
+/// How long a registry may take to answer after it is started.
+const START_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// A registry process (at most one at a time) writing to one log file.
 /// Stopped on drop.
@@ -75,11 +78,6 @@ impl Served {
         }
     }
 
-    /// Path of the log.
-    pub fn log_path(&self) -> &Path {
-        &self.log
-    }
-
     /// The whole log so far.
     pub fn log(&self) -> String {
         fs::read(&self.log)
@@ -126,4 +124,35 @@ pub fn count_reaching(at_least: usize, count: impl Fn() -> usize) -> usize {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// One request from the registry's access log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Request {
+    /// `GET`, `HEAD`, `PUT`, …
+    pub method: String,
+    /// Path and query, e.g. `/v2/lab/busybox/blobs/sha256:…`.
+    pub uri: String,
+    /// HTTP status of the response.
+    pub status: u16,
+    /// Bytes in the response body, as the access log says.
+    pub bytes: u64,
+}
+
+/// Parses `127.0.0.1 - - [date] "GET /v2/… HTTP/1.1" 200 123 "" "agent"`.
+fn parse_access_line(line: &str) -> Option<Request> {
+    let rest = &line[line.find("] \"")? + 3..];
+    let (req, rest) = rest.split_once('"')?;
+    let mut parts = req.split(' ');
+    let method = parts.next()?.to_string();
+    let uri = parts.next()?.to_string();
+    let mut fields = rest.split_whitespace();
+    let status = fields.next()?.parse().ok()?;
+    let bytes = fields.next().and_then(|b| b.parse().ok()).unwrap_or(0);
+    Some(Request {
+        method,
+        uri,
+        status,
+        bytes,
+    })
 }

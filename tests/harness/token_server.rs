@@ -67,7 +67,7 @@ impl TokenServer {
         let dir = tempfile::tempdir().unwrap();
         let (key, cert) = pki::self_signed(dir.path(), "token-signer", "regfs token signer");
         let der_path = dir.path().join("token-signer.der");
-        super::run(
+        super::process::run(
             Command::new("openssl")
                 .args(["x509", "-outform", "DER", "-in"])
                 .arg(&cert)
@@ -106,11 +106,6 @@ impl TokenServer {
     /// The realm URL (`http://127.0.0.1:PORT/token`).
     pub fn realm(&self) -> String {
         format!("http://127.0.0.1:{}/token", self.port)
-    }
-
-    /// The signing certificate (PEM), the registry's `rootcertbundle`.
-    pub fn cert(&self) -> &Path {
-        &self.cert
     }
 
     /// The `auth:` section for a distribution registry config.

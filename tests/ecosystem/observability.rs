@@ -2,14 +2,14 @@
 //! password), Prometheus metrics, `regfs status`, `regfs prefetch`, and the
 //! generated completions and man page.
 
-mod harness;
+use crate::harness;
 
 use std::ffi::OsString;
 use std::fs;
 use std::path::Path;
 use std::process::{Command, Output};
 
-use harness::env_mount::env_vars;
+use harness::env_vars;
 use harness::{
     free_port, lab, regfs_bin, sha256_file, umoci_unpack, Mount, Registry, RegistryKind, LAB_PASS,
     LAB_USER,

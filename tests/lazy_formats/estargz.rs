@@ -3,7 +3,7 @@
 //! fetched by `cat` and `ls -lR`, corrupted chunks, TOCs that do not match their
 //! annotation, and the chunk cache across remounts and images.
 
-mod harness;
+use crate::harness;
 
 use std::fs;
 use std::path::{Path, PathBuf};

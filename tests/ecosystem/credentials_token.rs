@@ -4,7 +4,7 @@
 //! registry configured with `auth: token`, with tokens that expire while mounted
 //! and identity tokens exchanged through the OAuth2 refresh flow.
 
-mod harness;
+use crate::harness;
 
 use std::ffi::OsString;
 use std::fs;
@@ -14,7 +14,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use harness::configured::ConfiguredRegistry;
-use harness::env_mount::env_vars;
+use harness::env_vars;
 use harness::token_server::TokenServer;
 use harness::{tempdir, Mount, Registry, RegistryKind, LAB_PASS, LAB_USER};
 use regfs::reference::{Registry as RegName, Selector};

@@ -10,7 +10,7 @@
 //! recovered or not): the README table is made from them
 //! (`cargo test --test faults -- --nocapture 2>&1 | grep FAULT`).
 
-mod harness;
+use crate::harness;
 
 use std::ffi::OsString;
 use std::fs;

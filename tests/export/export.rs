@@ -2,7 +2,7 @@
 //! stage a tree, commit, pull it back with skopeo + umoci and compare; --from
 //! with whiteouts and cross-repository mounts; determinism; faults; POSIX.
 
-mod harness;
+use crate::harness;
 
 use std::collections::BTreeMap;
 use std::fs;

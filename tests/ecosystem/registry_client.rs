@@ -5,7 +5,7 @@
 //! demand), a basic-auth one, a TLS one and a scratch one for pushes. Nothing is
 //! skipped: a missing `docker-registry` or `skopeo` fails the test.
 
-mod harness;
+use crate::harness;
 
 use std::time::Duration;
 

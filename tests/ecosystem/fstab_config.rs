@@ -5,7 +5,7 @@
 //! The helper test creates `/sbin/mount.fuse.regfs -> target/debug/regfs`
 //! (only if nothing is there) and removes it afterwards.
 
-mod harness;
+use crate::harness;
 
 use std::ffi::OsString;
 use std::fs;

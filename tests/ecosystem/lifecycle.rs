@@ -1,6 +1,6 @@
 //! Issue 2: the mount's lifetime: `regfs unmount`, SIGTERM / SIGINT, `--daemon`.
 
-mod harness;
+use crate::harness;
 
 use std::fs;
 use std::process::{Command, Stdio};

@@ -2,7 +2,7 @@
 //! manifests, configs, raw blobs, indexes and platforms; errors for what is
 //! not there; EROFS for writes.
 
-mod harness;
+use crate::harness;
 
 use std::fs;
 use std::io::ErrorKind;

@@ -1,7 +1,7 @@
 //! Issue 2: credentials (docker config.json, --password-stdin), wrong
 //! passwords, TLS with a private CA, and a stopped registry, through real mounts.
 
-mod harness;
+use crate::harness;
 
 use std::fs;
 use std::io::Write;
@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use harness::{
-    regfs_bin, tempdir, wait_timeout, Mount, Registry, RegistryKind, LAB_PASS, LAB_USER,
+    env_vars, regfs_bin, tempdir, wait_timeout, Mount, Registry, RegistryKind, LAB_PASS, LAB_USER,
 };
 
 fn busybox_on(kind: RegistryKind) -> Registry {
@@ -84,10 +84,14 @@ fn basic_auth_with_docker_config_json() {
         ),
     )
     .unwrap();
-    // Only this test sets DOCKER_CONFIG; the others pass explicit credentials, which win.
-    std::env::set_var("DOCKER_CONFIG", cfg.path());
-    let m = Mount::with_args(&reg.host_port(), vec!["--plain-http".into()], None);
-    std::env::remove_var("DOCKER_CONFIG");
+    // DOCKER_CONFIG for the daemon only: the test process's environment is
+    // shared with every test of the binary.
+    let m = Mount::with_env(
+        &reg.host_port(),
+        vec!["--plain-http".into()],
+        None,
+        env_vars([("DOCKER_CONFIG", cfg.path())]),
+    );
     assert_browsable(&m, &reg);
     assert!(!m.log().contains(LAB_PASS), "the password reached the log");
 }

@@ -1,7 +1,7 @@
 //! Issue 3: unpacked layers and the merged rootfs, compared with `umoci unpack`
 //! of the same image, run with chroot, and checked with overlayfs.
 
-mod harness;
+use crate::harness;
 
 use std::fs;
 use std::path::{Path, PathBuf};

@@ -3,7 +3,7 @@
 //! through a real mount, falling back to the registry when the mirror stops;
 //! and a registry that requires client certificates (`http.tls.clientcas`).
 
-mod harness;
+use crate::harness;
 
 use std::ffi::OsString;
 use std::fs;

@@ -2,7 +2,7 @@
 //! concurrency, the content cache (bound, reuse after restart, nothing
 //! unverified kept) and corrupted layers.
 
-mod harness;
+use crate::harness;
 
 use std::fs;
 use std::io::{ErrorKind, Read};

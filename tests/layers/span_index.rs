@@ -3,7 +3,7 @@
 //! is served by Range requests from the nearest checkpoint, each span checked
 //! against its recorded sha256. Real registry, real mount, umoci oracle.
 
-mod harness;
+use crate::harness;
 
 use std::fs;
 use std::path::{Path, PathBuf};

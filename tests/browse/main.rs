@@ -1,0 +1,9 @@
+//! Browse: a real registry through a real mount: namespaces, tags,
+//! manifests, configs, raw blobs, indexes and platforms, errors for what is
+//! not there, EROFS for writes.
+
+#[macro_use]
+#[path = "../harness/mod.rs"]
+mod harness;
+
+mod browse;

@@ -1,0 +1,12 @@
+//! Layers: what a gzip / zstd layer becomes in the tree and how it is
+//! fetched — unpacked layers and the merged rootfs against `umoci unpack`
+//! (`rootfs`), laziness and the content cache (`lazy_cache`), and evicted
+//! layers served by verified spans (`span_index`).
+
+#[macro_use]
+#[path = "../harness/mod.rs"]
+mod harness;
+
+mod lazy_cache;
+mod rootfs;
+mod span_index;
