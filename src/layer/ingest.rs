@@ -256,7 +256,11 @@ impl Decoder<'_> {
                 Ok(n) => n,
                 Err(e) => {
                     drop(decoder);
-                    let e = match source_err.borrow_mut().take() {
+                    // Take the source's error before reading the source again
+                    // (`blob_mismatch` does): a borrow held across that read
+                    // would panic.
+                    let source_error = source_err.borrow_mut().take();
+                    let e = match source_error {
                         Some(src) => Error::Io(src),
                         None => {
                             let corrupt = Error::Invalid(format!(
