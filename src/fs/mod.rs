@@ -11,6 +11,8 @@
 
 pub mod attr;
 pub mod inode;
+#[cfg(test)]
+mod model_tests;
 mod namespace;
 mod tree;
 mod usage;
