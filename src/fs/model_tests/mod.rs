@@ -1,6 +1,7 @@
 //! A reference-model property test of the read-only filesystem core, driven
 //! without a mount: random images (layer stacks with whiteouts, opaque
-//! directories, hard links and symlinks) in an in-process registry, and
+//! directories, hard links and symlinks) in an in-process registry (the
+//! layers served gzip, zstd and uncompressed), and
 //! random operations as the kernel would send them (lookup, getattr, paged
 //! readdirplus, open + read, readlink, xattrs, forget), with tag moves, a
 //! cache small enough to evict, and injected faults.
@@ -67,6 +68,9 @@ enum Op {
         offset: usize,
         len: usize,
     },
+    /// List and ask for extended attributes (the model's layers carry none;
+    /// the merged tree shows no overlay markers).
+    Xattr { image: usize, path: usize },
     /// Drop `n` references of the `pick`th inode held.
     Forget { pick: usize, n: u64 },
     /// Point the tag of image `image` at image `to`'s manifest.
@@ -84,6 +88,7 @@ fn op() -> impl Strategy<Value = Op> {
             .prop_map(|(image, dir, page)| Op::List { image, dir, page }),
         3 => (0..3usize, any::<usize>(), 0..80_000usize, 1..70_000usize)
             .prop_map(|(image, path, offset, len)| Op::Read { image, path, offset, len }),
+        1 => (0..3usize, any::<usize>()).prop_map(|(image, path)| Op::Xattr { image, path }),
         3 => (any::<usize>(), 1..3u64).prop_map(|(pick, n)| Op::Forget { pick, n }),
         1 => (0..3usize, 0..3usize).prop_map(|(image, to)| Op::MoveTag { image, to }),
         1 => (0..3usize, 0..3usize).prop_map(|(image, layer)| Op::Corrupt { image, layer }),
@@ -175,12 +180,22 @@ fn world(stacks: &[Vec<Layer>], small_cache: bool) -> World {
         let repo = "lab/img".to_string();
         let blobs: Vec<LayerBlob> = layers
             .iter()
-            .map(|l| {
+            .enumerate()
+            .map(|(n, l)| {
                 let tar = model::tar(l);
+                // Each compression the registry serves, by turns.
+                let (media_type, bytes) = match (i + n) % 3 {
+                    0 => ("application/vnd.oci.image.layer.v1.tar+gzip", gzip(&tar)),
+                    1 => (
+                        "application/vnd.oci.image.layer.v1.tar+zstd",
+                        zstd::encode_all(&tar[..], 1).unwrap(),
+                    ),
+                    _ => ("application/vnd.oci.image.layer.v1.tar", tar.clone()),
+                };
                 LayerBlob {
-                    media_type: "application/vnd.oci.image.layer.v1.tar+gzip".into(),
+                    media_type: media_type.into(),
                     diff_id: Digest::sha256_of(&tar),
-                    bytes: Bytes::from(gzip(&tar)),
+                    bytes: Bytes::from(bytes),
                     annotations: Default::default(),
                 }
             })
@@ -488,6 +503,34 @@ async fn run(w: &mut World, ops: &[Op]) -> Result<(), TestCaseError> {
                     Err(e) => {
                         prop_assert!(w.may_fail(i) && errno(&e) == libc::EIO, "read {}: {}", p, e)
                     }
+                }
+            }
+            Op::Xattr { image, path } => {
+                let i = image % w.images.len();
+                let p = &paths[path % paths.len()];
+                let Some(a) = w.walk(&mut k, i, p).await? else {
+                    continue;
+                };
+                let names = w.fs.listxattr(a.ino).await;
+                prop_assert!(
+                    matches!(&names, Ok(n) if n.is_empty()),
+                    "xattrs of {:?}: {:?}",
+                    p,
+                    names.map(|_| ())
+                );
+                for (name, want) in [
+                    (&b"trusted.overlay.opaque"[..], libc::ENODATA),
+                    (b"user.x", libc::ENODATA),
+                    (b"security.selinux", libc::EOPNOTSUPP),
+                ] {
+                    let got = w.fs.getxattr(a.ino, name).await.map_err(|e| errno(&e));
+                    prop_assert_eq!(
+                        got,
+                        Err(want),
+                        "{} of {:?}",
+                        String::from_utf8_lossy(name),
+                        p
+                    );
                 }
             }
             Op::Forget { pick, n } => {
