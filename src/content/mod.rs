@@ -15,6 +15,8 @@ mod once;
 mod pieces;
 mod prefetch;
 mod spans;
+#[cfg(test)]
+mod tests;
 mod toc;
 
 use std::sync::Arc;

@@ -136,6 +136,9 @@ pub(super) async fn get<K: PieceKind>(
         if let Some(e) = rejected {
             return Err(e);
         }
+        if run.iter().any(|p| !fetched.contains_key(kind.digest(p))) {
+            return Err(Error::invalid("a run of pieces came back short"));
+        }
     }
     drop(guards);
     Ok(wanted
