@@ -534,3 +534,6 @@ fn content_bytes(c: &Content) -> usize {
         Content::Chunks { chunks, .. } => chunks.len() * std::mem::size_of::<Chunk>(),
     }
 }
+
+#[cfg(test)]
+mod tests;
