@@ -200,7 +200,7 @@ impl<'l> TreeBuilder<'l> {
 
     /// Apply one entry. Returns the node of a regular file it added (a
     /// format may add further pieces to its content: [`Self::push_chunk`]).
-    pub fn add(&mut self, e: Entry<'_>) -> Result<Option<NodeId>> {
+    pub fn add(&mut self, mut e: Entry<'_>) -> Result<Option<NodeId>> {
         self.skipped()?;
         let lim = self.limits;
         if e.path.len() > lim.max_name_len {
@@ -219,7 +219,7 @@ impl<'l> TreeBuilder<'l> {
                 e.link.len()
             )));
         }
-        let xattrs = self.xattrs(&e)?;
+        let xattrs = self.xattrs(e.path, std::mem::take(&mut e.xattrs))?;
         let comps = normalize(e.path);
         let Some((&name, parent)) = comps.split_last() else {
             // The root itself.
@@ -324,27 +324,26 @@ impl<'l> TreeBuilder<'l> {
 
     /// The entry's xattrs by the rules: bounded, overlay ones dropped,
     /// sorted, last wins.
-    fn xattrs(&self, e: &Entry<'_>) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    fn xattrs(
+        &self,
+        path: &[u8],
+        mut x: Vec<(Vec<u8>, Vec<u8>)>,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
         let max = self.limits.max_xattr_bytes;
-        if xattr_bytes(&e.xattrs) > max {
+        if xattr_bytes(&x) > max {
             return Err(Error::TooLarge(format!(
                 "{}: {}: more than {max} bytes of xattrs",
                 self.format,
-                lossy(e.path)
+                lossy(path)
             )));
         }
-        let mut x: Vec<(Vec<u8>, Vec<u8>)> = e
-            .xattrs
-            .iter()
-            .filter(|(n, _)| {
-                let overlay = n.starts_with(b"trusted.overlay.");
-                if overlay {
-                    tracing::debug!(path = %lossy(e.path), "dropping an overlay xattr of the layer");
-                }
-                !overlay
-            })
-            .cloned()
-            .collect();
+        x.retain(|(n, _)| {
+            let overlay = n.starts_with(b"trusted.overlay.");
+            if overlay {
+                tracing::debug!(path = %lossy(path), "dropping an overlay xattr of the layer");
+            }
+            !overlay
+        });
         // Sorted by name; for a repeated name the last one wins.
         x.reverse();
         x.sort_by(|a, b| a.0.cmp(&b.0));
