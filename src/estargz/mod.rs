@@ -156,3 +156,5 @@ impl LazySpec {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+pub(crate) mod testutil;

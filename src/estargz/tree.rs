@@ -1,7 +1,9 @@
-//! A verified TOC → a layer [`Tree`], by the rules of
-//! [`crate::layer::index`] (normalised paths, implicit parents, last entry
-//! wins, overlay-style whiteouts and opaque directories, hard links sharing a
-//! node), with regular files as [`Content::Chunks`]. The TOC file itself and
+//! A verified TOC → a layer [`Tree`]: each TOC entry becomes an
+//! [`Entry`] for the rules every layer format shares
+//! ([`crate::layer::entries`]: normalised paths, implicit parents, last
+//! entry wins, overlay-style whiteouts and opaque directories, hard links
+//! sharing a node, limits), with regular files as [`Content::Chunks`]
+//! (further `chunk` entries appended to their file). The TOC file itself and
 //! the landmark files are not part of the tree.
 
 use base64::Engine;
@@ -11,8 +13,9 @@ use super::toc::{Toc, TocEntry};
 use super::{Format, NO_PREFETCH_LANDMARK, PREFETCH_LANDMARK, TOC_NAME};
 use crate::digest::Digest;
 use crate::error::{Error, Result};
-use crate::layer::tree::{normalize, normalize_strict, Builder};
-use crate::layer::{Chunk, Content, Kind, Limits, Node, NodeId, Tree};
+use crate::layer::entries::{Entry, EntryKind, TreeBuilder};
+use crate::layer::tree::normalize;
+use crate::layer::{Chunk, Content, Kind, Limits, NodeId, Tree};
 
 /// What a lazy layer needs besides the blob: its tree and where prefetching ends.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -66,12 +69,9 @@ pub fn toc_to_tree(
         Ok(starts[i] - off)
     };
 
-    let mut b = TreeBuilder {
-        b: Builder::new(),
-        max_nodes: limits.max_entries.saturating_mul(2).saturating_add(4096),
-    };
+    let mut b = TreeBuilder::new("TOC", limits);
     let mut prefetch_end = None;
-    let mut last_file: Option<(NodeId, String)> = None;
+    let mut last_file: Option<(NodeId, &str)> = None;
     for e in &toc.entries {
         let known = match e.chunk_type.as_str() {
             "" | "data" => true,
@@ -86,20 +86,17 @@ pub fn toc_to_tree(
                 e.name, e.chunk_type
             )));
         }
-        if e.name.len() > limits.max_name_len || e.link_name.len() > limits.max_name_len {
-            return Err(Error::TooLarge("TOC: a name beyond the limit".into()));
-        }
         if e.kind == "chunk" {
-            let Some((id, name)) = &last_file else {
+            let Some((id, name)) = last_file else {
                 return Err(Error::invalid("TOC: a chunk before any regular file"));
             };
-            if !e.name.is_empty() && e.name != *name {
+            if !e.name.is_empty() && e.name != name {
                 return Err(Error::invalid(format!(
                     "TOC: chunk of {} after {name}",
                     e.name
                 )));
             }
-            let Content::Chunks { chunks, .. } = &mut b.b.node_mut(*id).content else {
+            let Content::Chunks { chunks, .. } = &b.node(id).content else {
                 return Err(Error::invalid(format!(
                     "TOC: chunk of an empty file {name}"
                 )));
@@ -112,26 +109,33 @@ pub fn toc_to_tree(
                     "TOC: {name}: chunks not contiguous"
                 )));
             }
-            chunks.push(chunk);
+            b.push_chunk(id, chunk)?;
             continue;
         }
+        last_file = None;
         let comps = normalize(e.name.as_bytes());
         if comps.len() == 1 {
             let n = comps[0];
             if n == PREFETCH_LANDMARK.as_bytes() {
                 prefetch_end = Some(e.offset.max(0) as u64);
+                b.skipped()?;
                 continue;
             }
             if n == NO_PREFETCH_LANDMARK.as_bytes() || n == TOC_NAME.as_bytes() {
+                b.skipped()?;
                 continue;
             }
         }
-        last_file = None;
-        if let Some(id) = b.entry(e, layer, &extent)? {
-            last_file = Some((id, e.name.clone()));
+        match entry(e, layer, &extent)? {
+            Some(entry) => {
+                if let Some(id) = b.add(entry)? {
+                    last_file = Some((id, e.name.as_str()));
+                }
+            }
+            None => b.skipped()?,
         }
     }
-    let mut tree = b.b.finish();
+    let mut tree = b.finish();
     // The last chunk of each file runs to the file's end (chunkSize 0).
     fix_sizes(&mut tree, limits.max_uncompressed)?;
     Ok(LazyIndex {
@@ -217,225 +221,74 @@ fn parse_digest(s: &str, name: &str) -> Result<Digest> {
         .map_err(|_| Error::invalid(format!("TOC: {name}: bad or missing digest {s:?}")))
 }
 
-struct TreeBuilder {
-    b: Builder,
-    max_nodes: u64,
-}
-
-impl TreeBuilder {
-    fn add(&mut self, node: Node) -> Result<NodeId> {
-        if self.b.nodes.len() as u64 >= self.max_nodes {
-            return Err(Error::TooLarge("TOC: too many nodes".into()));
-        }
-        Ok(self.b.add(node))
-    }
-
-    /// The directory at `comps`, creating implicit directories and replacing
-    /// non-directories on the way (a replaced whiteout makes it opaque).
-    fn ensure_dir(&mut self, comps: &[&[u8]]) -> Result<NodeId> {
-        let mut id = 0;
-        for c in comps {
-            id = match self.b.child(id, c) {
-                Some(x) if self.b.node(x).is_dir() => x,
-                existing => {
-                    let mut dir = Node::implicit_dir();
-                    if existing.is_some_and(|x| self.b.node(x).whiteout) {
-                        dir.set_opaque(true);
-                    }
-                    let new = self.add(dir)?;
-                    self.b.set_child(id, c, new);
-                    new
-                }
-            };
-        }
-        Ok(id)
-    }
-
-    fn find(&self, comps: &[&[u8]]) -> Option<NodeId> {
-        let mut id = 0;
-        for c in comps {
-            if !self.b.node(id).is_dir() {
-                return None;
-            }
-            id = self.b.child(id, c)?;
-        }
-        Some(id)
-    }
-
-    /// Add one non-chunk entry; returns the node of a non-empty regular file
-    /// (further `chunk` entries attach to it).
-    fn entry(
-        &mut self,
-        e: &TocEntry,
-        layer: u16,
-        extent: &dyn Fn(u64, i64) -> Result<u64>,
-    ) -> Result<Option<NodeId>> {
-        let kind = match e.kind.as_str() {
-            "dir" => Some(Kind::Dir),
-            "reg" => Some(Kind::File),
-            "symlink" => Some(Kind::Symlink),
-            "char" => Some(Kind::CharDev),
-            "block" => Some(Kind::BlockDev),
-            "fifo" => Some(Kind::Fifo),
-            "hardlink" => None,
-            other => {
-                tracing::warn!(name = %e.name, "skipping TOC entry of unknown type {other:?}");
-                return Ok(None);
-            }
-        };
-        let comps = normalize(e.name.as_bytes());
-        let meta = Meta::of(e)?;
-        let Some((&name, parent)) = comps.split_last() else {
-            if kind == Some(Kind::Dir) {
-                meta.apply_dir(self.b.node_mut(0));
-            }
-            return Ok(None);
-        };
-        if let Some(rest) = name.strip_prefix(b".wh.") {
-            let dir = self.ensure_dir(parent)?;
-            if rest == b".wh..opq" {
-                self.b.node_mut(dir).set_opaque(true);
-                return Ok(None);
-            }
-            if rest.starts_with(b".wh.") || rest.is_empty() || rest == b"." || rest == b".." {
-                return Ok(None);
-            }
-            match self.b.child(dir, rest) {
-                None => {
-                    let w = Node {
-                        whiteout: true,
-                        mtime: meta.mtime.0,
-                        mtime_nsec: meta.mtime.1,
-                        ..Node::new(Kind::CharDev, 0)
-                    };
-                    let id = self.add(w)?;
-                    self.b.set_child(dir, rest, id);
-                }
-                Some(x) if self.b.node(x).is_dir() => self.b.node_mut(x).set_opaque(true),
-                Some(_) => {}
-            }
+/// The entry `e` describes for the rules of [`crate::layer::entries`], or
+/// `None` (with a warning) for a type we do not know.
+fn entry<'t>(
+    e: &'t TocEntry,
+    layer: u16,
+    extent: &dyn Fn(u64, i64) -> Result<u64>,
+) -> Result<Option<Entry<'t>>> {
+    let ty = match e.kind.as_str() {
+        "dir" => EntryKind::Node(Kind::Dir),
+        "reg" => EntryKind::Node(Kind::File),
+        "symlink" => EntryKind::Node(Kind::Symlink),
+        "char" => EntryKind::Node(Kind::CharDev),
+        "block" => EntryKind::Node(Kind::BlockDev),
+        "fifo" => EntryKind::Node(Kind::Fifo),
+        "hardlink" => EntryKind::HardLink,
+        other => {
+            tracing::warn!(name = %e.name, "skipping TOC entry of unknown type {other:?}");
             return Ok(None);
         }
-        let Some(kind) = kind else {
-            // A hard link: the same node as an earlier non-directory.
-            let target = normalize_strict(e.link_name.as_bytes())
-                .and_then(|t| self.find(&t))
-                .filter(|&t| !self.b.node(t).is_dir() && !self.b.node(t).whiteout);
-            match target {
-                Some(t) => {
-                    let dir = self.ensure_dir(parent)?;
-                    self.b.set_child(dir, name, t);
-                }
-                None => {
-                    tracing::warn!(name = %e.name, target = %e.link_name, "skipping a hard link to a missing target")
-                }
-            }
-            return Ok(None);
-        };
-        let dir = self.ensure_dir(parent)?;
-        if kind == Kind::Dir {
-            match self.b.child(dir, name) {
-                Some(x) if self.b.node(x).is_dir() => meta.apply_dir(self.b.node_mut(x)),
-                existing => {
-                    let opaque = existing.is_some_and(|x| self.b.node(x).whiteout);
-                    let mut n = Node::new(Kind::Dir, 0);
-                    meta.apply_dir(&mut n);
-                    if opaque {
-                        n.set_opaque(true);
-                    }
-                    let id = self.add(n)?;
-                    self.b.set_child(dir, name, id);
-                }
-            }
-            return Ok(None);
-        }
-        let mut node = Node {
-            uid: meta.uid,
-            gid: meta.gid,
-            mtime: meta.mtime.0,
-            mtime_nsec: meta.mtime.1,
-            xattrs: meta.xattrs,
-            ..Node::new(kind, meta.mode)
-        };
-        let mut file = false;
-        match kind {
-            Kind::File if e.size > 0 => {
-                node.size = e.size;
-                let digest = if !e.chunk_digest.is_empty() {
-                    parse_digest(&e.chunk_digest, &e.name)?
-                } else if e.chunk_size == 0 {
-                    parse_digest(&e.digest, &e.name)?
-                } else {
-                    return Err(Error::invalid(format!("TOC: {}: no chunkDigest", e.name)));
-                };
-                node.content = Content::Chunks {
-                    layer,
-                    chunks: vec![entry_chunk(e, digest, extent)?],
-                };
-                file = true;
-            }
-            Kind::Symlink => {
-                node.size = e.link_name.len() as u64;
-                node.link_target = Some(e.link_name.as_bytes().to_vec());
-            }
-            Kind::CharDev | Kind::BlockDev => {
-                node.rdev = (e.dev_major.max(0) as u32, e.dev_minor.max(0) as u32);
-            }
-            _ => {}
-        }
-        let id = self.add(node)?;
-        self.b.set_child(dir, name, id);
-        Ok(file.then_some(id))
+    };
+    let mut xattrs = Vec::with_capacity(e.xattrs.len());
+    for (k, v) in &e.xattrs {
+        let v = base64::engine::general_purpose::STANDARD
+            .decode(v)
+            .map_err(|_| Error::invalid(format!("TOC: {}: xattr {k} not base64", e.name)))?;
+        xattrs.push((k.as_bytes().to_vec(), v));
     }
-}
-
-/// An entry's metadata in the tree's terms.
-struct Meta {
-    mode: u32,
-    uid: u32,
-    gid: u32,
-    mtime: (i64, u32),
-    xattrs: Vec<(Vec<u8>, Vec<u8>)>,
-}
-
-impl Meta {
-    fn of(e: &TocEntry) -> Result<Meta> {
-        let id32 = |v: i64| u32::try_from(v).unwrap_or(65534);
-        let mut xattrs = Vec::with_capacity(e.xattrs.len());
-        for (k, v) in &e.xattrs {
-            if k.starts_with("trusted.overlay.") {
-                continue;
-            }
-            let v = base64::engine::general_purpose::STANDARD
-                .decode(v)
-                .map_err(|_| Error::invalid(format!("TOC: {}: xattr {k} not base64", e.name)))?;
-            xattrs.push((k.as_bytes().to_vec(), v));
-        }
-        let mtime = if e.modtime.is_empty() {
+    let (mtime, mtime_nsec) = if e.modtime.is_empty() {
+        (0, 0)
+    } else {
+        crate::rfc3339::parse(&e.modtime).unwrap_or_else(|| {
+            tracing::warn!(name = %e.name, modtime = %e.modtime, "bad TOC modtime");
             (0, 0)
-        } else {
-            crate::rfc3339::parse(&e.modtime).unwrap_or_else(|| {
-                tracing::warn!(name = %e.name, modtime = %e.modtime, "bad TOC modtime");
-                (0, 0)
-            })
-        };
-        Ok(Meta {
-            mode: (e.mode & 0o7777) as u32,
-            uid: id32(e.uid),
-            gid: id32(e.gid),
-            mtime,
-            xattrs,
         })
-    }
-
-    fn apply_dir(self, n: &mut Node) {
-        n.mode = self.mode;
-        n.uid = self.uid;
-        n.gid = self.gid;
-        (n.mtime, n.mtime_nsec) = self.mtime;
-        n.xattrs = self.xattrs;
-        n.implicit = false;
-        let opaque = n.opaque;
-        n.set_opaque(opaque);
-    }
+    };
+    // A negative owner does not fit 32 bits either: the rules make it 65534.
+    let id = |v: i64| u64::try_from(v).unwrap_or(u64::MAX);
+    let content = if ty == EntryKind::Node(Kind::File) && e.size > 0 {
+        let digest = if !e.chunk_digest.is_empty() {
+            parse_digest(&e.chunk_digest, &e.name)?
+        } else if e.chunk_size == 0 {
+            parse_digest(&e.digest, &e.name)?
+        } else {
+            return Err(Error::invalid(format!("TOC: {}: no chunkDigest", e.name)));
+        };
+        Content::Chunks {
+            layer,
+            chunks: vec![entry_chunk(e, digest, extent)?],
+        }
+    } else {
+        Content::None
+    };
+    let dev = |v: i64| u32::try_from(v.max(0)).unwrap_or(u32::MAX);
+    Ok(Some(Entry {
+        mode: (e.mode & 0o7777) as u32,
+        uid: id(e.uid),
+        gid: id(e.gid),
+        mtime,
+        mtime_nsec,
+        size: if ty == EntryKind::Node(Kind::File) {
+            e.size
+        } else {
+            0
+        },
+        content,
+        link: e.link_name.as_bytes(),
+        rdev: (dev(e.dev_major), dev(e.dev_minor)),
+        xattrs,
+        ..Entry::new(e.name.as_bytes(), ty)
+    }))
 }

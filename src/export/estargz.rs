@@ -101,7 +101,7 @@ pub struct EstargzSink {
 
 impl EstargzSink {
     /// A sink sending members to `tx`.
-    pub(super) fn new(tx: SyncSender<Block>) -> EstargzSink {
+    pub(crate) fn new(tx: SyncSender<Block>) -> EstargzSink {
         EstargzSink {
             buf: Vec::new(),
             seq: 0,

@@ -4,8 +4,11 @@
 //! - [`tree`]: the in-memory, serialisable [`Tree`] of one layer or of a
 //!   merged rootfs, and [`read_content`] to serve a file's bytes from the
 //!   uncompressed layer tars.
+//! - [`entries`]: the rules that decide what a user sees of a layer
+//!   (whiteouts, implicit parents, hard links, duplicates, hostile names,
+//!   limits), applied by one [`TreeBuilder`] that every format feeds.
 //! - [`index`]: [`index_tar`] builds a layer's tree from its tar in one
-//!   streaming pass (the rules for hostile and ambiguous tars are there).
+//!   streaming pass, feeding tar members to a [`TreeBuilder`].
 //! - [`ingest`](mod@ingest): [`ingest()`] hashes, decompresses, stores and
 //!   indexes a fetched layer blob in one pass, checking both digests.
 //! - [`span`]: the span index of a gzip layer (zlib checkpoints + span
@@ -15,6 +18,7 @@
 //! Pure Rust: no FUSE, no network, no async.
 
 pub mod compression;
+pub mod entries;
 pub mod index;
 pub mod ingest;
 pub mod merge;
@@ -23,7 +27,8 @@ pub mod tree;
 pub mod zran;
 
 pub use compression::Compression;
-pub use index::{index_tar, Limits};
+pub use entries::{Entry, EntryKind, Limits, TreeBuilder};
+pub use index::index_tar;
 pub use ingest::{ingest, ingest_spans, BlobCheck, IngestStats};
 pub use merge::merge;
 pub use tree::{
