@@ -1,6 +1,60 @@
 //! The one error type of regfs, and its mapping to errno for the filesystem.
+//!
+//! Errors keep their source chain: a transport failure carries the client's
+//! error ([`Cause`]), local I/O its `io::Error`, a wrapped error
+//! ([`Error::Context`]) the error it wraps. [`Error::chain`] prints it whole
+//! (the FUSE adapters log failures that way).
 
+use std::fmt;
 use std::io;
+
+/// A boxed lower-level error.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// What failed, with the lower-level error that caused it when there is one.
+#[derive(Debug)]
+pub struct Cause {
+    /// What failed (the message shown).
+    pub what: String,
+    /// The error underneath, if any.
+    pub source: Option<BoxError>,
+}
+
+impl Cause {
+    /// `what` failed because of `source`.
+    pub fn new(what: impl Into<String>, source: impl Into<BoxError>) -> Cause {
+        Cause {
+            what: what.into(),
+            source: Some(source.into()),
+        }
+    }
+}
+
+impl From<String> for Cause {
+    fn from(what: String) -> Cause {
+        Cause { what, source: None }
+    }
+}
+
+impl From<&str> for Cause {
+    fn from(what: &str) -> Cause {
+        what.to_string().into()
+    }
+}
+
+impl fmt::Display for Cause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.what)
+    }
+}
+
+impl std::error::Error for Cause {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
 
 /// Everything that can go wrong between the registry and a reader.
 #[derive(Debug, thiserror::Error)]
@@ -29,11 +83,11 @@ pub enum Error {
     Timeout(String),
     /// Connection-level failure (refused, reset, DNS, TLS).
     #[error("network error: {0}")]
-    Network(String),
+    Network(#[source] Cause),
     /// TLS failed: an untrusted or invalid certificate, a protocol mismatch.
     /// Not transient: retrying will not make a certificate valid.
     #[error("TLS error: {0}")]
-    Tls(String),
+    Tls(#[source] Cause),
     /// The registry answered with an error status we cannot recover from.
     #[error("registry error: HTTP {status}: {message}")]
     Registry {
@@ -57,6 +111,15 @@ pub enum Error {
     /// Local I/O (cache directory, staging).
     #[error("I/O error: {0}")]
     Io(#[from] io::Error),
+    /// `source`, while doing `what`: same errno and transience as `source`.
+    #[error("{what}: {source}")]
+    Context {
+        /// What was being done.
+        what: String,
+        /// The error it failed with.
+        #[source]
+        source: Box<Error>,
+    },
 }
 
 /// Shorthand used across the crate.
@@ -66,6 +129,7 @@ impl Error {
     /// The errno a filesystem operation failing with this error returns.
     pub fn errno(&self) -> i32 {
         match self {
+            Error::Context { source, .. } => source.errno(),
             Error::NotFound(_) => libc::ENOENT,
             Error::Unauthorized(_) | Error::Denied(_) => libc::EACCES,
             Error::Invalid(_) => libc::EINVAL,
@@ -83,12 +147,71 @@ impl Error {
 
     /// Whether retrying the same request may succeed.
     pub fn is_transient(&self) -> bool {
+        if let Error::Context { source, .. } = self {
+            return source.is_transient();
+        }
         matches!(self, Error::Timeout(_) | Error::Network(_))
             || matches!(self, Error::Registry { status, .. } if *status >= 500 || *status == 429)
+    }
+
+    /// This error, while doing `what` (kept as its source).
+    pub fn context(self, what: impl Into<String>) -> Error {
+        Error::Context {
+            what: what.into(),
+            source: Box::new(self),
+        }
+    }
+
+    /// The error under any [`Error::Context`] wrappers.
+    pub fn root(&self) -> &Error {
+        match self {
+            Error::Context { source, .. } => source.root(),
+            e => e,
+        }
+    }
+
+    /// The message and every source under it, `: `-separated; a source whose
+    /// text the message already holds is not repeated.
+    pub fn chain(&self) -> String {
+        let mut s = self.to_string();
+        let mut cur = std::error::Error::source(self);
+        while let Some(c) = cur {
+            let cs = c.to_string();
+            if !s.contains(&cs) {
+                s.push_str(": ");
+                s.push_str(&cs);
+            }
+            cur = c.source();
+        }
+        s
     }
 
     /// Shorthand for [`Error::Invalid`].
     pub fn invalid(msg: impl Into<String>) -> Self {
         Error::Invalid(msg.into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_chain_is_kept_and_printed_once() {
+        let io = io::Error::new(io::ErrorKind::ConnectionRefused, "connection refused");
+        let e = Error::Network(Cause::new("GET /v2/", io)).context("listing lab/python");
+        assert_eq!(e.errno(), libc::EIO);
+        assert!(e.is_transient());
+        assert!(matches!(e.root(), Error::Network(_)));
+        assert_eq!(
+            e.chain(),
+            "listing lab/python: network error: GET /v2/: connection refused"
+        );
+        let src = std::error::Error::source(&e).expect("context keeps its source");
+        let net = std::error::Error::source(src).expect("network keeps its cause");
+        assert!(net.source().is_some(), "the cause keeps the I/O error");
+        let nf = Error::NotFound("x".into()).context("lookup");
+        assert_eq!(nf.errno(), libc::ENOENT);
+        assert!(!nf.is_transient());
     }
 }

@@ -111,14 +111,3 @@ impl Attr {
         }
     }
 }
-
-/// One directory entry.
-#[derive(Clone, Debug)]
-pub struct DirEntry {
-    /// Inode number of the entry.
-    pub ino: u64,
-    /// Its name (raw bytes: layer names need not be UTF-8).
-    pub name: Vec<u8>,
-    /// Its kind.
-    pub kind: FileKind,
-}

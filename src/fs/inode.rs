@@ -4,9 +4,11 @@
 //! one inode number per key and maps numbers back to keys. Numbers are never
 //! reused during a mount, so a kernel holding an old number gets ENOENT rather
 //! than another file's bytes. The kernel's lookup counts are tracked, and an
-//! inode it forgets is dropped: the table holds what the kernel holds.
+//! inode it forgets is dropped: the table holds what the kernel holds, plus a
+//! bounded number of numbers it was shown without a reference (see
+//! [`IDLE_MAX`]).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
 use crate::digest::Digest;
@@ -115,65 +117,153 @@ pub enum Key {
     },
 }
 
+/// Unreferenced numbers (handed out by a plain `readdir`, or looked at by
+/// `getattr` of a key the kernel does not hold) kept at most, by default.
+pub const IDLE_MAX: usize = 65_536;
+
 /// Key ↔ inode number.
-#[derive(Default)]
+///
+/// The table holds every inode the kernel holds (counted by lookups and
+/// readdirplus entries, released by forgets) plus at most `idle_max` numbers
+/// the kernel does not reference, the least recently handed out leaving first.
+/// A number is never reused for another key, and stays the same while the
+/// kernel holds it.
 pub struct InodeTable {
     inner: Mutex<Inner>,
 }
 
-#[derive(Default)]
+impl Default for InodeTable {
+    fn default() -> Self {
+        InodeTable::new()
+    }
+}
+
+struct Slot {
+    key: Key,
+    /// The kernel's lookup count.
+    refs: u64,
+    /// Position in `Inner::idle` while `refs` is 0.
+    stamp: u64,
+}
+
 struct Inner {
     by_key: HashMap<Key, u64>,
-    /// The key and the kernel's lookup count.
-    by_ino: HashMap<u64, (Key, u64)>,
+    by_ino: HashMap<u64, Slot>,
+    /// Unreferenced inodes by when they were last handed out (oldest first).
+    idle: BTreeMap<u64, u64>,
+    idle_max: usize,
+    clock: u64,
     next: u64,
+}
+
+impl Inner {
+    /// The number of `key` with `refs` more kernel references, in one step.
+    fn hand_out(&mut self, key: Key, refs: u64) -> u64 {
+        let n = match self.by_key.get(&key) {
+            Some(&n) => n,
+            None => {
+                let n = self.next;
+                self.next += 1;
+                self.by_ino.insert(
+                    n,
+                    Slot {
+                        key: key.clone(),
+                        refs: 0,
+                        stamp: 0,
+                    },
+                );
+                self.by_key.insert(key, n);
+                n
+            }
+        };
+        self.clock += 1;
+        let clock = self.clock;
+        let slot = self.by_ino.get_mut(&n).expect("by_key and by_ino agree");
+        if slot.refs == 0 {
+            self.idle.remove(&slot.stamp);
+        }
+        slot.refs += refs;
+        if slot.refs == 0 {
+            slot.stamp = clock;
+            self.idle.insert(clock, n);
+        }
+        n
+    }
+
+    /// Drop the oldest unreferenced inodes beyond the bound.
+    fn trim(&mut self) {
+        while self.idle.len() > self.idle_max {
+            let Some((_, n)) = self.idle.pop_first() else {
+                break;
+            };
+            self.remove(n);
+        }
+    }
+
+    fn remove(&mut self, n: u64) {
+        if let Some(slot) = self.by_ino.remove(&n) {
+            if slot.refs == 0 {
+                self.idle.remove(&slot.stamp);
+            }
+            self.by_key.remove(&slot.key);
+        }
+    }
 }
 
 impl InodeTable {
     /// A table holding only the root.
     pub fn new() -> Self {
-        let t = InodeTable::default();
-        {
-            let mut i = t.inner.lock().unwrap();
-            i.by_key.insert(Key::Root, ROOT_INO);
-            i.by_ino.insert(ROOT_INO, (Key::Root, 1));
-            i.next = ROOT_INO + 1;
-        }
-        t
+        InodeTable::with_idle_max(IDLE_MAX)
     }
 
-    /// The inode number of `key`, allocating one the first time (for listings:
-    /// the kernel does not count these).
+    /// A table keeping at most `idle_max` unreferenced numbers.
+    pub fn with_idle_max(idle_max: usize) -> Self {
+        let mut i = Inner {
+            by_key: HashMap::new(),
+            by_ino: HashMap::new(),
+            idle: BTreeMap::new(),
+            idle_max,
+            clock: 0,
+            next: ROOT_INO + 1,
+        };
+        i.by_key.insert(Key::Root, ROOT_INO);
+        i.by_ino.insert(
+            ROOT_INO,
+            Slot {
+                key: Key::Root,
+                refs: 1,
+                stamp: 0,
+            },
+        );
+        InodeTable {
+            inner: Mutex::new(i),
+        }
+    }
+
+    /// The inode number of `key`, allocating one the first time; the kernel
+    /// takes no reference (attributes, plain `readdir`).
     pub fn ino(&self, key: Key) -> u64 {
-        self.get_or_insert(key, 0)
+        self.hand_out([key], false)[0]
     }
 
     /// The inode number of `key` for a lookup reply: the kernel now holds one
     /// more reference, released by [`InodeTable::forget`].
     pub fn lookup(&self, key: Key) -> u64 {
-        self.get_or_insert(key, 1)
+        self.hand_out([key], true)[0]
     }
 
-    fn get_or_insert(&self, key: Key, refs: u64) -> u64 {
+    /// The numbers of `keys`, in one step under the table's lock; with
+    /// `referenced` each takes one kernel reference (the entries of a
+    /// readdirplus reply), so no forget can come between handing a number out
+    /// and counting the kernel's reference to it.
+    pub fn hand_out(&self, keys: impl IntoIterator<Item = Key>, referenced: bool) -> Vec<u64> {
         let mut i = self.inner.lock().unwrap();
-        if let Some(&n) = i.by_key.get(&key) {
-            if let Some(e) = i.by_ino.get_mut(&n) {
-                e.1 += refs;
-            }
-            return n;
-        }
-        let n = i.next;
-        i.next += 1;
-        i.by_ino.insert(n, (key.clone(), refs));
-        i.by_key.insert(key, n);
-        n
-    }
-
-    /// One more kernel reference to an inode handed out by a listing.
-    pub fn add_ref(&self, ino: u64) {
-        if let Some(e) = self.inner.lock().unwrap().by_ino.get_mut(&ino) {
-            e.1 += 1;
-        }
+        let out = keys
+            .into_iter()
+            .map(|k| i.hand_out(k, u64::from(referenced)))
+            .collect();
+        i.trim();
+        out
     }
 
     /// The kernel dropped `nlookup` references to `ino`; at zero the inode goes.
@@ -183,16 +273,15 @@ impl InodeTable {
         }
         let mut i = self.inner.lock().unwrap();
         let gone = match i.by_ino.get_mut(&ino) {
-            Some(e) => {
-                e.1 = e.1.saturating_sub(nlookup);
-                e.1 == 0
+            // An idle number carries no reference to drop.
+            Some(s) if s.refs > 0 => {
+                s.refs = s.refs.saturating_sub(nlookup);
+                s.refs == 0
             }
-            None => false,
+            _ => false,
         };
         if gone {
-            if let Some((key, _)) = i.by_ino.remove(&ino) {
-                i.by_key.remove(&key);
-            }
+            i.remove(ino);
         }
     }
 
@@ -203,12 +292,27 @@ impl InodeTable {
             .unwrap()
             .by_ino
             .get(&ino)
-            .map(|(k, _)| k.clone())
+            .map(|s| s.key.clone())
     }
 
-    /// Number of inodes handed out.
+    /// The kernel's references to `ino` as counted here (0 when unknown).
+    pub fn refs(&self, ino: u64) -> u64 {
+        self.inner
+            .lock()
+            .unwrap()
+            .by_ino
+            .get(&ino)
+            .map_or(0, |s| s.refs)
+    }
+
+    /// Number of inodes in the table.
     pub fn len(&self) -> usize {
         self.inner.lock().unwrap().by_ino.len()
+    }
+
+    /// Number of inodes in the table the kernel holds no reference to.
+    pub fn idle(&self) -> usize {
+        self.inner.lock().unwrap().idle.len()
     }
 
     /// Whether only the root exists.
@@ -237,5 +341,100 @@ mod tests {
         assert_ne!(a, b);
         t.forget(ROOT_INO, 100);
         assert_eq!(t.key(ROOT_INO), Some(Key::Root));
+    }
+
+    #[test]
+    fn unreferenced_numbers_are_bounded_and_never_reused() {
+        let t = InodeTable::with_idle_max(10);
+        let held = t.lookup(Key::Namespace("held".into()));
+        let listed: Vec<u64> = (0..100)
+            .map(|i| t.ino(Key::Namespace(format!("n{i}").into())))
+            .collect();
+        assert_eq!(t.idle(), 10);
+        assert_eq!(t.len(), 12, "root, the held inode and 10 idle ones");
+        assert_eq!(t.key(held), Some(Key::Namespace("held".into())));
+        // The newest stay; an evicted key comes back under a new number.
+        assert_eq!(t.ino(Key::Namespace("n99".into())), listed[99]);
+        let again = t.ino(Key::Namespace("n0".into()));
+        assert!(!listed.contains(&again) && again != held, "{again}");
+        // A listed number the kernel then takes keeps its number and leaves the idle set.
+        let n = t.hand_out([Key::Namespace("n99".into())], true)[0];
+        assert_eq!(n, listed[99]);
+        assert_eq!(t.refs(n), 1);
+        assert_eq!(t.idle(), 9);
+        // Forgetting an idle number (no reference) changes nothing.
+        t.forget(again, 1);
+        assert_eq!(t.key(again), Some(Key::Namespace("n0".into())));
+        t.forget(n, 1);
+        t.forget(held, 1);
+        assert_eq!(t.len() - t.idle(), 1, "only the root is held");
+    }
+
+    /// readdirplus racing forget: readers hand numbers out with a kernel
+    /// reference and record them in a model of the kernel; a forgetter drops
+    /// the kernel's references as the kernel does (its count, after it let go).
+    /// Every number the kernel holds must be known to the table, with the key
+    /// it was handed out for. On the old table (number handed out, then the
+    /// reference added in a second step) this failed within a few thousand
+    /// rounds.
+    #[test]
+    fn readdirplus_racing_forget_keeps_what_the_kernel_holds() {
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        let t = Arc::new(InodeTable::new());
+        let keys: Vec<Key> = (0..16)
+            .map(|i| Key::Namespace(format!("n{i}").into()))
+            .collect();
+        let kernel: Arc<Mutex<HashMap<u64, (Key, u64)>>> = Arc::default();
+        let (done, lost) = (
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(AtomicUsize::new(0)),
+        );
+        let forgetter = {
+            let (t, kernel, done) = (t.clone(), kernel.clone(), done.clone());
+            std::thread::spawn(move || {
+                let mut rounds = 0u64;
+                while !done.load(Ordering::Relaxed) || !kernel.lock().unwrap().is_empty() {
+                    let dropped: Vec<(u64, (Key, u64))> = kernel.lock().unwrap().drain().collect();
+                    for (ino, (_, n)) in dropped {
+                        t.forget(ino, n);
+                    }
+                    rounds += 1;
+                }
+                rounds
+            })
+        };
+        let readers: Vec<_> = (0..3)
+            .map(|_| {
+                let (t, keys, kernel, lost) =
+                    (t.clone(), keys.clone(), kernel.clone(), lost.clone());
+                std::thread::spawn(move || {
+                    for _ in 0..20_000 {
+                        let inos = t.hand_out(keys.iter().cloned(), true);
+                        let mut k = kernel.lock().unwrap();
+                        for (ino, key) in inos.into_iter().zip(&keys) {
+                            let e = k.entry(ino).or_insert((key.clone(), 0));
+                            assert_eq!(&e.0, key, "inode {ino} changed its key");
+                            e.1 += 1;
+                            if t.key(ino).as_ref() != Some(key) {
+                                lost.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        for r in readers {
+            r.join().unwrap();
+        }
+        done.store(true, Ordering::Relaxed);
+        let rounds = forgetter.join().unwrap();
+        assert!(rounds > 100, "the forgetter ran only {rounds} rounds");
+        assert_eq!(
+            lost.load(Ordering::Relaxed),
+            0,
+            "inodes the kernel holds but the table lost"
+        );
+        assert_eq!(t.len() - t.idle(), 1, "every reference was forgotten");
+        assert_eq!(t.idle(), 0, "forgotten inodes leave the table");
     }
 }

@@ -14,6 +14,7 @@ pub mod inode;
 #[cfg(test)]
 mod model_tests;
 mod namespace;
+pub mod paging;
 mod tree;
 mod usage;
 
@@ -25,8 +26,9 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 
-pub use attr::{Attr, DirEntry, FileKind, IMMUTABLE_TTL};
+pub use attr::{Attr, FileKind, IMMUTABLE_TTL};
 pub use inode::{InodeTable, Key, TreeId, TreeWhich, ROOT_INO};
+pub use paging::{PageEntry, REPLY_BUDGET};
 pub use tree::node_attr;
 pub use usage::ImageInUse;
 
@@ -46,9 +48,6 @@ pub struct FsConfig {
     /// Timestamp of synthetic directories.
     pub mount_time: SystemTime,
 }
-
-/// Entries of a tree directory listed per [`Fs::readdir_plus_from`] call.
-pub const LISTING_BATCH: usize = 1024;
 
 /// Extended attributes that, when a file lacks them, regfs reports as not
 /// supported (EOPNOTSUPP) rather than absent (ENODATA): SELinux labels and
@@ -72,6 +71,23 @@ enum Handle {
     File(Arc<File>),
     /// A file inside a layer tree or the rootfs.
     Tree(Arc<tree::LoadedTree>, NodeId),
+}
+
+/// A directory entry before it has an inode number.
+struct Listed {
+    key: Key,
+    name: Vec<u8>,
+    kind: FileKind,
+}
+
+/// The children of a directory: a loaded tree's, or a synthetic directory's.
+enum Children {
+    Tree {
+        tree: Arc<tree::LoadedTree>,
+        id: Arc<TreeId>,
+        dir: NodeId,
+    },
+    Listed(Vec<Listed>),
 }
 
 /// The read-only registry filesystem.
@@ -131,84 +147,130 @@ impl Fs {
         self.attr(key).await
     }
 
-    /// The entries of directory `ino` (without `.` and `..`).
-    pub async fn readdir(&self, ino: u64) -> Result<Vec<DirEntry>> {
-        match self.key(ino)? {
-            Key::Root => self.list_namespace("").await,
-            Key::Namespace(p) => self.list_namespace(&p).await,
-            Key::Image { repo, digest } => self.list_image(&repo, &digest).await,
+    /// One reply's worth of directory `ino` from cookie `offset` (0 at the
+    /// start; see [`paging`]): the entries that fit in `budget` bytes, `.` and
+    /// `..` included. With `plus` (readdirplus) each entry sent takes a kernel
+    /// reference in the same step that hands its number out, and carries its
+    /// attributes where they are known without the network (tree nodes).
+    pub async fn readdir_page(
+        &self,
+        ino: u64,
+        offset: u64,
+        budget: usize,
+        plus: bool,
+    ) -> Result<Vec<PageEntry>> {
+        // `..` of readdirplus is not linked by the kernel; plain readdir shows
+        // the directory itself there, as it always did.
+        let parent = if plus { ROOT_INO } else { ino };
+        match self.children(self.key(ino)?).await? {
+            Children::Tree { tree, id, dir } => {
+                let kids = tree.tree.children(dir);
+                let p = paging::page(offset, budget, plus, kids.len(), |i| kids[i].0.len());
+                let kids = &kids[p.first..p.end];
+                let inos = self.inodes.hand_out(
+                    kids.iter().map(|(_, node)| Key::Node {
+                        tree: id.clone(),
+                        node: *node,
+                    }),
+                    plus,
+                );
+                let mut out = p.dots(ino, parent);
+                out.extend(
+                    kids.iter()
+                        .zip(inos)
+                        .enumerate()
+                        .map(|(i, ((name, node), ino))| {
+                            let n = tree.tree.node(*node);
+                            PageEntry {
+                                ino,
+                                cookie: paging::Page::cookie(p.first + i),
+                                name: name.clone(),
+                                kind: n.kind.into(),
+                                attr: plus.then(|| node_attr(ino, n)),
+                            }
+                        }),
+                );
+                Ok(out)
+            }
+            Children::Listed(list) => {
+                let p = paging::page(offset, budget, plus, list.len(), |i| list[i].name.len());
+                let list = &list[p.first..p.end];
+                let inos = self
+                    .inodes
+                    .hand_out(list.iter().map(|l| l.key.clone()), plus);
+                let mut out = p.dots(ino, parent);
+                out.extend(
+                    list.iter()
+                        .zip(inos)
+                        .enumerate()
+                        .map(|(i, (l, ino))| PageEntry {
+                            ino,
+                            cookie: paging::Page::cookie(p.first + i),
+                            name: l.name.clone(),
+                            kind: l.kind,
+                            attr: None,
+                        }),
+                );
+                Ok(out)
+            }
+        }
+    }
+
+    /// The children of directory `key`, not yet numbered.
+    async fn children(&self, key: Key) -> Result<Children> {
+        let listed = |key: Key, name: String, kind: FileKind| Listed {
+            key,
+            name: name.into_bytes(),
+            kind,
+        };
+        Ok(Children::Listed(match key {
+            Key::Root => self.list_namespace("").await?,
+            Key::Namespace(p) => self.list_namespace(&p).await?,
+            Key::Image { repo, digest } => self.list_image(&repo, &digest).await?,
             Key::BlobsDir { repo, digest } => {
                 let m = self.image_manifest(&repo, &digest).await?;
-                Ok(blob_names(&m)
+                blob_names(&m)
                     .into_iter()
-                    .map(|(name, blob)| DirEntry {
-                        ino: self.inodes.ino(Key::Blob {
+                    .map(|(name, blob)| {
+                        let key = Key::Blob {
                             repo: repo.clone(),
                             image: digest.clone(),
                             blob,
-                        }),
-                        name: name.into_bytes(),
-                        kind: FileKind::File,
+                        };
+                        listed(key, name, FileKind::File)
                     })
-                    .collect())
+                    .collect()
             }
             Key::LayersDir { repo, digest } => {
                 let m = self.image_manifest(&repo, &digest).await?;
-                Ok(m.layers
+                m.layers
                     .iter()
                     .enumerate()
-                    .map(|(i, l)| DirEntry {
-                        ino: self
-                            .inodes
-                            .ino(self.tree_root(&repo, &digest, TreeWhich::Layer(i))),
-                        name: format!("{}-{}", i + 1, l.digest).into_bytes(),
-                        kind: FileKind::Dir,
+                    .map(|(i, l)| {
+                        let key = self.tree_root(&repo, &digest, TreeWhich::Layer(i));
+                        listed(key, format!("{}-{}", i + 1, l.digest), FileKind::Dir)
                     })
-                    .collect())
+                    .collect()
             }
-            Key::Node { tree, node } => self.list_tree(&tree, node).await,
-            _ => Err(Error::Io(std::io::Error::from_raw_os_error(libc::ENOTDIR))),
-        }
-    }
-
-    /// The entries of directory `ino` with their attributes where they are known
-    /// without the network (tree nodes); for `readdirplus`.
-    pub async fn readdir_plus(&self, ino: u64) -> Result<Vec<(DirEntry, Option<Attr>)>> {
-        self.readdir_plus_from(ino, 0)
-            .await
-            .map(|(_, entries)| entries)
-    }
-
-    /// [`Fs::readdir_plus`] from the `skip`th entry on, for a reader that
-    /// keeps no listing between calls: `(first, entries)`, where `first` is
-    /// the index of the first entry returned. A tree directory returns at
-    /// most [`LISTING_BATCH`] entries (one reply never holds more), so
-    /// reading a huge directory this way stays linear.
-    pub async fn readdir_plus_from(
-        &self,
-        ino: u64,
-        skip: usize,
-    ) -> Result<(usize, Vec<(DirEntry, Option<Attr>)>)> {
-        match self.key(ino)? {
             Key::Node { tree, node } => {
-                let entries = self
-                    .list_tree_range(&tree, node, skip, LISTING_BATCH)
-                    .await?;
-                let with_attrs = entries.into_iter().map(|(e, a)| (e, Some(a))).collect();
-                Ok((skip, with_attrs))
+                let t = self.trees.load(self, &tree).await?;
+                if t.tree.node(node).kind != crate::layer::Kind::Dir {
+                    return Err(Error::Io(std::io::Error::from_raw_os_error(libc::ENOTDIR)));
+                }
+                return Ok(Children::Tree {
+                    tree: t,
+                    id: tree,
+                    dir: node,
+                });
             }
-            // Namespace and image directories: their entries' attributes may
-            // need the network, so none are given.
-            _ => {
-                let entries = self.readdir(ino).await?;
-                Ok((0, entries.into_iter().map(|e| (e, None)).collect()))
-            }
-        }
+            _ => return Err(Error::Io(std::io::Error::from_raw_os_error(libc::ENOTDIR))),
+        }))
     }
 
-    /// The kernel took a lookup reference to `ino` through `readdirplus`.
-    pub fn add_lookup(&self, ino: u64) {
-        self.inodes.add_ref(ino);
+    /// Inodes in the table, and how many of them the kernel holds no
+    /// reference to (for status and tests).
+    pub fn inode_counts(&self) -> (usize, usize) {
+        (self.inodes.len(), self.inodes.idle())
     }
 
     /// The target of symlink `ino`.
@@ -522,12 +584,12 @@ impl Fs {
         }
     }
 
-    async fn list_image(&self, repo: &Arc<str>, digest: &Digest) -> Result<Vec<DirEntry>> {
+    async fn list_image(&self, repo: &Arc<str>, digest: &Digest) -> Result<Vec<Listed>> {
         let info = self.content.manifest(repo, digest).await?;
         let mut out = Vec::new();
         let mut add = |key: Key, name: &str, kind: FileKind| {
-            out.push(DirEntry {
-                ino: self.inodes.ino(key),
+            out.push(Listed {
+                key,
                 name: name.as_bytes().to_vec(),
                 kind,
             })

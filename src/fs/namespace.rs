@@ -5,7 +5,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use super::{leaf, DirEntry, FileKind, Fs, Key};
+use super::{leaf, FileKind, Fs, Key, Listed};
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::image::Manifest;
@@ -70,7 +70,7 @@ impl Fs {
     }
 
     /// Entries of namespace `prefix` ("" for the root): sub-namespaces and `name:tag` links.
-    pub(super) async fn list_namespace(&self, prefix: &str) -> Result<Vec<DirEntry>> {
+    pub(super) async fn list_namespace(&self, prefix: &str) -> Result<Vec<Listed>> {
         let Some(catalog) = self.catalog().await else {
             return Ok(Vec::new());
         };
@@ -92,8 +92,8 @@ impl Fs {
         }
         let mut out = Vec::new();
         for ns in namespaces {
-            out.push(DirEntry {
-                ino: self.inodes.ino(Key::Namespace(join(prefix, &ns).into())),
+            out.push(Listed {
+                key: Key::Namespace(join(prefix, &ns).into()),
                 name: ns.into_bytes(),
                 kind: FileKind::Dir,
             });
@@ -113,12 +113,12 @@ impl Fs {
                 }
                 let tag: Arc<str> = tag.as_str().into();
                 let target = self.last_resolution(&repo, &tag);
-                out.push(DirEntry {
-                    ino: self.inodes.ino(Key::Tag {
+                out.push(Listed {
+                    key: Key::Tag {
                         repo: repo.clone(),
                         tag: tag.clone(),
                         target,
-                    }),
+                    },
                     name: format!("{name}:{tag}").into_bytes(),
                     kind: FileKind::Symlink,
                 });

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use super::{Attr, DirEntry, Fs, Key, TreeId, TreeWhich, IMMUTABLE_TTL};
+use super::{Attr, Fs, TreeId, TreeWhich, IMMUTABLE_TTL};
 use crate::content::{Content, LayerSource, SpanView, Urgency};
 use crate::error::{Error, Result};
 use crate::image::Manifest;
@@ -102,6 +102,16 @@ impl Trees {
         if let Some(t) = self.cache.get(id) {
             return Ok(t);
         }
+        let which = match id.which {
+            TreeWhich::Rootfs => "rootfs".to_string(),
+            TreeWhich::Layer(i) => format!("layer {}", i + 1),
+        };
+        self.load_uncached(fs, id)
+            .await
+            .map_err(|e| e.context(format!("loading {which} of {}@{}", id.repo, id.image)))
+    }
+
+    async fn load_uncached(&self, fs: &Fs, id: &Arc<TreeId>) -> Result<Arc<LoadedTree>> {
         let info = fs.content.manifest(&id.repo, &id.image).await?;
         let Manifest::Image(m) = &info.manifest else {
             return Err(Error::invalid(format!("{} is an index", id.image)));
@@ -150,48 +160,6 @@ impl Trees {
         let loaded = Arc::new(loaded);
         self.cache.insert(id.clone(), loaded.clone());
         Ok(loaded)
-    }
-}
-
-impl Fs {
-    /// Entries of directory `node` of tree `id`.
-    pub(super) async fn list_tree(&self, id: &Arc<TreeId>, node: NodeId) -> Result<Vec<DirEntry>> {
-        let entries = self.list_tree_range(id, node, 0, usize::MAX).await?;
-        Ok(entries.into_iter().map(|(e, _)| e).collect())
-    }
-
-    /// At most `max` entries of directory `node`, from the `skip`th on, each
-    /// with its attributes.
-    pub(super) async fn list_tree_range(
-        &self,
-        id: &Arc<TreeId>,
-        node: NodeId,
-        skip: usize,
-        max: usize,
-    ) -> Result<Vec<(DirEntry, Attr)>> {
-        let t = self.trees.load(self, id).await?;
-        if t.tree.node(node).kind != Kind::Dir {
-            return Err(Error::Io(std::io::Error::from_raw_os_error(libc::ENOTDIR)));
-        }
-        Ok(t.tree
-            .children(node)
-            .iter()
-            .skip(skip)
-            .take(max)
-            .map(|(name, child)| {
-                let n = t.tree.node(*child);
-                let ino = self.inodes.ino(Key::Node {
-                    tree: id.clone(),
-                    node: *child,
-                });
-                let entry = DirEntry {
-                    ino,
-                    name: name.to_vec(),
-                    kind: n.kind.into(),
-                };
-                (entry, node_attr(ino, n))
-            })
-            .collect())
     }
 }
 

@@ -3,12 +3,10 @@
 //! pool (it may touch the disk, or fetch a base image on first use), so the
 //! dispatch thread never waits.
 
-use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use fuser::{
@@ -19,17 +17,15 @@ use fuser::{
 };
 use tokio::runtime::Handle;
 
-use super::{errno, file_attr, reply_xattr, MountConfig, OpErrors};
+use super::glue::{self, Glue};
+use super::{file_attr, MountConfig};
+use crate::error::Error;
 use crate::export::fs::{Caller, ExportFs, SetAttr, SetTime};
-use crate::fs::DirEntry;
 
 /// The fuser adapter of the export filesystem.
 pub struct ExportFuse {
     fs: Arc<ExportFs>,
-    rt: Handle,
-    dirs: Arc<Mutex<HashMap<u64, Arc<Vec<DirEntry>>>>>,
-    next_dir: AtomicU64,
-    errors: Arc<OpErrors>,
+    glue: Glue,
 }
 
 fn caller(req: &Request) -> Caller {
@@ -51,10 +47,7 @@ impl ExportFuse {
     pub fn new(fs: Arc<ExportFs>, rt: Handle) -> ExportFuse {
         ExportFuse {
             fs,
-            rt,
-            dirs: Arc::default(),
-            next_dir: AtomicU64::new(1),
-            errors: Arc::default(),
+            glue: Glue::new(rt),
         }
     }
 
@@ -64,29 +57,16 @@ impl ExportFuse {
         fuser::spawn_mount(self, mountpoint, &config)
     }
 
-    /// Run `f` on the blocking pool.
-    fn run(&self, f: impl FnOnce(&ExportFs, &OpErrors) + Send + 'static) {
-        let (fs, errors) = (self.fs.clone(), self.errors.clone());
-        self.rt.spawn_blocking(move || f(&fs, &errors));
+    /// Answer operation `name` with `op` run on the blocking pool.
+    fn run<T: 'static>(
+        &self,
+        name: &'static str,
+        op: impl FnOnce(&ExportFs) -> Result<T, Error> + Send + 'static,
+        reply: impl FnOnce(Result<T, Errno>) + Send + 'static,
+    ) {
+        let fs = self.fs.clone();
+        self.glue.run_blocking(name, move || op(&fs), reply);
     }
-}
-
-macro_rules! entry_reply {
-    ($reply:ident, $op:literal, $errors:ident, $r:expr) => {
-        match $r {
-            Ok(a) => $reply.entry(&a.ttl, &file_attr(&a), Generation(0)),
-            Err(e) => $reply.error(errno($op, &e, $errors)),
-        }
-    };
-}
-
-macro_rules! empty_reply {
-    ($reply:ident, $op:literal, $errors:ident, $r:expr) => {
-        match $r {
-            Ok(()) => $reply.ok(),
-            Err(e) => $reply.error(errno($op, &e, $errors)),
-        }
-    };
 }
 
 impl Filesystem for ExportFuse {
@@ -97,20 +77,20 @@ impl Filesystem for ExportFuse {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let name = name.as_bytes().to_vec();
-        self.run(move |fs, errors| {
-            entry_reply!(reply, "lookup", errors, fs.lookup(parent.0, &name))
-        });
+        let op = move |fs: &ExportFs| fs.lookup(parent.0, &name);
+        self.run("lookup", op, glue::entry(reply));
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
-        self.fs.forget(ino.0, nlookup);
+        let op = || {
+            self.fs.forget(ino.0, nlookup);
+            Ok(())
+        };
+        self.glue.inline("forget", op, |_| ());
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        self.run(move |fs, errors| match fs.getattr(ino.0) {
-            Ok(a) => reply.attr(&a.ttl, &file_attr(&a)),
-            Err(e) => reply.error(errno("getattr", &e, errors)),
-        });
+        self.run("getattr", move |fs| fs.getattr(ino.0), glue::attr(reply));
     }
 
     fn setattr(
@@ -139,19 +119,12 @@ impl Filesystem for ExportFuse {
             atime: set_time(atime),
             mtime: set_time(mtime),
         };
-        self.run(
-            move |fs, errors| match fs.setattr(ino.0, fh.map(|f| f.0), &s) {
-                Ok(a) => reply.attr(&a.ttl, &file_attr(&a)),
-                Err(e) => reply.error(errno("setattr", &e, errors)),
-            },
-        );
+        let op = move |fs: &ExportFs| fs.setattr(ino.0, fh.map(|f| f.0), &s);
+        self.run("setattr", op, glue::attr(reply));
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        self.run(move |fs, errors| match fs.readlink(ino.0) {
-            Ok(t) => reply.data(&t),
-            Err(e) => reply.error(errno("readlink", &e, errors)),
-        });
+        self.run("readlink", move |fs| fs.readlink(ino.0), glue::data(reply));
     }
 
     fn mknod(
@@ -165,14 +138,8 @@ impl Filesystem for ExportFuse {
         reply: ReplyEntry,
     ) {
         let (name, who) = (name.as_bytes().to_vec(), caller(req));
-        self.run(move |fs, errors| {
-            entry_reply!(
-                reply,
-                "mknod",
-                errors,
-                fs.mknod(parent.0, &name, mode, rdev, who)
-            )
-        });
+        let op = move |fs: &ExportFs| fs.mknod(parent.0, &name, mode, rdev, who);
+        self.run("mknod", op, glue::entry(reply));
     }
 
     fn mkdir(
@@ -185,21 +152,20 @@ impl Filesystem for ExportFuse {
         reply: ReplyEntry,
     ) {
         let (name, who) = (name.as_bytes().to_vec(), caller(req));
-        self.run(move |fs, errors| {
-            entry_reply!(reply, "mkdir", errors, fs.mkdir(parent.0, &name, mode, who))
-        });
+        let op = move |fs: &ExportFs| fs.mkdir(parent.0, &name, mode, who);
+        self.run("mkdir", op, glue::entry(reply));
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let name = name.as_bytes().to_vec();
-        self.run(move |fs, errors| {
-            empty_reply!(reply, "unlink", errors, fs.unlink(parent.0, &name))
-        });
+        let op = move |fs: &ExportFs| fs.unlink(parent.0, &name);
+        self.run("unlink", op, glue::empty(reply));
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let name = name.as_bytes().to_vec();
-        self.run(move |fs, errors| empty_reply!(reply, "rmdir", errors, fs.rmdir(parent.0, &name)));
+        let op = move |fs: &ExportFs| fs.rmdir(parent.0, &name);
+        self.run("rmdir", op, glue::empty(reply));
     }
 
     fn symlink(
@@ -215,14 +181,8 @@ impl Filesystem for ExportFuse {
             target.as_os_str().as_bytes().to_vec(),
             caller(req),
         );
-        self.run(move |fs, errors| {
-            entry_reply!(
-                reply,
-                "symlink",
-                errors,
-                fs.symlink(parent.0, &name, &target, who)
-            )
-        });
+        let op = move |fs: &ExportFs| fs.symlink(parent.0, &name, &target, who);
+        self.run("symlink", op, glue::entry(reply));
     }
 
     fn rename(
@@ -236,14 +196,8 @@ impl Filesystem for ExportFuse {
         reply: ReplyEmpty,
     ) {
         let (n1, n2) = (name.as_bytes().to_vec(), newname.as_bytes().to_vec());
-        self.run(move |fs, errors| {
-            empty_reply!(
-                reply,
-                "rename",
-                errors,
-                fs.rename(parent.0, &n1, newparent.0, &n2, flags.bits())
-            )
-        });
+        let op = move |fs: &ExportFs| fs.rename(parent.0, &n1, newparent.0, &n2, flags.bits());
+        self.run("rename", op, glue::empty(reply));
     }
 
     fn link(
@@ -255,18 +209,16 @@ impl Filesystem for ExportFuse {
         reply: ReplyEntry,
     ) {
         let name = newname.as_bytes().to_vec();
-        self.run(move |fs, errors| {
-            entry_reply!(reply, "link", errors, fs.link(ino.0, newparent.0, &name))
-        });
+        let op = move |fs: &ExportFs| fs.link(ino.0, newparent.0, &name);
+        self.run("link", op, glue::entry(reply));
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        self.run(move |fs, errors| match fs.open(ino.0, flags.0) {
-            Ok(fh) if fs.is_control(ino.0) => {
-                reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO)
-            }
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
-            Err(e) => reply.error(errno("open", &e, errors)),
+        let op = move |fs: &ExportFs| Ok((fs.open(ino.0, flags.0)?, fs.is_control(ino.0)));
+        self.run("open", op, |r| match r {
+            Ok((fh, true)) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO),
+            Ok((fh, false)) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            Err(e) => reply.error(e),
         });
     }
 
@@ -281,18 +233,17 @@ impl Filesystem for ExportFuse {
         reply: ReplyCreate,
     ) {
         let (name, who) = (name.as_bytes().to_vec(), caller(req));
-        self.run(
-            move |fs, errors| match fs.create(parent.0, &name, mode, flags, who) {
-                Ok((a, fh)) => reply.created(
-                    &a.ttl,
-                    &file_attr(&a),
-                    Generation(0),
-                    FileHandle(fh),
-                    FopenFlags::empty(),
-                ),
-                Err(e) => reply.error(errno("create", &e, errors)),
-            },
-        );
+        let op = move |fs: &ExportFs| fs.create(parent.0, &name, mode, flags, who);
+        self.run("create", op, |r| match r {
+            Ok((a, fh)) => reply.created(
+                &a.ttl,
+                &file_attr(&a),
+                Generation(0),
+                FileHandle(fh),
+                FopenFlags::empty(),
+            ),
+            Err(e) => reply.error(e),
+        });
     }
 
     fn read(
@@ -306,10 +257,8 @@ impl Filesystem for ExportFuse {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        self.run(move |fs, errors| match fs.read(fh.0, offset, size) {
-            Ok(d) => reply.data(&d),
-            Err(e) => reply.error(errno("read", &e, errors)),
-        });
+        let op = move |fs: &ExportFs| fs.read(fh.0, offset, size);
+        self.run("read", op, glue::data(reply));
     }
 
     fn write(
@@ -325,9 +274,10 @@ impl Filesystem for ExportFuse {
         reply: ReplyWrite,
     ) {
         let data = data.to_vec();
-        self.run(move |fs, errors| match fs.write(fh.0, offset, &data) {
+        let op = move |fs: &ExportFs| fs.write(fh.0, offset, &data);
+        self.run("write", op, |r| match r {
             Ok(n) => reply.written(n),
-            Err(e) => reply.error(errno("write", &e, errors)),
+            Err(e) => reply.error(e),
         });
     }
 
@@ -339,7 +289,7 @@ impl Filesystem for ExportFuse {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        reply.ok();
+        self.glue.inline("flush", || Ok(()), glue::empty(reply));
     }
 
     fn release(
@@ -352,8 +302,11 @@ impl Filesystem for ExportFuse {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        self.fs.release(fh.0);
-        reply.ok();
+        let op = || {
+            self.fs.release(fh.0);
+            Ok(())
+        };
+        self.glue.inline("release", op, glue::empty(reply));
     }
 
     fn fsync(
@@ -364,18 +317,19 @@ impl Filesystem for ExportFuse {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
-        self.run(move |fs, errors| empty_reply!(reply, "fsync", errors, fs.fsync(fh.0, datasync)));
+        let op = move |fs: &ExportFs| fs.fsync(fh.0, datasync);
+        self.run("fsync", op, glue::empty(reply));
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        let dirs = self.dirs.clone();
-        let fh = self.next_dir.fetch_add(1, Ordering::Relaxed);
-        self.run(move |fs, errors| match fs.readdir(ino.0) {
-            Ok(entries) => {
-                dirs.lock().unwrap().insert(fh, Arc::new(entries));
-                reply.opened(FileHandle(fh), FopenFlags::empty());
-            }
-            Err(e) => reply.error(errno("opendir", &e, errors)),
+        // No snapshot: `readdir` pages from (ino, offset) in the filesystem.
+        let op = move |fs: &ExportFs| match fs.is_dir(ino.0)? {
+            true => Ok(()),
+            false => Err(Error::Io(std::io::Error::from_raw_os_error(libc::ENOTDIR))),
+        };
+        self.run("opendir", op, |r| match r {
+            Ok(()) => reply.opened(FileHandle(0), FopenFlags::empty()),
+            Err(e) => reply.error(e),
         });
     }
 
@@ -383,27 +337,25 @@ impl Filesystem for ExportFuse {
         &self,
         _req: &Request,
         ino: INodeNo,
-        fh: FileHandle,
+        _fh: FileHandle,
         offset: u64,
         reply: ReplyDirectory,
     ) {
-        let Some(entries) = self.dirs.lock().unwrap().get(&fh.0).cloned() else {
-            reply.error(Errno::from_i32(libc::EBADF));
-            return;
-        };
-        super::fill_dir(reply, ino, offset, |n| entries.get(n));
+        let size = glue::reply_size(&reply);
+        let op = move |fs: &ExportFs| fs.readdir_page(ino.0, offset, size);
+        self.run("readdir", op, glue::dir_page(reply));
     }
 
     fn releasedir(
         &self,
         _req: &Request,
         _ino: INodeNo,
-        fh: FileHandle,
+        _fh: FileHandle,
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
-        self.dirs.lock().unwrap().remove(&fh.0);
-        reply.ok();
+        self.glue
+            .inline("releasedir", || Ok(()), glue::empty(reply));
     }
 
     fn fsyncdir(
@@ -414,16 +366,21 @@ impl Filesystem for ExportFuse {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        self.run(move |fs, errors| empty_reply!(reply, "fsyncdir", errors, fs.fsyncdir(ino.0)));
+        let op = move |fs: &ExportFs| fs.fsyncdir(ino.0);
+        self.run("fsyncdir", op, glue::empty(reply));
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        self.run(move |fs, errors| match fs.statfs() {
-            Ok(s) => reply.statfs(
-                s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.frsize,
-            ),
-            Err(e) => reply.error(errno("statfs", &e, errors)),
-        });
+        self.run(
+            "statfs",
+            |fs| fs.statfs(),
+            |r| match r {
+                Ok(s) => reply.statfs(
+                    s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.frsize,
+                ),
+                Err(e) => reply.error(e),
+            },
+        );
     }
 
     fn setxattr(
@@ -437,42 +394,24 @@ impl Filesystem for ExportFuse {
         reply: ReplyEmpty,
     ) {
         let (name, value) = (name.as_bytes().to_vec(), value.to_vec());
-        self.run(move |fs, errors| {
-            empty_reply!(
-                reply,
-                "setxattr",
-                errors,
-                fs.setxattr(ino.0, &name, &value, flags)
-            )
-        });
+        let op = move |fs: &ExportFs| fs.setxattr(ino.0, &name, &value, flags);
+        self.run("setxattr", op, glue::empty(reply));
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
         let name = name.as_bytes().to_vec();
-        self.run(move |fs, errors| match fs.getxattr(ino.0, &name) {
-            Ok(v) => reply_xattr(reply, size, &v),
-            Err(e) => reply.error(errno("getxattr", &e, errors)),
-        });
+        let op = move |fs: &ExportFs| fs.getxattr(ino.0, &name);
+        self.run("getxattr", op, glue::xattr(reply, size));
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        self.run(move |fs, errors| match fs.listxattr(ino.0) {
-            Ok(names) => {
-                let mut buf = Vec::new();
-                for n in names {
-                    buf.extend_from_slice(&n);
-                    buf.push(0);
-                }
-                reply_xattr(reply, size, &buf)
-            }
-            Err(e) => reply.error(errno("listxattr", &e, errors)),
-        });
+        let op = move |fs: &ExportFs| fs.listxattr(ino.0);
+        self.run("listxattr", op, glue::xattr_names(reply, size));
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let name = name.as_bytes().to_vec();
-        self.run(move |fs, errors| {
-            empty_reply!(reply, "removexattr", errors, fs.removexattr(ino.0, &name))
-        });
+        let op = move |fs: &ExportFs| fs.removexattr(ino.0, &name);
+        self.run("removexattr", op, glue::empty(reply));
     }
 }

@@ -1,32 +1,35 @@
 //! The only module that names `fuser`: it links kernel requests to [`crate::fs::Fs`]
 //! (and, in submodules, to the other filesystems regfs serves).
 //!
-//! Every operation that may touch the network (or the disk) is answered from a
-//! tokio task, so the FUSE dispatch thread never waits; replies are `Send`.
-//! Failed operations are logged and counted here, in one place.
+//! The adapters are thin: every operation goes through [`glue::Glue`], which
+//! answers it from a tokio task when it may touch the network (or the disk), so
+//! the FUSE dispatch thread never waits, and times, logs, counts and maps its
+//! failure in one place. Inode lifetime and directory paging live in the
+//! filesystems; a readdir reply is a copy of the page they computed.
 
-use std::collections::HashMap;
 use std::ffi::OsStr;
-use std::future::Future;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::SystemTime;
 
 use fuser::{
     BackgroundSession, Config, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
-    Generation, INodeNo, InitFlags, KernelConfig, LockOwner, MountOption, OpenFlags, ReplyAttr,
-    ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyXattr,
-    Request, SessionACL,
+    INodeNo, InitFlags, KernelConfig, LockOwner, MountOption, OpenFlags, ReplyAttr, ReplyData,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyXattr, Request,
+    SessionACL,
 };
 use tokio::runtime::Handle;
 
 use crate::error::Error;
-use crate::fs::{Attr, DirEntry, FileKind, Fs};
-use crate::telemetry::OpTimer;
+use crate::fs::{Attr, FileKind, Fs};
 
 pub mod export;
+mod glue;
+
+use glue::Glue;
+pub use glue::OpErrors;
 
 /// Options of the kernel mount.
 #[derive(Clone, Debug, Default)]
@@ -39,28 +42,12 @@ pub struct MountConfig {
     pub threads: usize,
 }
 
-/// Counters of operations that failed, by errno, for status and tests.
-#[derive(Default)]
-pub struct OpErrors {
-    /// Failed operations.
-    pub count: AtomicU64,
-}
-
-/// A directory's entries as snapshotted at `opendir`, with known attributes.
-type Listing = Arc<Vec<(DirEntry, Option<Attr>)>>;
-
-/// Part of a directory listing: the index of its first entry, and the entries.
-type Batch = (usize, Vec<(DirEntry, Option<Attr>)>);
-
 /// The fuser adapter.
 pub struct FuseFs {
     fs: Arc<Fs>,
-    rt: Handle,
-    dirs: Arc<Mutex<HashMap<u64, Listing>>>,
-    next_dir: AtomicU64,
+    glue: Glue,
     /// The kernel opens directories without asking us (FUSE_NO_OPENDIR_SUPPORT).
     stateless_dirs: AtomicBool,
-    errors: Arc<OpErrors>,
     /// The daemon's control socket, named by the root's `user.regfs.control` xattr.
     control: Option<Arc<Vec<u8>>>,
 }
@@ -70,11 +57,8 @@ impl FuseFs {
     pub fn new(fs: Arc<Fs>, rt: Handle) -> FuseFs {
         FuseFs {
             fs,
-            rt,
-            dirs: Arc::default(),
-            next_dir: AtomicU64::new(1),
+            glue: Glue::new(rt),
             stateless_dirs: AtomicBool::new(false),
-            errors: Arc::default(),
             control: None,
         }
     }
@@ -120,20 +104,6 @@ pub(crate) fn session_config(
     config
 }
 
-pub(crate) fn errno(op: &str, e: &Error, errors: &OpErrors) -> Errno {
-    let n = e.errno();
-    if matches!(e, Error::DigestMismatch { .. }) {
-        metrics::counter!(crate::telemetry::VERIFICATION_FAILURES).increment(1);
-    }
-    if n == libc::ENOENT || n == libc::ENODATA || n == libc::EOPNOTSUPP {
-        tracing::debug!(op, error = %e, "fuse op failed");
-    } else {
-        errors.count.fetch_add(1, Ordering::Relaxed);
-        tracing::warn!(op, error = %e, errno = n, "fuse op failed");
-    }
-    Errno::from_i32(n)
-}
-
 pub(crate) fn file_type(k: FileKind) -> FileType {
     match k {
         FileKind::Dir => FileType::Directory,
@@ -165,160 +135,6 @@ pub(crate) fn file_attr(a: &Attr) -> FileAttr {
     }
 }
 
-/// Offer directory positions from `offset` on until `add` says the reply is
-/// full (`Some(true)`; the kernel asks again from there) or that there is no
-/// such entry (`None`). Positions 0 and 1 are `.` and `..`; position `n` ≥ 2
-/// is entry `n - 2`, and its offset cookie is `n + 1`.
-fn offer_from(offset: u64, mut add: impl FnMut(usize) -> Option<bool>) {
-    let mut i = offset as usize;
-    while add(i) == Some(false) {
-        i += 1;
-    }
-}
-
-/// Answer `readdir` from a snapshot: `.`, `..`, then `entry(0)`, `entry(1)`, …
-/// from `offset` until the reply buffer is full (the kernel asks again).
-pub(crate) fn fill_dir<'a>(
-    mut reply: ReplyDirectory,
-    ino: INodeNo,
-    offset: u64,
-    entry: impl Fn(usize) -> Option<&'a DirEntry>,
-) {
-    offer_from(offset, |i| {
-        Some(match i {
-            0 => reply.add(ino, 1, FileType::Directory, "."),
-            1 => reply.add(ino, 2, FileType::Directory, ".."),
-            n => {
-                let e = entry(n - 2)?;
-                reply.add(
-                    INodeNo(e.ino),
-                    (n + 1) as u64,
-                    file_type(e.kind),
-                    OsStr::from_bytes(&e.name),
-                )
-            }
-        })
-    });
-    reply.ok();
-}
-
-/// Answer `readdirplus` from `entries`, the directory's listing from entry
-/// `skipped` on: `.`, `..`, then the entries from `offset` until the reply
-/// buffer is full (the kernel asks again). Each entry sent takes a lookup
-/// reference in `fs`.
-fn fill_dir_plus_at(
-    mut reply: ReplyDirectoryPlus,
-    ino: INodeNo,
-    offset: u64,
-    skipped: usize,
-    entries: &[(DirEntry, Option<Attr>)],
-    fs: &Fs,
-) {
-    // `.` and `..` carry no lookup reference; their attributes are not cached.
-    let mut dot = FileAttr {
-        ino,
-        ..file_attr(&Attr::dir(ino.0, SystemTime::UNIX_EPOCH, Duration::ZERO))
-    };
-    let zero = Duration::ZERO;
-    offer_from(offset, |i| {
-        Some(match i {
-            0 => reply.add(ino, 1, ".", &zero, &dot, Generation(0)),
-            1 => {
-                dot.ino = INodeNo(1);
-                reply.add(INodeNo(1), 2, "..", &zero, &dot, Generation(0))
-            }
-            n => {
-                let (e, attr) = (n - 2).checked_sub(skipped).and_then(|k| entries.get(k))?;
-                // Entries whose attributes need the network (tags) go out
-                // uncached: the kernel looks them up when they are used.
-                let (ttl, fa) = match attr {
-                    Some(a) => (a.ttl, file_attr(a)),
-                    None => (
-                        zero,
-                        FileAttr {
-                            kind: file_type(e.kind),
-                            ..file_attr(&Attr::dir(e.ino, SystemTime::UNIX_EPOCH, zero))
-                        },
-                    ),
-                };
-                let full = reply.add(
-                    INodeNo(e.ino),
-                    (n + 1) as u64,
-                    OsStr::from_bytes(&e.name),
-                    &ttl,
-                    &fa,
-                    Generation(0),
-                );
-                if !full {
-                    // The kernel now holds a lookup reference to it.
-                    fs.add_lookup(e.ino);
-                }
-                full
-            }
-        })
-    });
-    reply.ok();
-}
-
-/// [`fill_dir_plus_at`] from a whole listing.
-fn fill_dir_plus(
-    reply: ReplyDirectoryPlus,
-    ino: INodeNo,
-    offset: u64,
-    entries: &[(DirEntry, Option<Attr>)],
-    fs: &Fs,
-) {
-    fill_dir_plus_at(reply, ino, offset, 0, entries, fs)
-}
-
-pub(crate) fn reply_xattr(reply: ReplyXattr, size: u32, data: &[u8]) {
-    if size == 0 {
-        reply.size(data.len() as u32);
-    } else if data.len() > size as usize {
-        reply.error(Errno::from_i32(libc::ERANGE));
-    } else {
-        reply.data(data);
-    }
-}
-
-impl FuseFs {
-    /// List directory `ino` from position `offset` with no open handle (the
-    /// kernel opens directories without asking) and hand the batch (index of
-    /// its first entry, entries) or the errno to `answer`.
-    fn list_from(
-        &self,
-        op: &'static str,
-        timer: OpTimer,
-        ino: INodeNo,
-        offset: u64,
-        answer: impl FnOnce(std::result::Result<Batch, Errno>) + Send + 'static,
-    ) {
-        let (fs, errors) = (self.fs.clone(), self.errors.clone());
-        self.run(async move {
-            let _timer = timer;
-            let skip = offset.saturating_sub(2) as usize;
-            let listed = fs.readdir_plus_from(ino.0, skip).await;
-            answer(listed.map_err(|e| errno(op, &e, &errors)));
-        });
-    }
-
-    /// Run an operation: polled once right here, and if it completes without
-    /// waiting (everything it needs is in memory) the reply goes out at once;
-    /// otherwise it continues as a task, so the dispatch thread never waits on
-    /// the network or the disk. Metadata of loaded trees takes the fast path.
-    fn run<F: Future<Output = ()> + Send + 'static>(&self, op: F) {
-        let _rt = self.rt.enter();
-        let mut op = Box::pin(op);
-        let waker = std::task::Waker::noop();
-        let mut cx = std::task::Context::from_waker(waker);
-        if op.as_mut().poll(&mut cx).is_pending() {
-            // Futures re-register their waker on every poll: the task's poll
-            // replaces the no-op one.
-            self.rt.spawn(op);
-        }
-    }
-}
-
 impl Filesystem for FuseFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         let _ = config.set_max_readahead(1 << 20);
@@ -343,63 +159,43 @@ impl Filesystem for FuseFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        let (fs, errors, name) = (
-            self.fs.clone(),
-            self.errors.clone(),
-            name.as_bytes().to_vec(),
-        );
-        let timer = OpTimer::start("lookup");
-        self.run(async move {
-            let _timer = timer;
-            match fs.lookup(parent.0, &name).await {
-                Ok(a) => reply.entry(&a.ttl, &file_attr(&a), Generation(0)),
-                Err(e) => reply.error(errno("lookup", &e, &errors)),
-            }
-        });
+        let (fs, name) = (self.fs.clone(), name.as_bytes().to_vec());
+        let op = async move { fs.lookup(parent.0, &name).await };
+        self.glue.run("lookup", op, glue::entry(reply));
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
-        self.fs.forget(ino.0, nlookup);
+        let op = || {
+            self.fs.forget(ino.0, nlookup);
+            Ok(())
+        };
+        self.glue.inline("forget", op, |_| ());
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        let (fs, errors) = (self.fs.clone(), self.errors.clone());
-        let timer = OpTimer::start("getattr");
-        self.run(async move {
-            let _timer = timer;
-            match fs.getattr(ino.0).await {
-                Ok(a) => reply.attr(&a.ttl, &file_attr(&a)),
-                Err(e) => reply.error(errno("getattr", &e, &errors)),
-            }
-        });
+        let fs = self.fs.clone();
+        let op = async move { fs.getattr(ino.0).await };
+        self.glue.run("getattr", op, glue::attr(reply));
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        let (fs, errors) = (self.fs.clone(), self.errors.clone());
-        let timer = OpTimer::start("readlink");
-        self.run(async move {
-            let _timer = timer;
-            match fs.readlink(ino.0).await {
-                Ok(t) => reply.data(&t),
-                Err(e) => reply.error(errno("readlink", &e, &errors)),
-            }
-        });
+        let fs = self.fs.clone();
+        let op = async move { fs.readlink(ino.0).await };
+        self.glue.run("readlink", op, glue::data(reply));
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        if flags.0 & libc::O_ACCMODE != libc::O_RDONLY {
-            reply.error(Errno::from_i32(libc::EROFS));
-            return;
-        }
-        let (fs, errors) = (self.fs.clone(), self.errors.clone());
-        let timer = OpTimer::start("open");
-        self.run(async move {
-            let _timer = timer;
-            match fs.open(ino.0).await {
-                // Everything regfs serves is immutable: keep the page cache across opens.
-                Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
-                Err(e) => reply.error(errno("open", &e, &errors)),
+        let fs = self.fs.clone();
+        let op = async move {
+            if flags.0 & libc::O_ACCMODE != libc::O_RDONLY {
+                return Err(Error::ReadOnly);
             }
+            fs.open(ino.0).await
+        };
+        self.glue.run("open", op, |r| match r {
+            // Everything regfs serves is immutable: keep the page cache across opens.
+            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
+            Err(e) => reply.error(e),
         });
     }
 
@@ -414,15 +210,9 @@ impl Filesystem for FuseFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        let (fs, errors) = (self.fs.clone(), self.errors.clone());
-        let timer = OpTimer::start("read");
-        self.run(async move {
-            let _timer = timer;
-            match fs.read(fh.0, offset, size).await {
-                Ok(data) => reply.data(&data),
-                Err(e) => reply.error(errno("read", &e, &errors)),
-            }
-        });
+        let fs = self.fs.clone();
+        let op = async move { fs.read(fh.0, offset, size).await };
+        self.glue.run("read", op, glue::data(reply));
     }
 
     fn release(
@@ -435,8 +225,11 @@ impl Filesystem for FuseFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        self.fs.release(fh.0);
-        reply.ok();
+        let op = || {
+            self.fs.release(fh.0);
+            Ok(())
+        };
+        self.glue.inline("release", op, glue::empty(reply));
     }
 
     fn flush(
@@ -447,137 +240,100 @@ impl Filesystem for FuseFs {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        reply.ok();
+        self.glue.inline("flush", || Ok(()), glue::empty(reply));
     }
 
-    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        if self.stateless_dirs.load(Ordering::Relaxed) {
-            // The kernel then stops sending OPENDIR/RELEASEDIR altogether and
-            // caches listings itself (KEEP_CACHE | CACHE_DIR): `readdirplus`
-            // lists from (ino, offset) with no handle.
-            reply.error(Errno::from_i32(libc::ENOSYS));
-            return;
-        }
-        let (fs, errors, dirs) = (self.fs.clone(), self.errors.clone(), self.dirs.clone());
-        let fh = self.next_dir.fetch_add(1, Ordering::Relaxed);
-        let timer = OpTimer::start("opendir");
-        self.run(async move {
-            let _timer = timer;
-            match fs.readdir_plus(ino.0).await {
-                Ok(entries) => {
-                    dirs.lock().unwrap().insert(fh, Arc::new(entries));
+    fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        // No snapshot: the core pages listings from (ino, offset).
+        let stateless = self.stateless_dirs.load(Ordering::Relaxed);
+        self.glue.inline(
+            "opendir",
+            || Ok(()),
+            |_| {
+                if stateless {
+                    // The kernel then stops sending OPENDIR/RELEASEDIR
+                    // altogether and caches listings itself.
+                    reply.error(Errno::from_i32(libc::ENOSYS));
+                } else {
                     reply.opened(
-                        FileHandle(fh),
+                        FileHandle(0),
                         FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE,
                     );
                 }
-                Err(e) => reply.error(errno("opendir", &e, &errors)),
-            }
-        });
+            },
+        );
     }
 
     fn readdir(
         &self,
         _req: &Request,
         ino: INodeNo,
-        fh: FileHandle,
+        _fh: FileHandle,
         offset: u64,
         reply: ReplyDirectory,
     ) {
-        let timer = OpTimer::start("readdir");
-        // A snapshot taken at opendir: served from memory, no waiting.
-        if let Some(entries) = self.dirs.lock().unwrap().get(&fh.0).cloned() {
-            fill_dir(reply, ino, offset, |n| entries.get(n).map(|(e, _)| e));
-            return;
-        }
-        self.list_from("readdir", timer, ino, offset, move |listed| match listed {
-            Ok((skipped, entries)) => fill_dir(reply, ino, offset, |n| {
-                n.checked_sub(skipped)
-                    .and_then(|k| entries.get(k))
-                    .map(|(e, _)| e)
-            }),
-            Err(e) => reply.error(e),
-        });
+        let (fs, size) = (self.fs.clone(), glue::reply_size(&reply));
+        let op = async move { fs.readdir_page(ino.0, offset, size, false).await };
+        self.glue.run("readdir", op, glue::dir_page(reply));
     }
 
     fn readdirplus(
         &self,
         _req: &Request,
         ino: INodeNo,
-        fh: FileHandle,
+        _fh: FileHandle,
         offset: u64,
         reply: ReplyDirectoryPlus,
     ) {
-        let timer = OpTimer::start("readdirplus");
-        if let Some(entries) = self.dirs.lock().unwrap().get(&fh.0).cloned() {
-            fill_dir_plus(reply, ino, offset, &entries, &self.fs);
-            return;
-        }
-        let fs = self.fs.clone();
-        self.list_from(
-            "readdirplus",
-            timer,
-            ino,
-            offset,
-            move |listed| match listed {
-                Ok((skipped, entries)) => {
-                    fill_dir_plus_at(reply, ino, offset, skipped, &entries, &fs)
+        let (fs, size) = (self.fs.clone(), glue::reply_size(&reply));
+        let unsent = {
+            let fs = fs.clone();
+            move |rest: &[crate::fs::PageEntry]| {
+                for e in rest.iter().filter(|e| !e.is_dot()) {
+                    fs.forget(e.ino, 1);
                 }
-                Err(e) => reply.error(e),
-            },
-        );
+            }
+        };
+        let op = async move { fs.readdir_page(ino.0, offset, size, true).await };
+        self.glue
+            .run("readdirplus", op, glue::dir_page_plus(reply, unsent));
     }
 
     fn releasedir(
         &self,
         _req: &Request,
         _ino: INodeNo,
-        fh: FileHandle,
+        _fh: FileHandle,
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
-        self.dirs.lock().unwrap().remove(&fh.0);
-        reply.ok();
+        self.glue
+            .inline("releasedir", || Ok(()), glue::empty(reply));
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        if let (crate::fs::ROOT_INO, Some(socket)) = (ino.0, &self.control) {
-            if name.as_bytes() == crate::export::fs::SOCKET_XATTR {
-                reply_xattr(reply, size, socket);
-                return;
+        let control = match (ino.0, &self.control) {
+            (crate::fs::ROOT_INO, Some(socket))
+                if name.as_bytes() == crate::export::fs::SOCKET_XATTR =>
+            {
+                Some(socket.clone())
             }
-        }
-        let (fs, errors, name) = (
-            self.fs.clone(),
-            self.errors.clone(),
-            name.as_bytes().to_vec(),
-        );
-        let timer = OpTimer::start("getxattr");
-        self.run(async move {
-            let _timer = timer;
-            match fs.getxattr(ino.0, &name).await {
-                Ok(v) => reply_xattr(reply, size, &v),
-                Err(e) => reply.error(errno("getxattr", &e, &errors)),
+            _ => None,
+        };
+        let (fs, name) = (self.fs.clone(), name.as_bytes().to_vec());
+        let op = async move {
+            match control {
+                Some(socket) => Ok(socket.to_vec()),
+                None => fs.getxattr(ino.0, &name).await,
             }
-        });
+        };
+        self.glue.run("getxattr", op, glue::xattr(reply, size));
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        let (fs, errors) = (self.fs.clone(), self.errors.clone());
-        let timer = OpTimer::start("listxattr");
-        self.run(async move {
-            let _timer = timer;
-            match fs.listxattr(ino.0).await {
-                Ok(names) => {
-                    let mut buf = Vec::new();
-                    for n in names {
-                        buf.extend_from_slice(&n);
-                        buf.push(0);
-                    }
-                    reply_xattr(reply, size, &buf)
-                }
-                Err(e) => reply.error(errno("listxattr", &e, &errors)),
-            }
-        });
+        let fs = self.fs.clone();
+        let op = async move { fs.listxattr(ino.0).await };
+        self.glue
+            .run("listxattr", op, glue::xattr_names(reply, size));
     }
 }

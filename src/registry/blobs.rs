@@ -304,10 +304,10 @@ impl BlobStream {
                 }
                 Ok(None) => {
                     if self.expected_size.is_some_and(|w| self.received < w) {
-                        Error::Network(format!(
-                            "{}: body ended after {} bytes",
-                            self.what, self.received
-                        ))
+                        Error::Network(
+                            format!("{}: body ended after {} bytes", self.what, self.received)
+                                .into(),
+                        )
                     } else {
                         return self.finish().map(|()| None);
                     }
@@ -366,10 +366,9 @@ impl BlobStream {
     async fn reconnect(&mut self) -> Result<()> {
         if self.reconnects_left == 0 {
             self.fail();
-            return Err(Error::Network(format!(
-                "{}: too many interruptions",
-                self.what
-            )));
+            return Err(Error::Network(
+                format!("{}: too many interruptions", self.what).into(),
+            ));
         }
         let attempt = self.client.inner.retry.retries - self.reconnects_left;
         self.reconnects_left -= 1;

@@ -4,7 +4,7 @@
 use reqwest::StatusCode;
 use serde::Deserialize;
 
-use crate::error::Error;
+use crate::error::{Cause, Error};
 
 /// The most of an error body we read.
 pub const ERROR_BODY_LIMIT: usize = 64 * 1024;
@@ -95,9 +95,9 @@ pub fn from_reqwest(e: reqwest::Error, what: &str) -> Error {
     } else if e.is_builder() {
         Error::invalid(format!("{what}: {chain}"))
     } else if is_tls_failure(&chain) {
-        Error::Tls(format!("{what}: {chain}"))
+        Error::Tls(Cause::new(format!("{what}: {chain}"), e))
     } else {
-        Error::Network(format!("{what}: {chain}"))
+        Error::Network(Cause::new(format!("{what}: {chain}"), e))
     }
 }
 

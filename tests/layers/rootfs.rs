@@ -198,8 +198,8 @@ fn lgetxattr(path: &Path, name: &str) -> Result<Vec<u8>, i32> {
     Ok(buf)
 }
 
-/// A directory larger than one listing batch (`Fs::readdir_plus_from`
-/// answers the kernel's reads from their offset, with no open handle) lists
+/// A directory larger than one reply (`Fs::readdir_page` answers the
+/// kernel's reads from their offset, with no open handle) lists
 /// every entry once, in `ls -l` as in `read_dir`; and the xattr answers
 /// `ls -l` depends on: a present xattr is served, an absent SELinux label or
 /// ACL is "not supported" (so `ls` stops asking), any other absent name is

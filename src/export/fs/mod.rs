@@ -34,13 +34,14 @@ use std::time::{Duration, SystemTime};
 use nix::sys::stat::{Mode, SFlag};
 use nix::sys::time::TimeSpec;
 
-use self::inodes::{Inodes, BASE_DEV, ROOT};
+use self::inodes::{Identity, Inodes, BASE_DEV, ROOT};
 use self::view::{errno, split, Obj, View, WH};
 use super::base::BaseTree;
 use super::commit::Exporter;
 use super::staging::{parse_entry_ref, EntryMeta};
 use crate::error::{Error, Result};
-use crate::fs::{Attr, DirEntry, FileKind};
+use crate::fs::paging::{page, Page, PageEntry};
+use crate::fs::{Attr, FileKind};
 use crate::layer::NodeId;
 use crate::reference::validate_component;
 
@@ -282,10 +283,21 @@ impl ExportFs {
         }
     }
 
-    fn obj_attr(&self, vpath: &[u8], view: &View, obj: &Obj) -> Attr {
+    /// The inode of `path`; with `referenced` (an entry reply) the kernel's
+    /// reference is counted in the same step, so no forget comes in between.
+    fn number(&self, path: &[u8], identity: Option<Identity>, referenced: bool) -> u64 {
+        let mut t = self.inodes.lock().unwrap();
+        let ino = t.ino(path, identity);
+        if referenced {
+            t.remember(ino, path);
+        }
+        ino
+    }
+
+    fn obj_attr(&self, vpath: &[u8], view: &View, obj: &Obj, referenced: bool) -> Attr {
         match obj {
             Obj::Upper { md, .. } => {
-                let ino = self.inodes.lock().unwrap().ino(vpath, view::identity(md));
+                let ino = self.number(vpath, view::identity(md), referenced);
                 Attr {
                     ino,
                     kind: file_kind(md.file_type()),
@@ -302,7 +314,7 @@ impl ExportFs {
             Obj::Base { node, .. } => {
                 let n = view.base.as_ref().expect("base object").tree.node(*node);
                 let id = (!n.is_dir() && n.nlink > 1).then_some((BASE_DEV, *node as u64));
-                let ino = self.inodes.lock().unwrap().ino(vpath, id);
+                let ino = self.number(vpath, id, referenced);
                 let mut a = crate::fs::node_attr(ino, n);
                 // Times before 1970 show as the epoch here, as a ustar
                 // header would record them.
@@ -327,12 +339,13 @@ impl ExportFs {
             .any(|e| e.reference.starts_with(&prefix)))
     }
 
-    /// Attributes of the object at mount path `path`.
-    fn attr_at(&self, path: &[u8]) -> Result<Attr> {
+    /// Attributes of the object at mount path `path`; `referenced`: for an
+    /// entry reply (the kernel takes a reference).
+    fn attr_at(&self, path: &[u8], referenced: bool) -> Result<Attr> {
         match locate(path)? {
             Loc::Root => Ok(self.dir_attr(ROOT, 0o755)),
             Loc::Control => {
-                let ino = self.inodes.lock().unwrap().ino(path, None);
+                let ino = self.number(path, None, referenced);
                 let mut a = self.dir_attr(ino, 0o600);
                 a.kind = FileKind::File;
                 a.nlink = 1;
@@ -342,13 +355,13 @@ impl ExportFs {
                 if !self.namespace_exists(&ns)? {
                     return Err(Error::NotFound(ns));
                 }
-                let ino = self.inodes.lock().unwrap().ino(path, None);
+                let ino = self.number(path, None, referenced);
                 Ok(self.dir_attr(ino, 0o755))
             }
             Loc::Entry { entry, rel } => {
                 let view = self.view(&entry)?;
                 let obj = view.resolve(&rel)?;
-                Ok(self.obj_attr(path, &view, &obj))
+                Ok(self.obj_attr(path, &view, &obj, referenced))
             }
         }
     }
@@ -370,9 +383,7 @@ impl ExportFs {
 
     /// [`Self::attr_at`] for an entry reply: the kernel gets a reference.
     fn entry_attr(&self, path: &[u8]) -> Result<Attr> {
-        let a = self.attr_at(path)?;
-        self.inodes.lock().unwrap().remember(a.ino, path);
-        Ok(a)
+        self.attr_at(path, true)
     }
 
     /// The kernel dropped `nlookup` references to `ino`.
@@ -388,44 +399,27 @@ impl ExportFs {
     /// Attributes of `ino`.
     pub fn getattr(&self, ino: u64) -> Result<Attr> {
         let p = self.path_of(ino)?;
-        self.attr_at(&p)
+        self.attr_at(&p, false)
     }
 
-    /// The entries of directory `ino`.
-    pub fn readdir(&self, ino: u64) -> Result<Vec<DirEntry>> {
+    /// One reply's worth of directory `ino` from cookie `offset` (see
+    /// [`crate::fs::paging`]): the entries that fit in `budget` bytes, `.` and
+    /// `..` included. Only the entries sent get numbers (no kernel reference:
+    /// plain `readdir`).
+    pub fn readdir_page(&self, ino: u64, offset: u64, budget: usize) -> Result<Vec<PageEntry>> {
         let p = self.path_of(ino)?;
         match locate(&p)? {
             Loc::Root | Loc::Namespace(_) => {
-                let prefix = if p.is_empty() {
-                    String::new()
-                } else {
-                    format!("{}/", String::from_utf8_lossy(&p))
-                };
-                let mut names: BTreeSet<(String, bool)> = BTreeSet::new();
-                let refs = self
-                    .exp
-                    .staging()
-                    .entries()?
-                    .into_iter()
-                    .map(|e| e.reference);
-                let nss: Vec<String> = self.namespaces.lock().unwrap().iter().cloned().collect();
-                for r in refs.chain(nss.into_iter().map(|n| format!("{n}/"))) {
-                    if let Some(rest) = r.strip_prefix(&prefix) {
-                        match rest.split_once('/') {
-                            Some((ns, _)) => names.insert((ns.to_string(), true)),
-                            None if !rest.is_empty() => names.insert((rest.to_string(), true)),
-                            None => false,
-                        };
-                    }
-                }
-                let mut out = Vec::new();
-                for (n, _) in names {
-                    let path = join(&p, n.as_bytes());
-                    let ino = self.inodes.lock().unwrap().ino(&path, None);
-                    out.push(DirEntry {
-                        ino,
-                        name: n.into_bytes(),
+                let names = self.namespace_names(&p)?;
+                let pg = page(offset, budget, false, names.len(), |i| names[i].len());
+                let mut out = pg.dots(ino, ino);
+                for (i, n) in names[pg.first..pg.end].iter().enumerate() {
+                    out.push(PageEntry {
+                        ino: self.number(&join(&p, n.as_bytes()), None, false),
+                        cookie: Page::cookie(pg.first + i),
+                        name: n.clone().into_bytes(),
                         kind: FileKind::Dir,
+                        attr: None,
                     });
                 }
                 Ok(out)
@@ -437,18 +431,54 @@ impl ExportFs {
                 if !view.is_dir(&dir) {
                     return Err(err(libc::ENOTDIR));
                 }
-                let mut out = Vec::new();
-                for (name, obj) in view.list(&dir)? {
-                    let a = self.obj_attr(&join(&p, &name), &view, &obj);
-                    out.push(DirEntry {
+                let list = view.list(&dir)?;
+                let pg = page(offset, budget, false, list.len(), |i| list[i].0.len());
+                let mut out = pg.dots(ino, ino);
+                for (i, (name, obj)) in list[pg.first..pg.end].iter().enumerate() {
+                    let a = self.obj_attr(&join(&p, name), &view, obj, false);
+                    out.push(PageEntry {
                         ino: a.ino,
-                        name,
+                        cookie: Page::cookie(pg.first + i),
+                        name: name.clone(),
                         kind: a.kind,
+                        attr: None,
                     });
                 }
                 Ok(out)
             }
         }
+    }
+
+    /// The names in the top directory or namespace `p`: namespaces and entries.
+    fn namespace_names(&self, p: &[u8]) -> Result<Vec<String>> {
+        let prefix = if p.is_empty() {
+            String::new()
+        } else {
+            format!("{}/", String::from_utf8_lossy(p))
+        };
+        let mut names: BTreeSet<String> = BTreeSet::new();
+        let refs = self
+            .exp
+            .staging()
+            .entries()?
+            .into_iter()
+            .map(|e| e.reference);
+        let nss: Vec<String> = self.namespaces.lock().unwrap().iter().cloned().collect();
+        for r in refs.chain(nss.into_iter().map(|n| format!("{n}/"))) {
+            if let Some(rest) = r.strip_prefix(&prefix) {
+                match rest.split_once('/') {
+                    Some((ns, _)) => names.insert(ns.to_string()),
+                    None if !rest.is_empty() => names.insert(rest.to_string()),
+                    None => false,
+                };
+            }
+        }
+        Ok(names.into_iter().collect())
+    }
+
+    /// Whether `ino` is a directory (for `opendir`).
+    pub fn is_dir(&self, ino: u64) -> Result<bool> {
+        Ok(self.getattr(ino)?.kind == FileKind::Dir)
     }
 
     /// Resolve `(parent, name)` to an entry location inside one entry.

@@ -103,7 +103,7 @@ impl ExportFs {
                 return Err(err(libc::EISDIR));
             }
             drop(_g);
-            let a = self.attr_at(&path)?;
+            let a = self.attr_at(&path, false)?;
             let fh = self.open(a.ino, flags)?;
             return Ok((self.entry_attr(&path)?, fh));
         }
