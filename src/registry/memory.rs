@@ -305,10 +305,9 @@ impl VerifyingBody {
         };
         if let Some(want) = self.expected_size {
             if self.received < want {
-                return Err(Error::Network(format!(
-                    "{}: body ended after {} bytes",
-                    self.what, self.received
-                )));
+                return Err(Error::Network(
+                    format!("{}: body ended after {} bytes", self.what, self.received).into(),
+                ));
             }
         }
         h.finish().expect(&self.digest, &self.what)?;
