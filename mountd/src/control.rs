@@ -6,7 +6,8 @@
 //! ← {"progress":{"entry":…,"phase":"push","packed":…,"content_total":…,"sent":…,"push_total":…}}   (repeated)
 //! ← {"ok":true,"result":{"reference":…,"manifest":"sha256:…",…}}   or   {"ok":false,"error":"…"}
 //! → {"op":"new","entry":"myapp:2.0","from":"lab/python:3.11"}
-//! → {"op":"status"}   ← {"ok":true,"result":{"entries":[…],"in_flight":[…],"images":[…],"cache":{…},"fetches_in_flight":0,…}}
+//! → {"op":"status"}   ← {"ok":true,"result":{"entries":[…],"in_flight":[…],"images":[…],"cache":{…},"fetches_in_flight":0,
+//!                       "registry_state":{"reachable":false,"since":…,"last_error":"…","last_check":…,"checks":3},…}}
 //! → {"op":"prefetch","reference":"lab/python:3.11"}
 //! ← {"progress":{"layers_total":4,"layers_done":1,"bytes_total":…,"bytes_done":…}}   (repeated)
 //! ← {"ok":true,"result":{"digest":"sha256:…","layers":4,"bytes":…,"lazy_layers":0,"ms":…}}
@@ -76,6 +77,8 @@ pub struct Context {
     pub mountpoint: std::path::PathBuf,
     /// The cache directory.
     pub cache_dir: std::path::PathBuf,
+    /// Whether the registry answers.
+    pub reachability: Arc<crate::reachability::Reachability>,
 }
 
 impl Context {
@@ -234,6 +237,7 @@ fn status(ctx: &Context) -> Value {
         "export": ctx.exporter.is_some(),
         "pid": std::process::id(),
         "registry": content.client().registry().name,
+        "registry_state": ctx.reachability.to_json(),
         "mountpoint": ctx.mountpoint,
         "images": ctx.fs.images_in_use(),
         "cache": {

@@ -2,8 +2,9 @@
 //!
 //! The parent re-executes itself without a terminal (new session, log to a
 //! file), hands over the password through a pipe on the child's stdin, and
-//! waits on a readiness pipe: the child writes `ok` once the kernel mount
-//! answers, or exits with an error the parent reports.
+//! waits on a readiness pipe: the child writes `ok` (and any warnings, a line
+//! each, which the parent prints) once the kernel mount answers, or exits with
+//! an error the parent reports.
 
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -22,10 +23,16 @@ pub fn ready_pipe() -> Option<std::fs::File> {
     Some(std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) }))
 }
 
-/// Tell the parent the mount is ready.
-pub fn notify_ready(pipe: Option<std::fs::File>) {
+/// Tell the parent the mount is ready, with `warnings` (one line each) for
+/// it to print on its terminal: the daemon's own standard error goes nowhere.
+pub fn notify_ready(pipe: Option<std::fs::File>, warnings: &[String]) {
     if let Some(mut p) = pipe {
-        let _ = p.write_all(b"ok");
+        let mut msg = b"ok".to_vec();
+        for w in warnings {
+            msg.push(b'\n');
+            msg.extend(w.replace('\n', " ").as_bytes());
+        }
+        let _ = p.write_all(&msg);
     }
 }
 
@@ -66,7 +73,13 @@ pub fn spawn(password: Option<&str>, log_hint: &str) -> anyhow::Result<()> {
     let mut reader = std::fs::File::from(r);
     let mut buf = Vec::new();
     let _ = reader.read_to_end(&mut buf);
-    if buf == b"ok" {
+    if let Some(rest) = buf.strip_prefix(b"ok") {
+        for w in String::from_utf8_lossy(rest)
+            .lines()
+            .filter(|l| !l.is_empty())
+        {
+            eprintln!("regfs: warning: {w}");
+        }
         println!("regfs: mounted (daemon pid {})", child.id());
         return Ok(());
     }

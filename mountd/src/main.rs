@@ -14,6 +14,7 @@ mod logging;
 mod metrics;
 mod mount;
 mod prefetch;
+mod reachability;
 mod size;
 mod status;
 mod unmount;

@@ -1,5 +1,7 @@
 //! `regfs status`: the read-only side of the answer, for people.
 
+use std::time::SystemTime;
+
 use serde_json::Value;
 
 /// Bytes as `12.3 MiB`.
@@ -28,6 +30,9 @@ pub fn print_read_only(r: &Value) {
             reg,
             r["mountpoint"].as_str().unwrap_or("?")
         );
+    }
+    if let Some(line) = crate::reachability::describe(&r["registry_state"], SystemTime::now()) {
+        println!("{line}");
     }
     let c = &r["cache"];
     if c.is_object() {
