@@ -8,11 +8,12 @@
 #                    push.sh, esgz.sh, check-rootfs.sh)
 #   ensure_packages  install the Debian packages the tests and demo need
 #                    (only when one of their commands/files is missing)
-#   ensure_images [busybox]
+#   ensure_images [busybox|python]
 #                    build the lab OCI layout into ${REGFS_LAB:-REPO/.lab/images}
 #                    when a tag is missing, plus the zstd twin layout oci-zstd
 #                    and the eStargz / zstd:chunked layout oci-esgz; with
-#                    `busybox`, only the busybox image (seconds)
+#                    `busybox`, only the busybox image (seconds); with
+#                    `python`, busybox, debian and python (debootstrap, ~2 min)
 #   free_port [FROM] print a TCP port on 127.0.0.1 nobody listens on
 #   say / die        messages on stderr
 
@@ -106,12 +107,12 @@ _layout_tags() { # _layout_tags LAYOUT_DIR
   jq -r '.manifests[]?.annotations["org.opencontainers.image.ref.name"] // empty' "$1/index.json"
 }
 
-ensure_images() { # ensure_images [busybox]
+ensure_images() { # ensure_images [busybox|python]
   local L missing=() t tags want=("${REGFS_LAB_TAGS[@]}") steps="busybox debian multiarch"
-  if [ "${1:-}" = busybox ]; then
-    want=(busybox)
-    steps=busybox
-  fi
+  case "${1:-}" in
+    busybox) want=(busybox) steps=busybox ;;
+    python) want=(busybox debian-bookworm python-3.11) steps="busybox debian" ;;
+  esac
   L=$(lab_images)
   mkdir -p "$L"
   L=$(cd "$L" && pwd)
@@ -132,7 +133,7 @@ ensure_images() { # ensure_images [busybox]
       grep -qx "$t" <<<"$tags" || die "tag $t still missing from $L/oci after make-images.sh"
     done
   fi
-  if [ "${1:-}" != busybox ]; then
+  if [ -z "${1:-}" ]; then
     if ! grep -qx python-3.11-zstd <<<"$(_layout_tags "$L/oci-zstd")"; then
       say "recompressing python-3.11 with zstd into $L/oci-zstd"
       STEPS=zstd "$(lab_dir)/make-images.sh" "$L" || die "zstd recompression failed"
