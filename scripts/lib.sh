@@ -107,6 +107,15 @@ _layout_tags() { # _layout_tags LAYOUT_DIR
   jq -r '.manifests[]?.annotations["org.opencontainers.image.ref.name"] // empty' "$1/index.json"
 }
 
+# True when the zstd and eStargz / zstd:chunked layouts have their tags.
+_extra_layouts_done() { # _extra_layouts_done LAB_DIR
+  local t
+  grep -qx python-3.11-zstd <<<"$(_layout_tags "$1/oci-zstd" 2>/dev/null)" || return 1
+  for t in "${REGFS_ESGZ_TAGS[@]}"; do
+    grep -qx "$t" <<<"$(_layout_tags "$1/oci-esgz" 2>/dev/null)" || return 1
+  done
+}
+
 ensure_images() { # ensure_images [busybox|python]
   local L missing=() t tags want=("${REGFS_LAB_TAGS[@]}") steps="busybox debian multiarch"
   case "${1:-}" in
@@ -117,6 +126,16 @@ ensure_images() { # ensure_images [busybox|python]
   mkdir -p "$L"
   L=$(cd "$L" && pwd)
   export REGFS_LAB="$L"
+  # Everything there already: no lock, so that a builder working on other
+  # tags (the demo's background build) does not hold this caller up.
+  tags=$(_layout_tags "$L/oci" 2>/dev/null || true)
+  for t in "${want[@]}"; do
+    grep -qx "$t" <<<"$tags" || missing+=("$t")
+  done
+  if [ ${#missing[@]} -eq 0 ] && { [ -n "${1:-}" ] || _extra_layouts_done "$L"; }; then
+    return 0
+  fi
+  missing=()
   # One builder at a time (test binaries, bench and demo may call this at once).
   local lockfd
   exec {lockfd}>"$L/.ensure.lock"
