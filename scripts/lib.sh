@@ -4,12 +4,16 @@
 #
 # Functions:
 #   repo_root        absolute path of the repository (parent of scripts/)
-#   lab_dir          absolute path of ../shared/lab next to the repository
+#   lab_dir          absolute path of scripts/lab (registry.sh, make-images.sh,
+#                    push.sh, esgz.sh, check-rootfs.sh)
 #   ensure_packages  install the Debian packages the tests and demo need
 #                    (only when one of their commands/files is missing)
-#   ensure_images    build the lab OCI layout into ${REGFS_LAB:-REPO/.lab/images}
+#   ensure_images [busybox|python]
+#                    build the lab OCI layout into ${REGFS_LAB:-REPO/.lab/images}
 #                    when a tag is missing, plus the zstd twin layout oci-zstd
-#                    and the eStargz / zstd:chunked layout oci-esgz
+#                    and the eStargz / zstd:chunked layout oci-esgz; with
+#                    `busybox`, only the busybox image (seconds); with
+#                    `python`, busybox, debian and python (debootstrap, ~2 min)
 #   free_port [FROM] print a TCP port on 127.0.0.1 nobody listens on
 #   say / die        messages on stderr
 
@@ -18,12 +22,7 @@ die() { echo "error: $*" >&2; exit 1; }
 
 repo_root() { (cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd); }
 
-lab_dir() {
-  local d
-  d="$(repo_root)/../shared/lab"
-  [ -d "$d" ] || die "lab scripts not found at $d (expected ../shared/lab next to the repository)"
-  (cd "$d" && pwd)
-}
+lab_dir() { echo "$(repo_root)/scripts/lab"; }
 
 # The lab image layout; exported so that cargo test sees it.
 lab_images() { echo "${REGFS_LAB:-$(repo_root)/.lab/images}"; }
@@ -105,54 +104,67 @@ REGFS_LAB_TAGS=(busybox busybox-arm64 multi debian-bookworm python-3.11)
 # Tags in an OCI layout (one per line); empty if there is no layout.
 _layout_tags() { # _layout_tags LAYOUT_DIR
   [ -f "$1/index.json" ] || return 0
-  jq -r '.manifests[].annotations["org.opencontainers.image.ref.name"] // empty' "$1/index.json"
+  jq -r '.manifests[]?.annotations["org.opencontainers.image.ref.name"] // empty' "$1/index.json"
 }
 
-ensure_images() {
-  local L missing=() t tags
+# True when the zstd and eStargz / zstd:chunked layouts have their tags.
+_extra_layouts_done() { # _extra_layouts_done LAB_DIR
+  local t
+  grep -qx python-3.11-zstd <<<"$(_layout_tags "$1/oci-zstd" 2>/dev/null)" || return 1
+  for t in "${REGFS_ESGZ_TAGS[@]}"; do
+    grep -qx "$t" <<<"$(_layout_tags "$1/oci-esgz" 2>/dev/null)" || return 1
+  done
+}
+
+ensure_images() { # ensure_images [busybox|python]
+  local L missing=() t tags want=("${REGFS_LAB_TAGS[@]}") steps="busybox debian multiarch"
+  case "${1:-}" in
+    busybox) want=(busybox) steps=busybox ;;
+    python) want=(busybox debian-bookworm python-3.11) steps="busybox debian" ;;
+  esac
   L=$(lab_images)
   mkdir -p "$L"
   L=$(cd "$L" && pwd)
   export REGFS_LAB="$L"
+  # Everything there already: no lock, so that a builder working on other
+  # tags (the demo's background build) does not hold this caller up.
+  tags=$(_layout_tags "$L/oci" 2>/dev/null || true)
+  for t in "${want[@]}"; do
+    grep -qx "$t" <<<"$tags" || missing+=("$t")
+  done
+  if [ ${#missing[@]} -eq 0 ] && { [ -n "${1:-}" ] || _extra_layouts_done "$L"; }; then
+    return 0
+  fi
+  missing=()
   # One builder at a time (test binaries, bench and demo may call this at once).
   local lockfd
   exec {lockfd}>"$L/.ensure.lock"
   flock "$lockfd"
   tags=$(_layout_tags "$L/oci")
-  for t in "${REGFS_LAB_TAGS[@]}"; do
+  for t in "${want[@]}"; do
     grep -qx "$t" <<<"$tags" || missing+=("$t")
   done
   if [ ${#missing[@]} -gt 0 ]; then
-    local lab port reg rc=0
-    lab=$(lab_dir)
-    port=$(free_port)
-    reg="$L/../build-registry"
-    say "building lab images into $L/oci (missing: ${missing[*]}); takes a few minutes"
-    "$lab/registry.sh" start "$reg" "$port" >/dev/null
-    # The shim makes the script's `umoci ls | grep -q` checks immune to SIGPIPE.
-    PATH="$(repo_root)/scripts/lab-shims:$PATH" STEPS="busybox debian multiarch" \
-      "$lab/make-images.sh" "127.0.0.1:$port" "$L" || rc=$?
-    "$lab/registry.sh" stop "$reg" "$port" >/dev/null || true
-    [ "$rc" = 0 ] || die "make-images.sh failed ($rc)"
+    say "building lab images into $L/oci (missing: ${missing[*]})"
+    STEPS="$steps" "$(lab_dir)/make-images.sh" "$L" || die "make-images.sh failed"
     tags=$(_layout_tags "$L/oci")
-    for t in "${REGFS_LAB_TAGS[@]}"; do
+    for t in "${want[@]}"; do
       grep -qx "$t" <<<"$tags" || die "tag $t still missing from $L/oci after make-images.sh"
     done
   fi
-  if ! grep -qx python-3.11-zstd <<<"$(_layout_tags "$L/oci-zstd")"; then
-    say "recompressing python-3.11 with zstd into $L/oci-zstd"
-    rm -rf "$L/oci-zstd"
-    skopeo copy -q --format oci --dest-compress-format zstd \
-      "oci:$L/oci:python-3.11" "oci:$L/oci-zstd:python-3.11-zstd" ||
-      die "zstd recompression failed"
+  if [ -z "${1:-}" ]; then
+    if ! grep -qx python-3.11-zstd <<<"$(_layout_tags "$L/oci-zstd")"; then
+      say "recompressing python-3.11 with zstd into $L/oci-zstd"
+      STEPS=zstd "$(lab_dir)/make-images.sh" "$L" || die "zstd recompression failed"
+    fi
+    ensure_esgz_images
   fi
-  ensure_esgz_images
   flock -u "$lockfd"
   exec {lockfd}>&-
 }
 
 # eStargz and zstd:chunked twins of python-3.11, converted by a real tool
-# (ctr-remote, via ../shared/lab/esgz.sh) and kept byte-identical (manifests
+# (ctr-remote, via scripts/lab/esgz.sh) and kept byte-identical (manifests
 # with their TOC annotations) in the layout oci-esgz. ~1-2 minutes, once.
 REGFS_ESGZ_TAGS=(python-3.11-esgz python-3.11-zstdchunked)
 
@@ -179,8 +191,7 @@ ensure_esgz_images() {
   rm -rf "$reg"
   "$lab/registry.sh" start "$reg" "$port" >/dev/null
   (
-    skopeo copy -q --dest-tls-verify=false "oci:$L/oci:python-3.11" \
-      "docker://127.0.0.1:$port/lab/python:3.11" &&
+    "$lab/push.sh" "127.0.0.1:$port" "$L" lab/python:3.11 &&
       "$lab/esgz.sh" "127.0.0.1:$port" "$work" lab/python:3.11 lab/python:3.11-esgz >/dev/null &&
       rm -rf "$L/oci-esgz" &&
       for t in esgz zstdchunked; do

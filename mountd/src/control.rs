@@ -34,6 +34,8 @@ pub struct Context {
     pub mountpoint: std::path::PathBuf,
     /// The cache directory.
     pub cache_dir: std::path::PathBuf,
+    /// Whether the registry answers.
+    pub reachability: Arc<crate::reachability::Reachability>,
 }
 
 impl Context {
@@ -229,6 +231,7 @@ fn status(ctx: &Context) -> Status {
         export: ctx.exporter.is_some(),
         pid: std::process::id(),
         registry: content.client().registry().name.to_string(),
+        registry_state: Some(ctx.reachability.state()),
         mountpoint: ctx.mountpoint.clone(),
         images: ctx
             .fs

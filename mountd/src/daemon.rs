@@ -3,7 +3,8 @@
 //! The parent re-executes itself without a terminal (new session, log to a
 //! file), hands over the password through a pipe on the child's stdin, and
 //! waits on a readiness pipe ([`crate::readiness`]): the child writes `ok`
-//! once the kernel mount answers, or exits with an error the parent reports.
+//! (and any warnings, a line each, which the parent prints) once the kernel
+//! mount answers, or exits with an error the parent reports.
 
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
@@ -49,7 +50,13 @@ pub fn spawn(password: Option<&str>, log_hint: &str) -> anyhow::Result<()> {
     let mut reader = std::fs::File::from(r);
     let mut buf = Vec::new();
     let _ = reader.read_to_end(&mut buf);
-    if buf == b"ok" {
+    if let Some(rest) = buf.strip_prefix(b"ok") {
+        for w in String::from_utf8_lossy(rest)
+            .lines()
+            .filter(|l| !l.is_empty())
+        {
+            eprintln!("regfs: warning: {w}");
+        }
         println!("regfs: mounted (daemon pid {})", child.id());
         return Ok(());
     }

@@ -18,7 +18,7 @@ use crate::{control, unmount};
 /// The running export side.
 pub struct Export {
     /// The FUSE session (unmounts when dropped).
-    session: Box<dyn std::any::Any + Send>,
+    session: regfs::fuse::Mounted,
     mountpoint: PathBuf,
     socket: PathBuf,
 }
@@ -81,7 +81,7 @@ pub fn start(
         .with_context(|| format!("mounting the export directory at {}", mountpoint.display()))?;
     tracing::info!(export = %mountpoint.display(), state = %state.display(), socket = %socket.display(), "export mounted");
     Ok(Some(Export {
-        session: Box::new(session),
+        session,
         mountpoint,
         socket,
     }))
@@ -95,10 +95,13 @@ impl Export {
 
     /// Unmount the export directory and remove the socket.
     pub fn stop(self) {
-        if let Err(e) = unmount::detach(&self.mountpoint) {
-            tracing::debug!(error = %e, "export detach");
-        }
         let _ = std::fs::remove_file(&self.socket);
-        drop(self.session);
+        match unmount::detach(&self.mountpoint) {
+            Ok(()) => self.session.detached(),
+            Err(e) => {
+                tracing::debug!(error = %e, "export detach");
+                drop(self.session);
+            }
+        }
     }
 }

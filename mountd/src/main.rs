@@ -17,6 +17,7 @@ mod prefetch;
 mod progress_bar;
 mod protocol;
 mod readiness;
+mod reachability;
 mod size;
 mod status;
 mod unmount;

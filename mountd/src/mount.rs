@@ -17,6 +17,7 @@ use regfs::reference::Registry;
 use regfs::registry::{Client, ClientOptions, Credentials};
 
 use crate::cli::MountArgs;
+use crate::reachability::{self, Reachability};
 use crate::{control, daemon, logging, readiness, unmount};
 
 pub(crate) fn default_cache_dir() -> PathBuf {
@@ -103,14 +104,25 @@ pub fn run(args: MountArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     let client = Client::new(opts)?;
-    match rt.block_on(client.ping()) {
-        Ok(()) => {}
-        // Unreachable: serve what the cache holds (digest paths) and retry per request.
+    // Unreachable (refused, no such name, timeouts, 5xx): mount anyway, serve
+    // what the cache holds, say so on the terminal and in the log, and keep
+    // checking in the background. Anything else (credentials, TLS) fails now.
+    let mut warnings = Vec::new();
+    let reachability = match rt.block_on(client.ping()) {
+        Ok(()) => Reachability::new(&registry.name, None),
         Err(e) if e.is_transient() => {
-            tracing::warn!(%registry, error = %e, "registry unreachable; serving from the cache until it answers")
+            let msg = reachability::warning(&registry.name, &e.to_string());
+            tracing::warn!(%registry, "{msg}");
+            // Without a log file the line above is already on the terminal.
+            if args.log_file.is_some() && ready.is_none() {
+                eprintln!("regfs: warning: {msg}");
+            }
+            warnings.push(msg);
+            Reachability::new(&registry.name, Some(e.to_string()))
         }
         Err(e) => return Err(anyhow::Error::new(e).context(format!("registry {registry}"))),
-    }
+    };
+    reachability.watch(client.clone(), rt.handle());
 
     let cache_dir = args.cache_dir.clone().unwrap_or_else(default_cache_dir);
     let store = Arc::new(
@@ -140,6 +152,7 @@ pub fn run(args: MountArgs) -> anyhow::Result<()> {
         exporter: None,
         mountpoint: std::path::absolute(&mountpoint)?,
         cache_dir: cache_dir.clone(),
+        reachability,
     };
     let export = crate::export::start(
         &args,
@@ -171,7 +184,7 @@ pub fn run(args: MountArgs) -> anyhow::Result<()> {
         )
         .with_context(|| format!("mounting at {}", mountpoint.display()))?;
     tracing::info!(%registry, mountpoint = %mountpoint.display(), cache = %cache_dir.display(), "mounted");
-    readiness::notify_ready(ready);
+    readiness::notify_ready(ready, &warnings);
 
     // The session thread ends when the kernel drops the mount (regfs unmount,
     // umount -l); a signal makes us detach it ourselves.

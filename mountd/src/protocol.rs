@@ -201,6 +201,8 @@ pub struct Status {
     pub pid: u32,
     /// The mounted registry.
     pub registry: String,
+    /// Whether the registry answers (absent from daemons before this field).
+    pub registry_state: Option<RegistryState>,
     /// The read-only mountpoint.
     pub mountpoint: PathBuf,
     /// Images whose trees are in memory.
@@ -213,6 +215,22 @@ pub struct Status {
     pub requests: u64,
     /// Body bytes received from the registry.
     pub bytes_received: u64,
+}
+
+/// Whether the mounted registry answers, as last checked.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RegistryState {
+    /// Whether the last check got an answer.
+    pub reachable: bool,
+    /// When `reachable` last changed (or the mount started), Unix seconds.
+    pub since: u64,
+    /// The last failure, kept after the registry comes back.
+    pub last_error: Option<String>,
+    /// When the last check ran, Unix seconds.
+    pub last_check: u64,
+    /// Checks made so far (the one at mount included).
+    pub checks: u64,
 }
 
 /// An image with loaded trees.

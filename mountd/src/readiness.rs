@@ -1,6 +1,6 @@
 //! The readiness pipe between a `--daemon` parent and its child: the parent
 //! passes the pipe's descriptor in [`READY_FD_ENV`]; the child writes `ok`
-//! once its mount answers.
+//! (then any warnings, a line each) once its mount answers.
 
 use std::io::Write;
 use std::os::fd::{FromRawFd, OwnedFd};
@@ -22,9 +22,15 @@ pub fn ready_pipe() -> Option<std::fs::File> {
     Some(std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) }))
 }
 
-/// Tell the parent the mount is ready.
-pub fn notify_ready(pipe: Option<std::fs::File>) {
+/// Tell the parent the mount is ready, with `warnings` (one line each) for
+/// it to print on its terminal: the daemon's own standard error goes nowhere.
+pub fn notify_ready(pipe: Option<std::fs::File>, warnings: &[String]) {
     if let Some(mut p) = pipe {
-        let _ = p.write_all(b"ok");
+        let mut msg = b"ok".to_vec();
+        for w in warnings {
+            msg.push(b'\n');
+            msg.extend(w.replace('\n', " ").as_bytes());
+        }
+        let _ = p.write_all(&msg);
     }
 }

@@ -26,6 +26,9 @@ pub fn print_read_only(r: &Status) {
         r.registry,
         r.mountpoint.display()
     );
+    if let Some(state) = &r.registry_state {
+        println!("{}", crate::reachability::describe(state, std::time::SystemTime::now()));
+    }
     let c = &r.cache;
     println!(
         "cache: {} of {} in {} (hits {}, misses {}, evictions {})",

@@ -10,9 +10,9 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use fuser::{
-    BackgroundSession, Errno, FileHandle, Filesystem, FopenFlags, Generation, INodeNo,
-    KernelConfig, LockOwner, MountOption, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
-    ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite,
+    Errno, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, IoctlFlags, KernelConfig,
+    LockOwner, MountOption, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
+    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyOpen, ReplyStatfs, ReplyWrite,
     ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use tokio::runtime::Handle;
@@ -52,9 +52,9 @@ impl ExportFuse {
     }
 
     /// Mount read-write at `mountpoint` and serve from background threads.
-    pub fn mount(self, mountpoint: &Path, cfg: &MountConfig) -> std::io::Result<BackgroundSession> {
+    pub fn mount(self, mountpoint: &Path, cfg: &MountConfig) -> std::io::Result<super::Mounted> {
         let config = super::session_config(cfg, MountOption::RW, "regfs-export", &[]);
-        fuser::spawn_mount(self, mountpoint, &config)
+        fuser::spawn_mount(self, mountpoint, &config).map(super::Mounted::new)
     }
 
     /// Answer operation `name` with `op` run on the blocking pool.
@@ -70,6 +70,24 @@ impl ExportFuse {
 }
 
 impl Filesystem for ExportFuse {
+    /// No ioctl is served: `ENOTTY` ("not a device that knows this request"),
+    /// which is what programs probing a file (python's `open`, `isatty`)
+    /// expect, without fuser's default warning for each call.
+    #[allow(clippy::too_many_arguments)]
+    fn ioctl(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _flags: IoctlFlags,
+        _cmd: u32,
+        _in_data: &[u8],
+        _out_size: u32,
+        reply: ReplyIoctl,
+    ) {
+        reply.error(Errno::ENOTTY);
+    }
+
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         let _ = config.set_max_background(64);
         Ok(())

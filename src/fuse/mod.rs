@@ -15,10 +15,10 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use fuser::{
-    BackgroundSession, Config, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
-    INodeNo, InitFlags, KernelConfig, LockOwner, MountOption, OpenFlags, ReplyAttr, ReplyData,
-    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyXattr, Request,
-    SessionACL,
+    Config, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
+    InitFlags, IoctlFlags, KernelConfig, LockOwner, MountOption, OpenFlags, ReplyAttr, ReplyData,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyOpen, ReplyXattr,
+    Request, SessionACL,
 };
 use tokio::runtime::Handle;
 
@@ -27,9 +27,11 @@ use crate::fs::{Attr, FileKind, Fs};
 
 pub mod export;
 mod glue;
+mod session;
 
 use glue::Glue;
 pub use glue::OpErrors;
+pub use session::Mounted;
 
 /// Options of the kernel mount.
 #[derive(Clone, Debug, Default)]
@@ -71,9 +73,9 @@ impl FuseFs {
     }
 
     /// Mount at `mountpoint` and serve from background threads until unmounted.
-    pub fn mount(self, mountpoint: &Path, cfg: &MountConfig) -> std::io::Result<BackgroundSession> {
+    pub fn mount(self, mountpoint: &Path, cfg: &MountConfig) -> std::io::Result<Mounted> {
         let config = session_config(cfg, MountOption::RO, "regfs", &[MountOption::NoAtime]);
-        fuser::spawn_mount(self, mountpoint, &config)
+        fuser::spawn_mount(self, mountpoint, &config).map(Mounted::new)
     }
 }
 
@@ -136,6 +138,24 @@ pub(crate) fn file_attr(a: &Attr) -> FileAttr {
 }
 
 impl Filesystem for FuseFs {
+    /// No ioctl is served: `ENOTTY` ("not a device that knows this request"),
+    /// which is what programs probing a file (python's `open`, `isatty`)
+    /// expect, without fuser's default warning for each call.
+    #[allow(clippy::too_many_arguments)]
+    fn ioctl(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _flags: IoctlFlags,
+        _cmd: u32,
+        _in_data: &[u8],
+        _out_size: u32,
+        reply: ReplyIoctl,
+    ) {
+        reply.error(Errno::ENOTTY);
+    }
+
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         let _ = config.set_max_readahead(1 << 20);
         let _ = config.set_max_background(64);

@@ -19,9 +19,10 @@ pub fn repo_root() -> PathBuf {
     }
 }
 
-/// `../shared/lab` next to the repository (registry.sh, make-images.sh, …).
+/// The lab scripts in the repository, `scripts/lab` (registry.sh,
+/// make-images.sh, push.sh, esgz.sh, check-rootfs.sh).
 pub fn lab_dir() -> PathBuf {
-    repo_root().join("../shared/lab")
+    repo_root().join("scripts/lab")
 }
 
 /// The lab image folder (`$REGFS_LAB`, default `REPO/.lab/images`) holding the
