@@ -166,7 +166,10 @@ mod tests {
         r.record(Err(regfs::Error::Network("refused again".into())));
         let j = r.state();
         assert!(!j.reachable);
-        assert_eq!(j.last_error.as_deref(), Some("network error: refused again"));
+        assert_eq!(
+            j.last_error.as_deref(),
+            Some("network error: refused again")
+        );
         assert_eq!(j.checks, 2);
         r.record(Ok(()));
         assert!(r.is_reachable());

@@ -27,7 +27,10 @@ pub fn print_read_only(r: &Status) {
         r.mountpoint.display()
     );
     if let Some(state) = &r.registry_state {
-        println!("{}", crate::reachability::describe(state, std::time::SystemTime::now()));
+        println!(
+            "{}",
+            crate::reachability::describe(state, std::time::SystemTime::now())
+        );
     }
     let c = &r.cache;
     println!(

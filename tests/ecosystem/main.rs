@@ -1,8 +1,9 @@
 //! Ecosystem: how regfs fits around a registry and a host — credentials and
 //! TLS (`auth_tls`, `credentials_token`), mirrors and client certificates
 //! (`mirrors_tls`), configuration and mount(8) (`fstab_config`), the mount's
-//! lifetime (`lifecycle`), logs, metrics and status (`observability`), and the
-//! v2 client on its own (`registry_client`).
+//! lifetime (`lifecycle`), logs, metrics and status (`observability`), an
+//! unreachable registry (`reachability`), `scripts/install` (`install`), and
+//! the v2 client on its own (`registry_client`).
 //!
 //! `HTTPS_PROXY` / `NO_PROXY` (`tests/proxy_env.rs`) is its own binary: it
 //! sets the process environment the in-process client reads.
@@ -14,7 +15,9 @@ mod harness;
 mod auth_tls;
 mod credentials_token;
 mod fstab_config;
+mod install;
 mod lifecycle;
 mod mirrors_tls;
 mod observability;
+mod reachability;
 mod registry_client;

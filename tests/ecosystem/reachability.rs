@@ -4,7 +4,7 @@
 //! Normal operation logs no warnings: `regfs unmount` (no second unmount by
 //! fuser) and ioctls (ENOTTY, quietly).
 
-mod harness;
+use crate::harness;
 
 use std::fs;
 use std::io;

@@ -1,7 +1,7 @@
 //! `scripts/install` into a DESTDIR puts every file where a Debian user
 //! expects it, and the installed binary runs.
 
-mod harness;
+use crate::harness;
 
 use std::fs;
 use std::process::Command;

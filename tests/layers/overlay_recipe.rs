@@ -1,7 +1,7 @@
 //! The README's overlay recipe, run as written: an overlay mount of an
 //! image's `layers/` (paths full of `:`, escaped as `\:`) gives `rootfs/`.
 
-mod harness;
+use crate::harness;
 
 use std::fs;
 use std::path::Path;
