@@ -6,7 +6,7 @@ use std::io::Write;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use crate::cache::{Kind, Store};
+use crate::cache::{Section, Store};
 use crate::content::Content;
 use crate::digest::Digest;
 use crate::error::Error;
@@ -141,7 +141,7 @@ async fn a_corrupt_layer_is_refused_and_nothing_of_it_is_kept() {
     let e = walk(&fs, &path).await.unwrap_err();
     assert_eq!(e.errno(), libc::EIO, "{e:?}");
     assert!(
-        store.get(Kind::Layer, &diff_id).is_none(),
+        store.get(Section::Layer, &diff_id).is_none(),
         "nothing unverified is kept"
     );
 
@@ -151,5 +151,5 @@ async fn a_corrupt_layer_is_refused_and_nothing_of_it_is_kept() {
     faulty.clear(&blob);
     let ino = walk(&fs, &path).await.unwrap();
     assert_eq!(read_all(&fs, ino).await.unwrap(), b"regfs\n");
-    assert!(store.get(Kind::Layer, &diff_id).is_some());
+    assert!(store.get(Section::Layer, &diff_id).is_some());
 }

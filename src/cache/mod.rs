@@ -32,7 +32,7 @@ use crate::error::{Error, Result};
 
 /// What a cached file holds; each kind is one directory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Kind {
+pub enum Section {
     /// Raw blobs by blob digest.
     Blob,
     /// Uncompressed layer tars by diff_id.
@@ -50,24 +50,24 @@ pub enum Kind {
     Span,
 }
 
-impl Kind {
+impl Section {
     fn dir(self) -> &'static str {
         match self {
-            Kind::Blob => "blobs",
-            Kind::Layer => "layers",
-            Kind::Index => "index",
-            Kind::Chunk => "chunks",
-            Kind::Toc => "toc",
-            Kind::Span => "spans",
+            Section::Blob => "blobs",
+            Section::Layer => "layers",
+            Section::Index => "index",
+            Section::Chunk => "chunks",
+            Section::Toc => "toc",
+            Section::Span => "spans",
         }
     }
-    const ALL: [Kind; 6] = [
-        Kind::Blob,
-        Kind::Layer,
-        Kind::Index,
-        Kind::Chunk,
-        Kind::Toc,
-        Kind::Span,
+    const ALL: [Section; 6] = [
+        Section::Blob,
+        Section::Layer,
+        Section::Index,
+        Section::Chunk,
+        Section::Toc,
+        Section::Span,
     ];
 }
 
@@ -140,7 +140,7 @@ impl Store {
         create_private_dir(&tmp)?;
         let mut lru = Lru::default();
         let mut found: Vec<(std::time::SystemTime, PathBuf, u64)> = Vec::new();
-        for kind in Kind::ALL {
+        for kind in Section::ALL {
             for alg in Algorithm::ALL {
                 let dir = root.join(kind.dir()).join(alg.as_str());
                 fs::create_dir_all(&dir)?;
@@ -173,7 +173,7 @@ impl Store {
     }
 
     /// The path content of `kind` named `digest` has (or would have).
-    pub fn path(&self, kind: Kind, digest: &Digest) -> PathBuf {
+    pub fn path(&self, kind: Section, digest: &Digest) -> PathBuf {
         self.root
             .join(kind.dir())
             .join(digest.algorithm().as_str())
@@ -181,7 +181,7 @@ impl Store {
     }
 
     /// The cached file's path if present, marking it recently used.
-    pub fn get(&self, kind: Kind, digest: &Digest) -> Option<PathBuf> {
+    pub fn get(&self, kind: Section, digest: &Digest) -> Option<PathBuf> {
         let p = self.path(kind, digest);
         let hit = self.lru.lock().unwrap().touch(&p);
         let present = hit && p.exists();
@@ -198,7 +198,7 @@ impl Store {
     }
 
     /// Read a small cached file whole.
-    pub fn read(&self, kind: Kind, digest: &Digest) -> Option<Vec<u8>> {
+    pub fn read(&self, kind: Section, digest: &Digest) -> Option<Vec<u8>> {
         self.get(kind, digest).and_then(|p| fs::read(p).ok())
     }
 
@@ -224,7 +224,7 @@ impl Store {
 
     /// Move verified content into place. The caller has checked `digest`; this only
     /// renames, accounts the size, and evicts older content to stay under the limit.
-    pub fn commit(&self, mut tmp: TempFile, kind: Kind, digest: &Digest) -> Result<PathBuf> {
+    pub fn commit(&self, mut tmp: TempFile, kind: Section, digest: &Digest) -> Result<PathBuf> {
         tmp.file.sync_data()?;
         let len = tmp.file.metadata()?.len();
         let dest = self.path(kind, digest);
@@ -236,7 +236,7 @@ impl Store {
     }
 
     /// Store small verified bytes under `digest`.
-    pub fn put(&self, kind: Kind, digest: &Digest, bytes: &[u8]) -> Result<PathBuf> {
+    pub fn put(&self, kind: Section, digest: &Digest, bytes: &[u8]) -> Result<PathBuf> {
         use std::io::Write;
         let mut t = self.temp()?;
         t.file.write_all(bytes)?;
@@ -317,7 +317,7 @@ mod tests {
         {
             let s = Store::open(dir.path(), 1 << 20).unwrap();
             for d in &digests {
-                s.put(Kind::Chunk, d, b"span").unwrap();
+                s.put(Section::Chunk, d, b"span").unwrap();
             }
             assert_eq!(s.size(), 4 * digests.len() as u64);
         }
@@ -325,7 +325,7 @@ mod tests {
         let s = Store::open(dir.path(), 1 << 20).unwrap();
         assert_eq!(s.size(), 4 * digests.len() as u64);
         for d in &digests {
-            assert_eq!(s.read(Kind::Chunk, d).unwrap(), b"span", "{d}");
+            assert_eq!(s.read(Section::Chunk, d).unwrap(), b"span", "{d}");
         }
     }
 
@@ -335,17 +335,17 @@ mod tests {
         let d = Digest::sha256_of(b"hello");
         {
             let s = Store::open(dir.path(), 1 << 20).unwrap();
-            assert!(s.get(Kind::Blob, &d).is_none());
-            s.put(Kind::Blob, &d, b"hello").unwrap();
-            assert_eq!(s.read(Kind::Blob, &d).unwrap(), b"hello");
-            let mode = fs::metadata(s.path(Kind::Blob, &d))
+            assert!(s.get(Section::Blob, &d).is_none());
+            s.put(Section::Blob, &d, b"hello").unwrap();
+            assert_eq!(s.read(Section::Blob, &d).unwrap(), b"hello");
+            let mode = fs::metadata(s.path(Section::Blob, &d))
                 .unwrap()
                 .permissions()
                 .mode();
             assert_eq!(mode & 0o777, 0o600);
         }
         let s = Store::open(dir.path(), 1 << 20).unwrap();
-        assert_eq!(s.read(Kind::Blob, &d).unwrap(), b"hello");
+        assert_eq!(s.read(Section::Blob, &d).unwrap(), b"hello");
         assert_eq!(s.size(), 5);
         let mode = fs::metadata(dir.path()).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o700);
@@ -356,16 +356,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = Store::open(dir.path(), 25).unwrap();
         let ds: Vec<Digest> = (0..3u8).map(|i| Digest::sha256_of(&[i])).collect();
-        s.put(Kind::Blob, &ds[0], &[0; 10]).unwrap();
-        s.put(Kind::Blob, &ds[1], &[1; 10]).unwrap();
-        assert!(s.get(Kind::Blob, &ds[0]).is_some()); // 0 is now more recent than 1
-        s.put(Kind::Blob, &ds[2], &[2; 10]).unwrap();
+        s.put(Section::Blob, &ds[0], &[0; 10]).unwrap();
+        s.put(Section::Blob, &ds[1], &[1; 10]).unwrap();
+        assert!(s.get(Section::Blob, &ds[0]).is_some()); // 0 is now more recent than 1
+        s.put(Section::Blob, &ds[2], &[2; 10]).unwrap();
         assert!(
-            s.get(Kind::Blob, &ds[1]).is_none(),
+            s.get(Section::Blob, &ds[1]).is_none(),
             "1 was least recently used"
         );
-        assert!(s.get(Kind::Blob, &ds[0]).is_some());
-        assert!(s.get(Kind::Blob, &ds[2]).is_some());
+        assert!(s.get(Section::Blob, &ds[0]).is_some());
+        assert!(s.get(Section::Blob, &ds[2]).is_some());
         assert!(s.size() <= 25);
         assert_eq!(s.stats.evictions.load(Ordering::Relaxed), 1);
     }

@@ -11,7 +11,7 @@ use tokio::io::AsyncWriteExt;
 
 use super::once::{fetch_fresh, fetch_once, Fetchable};
 use super::Content;
-use crate::cache::{Kind, TempFile};
+use crate::cache::{Section, TempFile};
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::image::config::MAX_CONFIG_SIZE;
@@ -57,7 +57,7 @@ impl Fetchable for ManifestKind<'_> {
             let Selector::Digest(digest) = self.sel else {
                 return Ok(None);
             };
-            let Some(bytes) = self.content.store.read(Kind::Blob, digest) else {
+            let Some(bytes) = self.content.store.read(Section::Blob, digest) else {
                 return Ok(None);
             };
             // Stored bytes were verified before they were stored; check again anyway,
@@ -92,8 +92,8 @@ impl Fetchable for ManifestKind<'_> {
     ) -> BoxFuture<'_, Result<Arc<ManifestInfo>>> {
         Box::pin(async move {
             let store = &self.content.store;
-            if store.get(Kind::Blob, &fetched.digest).is_none() {
-                store.put(Kind::Blob, &fetched.digest, &fetched.bytes)?;
+            if store.get(Section::Blob, &fetched.digest).is_none() {
+                store.put(Section::Blob, &fetched.digest, &fetched.bytes)?;
             }
             Ok(Arc::new(ManifestInfo {
                 digest: fetched.digest,
@@ -132,7 +132,7 @@ impl Fetchable for BlobKind<'_> {
 
     /// Open before anything can evict it: an open file outlives eviction.
     fn at_hand(&self) -> Option<File> {
-        File::open(self.content.store.get(Kind::Blob, &self.desc.digest)?).ok()
+        File::open(self.content.store.get(Section::Blob, &self.desc.digest)?).ok()
     }
 
     fn fetch_verified(&self) -> BoxFuture<'_, Result<(TempFile, u64, Instant)>> {
@@ -165,7 +165,7 @@ impl Fetchable for BlobKind<'_> {
             std::io::Seek::rewind(&mut file)?;
             self.content
                 .store
-                .commit(tmp, Kind::Blob, &self.desc.digest)?;
+                .commit(tmp, Section::Blob, &self.desc.digest)?;
             tracing::info!(
                 digest = %self.desc.digest, bytes = received, ms = started.elapsed().as_millis() as u64,
                 cache = "miss", "fetched blob"

@@ -20,7 +20,7 @@ use crate::digest::{Digest, HashingWriter};
 use crate::error::{Error, Result};
 use crate::estargz::{decode_chunk, Format};
 use crate::image::BlobRef;
-use crate::layer::{Chunk, Content as NodeContent, Tree};
+use crate::layer::{Chunk, FileData, Tree};
 use crate::registry::RegistryApi;
 use crate::telemetry::InFlight;
 
@@ -129,7 +129,7 @@ pub(super) fn all_chunks(tree: &Tree) -> Vec<Chunk> {
     let mut seen = HashSet::new();
     let mut out: Vec<Chunk> = Vec::new();
     for n in tree.nodes() {
-        if let NodeContent::Chunks { chunks, .. } = &n.content {
+        if let FileData::Chunks { chunks, .. } = &n.content {
             for c in chunks.iter().filter(|c| !c.zeros) {
                 if seen.insert(c.digest.clone()) {
                     out.push(c.clone());

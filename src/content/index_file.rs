@@ -4,7 +4,7 @@
 
 use std::io;
 
-use crate::cache::{Kind, Store};
+use crate::cache::{Section, Store};
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::layer::span::SpanIndex;
@@ -33,18 +33,21 @@ const EXPORT_MAGIC: &str = "regfs-layer-index 1\n";
 
 /// The layer (by diff_id or blob digest) whose tar index and span index are in `store`.
 fn find_layer(store: &Store, digest: &Digest) -> Result<(Digest, Digest, SpanIndex)> {
-    if let Some(b) = store.read(Kind::Span, digest) {
+    if let Some(b) = store.read(Section::Span, digest) {
         let (blob, ix) = decode_stored(&b)?;
         return Ok((blob, digest.clone(), ix));
     }
-    let dir = store.path(Kind::Span, digest);
+    let dir = store.path(Section::Span, digest);
     let dir = dir.parent().expect("a store path has a parent");
     for e in std::fs::read_dir(dir)?.flatten() {
         let Ok(diff_id) = format!("sha256:{}", e.file_name().to_string_lossy()).parse::<Digest>()
         else {
             continue;
         };
-        if let Some(Ok((blob, ix))) = store.read(Kind::Span, &diff_id).map(|b| decode_stored(&b)) {
+        if let Some(Ok((blob, ix))) = store
+            .read(Section::Span, &diff_id)
+            .map(|b| decode_stored(&b))
+        {
             if &blob == digest {
                 return Ok((blob, diff_id, ix));
             }
@@ -60,7 +63,7 @@ fn find_layer(store: &Store, digest: &Digest) -> Result<(Digest, Digest, SpanInd
 pub fn export_index(store: &Store, digest: &Digest) -> Result<(Digest, Digest, Vec<u8>)> {
     let (blob, diff_id, ix) = find_layer(store, digest)?;
     let tree = store
-        .read(Kind::Index, &diff_id)
+        .read(Section::Index, &diff_id)
         .ok_or_else(|| Error::NotFound(format!("no tar index for {diff_id} in the cache")))?;
     let spans = ix.encode();
     let mut v = Vec::with_capacity(tree.len() + spans.len() + 256);
@@ -142,12 +145,12 @@ fn parse_export(b: &[u8]) -> Result<ImportedIndex> {
 pub fn check_tree(t: &Tree, tar_size: u64) -> Result<()> {
     let bad = |what: String| Error::invalid(format!("layer index file: tree: {what}"));
     let nodes = t.nodes();
-    if nodes.first().map(|n| n.kind) != Some(layer::Kind::Dir) {
+    if nodes.first().map(|n| n.kind) != Some(layer::NodeKind::Dir) {
         return Err(bad("no root directory".into()));
     }
     let mut dir_parents = vec![0u32; nodes.len()];
     for (id, n) in nodes.iter().enumerate() {
-        if n.kind != layer::Kind::Dir && !n.children.is_empty() {
+        if n.kind != layer::NodeKind::Dir && !n.children.is_empty() {
             return Err(bad(format!("node {id} has children but is no directory")));
         }
         for (k, (name, child)) in n.children.iter().enumerate() {
@@ -164,7 +167,7 @@ pub fn check_tree(t: &Tree, tar_size: u64) -> Result<()> {
             {
                 return Err(bad(format!("node {id}: bad or unsorted entry name")));
             }
-            if nodes[c].kind == layer::Kind::Dir {
+            if nodes[c].kind == layer::NodeKind::Dir {
                 dir_parents[c] += 1;
                 if dir_parents[c] > 1 {
                     return Err(bad(format!("directory {child} has two parents")));
@@ -173,9 +176,9 @@ pub fn check_tree(t: &Tree, tar_size: u64) -> Result<()> {
         }
         let inside = |a: u64, len: u64| a.checked_add(len).is_some_and(|e| e <= tar_size);
         match &n.content {
-            layer::Content::None => {}
-            layer::Content::Tar { layer: 0, offset } if inside(*offset, n.size) => {}
-            layer::Content::Sparse { layer: 0, segments }
+            layer::FileData::None => {}
+            layer::FileData::Tar { layer: 0, offset } if inside(*offset, n.size) => {}
+            layer::FileData::Sparse { layer: 0, segments }
                 if segments.iter().all(|s| {
                     inside(s.raw, s.len)
                         && s.logical.checked_add(s.len).is_some_and(|e| e <= n.size)
@@ -191,8 +194,12 @@ pub fn check_tree(t: &Tree, tar_size: u64) -> Result<()> {
 pub fn import_index(store: &Store, bytes: &[u8]) -> Result<ImportedIndex> {
     let ix = parse_export(bytes)?;
     let tree = serde_json::to_vec(&ix.tree).map_err(|e| Error::Io(io::Error::other(e)))?;
-    store.put(Kind::Index, &ix.diff_id, &tree)?;
-    store.put(Kind::Span, &ix.diff_id, &encode_stored(&ix.blob, &ix.spans))?;
+    store.put(Section::Index, &ix.diff_id, &tree)?;
+    store.put(
+        Section::Span,
+        &ix.diff_id,
+        &encode_stored(&ix.blob, &ix.spans),
+    )?;
     Ok(ix)
 }
 
@@ -230,10 +237,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), 1 << 30).unwrap();
         store
-            .put(Kind::Index, &dd, &serde_json::to_vec(&tree).unwrap())
+            .put(Section::Index, &dd, &serde_json::to_vec(&tree).unwrap())
             .unwrap();
         store
-            .put(Kind::Span, &dd, &encode_stored(&bd, &spans))
+            .put(Section::Span, &dd, &encode_stored(&bd, &spans))
             .unwrap();
         let (b1, d1, file) = export_index(&store, &dd).unwrap();
         let (b2, d2, file2) = export_index(&store, &bd).unwrap();
@@ -253,7 +260,7 @@ mod tests {
         }
         let mut t2 = tree.clone();
         for n in t2.nodes_mut() {
-            if let layer::Content::Tar { offset, .. } = &mut n.content {
+            if let layer::FileData::Tar { offset, .. } = &mut n.content {
                 *offset = spans.uncompressed_size;
             }
         }

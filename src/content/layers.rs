@@ -9,7 +9,7 @@ use futures_util::future::BoxFuture;
 
 use super::once::{fetch_once, Fetchable};
 use super::{bridge, index_file, Content};
-use crate::cache::{Kind, TempFile};
+use crate::cache::{Section, TempFile};
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::image::BlobRef;
@@ -120,8 +120,8 @@ impl Fetchable for LayerKind<'_> {
             let store = &self.content.store;
             let diff_id = self.diff_id;
             let (Some(tar), Some(index)) = (
-                store.get(Kind::Layer, diff_id),
-                store.get(Kind::Index, diff_id),
+                store.get(Section::Layer, diff_id),
+                store.get(Section::Index, diff_id),
             ) else {
                 return Ok(None);
             };
@@ -219,14 +219,14 @@ impl Fetchable for LayerKind<'_> {
                 tree.clone(),
             );
             crate::blocking::run(move || {
-                store.commit(tmp, Kind::Layer, &diff)?;
+                store.commit(tmp, Section::Layer, &diff)?;
                 let index =
                     serde_json::to_vec(&*t).map_err(|e| Error::Io(std::io::Error::other(e)))?;
-                store.put(Kind::Index, &diff, &index)?;
+                store.put(Section::Index, &diff, &index)?;
                 if let Some(ix) = spans {
                     // Last, so that it outlives the tar in the LRU order.
                     let bytes = index_file::encode_stored(&blob, &ix);
-                    store.put(Kind::Span, &diff, &bytes)?;
+                    store.put(Section::Span, &diff, &bytes)?;
                     tracing::debug!(
                         digest = %blob, diff_id = %diff, checkpoints = ix.checkpoints.len(),
                         bytes = bytes.len(), "stored span index"
@@ -296,8 +296,8 @@ impl Content {
     /// Whether the layer's tar and index are in memory or in the store.
     pub(super) fn has_whole_layer(&self, diff_id: &Digest) -> bool {
         self.layers.get(diff_id).is_some()
-            || (self.store.path(Kind::Layer, diff_id).exists()
-                && self.store.path(Kind::Index, diff_id).exists())
+            || (self.store.path(Section::Layer, diff_id).exists()
+                && self.store.path(Section::Index, diff_id).exists())
     }
 }
 

@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use futures_util::future::BoxFuture;
 
-use crate::cache::{Kind, Store};
+use crate::cache::{Section, Store};
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::telemetry::InFlight;
@@ -80,7 +80,7 @@ pub(super) trait PieceKind: Sync {
 
 /// The chunk cache file of `d`, if present (and not evicted meanwhile).
 pub(super) fn cached(store: &Store, d: &Digest) -> Option<File> {
-    File::open(store.get(Kind::Chunk, d)?).ok()
+    File::open(store.get(Section::Chunk, d)?).ok()
 }
 
 /// The verified data of `wanted` (in order), fetching what the store lacks
@@ -158,7 +158,7 @@ async fn commit(
     crate::blocking::run(move || {
         let mut out = Vec::with_capacity(data.len());
         for (d, v) in digests.into_iter().zip(data) {
-            store.put(Kind::Chunk, &d, &v)?;
+            store.put(Section::Chunk, &d, &v)?;
             out.push((d, Arc::new(v)));
         }
         Ok(out)

@@ -15,7 +15,7 @@ use futures_util::future::BoxFuture;
 
 use super::pieces::{self, PieceData, PieceKind, Verified};
 use super::{index_file, Content};
-use crate::cache::Kind;
+use crate::cache::Section;
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::image::BlobRef;
@@ -123,8 +123,8 @@ impl Content {
         {
             return None;
         }
-        let spans = self.store.get(Kind::Span, diff_id)?;
-        let index = self.store.get(Kind::Index, diff_id)?;
+        let spans = self.store.get(Section::Span, diff_id)?;
+        let index = self.store.get(Section::Index, diff_id)?;
         let (blob, size) = (desc.digest.clone(), desc.size);
         let loaded = crate::blocking::run(move || {
             let (for_blob, ix) = index_file::decode_stored(&std::fs::read(spans)?)?;
@@ -205,10 +205,10 @@ pub fn tar_range(node: &layer::Node, offset: u64, len: u64) -> Option<(u64, u64)
         return None;
     }
     match &node.content {
-        layer::Content::Tar { offset: base, .. } => {
+        layer::FileData::Tar { offset: base, .. } => {
             Some((base.saturating_add(offset), base.saturating_add(end)))
         }
-        layer::Content::Sparse { segments, .. } => {
+        layer::FileData::Sparse { segments, .. } => {
             let mut r: Option<(u64, u64)> = None;
             for s in segments {
                 let (from, to) = (

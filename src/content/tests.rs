@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::{Content, LayerSource};
-use crate::cache::{Kind, Store};
+use crate::cache::{Section, Store};
 use crate::digest::Digest;
 use crate::error::Error;
 use crate::image::BlobRef;
@@ -80,11 +80,11 @@ async fn a_corrupt_or_truncated_blob_is_refused_and_never_committed() {
             matches!(e, Error::DigestMismatch { .. } | Error::Network(_)),
             "{e:?}"
         );
-        assert!(store.get(Kind::Blob, &d.digest).is_none(), "{fault:?}");
+        assert!(store.get(Section::Blob, &d.digest).is_none(), "{fault:?}");
     }
     faulty.clear(&d.digest);
     c.blob("lab/a", &d).await.unwrap();
-    assert!(store.get(Kind::Blob, &d.digest).is_some());
+    assert!(store.get(Section::Blob, &d.digest).is_some());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -111,7 +111,7 @@ async fn spans_of_an_evicted_gzip_layer_are_verified_fetched_once_and_kept() {
         .await
         .unwrap();
     assert_eq!(mem.blob_requests(&d.digest), 1);
-    std::fs::remove_file(store.path(Kind::Layer, &diff_id)).unwrap();
+    std::fs::remove_file(store.path(Section::Layer, &diff_id)).unwrap();
 
     let c = content(&faulty, &store);
     let opened = c.open_layer("lab/a", &d, &diff_id).await.unwrap();
@@ -129,7 +129,7 @@ async fn spans_of_an_evicted_gzip_layer_are_verified_fetched_once_and_kept() {
             .collect::<Vec<_>>()
     );
     let node = opened.tree.node(opened.tree.lookup_path(b"big").unwrap());
-    let layer::Content::Tar { offset, .. } = node.content else {
+    let layer::FileData::Tar { offset, .. } = node.content else {
         panic!("a plain file")
     };
     let (start, end) = (offset + 100, offset + big.len() as u64 - 100);
@@ -142,7 +142,7 @@ async fn spans_of_an_evicted_gzip_layer_are_verified_fetched_once_and_kept() {
         .index
         .checkpoints
         .iter()
-        .filter(|cp| store.get(Kind::Chunk, &cp.span_digest).is_some())
+        .filter(|cp| store.get(Section::Chunk, &cp.span_digest).is_some())
         .count();
     assert!(
         kept < spans.index.checkpoints.len(),

@@ -11,7 +11,7 @@ use futures_util::future::BoxFuture;
 use super::once::{fetch_once, Fetchable};
 use super::Content;
 use crate::blocking;
-use crate::cache::Kind;
+use crate::cache::Section;
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::estargz::{self, LazyIndex, LazySpec, Toc};
@@ -68,7 +68,7 @@ impl Fetchable for TocKind<'_> {
             match self
                 .content
                 .store
-                .read(Kind::Toc, anchor)
+                .read(Section::Toc, anchor)
                 .map(|b| serde_json::from_slice::<LazyIndex>(&b))
             {
                 Some(Ok(ix)) if ix.format == self.spec.format() => Ok(Some(layer_of(ix))),
@@ -147,7 +147,9 @@ impl Fetchable for TocKind<'_> {
         Box::pin(async move {
             let bytes =
                 serde_json::to_vec(&index).map_err(|e| Error::Io(std::io::Error::other(e)))?;
-            self.content.store.put(Kind::Toc, self.anchor(), &bytes)?;
+            self.content
+                .store
+                .put(Section::Toc, self.anchor(), &bytes)?;
             Ok(layer_of(index))
         })
     }

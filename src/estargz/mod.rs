@@ -4,7 +4,7 @@
 //! servable layer from its descriptor's annotations ([`LazySpec`]), parses the
 //! footer ([`footer`]), decodes and verifies the table of contents ([`toc`]),
 //! turns it into a [`Tree`](crate::layer::Tree) whose files are
-//! [`Content::Chunks`](crate::layer::Content::Chunks) ([`tree`](mod@tree)),
+//! [`FileData::Chunks`](crate::layer::FileData::Chunks) ([`toc_tree`](mod@toc_tree)),
 //! and decompresses and verifies one chunk ([`chunk`]).
 //!
 //! Trust: the TOC is believed only when it hashes to the digest the (verified)
@@ -27,7 +27,7 @@
 pub mod chunk;
 pub mod footer;
 pub mod toc;
-pub mod tree;
+pub mod toc_tree;
 
 use serde::{Deserialize, Serialize};
 
@@ -38,7 +38,7 @@ use crate::layer::Compression;
 pub use chunk::decode_chunk;
 pub use footer::{parse_footer, FOOTER_SIZE, LEGACY_FOOTER_SIZE};
 pub use toc::{Toc, TocEntry};
-pub use tree::{toc_to_tree, LazyIndex};
+pub use toc_tree::{toc_to_tree, LazyIndex};
 
 /// The descriptor annotation holding the sha256 of the eStargz TOC JSON.
 pub const TOC_DIGEST_ANNOTATION: &str = "containerd.io/snapshot/stargz/toc.digest";

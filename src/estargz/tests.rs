@@ -1,7 +1,7 @@
 use std::io::Write;
 
 use super::*;
-use crate::layer::{Chunk, Content, Kind, Limits};
+use crate::layer::{Chunk, FileData, Limits, NodeKind};
 use crate::rfc3339::parse as parse_rfc3339;
 
 #[test]
@@ -155,9 +155,9 @@ fn toc_to_tree_follows_the_index_rules() {
     let n = t.node(big);
     assert_eq!(
         (n.kind, n.mode, n.nlink, n.size),
-        (Kind::File, 0o755, 2, 10)
+        (NodeKind::File, 0o755, 2, 10)
     );
-    let Content::Chunks { layer: 0, chunks } = &n.content else {
+    let FileData::Chunks { layer: 0, chunks } = &n.content else {
         panic!("{:?}", n.content)
     };
     assert_eq!(chunks.len(), 2);
@@ -180,11 +180,11 @@ fn toc_to_tree_follows_the_index_rules() {
         (4, 6, 200, 100)
     );
     let empty = t.node(t.lookup_path(b"bin/empty").unwrap());
-    assert_eq!((empty.size, &empty.content), (0, &Content::None));
+    assert_eq!((empty.size, &empty.content), (0, &FileData::None));
     let sym = t.node(t.lookup_path(b"bin/sym").unwrap());
     assert_eq!(sym.link_target.as_deref(), Some(&b"big"[..]));
     let null = t.node(t.lookup_path(b"dev/null").unwrap());
-    assert_eq!((null.kind, null.rdev), (Kind::CharDev, (1, 3)));
+    assert_eq!((null.kind, null.rdev), (NodeKind::CharDev, (1, 3)));
     assert!(t.node(t.lookup_path(b"etc/gone").unwrap()).whiteout);
     let var = t.node(t.lookup_path(b"var").unwrap());
     assert!(var.opaque && !var.implicit);
@@ -289,7 +289,7 @@ fn zstd_chunked_holes_are_chunks_without_data() {
     let toc = Toc::parse(toc.as_bytes()).unwrap();
     let ix = toc_to_tree(&toc, Format::ZstdChunked, 400, 0, &Limits::default()).unwrap();
     let id = ix.tree.lookup_path(b"bin/sparse").unwrap();
-    let Content::Chunks { chunks, .. } = &ix.tree.node(id).content else {
+    let FileData::Chunks { chunks, .. } = &ix.tree.node(id).content else {
         panic!("not chunked");
     };
     let shape: Vec<(u64, u64, bool, u64)> = chunks

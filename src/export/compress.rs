@@ -564,7 +564,7 @@ mod tests {
     #[test]
     fn estargz_reads_back_lazily_and_as_a_plain_gzip_tar() {
         use crate::estargz::{decode_chunk, parse_footer, toc, toc_to_tree, Format, Toc};
-        use crate::layer::{Content, Limits};
+        use crate::layer::{FileData, Limits};
         let src = tree();
         // A file of three chunks (the last one short).
         let multi: Vec<u8> = (0..(2 * super::super::estargz::CHUNK_SIZE as u32 + 12345))
@@ -610,7 +610,7 @@ mod tests {
             ("link", b"hello"),
         ] {
             let id = idx.tree.lookup_path(path.as_bytes()).unwrap();
-            let Content::Chunks { chunks, .. } = &idx.tree.node(id).content else {
+            let FileData::Chunks { chunks, .. } = &idx.tree.node(id).content else {
                 panic!("{path}: not chunked");
             };
             let mut got = Vec::new();
@@ -623,7 +623,7 @@ mod tests {
         }
         let multi_id = idx.tree.lookup_path(b"dir/multi").unwrap();
         assert!(
-            matches!(&idx.tree.node(multi_id).content, Content::Chunks { chunks, .. } if chunks.len() == 3)
+            matches!(&idx.tree.node(multi_id).content, FileData::Chunks { chunks, .. } if chunks.len() == 3)
         );
         // Deterministic.
         let mut again = Vec::new();

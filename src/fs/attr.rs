@@ -22,17 +22,17 @@ pub enum FileKind {
     Fifo,
 }
 
-impl From<crate::layer::Kind> for FileKind {
+impl From<crate::layer::NodeKind> for FileKind {
     /// The kind of a layer tree node (an image file or an export base file).
-    fn from(k: crate::layer::Kind) -> FileKind {
-        use crate::layer::Kind;
+    fn from(k: crate::layer::NodeKind) -> FileKind {
+        use crate::layer::NodeKind;
         match k {
-            Kind::File => FileKind::File,
-            Kind::Dir => FileKind::Dir,
-            Kind::Symlink => FileKind::Symlink,
-            Kind::CharDev => FileKind::CharDev,
-            Kind::BlockDev => FileKind::BlockDev,
-            Kind::Fifo => FileKind::Fifo,
+            NodeKind::File => FileKind::File,
+            NodeKind::Dir => FileKind::Dir,
+            NodeKind::Symlink => FileKind::Symlink,
+            NodeKind::CharDev => FileKind::CharDev,
+            NodeKind::BlockDev => FileKind::BlockDev,
+            NodeKind::Fifo => FileKind::Fifo,
         }
     }
 }
@@ -42,7 +42,7 @@ impl From<crate::layer::Kind> for FileKind {
 pub struct Attr {
     /// Inode number.
     pub ino: u64,
-    /// Kind.
+    /// NodeKind.
     pub kind: FileKind,
     /// Permission bits, including setuid/setgid/sticky.
     pub perm: u16,

@@ -15,7 +15,7 @@ pub mod inode;
 mod model_tests;
 mod namespace;
 pub mod paging;
-mod tree;
+mod trees;
 mod usage;
 
 use std::collections::HashMap;
@@ -29,7 +29,7 @@ use bytes::Bytes;
 pub use attr::{Attr, FileKind, IMMUTABLE_TTL};
 pub use inode::{InodeTable, Key, TreeId, TreeWhich, ROOT_INO};
 pub use paging::{PageEntry, REPLY_BUDGET};
-pub use tree::node_attr;
+pub use trees::node_attr;
 pub use usage::ImageInUse;
 
 use crate::content::{Content, ManifestInfo};
@@ -70,7 +70,7 @@ enum Handle {
     /// A verified blob in the store.
     File(Arc<File>),
     /// A file inside a layer tree or the rootfs.
-    Tree(Arc<tree::LoadedTree>, NodeId),
+    Tree(Arc<trees::LoadedTree>, NodeId),
 }
 
 /// A directory entry before it has an inode number.
@@ -83,7 +83,7 @@ struct Listed {
 /// The children of a directory: a loaded tree's, or a synthetic directory's.
 enum Children {
     Tree {
-        tree: Arc<tree::LoadedTree>,
+        tree: Arc<trees::LoadedTree>,
         id: Arc<TreeId>,
         dir: NodeId,
     },
@@ -96,7 +96,7 @@ pub struct Fs {
     cfg: FsConfig,
     inodes: InodeTable,
     ns: namespace::Listings,
-    trees: tree::Trees,
+    trees: trees::Trees,
     handles: Mutex<HashMap<u64, Handle>>,
     next_fh: AtomicU64,
 }
@@ -109,7 +109,7 @@ impl Fs {
             cfg,
             inodes: InodeTable::new(),
             ns: namespace::Listings::default(),
-            trees: tree::Trees::new(4_000_000),
+            trees: trees::Trees::new(4_000_000),
             handles: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
         }
@@ -254,7 +254,7 @@ impl Fs {
             }
             Key::Node { tree, node } => {
                 let t = self.trees.load(self, &tree).await?;
-                if t.tree.node(node).kind != crate::layer::Kind::Dir {
+                if t.tree.node(node).kind != crate::layer::NodeKind::Dir {
                     return Err(Error::Io(std::io::Error::from_raw_os_error(libc::ENOTDIR)));
                 }
                 return Ok(Children::Tree {
@@ -323,7 +323,7 @@ impl Fs {
             }
             Key::Node { tree, node } => {
                 let t = self.trees.load(self, &tree).await?;
-                if t.tree.node(node).kind != crate::layer::Kind::File {
+                if t.tree.node(node).kind != crate::layer::NodeKind::File {
                     return Err(Error::invalid("not a regular file"));
                 }
                 Handle::Tree(t, node)
@@ -349,7 +349,7 @@ impl Fs {
         enum Src {
             Bytes(Bytes),
             File(Arc<File>),
-            Tree(Arc<tree::LoadedTree>, NodeId),
+            Tree(Arc<trees::LoadedTree>, NodeId),
         }
         let src = match self.handles.lock().unwrap().get(&fh) {
             Some(Handle::Bytes(b)) => Src::Bytes(b.clone()),
@@ -567,7 +567,7 @@ impl Fs {
                     return Ok(a);
                 }
                 let t = self.trees.load(self, tree).await?;
-                Ok(tree::node_attr(
+                Ok(trees::node_attr(
                     self.inodes.ino(key.clone()),
                     t.tree.node(*node),
                 ))

@@ -2,7 +2,7 @@
 //! applied. Every layer format's reader turns its entries into [`Entry`]s and
 //! feeds them, in layer order, to a [`TreeBuilder`]: the tar indexer
 //! ([`crate::layer::index`]) and the eStargz / zstd:chunked TOC reader
-//! ([`crate::estargz::tree`]). A rule fixed here holds for every format.
+//! ([`crate::estargz::toc_tree`]). A rule fixed here holds for every format.
 //!
 //! The rules, chosen to match what containerd's extraction and overlayfs
 //! produce:
@@ -52,7 +52,7 @@
 
 use crate::error::{Error, Result};
 use crate::layer::tree::{
-    normalize, normalize_strict, Builder, Chunk, Content, Kind, Node, NodeId, Segment, Tree,
+    normalize, normalize_strict, Builder, Chunk, FileData, Node, NodeId, NodeKind, Segment, Tree,
 };
 
 /// Bounds on what one layer may make us hold or process.
@@ -83,12 +83,12 @@ impl Default for Limits {
     }
 }
 
-/// What an entry makes: a node of some [`Kind`], or another name for an
+/// What an entry makes: a node of some [`NodeKind`], or another name for an
 /// earlier node.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EntryKind {
     /// A file, directory, symlink, device or fifo.
-    Node(Kind),
+    Node(NodeKind),
     /// A hard link to the earlier entry named by [`Entry::link`].
     HardLink,
 }
@@ -113,7 +113,7 @@ pub struct Entry<'a> {
     /// Size of a regular file.
     pub size: u64,
     /// Where a regular file's bytes are (in the format's terms).
-    pub content: Content,
+    pub content: FileData,
     /// Symlink target or hard link target, as stored.
     pub link: &'a [u8],
     /// Device major and minor.
@@ -134,7 +134,7 @@ impl<'a> Entry<'a> {
             mtime: 0,
             mtime_nsec: 0,
             size: 0,
-            content: Content::None,
+            content: FileData::None,
             link: b"",
             rdev: (0, 0),
             xattrs: Vec::new(),
@@ -223,7 +223,7 @@ impl<'l> TreeBuilder<'l> {
         let comps = normalize(e.path);
         let Some((&name, parent)) = comps.split_last() else {
             // The root itself.
-            if e.kind == EntryKind::Node(Kind::Dir) {
+            if e.kind == EntryKind::Node(NodeKind::Dir) {
                 let meta = DirMeta::of(&e, xattrs);
                 self.charge(meta.bytes())?;
                 meta.apply(self.b.node_mut(0));
@@ -243,7 +243,7 @@ impl<'l> TreeBuilder<'l> {
             }
             EntryKind::Node(k) => k,
         };
-        if kind == Kind::Dir {
+        if kind == NodeKind::Dir {
             self.dir(&e, parent, name, xattrs)?;
             return Ok(None);
         }
@@ -257,12 +257,12 @@ impl<'l> TreeBuilder<'l> {
         };
         let mut bytes = name.len() + xattr_bytes(&node.xattrs);
         match kind {
-            Kind::File => {
+            NodeKind::File => {
                 node.size = e.size;
                 bytes += content_bytes(&e.content);
                 node.content = e.content;
             }
-            Kind::Symlink => {
+            NodeKind::Symlink => {
                 if e.link.is_empty() {
                     tracing::warn!(path = %lossy(e.path), "symlink with an empty target");
                 }
@@ -270,14 +270,14 @@ impl<'l> TreeBuilder<'l> {
                 node.size = e.link.len() as u64;
                 node.link_target = Some(e.link.to_vec());
             }
-            Kind::CharDev | Kind::BlockDev => node.rdev = e.rdev,
-            Kind::Fifo | Kind::Dir => {}
+            NodeKind::CharDev | NodeKind::BlockDev => node.rdev = e.rdev,
+            NodeKind::Fifo | NodeKind::Dir => {}
         }
         self.charge(bytes)?;
         let dir = self.ensure_dir(parent)?;
         let id = self.add_node(node)?;
         self.b.set_child(dir, name, id);
-        Ok((kind == Kind::File).then_some(id))
+        Ok((kind == NodeKind::File).then_some(id))
     }
 
     /// The node `id` (of this builder).
@@ -290,7 +290,7 @@ impl<'l> TreeBuilder<'l> {
     pub fn push_chunk(&mut self, id: NodeId, chunk: Chunk) -> Result<()> {
         self.charge(std::mem::size_of::<Chunk>())?;
         match &mut self.b.node_mut(id).content {
-            Content::Chunks { chunks, .. } => {
+            FileData::Chunks { chunks, .. } => {
                 chunks.push(chunk);
                 Ok(())
             }
@@ -407,7 +407,7 @@ impl<'l> TreeBuilder<'l> {
                     whiteout: true,
                     mtime: e.mtime,
                     mtime_nsec: e.mtime_nsec,
-                    ..Node::new(Kind::CharDev, 0)
+                    ..Node::new(NodeKind::CharDev, 0)
                 };
                 let id = self.add_node(w)?;
                 self.b.set_child(dir, rest, id);
@@ -461,7 +461,7 @@ impl<'l> TreeBuilder<'l> {
             existing => {
                 let opaque = existing.is_some_and(|x| self.b.node(x).whiteout);
                 self.charge(name.len() + meta.bytes())?;
-                let mut n = Node::new(Kind::Dir, 0);
+                let mut n = Node::new(NodeKind::Dir, 0);
                 meta.apply(&mut n);
                 if opaque {
                     n.set_opaque(true);
@@ -526,11 +526,11 @@ fn xattr_bytes(x: &[(Vec<u8>, Vec<u8>)]) -> usize {
 }
 
 /// What a file's content map costs to hold.
-fn content_bytes(c: &Content) -> usize {
+fn content_bytes(c: &FileData) -> usize {
     match c {
-        Content::None | Content::Tar { .. } => 0,
-        Content::Sparse { segments, .. } => segments.len() * std::mem::size_of::<Segment>(),
-        Content::Chunks { chunks, .. } => chunks.len() * std::mem::size_of::<Chunk>(),
+        FileData::None | FileData::Tar { .. } => 0,
+        FileData::Sparse { segments, .. } => segments.len() * std::mem::size_of::<Segment>(),
+        FileData::Chunks { chunks, .. } => chunks.len() * std::mem::size_of::<Chunk>(),
     }
 }
 

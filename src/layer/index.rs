@@ -7,7 +7,7 @@
 //! shares; this module turns tar members into its [`Entry`]s:
 //!
 //! - **GNU sparse** files (type `S`, old GNU format, with extension headers)
-//!   are indexed as [`Content::Sparse`]. The **PAX sparse** formats (0.0, 0.1,
+//!   are indexed as [`FileData::Sparse`]. The **PAX sparse** formats (0.0, 0.1,
 //!   1.0, keys `GNU.sparse.*`) are not supported: such an entry is skipped
 //!   with a warning.
 //! - PAX global headers (`g`) are ignored, like Go's `archive/tar` does.
@@ -25,7 +25,7 @@ use std::rc::Rc;
 
 use crate::error::{Error, Result};
 use crate::layer::entries::{Entry, EntryKind, TreeBuilder};
-use crate::layer::tree::{Content, Kind, Segment, Tree};
+use crate::layer::tree::{FileData, NodeKind, Segment, Tree};
 
 pub use crate::layer::entries::Limits;
 
@@ -264,13 +264,13 @@ impl Indexer<'_> {
                 tracing::debug!("ignoring a PAX global header");
                 return self.b.skipped();
             }
-            T::Regular if type_byte == 0 && path.ends_with(b"/") => EntryKind::Node(Kind::Dir),
-            T::Regular | T::Continuous | T::GNUSparse => EntryKind::Node(Kind::File),
-            T::Directory => EntryKind::Node(Kind::Dir),
-            T::Symlink => EntryKind::Node(Kind::Symlink),
-            T::Char => EntryKind::Node(Kind::CharDev),
-            T::Block => EntryKind::Node(Kind::BlockDev),
-            T::Fifo => EntryKind::Node(Kind::Fifo),
+            T::Regular if type_byte == 0 && path.ends_with(b"/") => EntryKind::Node(NodeKind::Dir),
+            T::Regular | T::Continuous | T::GNUSparse => EntryKind::Node(NodeKind::File),
+            T::Directory => EntryKind::Node(NodeKind::Dir),
+            T::Symlink => EntryKind::Node(NodeKind::Symlink),
+            T::Char => EntryKind::Node(NodeKind::CharDev),
+            T::Block => EntryKind::Node(NodeKind::BlockDev),
+            T::Fifo => EntryKind::Node(NodeKind::Fifo),
             T::Link => EntryKind::HardLink,
             other => {
                 tracing::warn!(path = %lossy(&path), "skipping tar entry of unsupported type {:?}", other.as_byte() as char);
@@ -283,7 +283,7 @@ impl Indexer<'_> {
             return self.b.skipped();
         }
         let link = match ty {
-            EntryKind::HardLink | EntryKind::Node(Kind::Symlink) => e
+            EntryKind::HardLink | EntryKind::Node(NodeKind::Symlink) => e
                 .link_name_bytes()
                 .map(|t| t.into_owned())
                 .unwrap_or_default(),
@@ -291,16 +291,16 @@ impl Indexer<'_> {
         };
         let h = e.header();
         let rdev = match ty {
-            EntryKind::Node(Kind::CharDev | Kind::BlockDev) => (
+            EntryKind::Node(NodeKind::CharDev | NodeKind::BlockDev) => (
                 h.device_major().ok().flatten().unwrap_or(0),
                 h.device_minor().ok().flatten().unwrap_or(0),
             ),
             _ => (0, 0),
         };
         let content = match ty {
-            EntryKind::Node(Kind::File) if h.entry_type().is_gnu_sparse() => {
+            EntryKind::Node(NodeKind::File) if h.entry_type().is_gnu_sparse() => {
                 match self.sparse_segments(e, data_start, st) {
-                    Some(segments) => Content::Sparse {
+                    Some(segments) => FileData::Sparse {
                         layer: self.layer,
                         segments,
                     },
@@ -310,14 +310,14 @@ impl Indexer<'_> {
                     }
                 }
             }
-            EntryKind::Node(Kind::File) => Content::Tar {
+            EntryKind::Node(NodeKind::File) => FileData::Tar {
                 layer: self.layer,
                 offset: e.raw_file_position(),
             },
-            _ => Content::None,
+            _ => FileData::None,
         };
         let size = match ty {
-            EntryKind::Node(Kind::File) => e.size(),
+            EntryKind::Node(NodeKind::File) => e.size(),
             _ => 0,
         };
         self.b

@@ -16,7 +16,7 @@
 //!   `trusted.overlay.opaque` xattr) never appear in the result.
 //! - Names that share a node in a layer (hard links) share a node in the
 //!   result; `nlink` is recomputed from the names that survive.
-//! - **Layer numbers**: a node's [`Content`](crate::layer::Content) in the
+//! - **Layer numbers**: a node's [`FileData`](crate::layer::FileData) in the
 //!   result names the *position in `layers`* of the tree it came from, so a
 //!   vector of layer files in the same order serves reads. (Layer trees are
 //!   usually indexed with a fixed number such as 0, since one layer can be
@@ -25,7 +25,7 @@
 //! Cost: every node of every layer is visited once, with a `BTreeMap`
 //! operation per name: O(N log N) in the total number of entries.
 
-use crate::layer::tree::{Builder, Kind, Node, NodeId, Tree, OPAQUE_XATTR};
+use crate::layer::tree::{Builder, Node, NodeId, NodeKind, Tree, OPAQUE_XATTR};
 
 /// The merged tree of `layers`, bottom layer first.
 pub fn merge(layers: &[&Tree]) -> Tree {
@@ -54,9 +54,9 @@ fn apply(b: &mut Builder, layer: &Tree, number: u16) {
                 b.remove_child(dst_dir, name);
                 continue;
             }
-            if src.kind == Kind::Dir {
+            if src.kind == NodeKind::Dir {
                 let dst = match b.child(dst_dir, name) {
-                    Some(d) if b.node(d).kind == Kind::Dir => {
+                    Some(d) if b.node(d).kind == NodeKind::Dir => {
                         update_dir(b.node_mut(d), src);
                         d
                     }

@@ -32,8 +32,8 @@ pub use index::index_tar;
 pub use ingest::{ingest, ingest_spans, BlobCheck, IngestStats};
 pub use merge::merge;
 pub use tree::{
-    normalize, read_content, read_full_at, Chunk, Content, Kind, Node, NodeId, ReadAt, Segment,
-    Tree, OPAQUE_XATTR,
+    normalize, read_content, read_full_at, Chunk, FileData, Node, NodeId, NodeKind, ReadAt,
+    Segment, Tree, OPAQUE_XATTR,
 };
 
 #[cfg(test)]

@@ -157,21 +157,21 @@ impl TarW {
 
 /// The paths of a tree (without the root), with a short description each.
 pub(crate) fn listing(t: &crate::layer::Tree) -> Vec<(String, String)> {
-    use crate::layer::Kind;
+    use crate::layer::NodeKind;
     t.walk()
         .into_iter()
         .skip(1)
         .map(|(p, id)| {
             let n = t.node(id);
             let d = match n.kind {
-                Kind::Dir if n.opaque => "dir opaque".to_string(),
-                Kind::Dir => "dir".to_string(),
-                Kind::File => format!("file {}", n.size),
-                Kind::Symlink => format!(
+                NodeKind::Dir if n.opaque => "dir opaque".to_string(),
+                NodeKind::Dir => "dir".to_string(),
+                NodeKind::File => format!("file {}", n.size),
+                NodeKind::Symlink => format!(
                     "symlink {}",
                     String::from_utf8_lossy(n.link_target.as_deref().unwrap_or(b""))
                 ),
-                Kind::CharDev if n.whiteout => "whiteout".to_string(),
+                NodeKind::CharDev if n.whiteout => "whiteout".to_string(),
                 k => format!("{k:?} {:?}", n.rdev),
             };
             (String::from_utf8_lossy(&p).into_owned(), d)

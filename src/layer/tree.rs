@@ -20,7 +20,7 @@ pub const OPAQUE_XATTR: &[u8] = b"trusted.overlay.opaque";
 
 /// What a node is. Hard links are not a kind: they are shared `NodeId`s.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub enum Kind {
+pub enum NodeKind {
     /// A regular file.
     File,
     /// A directory.
@@ -47,7 +47,7 @@ pub struct Segment {
 }
 
 /// One independently compressed and verifiable piece of a file in a lazily
-/// served layer (an eStargz or zstd:chunked blob): see [`Content::Chunks`].
+/// served layer (an eStargz or zstd:chunked blob): see [`FileData::Chunks`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Chunk {
     /// Offset of the chunk's data in the file.
@@ -70,7 +70,7 @@ pub struct Chunk {
 
 /// Where a file's bytes live.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Content {
+pub enum FileData {
     /// No data (directories, links, devices, or a node synthesised by us).
     None,
     /// `size` contiguous bytes at `offset` of layer `layer`'s uncompressed tar.
@@ -98,24 +98,24 @@ pub enum Content {
     },
 }
 
-impl Content {
+impl FileData {
     /// The layer the bytes come from, if any.
     pub fn layer(&self) -> Option<u16> {
         match self {
-            Content::None => None,
-            Content::Tar { layer, .. }
-            | Content::Sparse { layer, .. }
-            | Content::Chunks { layer, .. } => Some(*layer),
+            FileData::None => None,
+            FileData::Tar { layer, .. }
+            | FileData::Sparse { layer, .. }
+            | FileData::Chunks { layer, .. } => Some(*layer),
         }
     }
 
     /// The same content, from layer `layer` instead.
-    pub fn with_layer(self, layer: u16) -> Content {
+    pub fn with_layer(self, layer: u16) -> FileData {
         match self {
-            Content::None => Content::None,
-            Content::Tar { offset, .. } => Content::Tar { layer, offset },
-            Content::Sparse { segments, .. } => Content::Sparse { layer, segments },
-            Content::Chunks { chunks, .. } => Content::Chunks { layer, chunks },
+            FileData::None => FileData::None,
+            FileData::Tar { offset, .. } => FileData::Tar { layer, offset },
+            FileData::Sparse { segments, .. } => FileData::Sparse { layer, segments },
+            FileData::Chunks { chunks, .. } => FileData::Chunks { layer, chunks },
         }
     }
 }
@@ -124,7 +124,7 @@ impl Content {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Node {
     /// What it is.
-    pub kind: Kind,
+    pub kind: NodeKind,
     /// Permission bits including setuid, setgid and sticky (`& 0o7777`).
     pub mode: u32,
     /// Owner.
@@ -146,7 +146,7 @@ pub struct Node {
     /// Extended attributes, sorted by name, names unique.
     pub xattrs: Vec<(Vec<u8>, Vec<u8>)>,
     /// Where the bytes are.
-    pub content: Content,
+    pub content: FileData,
     /// Directory entries sorted by name (directories only).
     pub children: Vec<(Vec<u8>, NodeId)>,
     /// An overlayfs-style whiteout (layer views only; never in a merged tree).
@@ -165,12 +165,12 @@ impl Node {
     pub fn implicit_dir() -> Node {
         Node {
             implicit: true,
-            ..Node::new(Kind::Dir, 0o755)
+            ..Node::new(NodeKind::Dir, 0o755)
         }
     }
 
     /// A node of `kind` with `mode` and everything else zero or empty.
-    pub fn new(kind: Kind, mode: u32) -> Node {
+    pub fn new(kind: NodeKind, mode: u32) -> Node {
         Node {
             kind,
             mode: mode & 0o7777,
@@ -183,7 +183,7 @@ impl Node {
             rdev: (0, 0),
             link_target: None,
             xattrs: Vec::new(),
-            content: Content::None,
+            content: FileData::None,
             children: Vec::new(),
             whiteout: false,
             opaque: false,
@@ -193,7 +193,7 @@ impl Node {
 
     /// Whether this is a directory.
     pub fn is_dir(&self) -> bool {
-        self.kind == Kind::Dir
+        self.kind == NodeKind::Dir
     }
 
     /// The value of xattr `name`.
@@ -438,11 +438,11 @@ impl Builder {
                 }
             }
         }
-        let is_dir: Vec<bool> = nodes.iter().map(|n| n.kind == Kind::Dir).collect();
+        let is_dir: Vec<bool> = nodes.iter().map(|n| n.kind == NodeKind::Dir).collect();
         let mut out = Vec::with_capacity(order.len());
         for &old in &order {
             let old = old as usize;
-            let mut node = std::mem::replace(&mut nodes[old], Node::new(Kind::Fifo, 0));
+            let mut node = std::mem::replace(&mut nodes[old], Node::new(NodeKind::Fifo, 0));
             let map = std::mem::take(&mut kids[old]);
             let mut subdirs = 0u32;
             let mut children = Vec::with_capacity(map.len());
@@ -453,7 +453,7 @@ impl Builder {
                 children.push((name, new_id[child as usize]));
             }
             node.children = children;
-            node.nlink = if node.kind == Kind::Dir {
+            node.nlink = if node.kind == NodeKind::Dir {
                 2u32.saturating_add(subdirs)
             } else {
                 refs[old].max(1)
@@ -557,11 +557,11 @@ pub fn read_content<D: ReadAt>(
         })
     };
     match &node.content {
-        Content::None => {
+        FileData::None => {
             // Only a node we synthesised can have a size without content; be safe.
             buf.fill(0);
         }
-        Content::Tar {
+        FileData::Tar {
             layer,
             offset: base,
         } => {
@@ -571,7 +571,7 @@ pub fn read_content<D: ReadAt>(
                 .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "offset overflow"))?;
             read_exact_at(data, buf, at)?;
         }
-        Content::Sparse { layer, segments } => {
+        FileData::Sparse { layer, segments } => {
             let data = layer_file(*layer)?;
             let end = offset + want as u64;
             buf.fill(0);
@@ -590,7 +590,7 @@ pub fn read_content<D: ReadAt>(
                 read_exact_at(data, dst, s.raw + (from - s.logical))?;
             }
         }
-        Content::Chunks { .. } => {
+        FileData::Chunks { .. } => {
             return Err(io::Error::new(
                 io::ErrorKind::Unsupported,
                 "remote chunks are read through crate::content",
@@ -604,11 +604,11 @@ pub fn read_content<D: ReadAt>(
 mod tests {
     use super::*;
 
-    fn file(content: Content, size: u64) -> Node {
+    fn file(content: FileData, size: u64) -> Node {
         Node {
             size,
             content,
-            ..Node::new(Kind::File, 0o644)
+            ..Node::new(NodeKind::File, 0o644)
         }
     }
 
@@ -630,17 +630,17 @@ mod tests {
     #[test]
     fn builder_lookup_nlink_and_gc() {
         let mut b = Builder::new();
-        let d = b.add(Node::new(Kind::Dir, 0o755));
+        let d = b.add(Node::new(NodeKind::Dir, 0o755));
         b.set_child(0, b"d", d);
-        let f = b.add(Node::new(Kind::File, 0o644));
+        let f = b.add(Node::new(NodeKind::File, 0o644));
         b.set_child(d, b"z", f);
         b.set_child(d, b"a", f); // hard link
-        let sub = b.add(Node::new(Kind::Dir, 0o700));
+        let sub = b.add(Node::new(NodeKind::Dir, 0o700));
         b.set_child(d, b"sub", sub);
-        let gone = b.add(Node::new(Kind::File, 0o644));
+        let gone = b.add(Node::new(NodeKind::File, 0o644));
         b.set_child(sub, b"gone", gone);
         // replace sub with a file: its subtree is dropped
-        let f2 = b.add(Node::new(Kind::File, 0o600));
+        let f2 = b.add(Node::new(NodeKind::File, 0o600));
         b.set_child(d, b"sub", f2);
         let t = b.finish();
         assert_eq!(t.len(), 4, "root, d, f, f2");
@@ -673,7 +673,7 @@ mod tests {
     fn serde_roundtrip() {
         let mut b = Builder::new();
         let f = b.add(file(
-            Content::Tar {
+            FileData::Tar {
                 layer: 3,
                 offset: 512,
             },
@@ -691,7 +691,7 @@ mod tests {
     fn read_plain_at_offsets() {
         let data: Vec<u8> = (0..2000u32).map(|i| i as u8).collect();
         let n = file(
-            Content::Tar {
+            FileData::Tar {
                 layer: 1,
                 offset: 100,
             },
@@ -707,7 +707,7 @@ mod tests {
         assert_eq!(read_content(&n, &layers, u64::MAX, &mut buf).unwrap(), 0);
         // wrong layer number: an error, not a panic
         let bad = file(
-            Content::Tar {
+            FileData::Tar {
                 layer: 7,
                 offset: 0,
             },
@@ -716,7 +716,7 @@ mod tests {
         assert!(read_content(&bad, &layers, 0, &mut buf).is_err());
         // data shorter than the index claims
         let short = file(
-            Content::Tar {
+            FileData::Tar {
                 layer: 1,
                 offset: 1990,
             },
@@ -730,7 +730,7 @@ mod tests {
         let data: Vec<u8> = (0..100u8).map(|i| i + 1).collect();
         // file of 40: [0,5) hole, [5,10) data@20, [10,30) hole, [30,35) data@50, [35,40) hole
         let n = file(
-            Content::Sparse {
+            FileData::Sparse {
                 layer: 0,
                 segments: vec![
                     Segment {

@@ -11,7 +11,7 @@ use std::process::Command;
 
 use harness::{regfs_bin, umoci_unpack, Mount, Registry, RegistryKind};
 use regfs::layer::span::SpanIndex;
-use regfs::layer::{Content, Kind, Tree};
+use regfs::layer::{FileData, NodeKind, Tree};
 
 fn json(p: &Path) -> serde_json::Value {
     serde_json::from_slice(&fs::read(p).unwrap()).unwrap()
@@ -104,13 +104,13 @@ fn candidates(tree: &Tree, oracle: &Path) -> Vec<(String, u64, u64)> {
         .into_iter()
         .filter_map(|(p, id)| {
             let n = tree.node(id);
-            let Content::Tar { offset, .. } = n.content else {
+            let FileData::Tar { offset, .. } = n.content else {
                 return None;
             };
             let p = String::from_utf8(p).ok()?;
             let p = p.trim_start_matches('/').to_string();
             let md = fs::symlink_metadata(oracle.join(&p)).ok()?;
-            (n.kind == Kind::File
+            (n.kind == NodeKind::File
                 && (20_000..2_000_000).contains(&n.size)
                 && md.is_file()
                 && md.len() == n.size)

@@ -15,7 +15,7 @@ use nix::sys::time::TimeSpec;
 
 use crate::export::base::BaseTree;
 use crate::export::xattr;
-use crate::layer::{self, Kind, NodeId};
+use crate::layer::{self, NodeId, NodeKind};
 
 /// Prefix of whiteout names (never visible, never creatable).
 pub const WH: &[u8] = b".wh.";
@@ -276,7 +276,7 @@ impl View {
         let parent = dst.parent().ok_or_else(|| errno(libc::EINVAL))?;
         let tmp = parent.join(format!("{TMP}{:016x}", rand::random::<u64>()));
         match n.kind {
-            Kind::File => {
+            NodeKind::File => {
                 let mut f = OpenOptions::new()
                     .write(true)
                     .create_new(true)
@@ -294,15 +294,15 @@ impl View {
                 }
                 f.sync_data()?;
             }
-            Kind::Dir => fs::create_dir(&tmp)?,
-            Kind::Symlink => std::os::unix::fs::symlink(
+            NodeKind::Dir => fs::create_dir(&tmp)?,
+            NodeKind::Symlink => std::os::unix::fs::symlink(
                 OsStr::from_bytes(n.link_target.as_deref().unwrap_or_default()),
                 &tmp,
             )?,
-            Kind::Fifo | Kind::CharDev | Kind::BlockDev => {
+            NodeKind::Fifo | NodeKind::CharDev | NodeKind::BlockDev => {
                 let kind = match n.kind {
-                    Kind::Fifo => SFlag::S_IFIFO,
-                    Kind::CharDev => SFlag::S_IFCHR,
+                    NodeKind::Fifo => SFlag::S_IFIFO,
+                    NodeKind::CharDev => SFlag::S_IFCHR,
                     _ => SFlag::S_IFBLK,
                 };
                 nix::sys::stat::mknod(
@@ -314,7 +314,7 @@ impl View {
             }
         }
         std::os::unix::fs::lchown(&tmp, Some(n.uid), Some(n.gid))?;
-        if n.kind != Kind::Symlink {
+        if n.kind != NodeKind::Symlink {
             fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(n.mode))?;
         }
         for (k, v) in &n.xattrs {

@@ -120,7 +120,7 @@ fn facts(t: &Tree, read: &dyn Fn(&Node) -> Vec<u8>) -> Vec<String> {
     for (path, id) in t.walk() {
         let n = t.node(id);
         let same = first.entry(id).or_insert_with(|| path.clone()).clone();
-        let bytes = if n.kind == Kind::File {
+        let bytes = if n.kind == NodeKind::File {
             Digest::sha256_of(&read(n)).to_string()
         } else {
             String::new()
@@ -153,8 +153,8 @@ fn facts(t: &Tree, read: &dyn Fn(&Node) -> Vec<u8>) -> Vec<String> {
 fn read_chunks(l: &LazyBlob, n: &Node) -> Vec<u8> {
     let mut out = Vec::new();
     match &n.content {
-        Content::None => {}
-        Content::Chunks { chunks, .. } => {
+        FileData::None => {}
+        FileData::Chunks { chunks, .. } => {
             for c in chunks {
                 assert_eq!(c.file_offset, out.len() as u64, "contiguous");
                 if c.zeros {
@@ -270,7 +270,7 @@ fn gzip_estargz_and_zstd_chunked_give_the_same_tree() {
     );
     assert_eq!(read_tar(node(b"hb")), b"old");
     assert_eq!(read_tar(node(b"ha")), b"new");
-    assert_eq!((node(b"..").kind, node(b"").mode), (Kind::Dir, 0o700));
+    assert_eq!((node(b"..").kind, node(b"").mode), (NodeKind::Dir, 0o700));
 
     // eStargz, by the export's writer; zstd:chunked with 64 KiB chunks and holes.
     for lazy in [estargz(&tar), zstd_chunked(&tar, 64 << 10)] {
@@ -295,7 +295,7 @@ fn gzip_estargz_and_zstd_chunked_give_the_same_tree() {
             );
         }
         let big = ix.tree.node(ix.tree.lookup_path(b"usr/big").unwrap());
-        let Content::Chunks { chunks, .. } = &big.content else {
+        let FileData::Chunks { chunks, .. } = &big.content else {
             panic!("usr/big not chunked")
         };
         assert!(chunks.len() >= 2, "several chunks: {}", chunks.len());
@@ -375,15 +375,16 @@ fn builder_applies_entries_directly() {
     let file = |path: &'static [u8]| Entry {
         mode: 0o644,
         size: 3,
-        content: Content::Tar {
+        content: FileData::Tar {
             layer: 0,
             offset: 512,
         },
-        ..Entry::new(path, EntryKind::Node(Kind::File))
+        ..Entry::new(path, EntryKind::Node(NodeKind::File))
     };
     assert!(b.add(file(b"./a/b")).unwrap().is_some());
     assert_eq!(
-        b.add(Entry::new(b"a", EntryKind::Node(Kind::Dir))).unwrap(),
+        b.add(Entry::new(b"a", EntryKind::Node(NodeKind::Dir)))
+            .unwrap(),
         None
     );
     assert_eq!(
@@ -394,8 +395,11 @@ fn builder_applies_entries_directly() {
         .unwrap(),
         None
     );
-    b.add(Entry::new(b"a/.wh..wh..opq", EntryKind::Node(Kind::File)))
-        .unwrap();
+    b.add(Entry::new(
+        b"a/.wh..wh..opq",
+        EntryKind::Node(NodeKind::File),
+    ))
+    .unwrap();
     b.skipped().unwrap();
     assert_eq!(b.entries(), 5);
     let t = b.finish();

@@ -65,7 +65,7 @@ fn every_kind_and_its_metadata() {
     assert_eq!(read_all(&t, b"usr/su2", &tar), b"setuid!");
     assert_eq!(t.node(t.lookup_path(b"tmp").unwrap()).mode, 0o1777);
     let l = t.node(t.lookup_path(b"usr/link").unwrap());
-    assert_eq!(l.kind, Kind::Symlink);
+    assert_eq!(l.kind, NodeKind::Symlink);
     assert_eq!(
         l.link_target.as_deref(),
         Some(&b"../../../etc/shadow"[..]),
@@ -75,11 +75,14 @@ fn every_kind_and_its_metadata() {
     let null = t.node(t.lookup_path(b"dev/null").unwrap());
     assert_eq!(
         (null.kind, null.rdev, null.mode),
-        (Kind::CharDev, (1, 3), 0o660)
+        (NodeKind::CharDev, (1, 3), 0o660)
     );
     let sda = t.node(t.lookup_path(b"dev/sda").unwrap());
-    assert_eq!((sda.kind, sda.rdev), (Kind::BlockDev, (8, 0)));
-    assert_eq!(t.node(t.lookup_path(b"dev/fifo").unwrap()).kind, Kind::Fifo);
+    assert_eq!((sda.kind, sda.rdev), (NodeKind::BlockDev, (8, 0)));
+    assert_eq!(
+        t.node(t.lookup_path(b"dev/fifo").unwrap()).kind,
+        NodeKind::Fifo
+    );
     let dev = t.node(t.lookup_path(b"dev").unwrap());
     assert!(dev.implicit, "dev/ was never in the tar");
     assert_eq!((dev.mode, dev.uid, dev.mtime), (0o755, 0, 0));
@@ -112,7 +115,7 @@ fn root_is_synthesised_without_dot_entry() {
     let t = idx(&w.finish());
     let r = t.node(t.root());
     assert!(r.implicit);
-    assert_eq!((r.kind, r.mode, r.uid, r.gid), (Kind::Dir, 0o755, 0, 0));
+    assert_eq!((r.kind, r.mode, r.uid, r.gid), (NodeKind::Dir, 0o755, 0, 0));
     // an empty tar is a tree with just the root
     let t = idx(&TarW::new().finish());
     assert_eq!(t.len(), 1);
@@ -128,7 +131,7 @@ fn old_style_dir_by_trailing_slash() {
     w.append(h, b"");
     let t = idx(&w.finish());
     let n = t.node(t.lookup_path(b"olddir").unwrap());
-    assert_eq!((n.kind, n.mode), (Kind::Dir, 0o750));
+    assert_eq!((n.kind, n.mode), (NodeKind::Dir, 0o750));
 }
 
 #[test]
@@ -267,7 +270,7 @@ fn whiteouts_in_the_layer_view() {
     let wh = t.node(t.lookup_path(b"usr/gone").unwrap());
     assert_eq!(
         (wh.kind, wh.rdev, wh.mode, wh.whiteout),
-        (Kind::CharDev, (0, 0), 0, true)
+        (NodeKind::CharDev, (0, 0), 0, true)
     );
     assert!(!t.node(t.lookup_path(b"usr").unwrap()).opaque);
 }
@@ -326,7 +329,7 @@ fn gnu_sparse_files() {
     let big = t.node(t.lookup_path(b"big.sparse").unwrap());
     assert_eq!(big.size, 100_000);
     match &big.content {
-        Content::Sparse { segments, layer: 0 } => assert_eq!(segments.len(), 5),
+        FileData::Sparse { segments, layer: 0 } => assert_eq!(segments.len(), 5),
         c => panic!("{c:?}"),
     }
     // spot reads across a hole boundary

@@ -195,7 +195,11 @@ fn empty_and_many_layers() {
     let start = std::time::Instant::now();
     let m = merged(&layers);
     assert!(start.elapsed().as_secs() < 5);
-    let files = m.nodes().iter().filter(|n| n.kind == Kind::File).count();
+    let files = m
+        .nodes()
+        .iter()
+        .filter(|n| n.kind == NodeKind::File)
+        .count();
     assert_eq!(files, 1500 * 3 + 3000);
 }
 
@@ -333,9 +337,9 @@ fn observed(m: &Tree) -> BTreeMap<Path, M> {
             })
             .collect();
         let v = match n.kind {
-            Kind::File => M::File(n.content.layer().unwrap()),
-            Kind::Dir if n.implicit => M::Dir(None),
-            Kind::Dir => M::Dir(Some(n.mtime as u16 - 1)),
+            NodeKind::File => M::File(n.content.layer().unwrap()),
+            NodeKind::Dir if n.implicit => M::Dir(None),
+            NodeKind::Dir => M::Dir(Some(n.mtime as u16 - 1)),
             k => panic!("unexpected {k:?} at {p:?}"),
         };
         out.insert(path, v);
@@ -365,8 +369,8 @@ proptest::proptest! {
         let m = merged(&trees);
         proptest::prop_assert_eq!(observed(&m), model);
         // nlink of directories agrees with their children
-        for n in m.nodes().iter().filter(|n| n.kind == Kind::Dir) {
-            let subdirs = n.children.iter().filter(|(_, c)| m.node(*c).kind == Kind::Dir).count();
+        for n in m.nodes().iter().filter(|n| n.kind == NodeKind::Dir) {
+            let subdirs = n.children.iter().filter(|(_, c)| m.node(*c).kind == NodeKind::Dir).count();
             proptest::prop_assert_eq!(n.nlink as usize, 2 + subdirs);
         }
     }

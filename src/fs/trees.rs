@@ -8,7 +8,7 @@ use super::{Attr, Fs, TreeId, TreeWhich, IMMUTABLE_TTL};
 use crate::content::{Content, LayerSource, SpanView, Urgency};
 use crate::error::{Error, Result};
 use crate::image::Manifest;
-use crate::layer::{self, Kind, Node, NodeId, Tree};
+use crate::layer::{self, Node, NodeId, NodeKind, Tree};
 
 /// A tree with the data sources its contents live in.
 pub(crate) struct LoadedTree {
@@ -29,7 +29,7 @@ impl LoadedTree {
         size: u32,
     ) -> Result<Vec<u8>> {
         let n = self.tree.node(node);
-        if let layer::Content::Chunks { layer, chunks } = &n.content {
+        if let layer::FileData::Chunks { layer, chunks } = &n.content {
             return match self.sources.get(*layer as usize) {
                 Some(LayerSource::Remote(r)) => {
                     content.read_chunks(r, chunks, n.size, offset, size).await
@@ -172,8 +172,8 @@ pub fn node_attr(ino: u64, n: &Node) -> Attr {
         SystemTime::UNIX_EPOCH - Duration::from_secs(n.mtime.unsigned_abs())
     };
     let size = match n.kind {
-        Kind::File => n.size,
-        Kind::Symlink => n.link_target.as_ref().map(|t| t.len() as u64).unwrap_or(0),
+        NodeKind::File => n.size,
+        NodeKind::Symlink => n.link_target.as_ref().map(|t| t.len() as u64).unwrap_or(0),
         _ => 0,
     };
     Attr {

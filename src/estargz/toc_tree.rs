@@ -2,7 +2,7 @@
 //! [`Entry`] for the rules every layer format shares
 //! ([`crate::layer::entries`]: normalised paths, implicit parents, last
 //! entry wins, overlay-style whiteouts and opaque directories, hard links
-//! sharing a node, limits), with regular files as [`Content::Chunks`]
+//! sharing a node, limits), with regular files as [`FileData::Chunks`]
 //! (further `chunk` entries appended to their file). The TOC file itself and
 //! the landmark files are not part of the tree.
 
@@ -15,7 +15,7 @@ use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::layer::entries::{Entry, EntryKind, TreeBuilder};
 use crate::layer::tree::normalize;
-use crate::layer::{Chunk, Content, Kind, Limits, NodeId, Tree};
+use crate::layer::{Chunk, FileData, Limits, NodeId, NodeKind, Tree};
 
 /// What a lazy layer needs besides the blob: its tree and where prefetching ends.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -27,7 +27,7 @@ pub struct LazyIndex {
     /// With a `.prefetch.landmark`: chunks starting before this blob offset are
     /// prioritised and prefetched.
     pub prefetch_end: Option<u64>,
-    /// The layer's tree; files are [`Content::Chunks`] of layer `layer`.
+    /// The layer's tree; files are [`FileData::Chunks`] of layer `layer`.
     pub tree: Tree,
 }
 
@@ -96,7 +96,7 @@ pub fn toc_to_tree(
                     e.name
                 )));
             }
-            let Content::Chunks { chunks, .. } = &b.node(id).content else {
+            let FileData::Chunks { chunks, .. } = &b.node(id).content else {
                 return Err(Error::invalid(format!(
                     "TOC: chunk of an empty file {name}"
                 )));
@@ -152,7 +152,7 @@ pub fn toc_to_tree(
 fn fix_sizes(tree: &mut Tree, max_hole: u64) -> Result<()> {
     for n in tree.nodes_mut() {
         let size = n.size;
-        if let Content::Chunks { chunks, .. } = &mut n.content {
+        if let FileData::Chunks { chunks, .. } = &mut n.content {
             let mut at = 0;
             let count = chunks.len();
             for (i, c) in chunks.iter_mut().enumerate() {
@@ -229,12 +229,12 @@ fn entry<'t>(
     extent: &dyn Fn(u64, i64) -> Result<u64>,
 ) -> Result<Option<Entry<'t>>> {
     let ty = match e.kind.as_str() {
-        "dir" => EntryKind::Node(Kind::Dir),
-        "reg" => EntryKind::Node(Kind::File),
-        "symlink" => EntryKind::Node(Kind::Symlink),
-        "char" => EntryKind::Node(Kind::CharDev),
-        "block" => EntryKind::Node(Kind::BlockDev),
-        "fifo" => EntryKind::Node(Kind::Fifo),
+        "dir" => EntryKind::Node(NodeKind::Dir),
+        "reg" => EntryKind::Node(NodeKind::File),
+        "symlink" => EntryKind::Node(NodeKind::Symlink),
+        "char" => EntryKind::Node(NodeKind::CharDev),
+        "block" => EntryKind::Node(NodeKind::BlockDev),
+        "fifo" => EntryKind::Node(NodeKind::Fifo),
         "hardlink" => EntryKind::HardLink,
         other => {
             tracing::warn!(name = %e.name, "skipping TOC entry of unknown type {other:?}");
@@ -258,7 +258,7 @@ fn entry<'t>(
     };
     // A negative owner does not fit 32 bits either: the rules make it 65534.
     let id = |v: i64| u64::try_from(v).unwrap_or(u64::MAX);
-    let content = if ty == EntryKind::Node(Kind::File) && e.size > 0 {
+    let content = if ty == EntryKind::Node(NodeKind::File) && e.size > 0 {
         let digest = if !e.chunk_digest.is_empty() {
             parse_digest(&e.chunk_digest, &e.name)?
         } else if e.chunk_size == 0 {
@@ -266,12 +266,12 @@ fn entry<'t>(
         } else {
             return Err(Error::invalid(format!("TOC: {}: no chunkDigest", e.name)));
         };
-        Content::Chunks {
+        FileData::Chunks {
             layer,
             chunks: vec![entry_chunk(e, digest, extent)?],
         }
     } else {
-        Content::None
+        FileData::None
     };
     let dev = |v: i64| u32::try_from(v.max(0)).unwrap_or(u32::MAX);
     Ok(Some(Entry {
@@ -280,7 +280,7 @@ fn entry<'t>(
         gid: id(e.gid),
         mtime,
         mtime_nsec,
-        size: if ty == EntryKind::Node(Kind::File) {
+        size: if ty == EntryKind::Node(NodeKind::File) {
             e.size
         } else {
             0
