@@ -1,10 +1,13 @@
 //! regfs: a container registry as a read-only filesystem.
 //!
-//! The crate follows the data path of `DESIGN.md`: [`registry`] speaks the
-//! distribution v2 API and knows nothing of FUSE; [`image`] parses manifests and
-//! configs; [`layer`] indexes layer tars and merges them; [`cache`] stores
-//! verified content; [`fs`] is the filesystem core, testable without a mount;
-//! [`fuse`] is the only module that names `fuser`.
+//! In the order a read travels (the README's map of `src/` says more):
+//! [`fuse`] is the only module that names `fuser`, thin adapters over
+//! [`fs`], the filesystem core, testable without a mount; [`content`] fetches
+//! every kind of content once, verified, into [`cache`]; [`layer`] and
+//! [`estargz`] turn layer blobs into trees by one set of entry rules;
+//! [`image`] parses manifests and configs; [`registry`] speaks the
+//! distribution v2 API behind the [`registry::RegistryApi`] seam and knows
+//! nothing of FUSE. [`export`] is the writable side.
 
 pub mod blocking;
 pub mod cache;
