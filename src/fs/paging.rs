@@ -99,8 +99,8 @@ pub fn page(
 }
 
 impl Page {
-    /// `.` and `..` as far as they are in the page: `(ino, cookie, name)`,
-    /// `..` naming `parent`.
+    /// `.` (inode `dir`) and `..` (inode `parent`), as far as they are in
+    /// the page.
     pub fn dots(&self, dir: u64, parent: u64) -> Vec<PageEntry> {
         let dot = |ino, cookie, name: &[u8]| PageEntry {
             ino,

@@ -1,7 +1,8 @@
 //! The fuser adapter of the writable export mount: links kernel requests to
-//! [`crate::export::fs::ExportFs`]. Every operation runs on tokio's blocking
-//! pool (it may touch the disk, or fetch a base image on first use), so the
-//! dispatch thread never waits.
+//! [`crate::export::fs::ExportFs`]. Every operation goes through the shared
+//! glue (`fuse/glue.rs`) and runs on tokio's blocking pool (it may touch the
+//! disk, or fetch a base image on first use), so the dispatch thread never
+//! waits; forget, release and flush only touch memory and answer inline.
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
