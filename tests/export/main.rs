@@ -1,8 +1,10 @@
 //! Export: the writable export directory, staged, committed and pulled back
-//! (`export`).
+//! (`export`); both mounts' operations timed through the one glue, and export
+//! listings paged by the filesystem (`fuse_glue`).
 
 #[macro_use]
 #[path = "../harness/mod.rs"]
 mod harness;
 
 mod export;
+mod fuse_glue;

@@ -1,9 +1,9 @@
-//! Issue 20: every operation of both mounts goes through one place that
+//! Every operation of both mounts goes through one place that
 //! times it into `regfs_fuse_op_duration_seconds{op}` (before, only the
 //! read-only mount's operations were timed), and directory listings of the
 //! export mount page from the filesystem with no snapshot kept by the adapter.
 
-mod harness;
+use crate::harness;
 
 use std::fs;
 use std::process::Command;
