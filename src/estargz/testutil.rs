@@ -28,6 +28,8 @@ pub(crate) struct LazyBlob {
     pub data_end: u64,
     /// The decoded, verified TOC.
     pub toc: Toc,
+    /// The layer descriptor's annotations that find and verify the TOC.
+    pub annotations: BTreeMap<String, String>,
 }
 
 /// One tar member: its header blocks (extension headers included), its
@@ -147,11 +149,16 @@ pub(crate) fn estargz(tar: &[u8]) -> LazyBlob {
     assert_eq!(toc_at, data_end);
     let member = &blob[toc_at as usize..blob.len() - footer as usize];
     let toc = Toc::parse(&super::toc::estargz_toc_json(member).unwrap()).unwrap();
+    let annotations = BTreeMap::from([(
+        super::TOC_DIGEST_ANNOTATION.to_string(),
+        Digest::sha256_of(&json).to_string(),
+    )]);
     LazyBlob {
         format: Format::Estargz,
         blob,
         data_end,
         toc,
+        annotations,
     }
 }
 
@@ -239,10 +246,21 @@ pub(crate) fn zstd_chunked(tar: &[u8], chunk: usize) -> LazyBlob {
     // What a reader does: the TOC at the position the annotation names.
     let toc_json =
         super::toc::zstd_toc_json(&blob[data_end as usize..], json.len() as u64).unwrap();
+    let annotations = BTreeMap::from([
+        (
+            super::ZSTD_CHECKSUM_ANNOTATIONS[0].to_string(),
+            Digest::sha256_of(&compressed).to_string(),
+        ),
+        (
+            super::ZSTD_POSITION_ANNOTATIONS[0].to_string(),
+            format!("{data_end}:{}:{}:1", compressed.len(), json.len()),
+        ),
+    ]);
     LazyBlob {
         format: Format::ZstdChunked,
         blob,
         data_end,
         toc: Toc::parse(&toc_json).unwrap(),
+        annotations,
     }
 }

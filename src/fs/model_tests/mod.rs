@@ -1,7 +1,8 @@
 //! A reference-model property test of the read-only filesystem core, driven
 //! without a mount: random images (layer stacks with whiteouts, opaque
 //! directories, hard links and symlinks) in an in-process registry (the
-//! layers served gzip, zstd and uncompressed), and
+//! layers served gzip, zstd, uncompressed, eStargz and zstd:chunked with
+//! holes), and
 //! random operations as the kernel would send them (lookup, getattr, paged
 //! readdirplus, open + read, readlink, xattrs, forget), with tag moves, a
 //! cache small enough to evict, and injected faults.
@@ -184,20 +185,52 @@ fn world(stacks: &[Vec<Layer>], small_cache: bool) -> World {
             .enumerate()
             .map(|(n, l)| {
                 let tar = model::tar(l);
-                // Each compression the registry serves, by turns.
-                let (media_type, bytes) = match (i + n) % 3 {
-                    0 => ("application/vnd.oci.image.layer.v1.tar+gzip", gzip(&tar)),
-                    1 => (
-                        "application/vnd.oci.image.layer.v1.tar+zstd",
-                        zstd::encode_all(&tar[..], 1).unwrap(),
+                // Each format the registry serves, by turns: whole layers
+                // (gzip, zstd, uncompressed) and lazy ones (eStargz,
+                // zstd:chunked with holes), whose diff_id is that of what
+                // they decompress to.
+                const GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+                const ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
+                let (media_type, bytes, annotations, diff_id) = match (i + n) % 5 {
+                    0 => (
+                        GZIP,
+                        gzip(&tar),
+                        Default::default(),
+                        Digest::sha256_of(&tar),
                     ),
-                    _ => ("application/vnd.oci.image.layer.v1.tar", tar.clone()),
+                    1 => (
+                        ZSTD,
+                        zstd::encode_all(&tar[..], 1).unwrap(),
+                        Default::default(),
+                        Digest::sha256_of(&tar),
+                    ),
+                    2 => (
+                        "application/vnd.oci.image.layer.v1.tar",
+                        tar.clone(),
+                        Default::default(),
+                        Digest::sha256_of(&tar),
+                    ),
+                    3 => {
+                        let lazy = crate::estargz::testutil::estargz(&tar);
+                        let mut plain = Vec::new();
+                        std::io::Read::read_to_end(
+                            &mut flate2::read::MultiGzDecoder::new(&lazy.blob[..]),
+                            &mut plain,
+                        )
+                        .unwrap();
+                        (GZIP, lazy.blob, lazy.annotations, Digest::sha256_of(&plain))
+                    }
+                    _ => {
+                        let lazy = crate::estargz::testutil::zstd_chunked(&tar, 4096);
+                        let plain = zstd::decode_all(&lazy.blob[..]).unwrap();
+                        (ZSTD, lazy.blob, lazy.annotations, Digest::sha256_of(&plain))
+                    }
                 };
                 LayerBlob {
                     media_type: media_type.into(),
-                    diff_id: Digest::sha256_of(&tar),
+                    diff_id,
                     bytes: Bytes::from(bytes),
-                    annotations: Default::default(),
+                    annotations,
                 }
             })
             .collect();
