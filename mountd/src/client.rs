@@ -13,7 +13,7 @@ use regfs::export::EntryMeta;
 use serde::de::DeserializeOwned;
 
 use crate::cli::{CommitArgs, ExportNewArgs, StatusArgs};
-use crate::protocol::{Answer, CommitDone, CommitProgress, Line, Request, Status};
+use crate::protocol::{Answer, CommitOutcome, CommitProgress, Line, Request, Status};
 
 /// The xattr of an export mount's top directory that names its socket.
 const SOCKET_XATTR: &str = "user.regfs.control";
@@ -126,7 +126,7 @@ pub fn commit(args: CommitArgs) -> anyhow::Result<()> {
         bar.set_position(done.min(total));
         last_phase = p.phase;
     };
-    let r = request::<CommitProgress, CommitDone>(&socket, &req, &mut show);
+    let r = request::<CommitProgress, CommitOutcome>(&socket, &req, &mut show);
     bar.finish_and_clear();
     let r = r?;
     println!(

@@ -19,8 +19,8 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
 use crate::protocol::{
-    Answer, CacheStatus, CommitDone, CommitProgress, ImageInUse, Line, PrefetchDone,
-    PrefetchProgress, Request, Status,
+    Answer, CacheStatus, CommitOutcome, CommitProgress, Line, PrefetchDone, PrefetchProgress,
+    Request, Status,
 };
 
 /// What the control socket serves: the read-only side, and the export side if any.
@@ -154,7 +154,7 @@ async fn commit(
     docker: Option<bool>,
     source_date_epoch: Option<i64>,
     w: &mut tokio::net::unix::OwnedWriteHalf,
-) -> regfs::Result<CommitDone> {
+) -> regfs::Result<CommitOutcome> {
     let exp = ctx.exporter()?;
     let mut opts: CommitOptions = exp.defaults.clone();
     if let Some(c) = compression {
@@ -177,19 +177,7 @@ async fn commit(
     loop {
         tokio::select! {
             r = &mut task => {
-                let o = r.unwrap_or_else(|e| Err(regfs::Error::Io(std::io::Error::other(e))))?;
-                return Ok(CommitDone {
-                    reference: o.reference,
-                    manifest: o.manifest,
-                    layer: o.layer,
-                    diff_id: o.diff_id,
-                    layer_size: o.layer_size,
-                    present: o.present,
-                    mounted: o.mounted,
-                    uploaded: o.uploaded,
-                    pack_ms: o.pack_ms,
-                    push_ms: o.push_ms,
-                });
+                return r.unwrap_or_else(|e| Err(regfs::Error::Io(std::io::Error::other(e))));
             }
             _ = tick.tick() => {
                 if let Some(p) = exp.in_flight().into_iter().find(|p| p.entry == entry) {
@@ -233,18 +221,7 @@ fn status(ctx: &Context) -> Status {
         registry: content.client().registry().name.to_string(),
         registry_state: Some(ctx.reachability.state()),
         mountpoint: ctx.mountpoint.clone(),
-        images: ctx
-            .fs
-            .images_in_use()
-            .into_iter()
-            .map(|i| ImageInUse {
-                repo: i.repo,
-                digest: i.digest,
-                rootfs: i.rootfs,
-                layers: i.layers,
-                nodes: i.nodes,
-            })
-            .collect(),
+        images: ctx.fs.images_in_use(),
         cache: CacheStatus {
             dir: ctx.cache_dir.clone(),
             size: store.size(),

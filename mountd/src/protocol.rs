@@ -22,14 +22,15 @@
 
 use std::path::PathBuf;
 
-use regfs::export::EntryMeta;
+pub use regfs::export::{CommitOutcome, EntryMeta};
+pub use regfs::fs::ImageInUse;
 use serde::{Deserialize, Serialize};
 
 /// A request: the one line a client sends.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Request {
-    /// Commit an entry. Answer: [`CommitDone`], progress [`CommitProgress`].
+    /// Commit an entry. Answer: [`CommitOutcome`], progress [`CommitProgress`].
     Commit {
         /// The entry reference.
         entry: String,
@@ -130,32 +131,6 @@ pub struct CommitProgress {
     pub push_total: u64,
 }
 
-/// What a commit produced.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct CommitDone {
-    /// `repo:tag` pushed.
-    pub reference: String,
-    /// The manifest digest.
-    pub manifest: String,
-    /// The new layer's blob digest.
-    pub layer: String,
-    /// The new layer's diff_id.
-    pub diff_id: String,
-    /// Compressed size of the new layer.
-    pub layer_size: u64,
-    /// Blobs already present.
-    pub present: usize,
-    /// Blobs mounted from the base repository.
-    pub mounted: usize,
-    /// Blobs uploaded.
-    pub uploaded: usize,
-    /// Milliseconds packing and uploading the new layer (they overlap).
-    pub pack_ms: u64,
-    /// Milliseconds pushing the rest: base layers, config, manifest.
-    pub push_ms: u64,
-}
-
 /// Progress of a prefetch. Bytes are compressed (descriptor) sizes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
@@ -231,22 +206,6 @@ pub struct RegistryState {
     pub last_check: u64,
     /// Checks made so far (the one at mount included).
     pub checks: u64,
-}
-
-/// An image with loaded trees.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct ImageInUse {
-    /// The repository it is read from.
-    pub repo: String,
-    /// The image manifest's digest.
-    pub digest: String,
-    /// Whether its merged rootfs is loaded.
-    pub rootfs: bool,
-    /// Layers loaded on their own (`layers/N`, 1 = bottom).
-    pub layers: Vec<usize>,
-    /// Nodes held in memory for it.
-    pub nodes: usize,
 }
 
 /// The cache part of [`Status`].

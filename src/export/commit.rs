@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::base::{self, BaseTree};
 use super::compress::{pack_to, Codec, Packed};
@@ -112,8 +112,9 @@ pub struct ProgressView {
     pub push_total: u64,
 }
 
-/// What a commit produced.
-#[derive(Clone, Debug, Serialize)]
+/// What a commit produced (also as the control socket sends it).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct CommitOutcome {
     /// `repo:tag` pushed.
     pub reference: String,

@@ -3,13 +3,14 @@
 
 use std::collections::BTreeMap;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::{Fs, TreeWhich};
 use crate::image::Platform;
 
-/// An image with loaded trees.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+/// An image with loaded trees (also as `regfs status` sends it).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct ImageInUse {
     /// The repository it is read from.
     pub repo: String,
