@@ -158,8 +158,6 @@ impl Kernel {
 struct World {
     registry: Arc<FaultyRegistry>,
     images: Vec<Image>,
-    /// Which image each repo's tag points at now.
-    tags: Vec<usize>,
     /// Blobs served corrupt now.
     corrupt: Vec<Digest>,
     fs: Fs,
@@ -259,7 +257,6 @@ fn world(stacks: &[Vec<Layer>], small_cache: bool) -> World {
     fs.inodes = super::InodeTable::with_idle_max(UNREFERENCED_BOUND);
     World {
         registry,
-        tags: (0..images.len()).collect(),
         images,
         corrupt: Vec::new(),
         fs,
@@ -282,18 +279,15 @@ fn universe() -> Vec<String> {
     out
 }
 
-fn prop_assert_eq_io(a: u64, b: u64) -> Result<(), Error> {
-    if a == b {
+/// A readdirplus entry's inode number and its attributes' must agree.
+fn same_inode(attr: u64, entry: u64) -> Result<(), Error> {
+    if attr == entry {
         Ok(())
     } else {
         Err(Error::invalid(format!(
-            "entry inode {b} but attribute inode {a}"
+            "entry inode {entry} but attribute inode {attr}"
         )))
     }
-}
-
-fn errno(e: &Error) -> i32 {
-    e.errno()
 }
 
 impl World {
@@ -321,7 +315,7 @@ impl World {
                     .map_err(|e| Error::invalid(e.to_string()))?;
                 Ok(Some(a))
             }
-            Err(e) if errno(&e) == libc::ENOENT => Ok(None),
+            Err(e) if e.errno() == libc::ENOENT => Ok(None),
             Err(e) => Err(e),
         }
     }
@@ -418,12 +412,12 @@ impl World {
             }
             Err(e) => {
                 prop_assert!(
-                    self.may_fail(i) && errno(&e) == libc::EIO,
+                    self.may_fail(i) && e.errno() == libc::EIO,
                     "{} in image {}: {} (errno {})",
                     path,
                     i,
                     e,
-                    errno(&e)
+                    e.errno()
                 );
                 Ok(None)
             }
@@ -485,7 +479,7 @@ async fn run(w: &mut World, ops: &[Op]) -> Result<(), TestCaseError> {
                     Ok(l) => l,
                     Err(e) => {
                         prop_assert!(
-                            w.may_fail(i) && errno(&e) == libc::EIO,
+                            w.may_fail(i) && e.errno() == libc::EIO,
                             "listing {}: {}",
                             p,
                             e
@@ -546,7 +540,7 @@ async fn run(w: &mut World, ops: &[Op]) -> Result<(), TestCaseError> {
                         );
                     }
                     Err(e) => {
-                        prop_assert!(w.may_fail(i) && errno(&e) == libc::EIO, "read {}: {}", p, e)
+                        prop_assert!(w.may_fail(i) && e.errno() == libc::EIO, "read {}: {}", p, e)
                     }
                 }
             }
@@ -568,7 +562,7 @@ async fn run(w: &mut World, ops: &[Op]) -> Result<(), TestCaseError> {
                     (b"user.x", libc::ENODATA),
                     (b"security.selinux", libc::EOPNOTSUPP),
                 ] {
-                    let got = w.fs.getxattr(a.ino, name).await.map_err(|e| errno(&e));
+                    let got = w.fs.getxattr(a.ino, name).await.map_err(|e| e.errno());
                     prop_assert_eq!(
                         got,
                         Err(want),
@@ -593,7 +587,6 @@ async fn run(w: &mut World, ops: &[Op]) -> Result<(), TestCaseError> {
                 w.registry
                     .inner()
                     .set_tag(&w.images[i].repo, &format!("t{i}"), &target);
-                w.tags[i] = to;
                 // The tag's symlink must now point at the new manifest.
                 let (ns, leaf) = w.images[i].repo.split_once('/').unwrap();
                 let ns_ino = w
@@ -677,7 +670,7 @@ async fn list(
                 format!("{p}/{name}")
             };
             let attr = e.attr.clone().expect("tree entries carry attributes");
-            prop_assert_eq_io(attr.ino, e.ino)?;
+            same_inode(attr.ino, e.ino)?;
             // The core took the kernel's reference with the entry.
             k.given(e.ino, w.identity(i, &child), 1)
                 .map_err(|e| Error::invalid(e.to_string()))?;
