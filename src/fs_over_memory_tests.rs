@@ -1,6 +1,7 @@
 //! The seam under the content layer, end to end without a mount or a
 //! network: an [`Fs`] over a [`MemoryRegistry`] serving a gzip image built
-//! from a real tar, read through `lookup` / `open` / `read`.
+//! from a real tar, read through `lookup` / `open` / `read`; and one `Fs`
+//! over two of them behind a [`RegistryRouter`].
 
 use std::io::Write;
 use std::sync::Arc;
@@ -13,7 +14,10 @@ use crate::error::Error;
 use crate::fs::{Fs, FsConfig, ROOT_INO};
 use crate::layer::testutil::TarW;
 use crate::layer::Limits;
-use crate::registry::{Fault, FaultyRegistry, LayerBlob, MemoryRegistry, RegistryApi};
+use crate::reference::Registry;
+use crate::registry::{
+    Fault, FaultyRegistry, LayerBlob, MemoryRegistry, RegistryApi, RegistryRouter,
+};
 
 const GZIP_LAYER: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
 
@@ -54,7 +58,7 @@ async fn walk(fs: &Fs, path: &[&str]) -> crate::error::Result<u64> {
     let mut ino = ROOT_INO;
     for (i, name) in path.iter().enumerate() {
         let attr = fs.lookup(ino, name.as_bytes()).await?;
-        if name.contains(':') {
+        if attr.kind == crate::fs::FileKind::Symlink {
             // `demo:1.0` → `demo@sha256:…`, a sibling of the tag link.
             let target = fs.readlink(attr.ino).await?;
             assert!(target.starts_with(b"demo@sha256:"), "{target:?}");
@@ -152,4 +156,58 @@ async fn a_corrupt_layer_is_refused_and_nothing_of_it_is_kept() {
     let ino = walk(&fs, &path).await.unwrap();
     assert_eq!(read_all(&fs, ino).await.unwrap(), b"regfs\n");
     assert!(store.get(Section::Layer, &diff_id).is_some());
+}
+
+/// Names of a root directory listing.
+async fn names(fs: &Fs, ino: u64) -> Vec<String> {
+    let page = fs.readdir_page(ino, 0, 1 << 20, false).await.unwrap();
+    page.into_iter()
+        .map(|e| String::from_utf8(e.name).unwrap())
+        .filter(|n| n != "." && n != "..")
+        .collect()
+}
+
+#[tokio::test]
+async fn one_fs_serves_many_registries_by_their_names() {
+    let (one, _) = gzip_layer(&[(b"etc/hostname", b"from a\n")]);
+    let (two, _) = gzip_layer(&[(b"etc/hostname", b"from b\n")]);
+    let a = Arc::new(MemoryRegistry::new("a.test"));
+    let b = Arc::new(MemoryRegistry::new("localhost:5001"));
+    a.add_image("lab/demo", "1.0", &[one]);
+    b.add_image("lab/demo", "1.0", &[two]);
+    let (a2, b2) = (a.clone(), b.clone());
+    let router = RegistryRouter::new(Box::new(move |r: &Registry| {
+        Ok(match r.name.as_str() {
+            "a.test" => a2.clone() as Arc<dyn RegistryApi>,
+            "localhost:5001" => b2.clone() as Arc<dyn RegistryApi>,
+            other => return Err(Error::NotFound(other.to_string())),
+        })
+    }));
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(dir.path(), 1 << 30).unwrap());
+    let fs = fs_over(Arc::new(router), store);
+
+    // Nothing is listed before a registry is used; names that are not
+    // registries are absent, without asking anyone.
+    assert!(names(&fs, ROOT_INO).await.is_empty());
+    for absent in ["lab", "demo:1.0", ".Trash"] {
+        let e = fs.lookup(ROOT_INO, absent.as_bytes()).await.unwrap_err();
+        assert!(matches!(e, Error::NotFound(_)), "{absent}: {e:?}");
+    }
+    // The same path in two registries gives each registry's bytes.
+    for (host, want) in [("a.test", "from a\n"), ("localhost:5001", "from b\n")] {
+        let path = [host, "lab", "demo:1.0", "rootfs", "etc", "hostname"];
+        let ino = walk(&fs, &path).await.unwrap();
+        assert_eq!(read_all(&fs, ino).await.unwrap(), want.as_bytes());
+        let host_ino = fs.lookup(ROOT_INO, host.as_bytes()).await.unwrap().ino;
+        assert_eq!(names(&fs, host_ino).await, vec!["lab"]);
+    }
+    assert_eq!(names(&fs, ROOT_INO).await, vec!["a.test", "localhost:5001"]);
+    // A registry that cannot be opened: its directory exists (like a name
+    // under a registry without a catalog), no image under it does.
+    assert!(walk(&fs, &["other.test", "lab", "demo:1.0"]).await.is_err());
+    assert!(
+        names(&fs, ROOT_INO).await.len() == 2,
+        "a failed open is not listed"
+    );
 }

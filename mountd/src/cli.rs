@@ -34,7 +34,9 @@ Examples:
   ls /mnt/reg/lab
   cat /mnt/reg/lab/busybox:latest/manifest.json
   regfs mount registry.example.com /mnt/reg --username me --password-stdin < token.txt
-  regfs mount docker.io /mnt/hub --platform linux/arm64/v8")]
+  regfs mount docker.io /mnt/hub --platform linux/arm64/v8
+  regfs mount --any-registry /mnt/reg --daemon
+  ls /mnt/reg/localhost:5000/lab/busybox:latest/rootfs")]
     Mount(Box<MountArgs>),
     /// Unmount a regfs mount (lazy detach); its daemon exits 0.
     #[command(after_help = "\
@@ -208,10 +210,15 @@ pub struct StatusArgs {
 
 #[derive(Args, Debug)]
 pub struct MountArgs {
-    /// The registry as you would write it: localhost:5000, registry.example.com, docker.io.
+    /// The registry as you would write it: localhost:5000, registry.example.com, docker.io
+    /// (with --any-registry, give only MOUNTPOINT, or `any MOUNTPOINT` as fstab does).
     pub registry: String,
     /// An existing empty directory.
-    pub mountpoint: PathBuf,
+    pub mountpoint: Option<PathBuf>,
+    /// Serve every registry: MOUNTPOINT/HOST[:PORT]/NAME:TAG, each registry opened
+    /// when a path first names it (credentials, hosts.toml mirrors and TLS as for one).
+    #[arg(long, conflicts_with_all = ["username", "mirror", "export"])]
+    pub any_registry: bool,
     /// Where verified content is kept [default: $XDG_CACHE_HOME/regfs, or /var/cache/regfs as root].
     #[arg(long)]
     pub cache_dir: Option<PathBuf>,

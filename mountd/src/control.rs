@@ -218,7 +218,11 @@ fn status(ctx: &Context) -> Status {
         in_flight,
         export: ctx.exporter.is_some(),
         pid: std::process::id(),
-        registry: content.client().registry().name.to_string(),
+        registry: match content.client().registries() {
+            Some(used) if used.is_empty() => "any (none used yet)".to_string(),
+            Some(used) => format!("any (used: {})", used.join(", ")),
+            None => content.client().registry().name.to_string(),
+        },
         registry_state: Some(ctx.reachability.state()),
         mountpoint: ctx.mountpoint.clone(),
         images: ctx.fs.images_in_use(),
@@ -243,15 +247,29 @@ async fn prefetch(
     w: &mut tokio::net::unix::OwnedWriteHalf,
 ) -> regfs::Result<PrefetchDone> {
     let r: Reference = reference.parse()?;
-    if let Some(reg) = &r.registry {
-        if *reg != ctx.fs.content().client().registry().name {
+    let client = ctx.fs.content().client();
+    let r = if client.registries().is_some() {
+        // Every registry is served: the reference must name one.
+        let Some(reg) = r.registry.clone() else {
             return Err(regfs::Error::invalid(format!(
-                "{reference}: this daemon mounts {}, not {reg}",
-                ctx.fs.content().client().registry()
+                "{reference}: this daemon serves any registry; name it (localhost:5000/{reference})"
             )));
+        };
+        let (registry, _) = regfs::reference::Registry::parse(&reg)?;
+        let mut r = r.normalized_for(&registry);
+        r.repository = format!("{reg}/{}", r.repository);
+        r
+    } else {
+        if let Some(reg) = &r.registry {
+            if *reg != client.registry().name {
+                return Err(regfs::Error::invalid(format!(
+                    "{reference}: this daemon mounts {}, not {reg}",
+                    client.registry()
+                )));
+            }
         }
-    }
-    let r = r.normalized_for(ctx.fs.content().client().registry());
+        r.normalized_for(client.registry())
+    };
     let p = Arc::new(regfs::content::PrefetchProgress::default());
     let snapshot = |p: &regfs::content::PrefetchProgress| {
         let s = p.snapshot();

@@ -1,17 +1,13 @@
-//! Mirrors (`--mirror`, `--hosts-dir`) and the TLS client certificate
-//! (`--client-cert` / `--client-key`) for `regfs mount`.
+//! Mirrors (`--mirror`, `--hosts-dir`) for `regfs mount`.
 
 use anyhow::Context;
 use regfs::registry::{hosts, ClientOptions, MirrorSpec};
 
 use crate::cli::MountArgs;
 
-/// Add the mount's mirrors and client certificate to `opts`: `--mirror` URLs
-/// first, then the `hosts.toml` hosts, then (always) the registry itself.
+/// Add the mount's mirrors to `opts`: `--mirror` URLs first, then the
+/// `hosts.toml` hosts, then (always) the registry itself.
 pub fn apply(args: &MountArgs, opts: &mut ClientOptions) -> anyhow::Result<()> {
-    if let (Some(cert), Some(key)) = (&args.client_cert, &args.client_key) {
-        opts.client_cert = Some((cert.clone(), key.clone()));
-    }
     for m in &args.mirror {
         opts.mirrors.push(MirrorSpec::parse(m)?);
     }

@@ -14,7 +14,8 @@ use regfs::fuse::{FuseFs, MountConfig};
 use regfs::image::Platform;
 use regfs::layer::Limits;
 use regfs::reference::Registry;
-use regfs::registry::{Client, ClientOptions, Credentials};
+use regfs::registry::router::ANY_REGISTRY;
+use regfs::registry::{Client, ClientOptions, Credentials, RegistryApi, RegistryRouter};
 
 use crate::cli::MountArgs;
 use crate::reachability::{self, Reachability};
@@ -46,6 +47,79 @@ fn read_password() -> anyhow::Result<String> {
     Ok(pw)
 }
 
+/// What a mount serves.
+enum Source {
+    /// One registry, and the scheme its argument gave (`Some(true)`: http).
+    One(Registry, Option<bool>),
+    /// Every registry, named by the first path component (`--any-registry`).
+    Any,
+}
+
+/// The source and the mountpoint from the positional arguments:
+/// `REGISTRY MOUNTPOINT`, or with `--any-registry` `MOUNTPOINT` (or
+/// `any MOUNTPOINT`, as mount(8) passes an fstab line).
+fn source_and_mountpoint(args: &MountArgs) -> anyhow::Result<(Source, PathBuf)> {
+    match (&args.mountpoint, args.any_registry) {
+        (Some(m), false) => {
+            let (registry, scheme) = Registry::parse(&args.registry)?;
+            Ok((Source::One(registry, scheme), m.clone()))
+        }
+        (None, true) => Ok((Source::Any, PathBuf::from(&args.registry))),
+        (Some(m), true) if args.registry == "any" => Ok((Source::Any, m.clone())),
+        (Some(_), true) => bail!(
+            "--any-registry serves every registry: give only the mountpoint (or `any MOUNTPOINT`), not {:?}",
+            args.registry
+        ),
+        (None, false) => bail!(
+            "missing MOUNTPOINT: regfs mount REGISTRY MOUNTPOINT (or regfs mount --any-registry MOUNTPOINT)"
+        ),
+    }
+}
+
+/// The client settings the flags give, for `registry`.
+fn client_options(
+    args: &MountArgs,
+    registry: Registry,
+    scheme: Option<bool>,
+) -> anyhow::Result<ClientOptions> {
+    let mut opts = ClientOptions::new(registry);
+    opts.plain_http = args.plain_http || scheme == Some(true);
+    // A CA certificate only makes sense over TLS, loopback or not.
+    opts.force_https = scheme == Some(false) || !args.ca_cert.is_empty();
+    opts.ca_certs = args.ca_cert.clone();
+    opts.insecure_skip_verify = args.insecure_skip_verify;
+    if let (Some(cert), Some(key)) = (&args.client_cert, &args.client_key) {
+        opts.client_cert = Some((cert.clone(), key.clone()));
+    }
+    opts.timeout = Duration::from_secs(args.timeout.max(1));
+    opts.retries = args.retries;
+    Ok(opts)
+}
+
+/// A registry name for the template of `--any-registry`'s clients.
+fn registry_placeholder() -> Registry {
+    Registry {
+        name: ANY_REGISTRY.to_string(),
+        api_host: String::new(),
+    }
+}
+
+/// The settings of registry `r` under `--any-registry`: the flags' settings,
+/// and the mirrors of `hosts_dir/<r>/hosts.toml`; credentials come from the
+/// auth files, as for any registry.
+fn options_for(
+    template: &ClientOptions,
+    r: Registry,
+    hosts_dir: Option<&std::path::Path>,
+) -> regfs::Result<ClientOptions> {
+    let mut opts = template.clone();
+    opts.registry = r;
+    if let Some(dir) = hosts_dir {
+        opts.mirrors = regfs::registry::hosts::load(dir, &opts.registry.name)?;
+    }
+    Ok(opts)
+}
+
 /// Run `regfs mount`.
 pub fn run(args: MountArgs) -> anyhow::Result<()> {
     let password = if args.password_stdin {
@@ -69,12 +143,11 @@ pub fn run(args: MountArgs) -> anyhow::Result<()> {
         None => None,
     };
 
-    let (registry, scheme) = Registry::parse(&args.registry)?;
+    let (source, mountpoint) = source_and_mountpoint(&args)?;
     let platform = match &args.platform {
         Some(p) => p.parse::<Platform>()?,
         None => Platform::host(),
     };
-    let mountpoint = args.mountpoint.clone();
     unmount::clear_stale(&mountpoint)?;
     let md = std::fs::metadata(&mountpoint)
         .with_context(|| format!("mountpoint {}", mountpoint.display()))?;
@@ -82,54 +155,62 @@ pub fn run(args: MountArgs) -> anyhow::Result<()> {
         bail!("mountpoint {} is not a directory", mountpoint.display());
     }
 
-    let mut opts = ClientOptions::new(registry.clone());
-    opts.plain_http = args.plain_http || scheme == Some(true);
-    // A CA certificate only makes sense over TLS, loopback or not.
-    opts.force_https = scheme == Some(false) || !args.ca_cert.is_empty();
-    opts.ca_certs = args.ca_cert.clone();
-    opts.insecure_skip_verify = args.insecure_skip_verify;
-    crate::endpoints::apply(&args, &mut opts)?;
-    opts.timeout = Duration::from_secs(args.timeout.max(1));
-    opts.retries = args.retries;
-    if let (Some(u), Some(p)) = (&args.username, password) {
-        opts.credentials = Some(Credentials {
-            username: u.clone(),
-            password: p,
-        });
-    }
-
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(4)
         .thread_name("regfs-worker")
         .enable_all()
         .build()?;
-    let client = Client::new(opts)?;
-    // Unreachable (refused, no such name, timeouts, 5xx): mount anyway, serve
-    // what the cache holds, say so on the terminal and in the log, and keep
-    // checking in the background. Anything else (credentials, TLS) fails now.
     let mut warnings = Vec::new();
-    let reachability = match rt.block_on(client.ping()) {
-        Ok(()) => Reachability::new(&registry.name, None),
-        Err(e) if e.is_transient() => {
-            let msg = reachability::warning(&registry.name, &e.to_string());
-            tracing::warn!(%registry, "{msg}");
-            // Without a log file the line above is already on the terminal.
-            if args.log_file.is_some() && ready.is_none() {
-                eprintln!("regfs: warning: {msg}");
-            }
-            warnings.push(msg);
-            Reachability::new(&registry.name, Some(e.to_string()))
+    let (api, reachability, fs_name): (Arc<dyn RegistryApi>, _, _) = match source {
+        Source::Any => {
+            let template = client_options(&args, registry_placeholder(), None)?;
+            let hosts_dir = args.hosts_dir.clone();
+            let router = RegistryRouter::new(Box::new(move |r: &Registry| {
+                let opts = options_for(&template, r.clone(), hosts_dir.as_deref())?;
+                tracing::info!(registry = %r, "registry opened");
+                Ok(Arc::new(Client::new(opts)?) as Arc<dyn RegistryApi>)
+            }));
+            let reachability = Reachability::new(ANY_REGISTRY, None);
+            (Arc::new(router), reachability, "regfs:any".to_string())
         }
-        Err(e) => return Err(anyhow::Error::new(e).context(format!("registry {registry}"))),
+        Source::One(registry, scheme) => {
+            let mut opts = client_options(&args, registry.clone(), scheme)?;
+            crate::endpoints::apply(&args, &mut opts)?;
+            if let (Some(u), Some(p)) = (&args.username, password) {
+                opts.credentials = Some(Credentials {
+                    username: u.clone(),
+                    password: p,
+                });
+            }
+            let client = Client::new(opts)?;
+            // Unreachable (refused, no such name, timeouts, 5xx): mount anyway, serve
+            // what the cache holds, say so on the terminal and in the log, and keep
+            // checking in the background. Anything else (credentials, TLS) fails now.
+            let reachability = match rt.block_on(client.ping()) {
+                Ok(()) => Reachability::new(&registry.name, None),
+                Err(e) if e.is_transient() => {
+                    let msg = reachability::warning(&registry.name, &e.to_string());
+                    tracing::warn!(%registry, "{msg}");
+                    // Without a log file the line above is already on the terminal.
+                    if args.log_file.is_some() && ready.is_none() {
+                        eprintln!("regfs: warning: {msg}");
+                    }
+                    warnings.push(msg);
+                    Reachability::new(&registry.name, Some(e.to_string()))
+                }
+                Err(e) => return Err(anyhow::Error::new(e).context(format!("registry {registry}"))),
+            };
+            reachability.watch(client.clone(), rt.handle());
+            (Arc::new(client), reachability, format!("regfs:{registry}"))
+        }
     };
-    reachability.watch(client.clone(), rt.handle());
 
     let cache_dir = args.cache_dir.clone().unwrap_or_else(default_cache_dir);
     let store = Arc::new(
         Store::open(&cache_dir, args.cache_size)
             .with_context(|| format!("cache {}", cache_dir.display()))?,
     );
-    let mut content = Content::new(Arc::new(client), store, 4_000_000, Limits::default());
+    let mut content = Content::new(api, store, 4_000_000, Limits::default());
     content.set_lazy_options(LazyOptions {
         background_fetch: args.background_fetch,
         background_bandwidth: args.background_bandwidth,
@@ -178,12 +259,12 @@ pub fn run(args: MountArgs) -> anyhow::Result<()> {
             &mountpoint,
             &MountConfig {
                 allow_other: args.allow_other,
-                fs_name: format!("regfs:{registry}"),
+                fs_name: fs_name.clone(),
                 threads: args.threads,
             },
         )
         .with_context(|| format!("mounting at {}", mountpoint.display()))?;
-    tracing::info!(%registry, mountpoint = %mountpoint.display(), cache = %cache_dir.display(), "mounted");
+    tracing::info!(source = %fs_name, mountpoint = %mountpoint.display(), cache = %cache_dir.display(), "mounted");
     readiness::notify_ready(ready, &warnings);
 
     // The session thread ends when the kernel drops the mount (regfs unmount,

@@ -1,5 +1,6 @@
 //! The registry's namespace: namespace directories from the catalog, `name:tag`
-//! symlinks from tag lists, and tag resolution with a TTL.
+//! symlinks from tag lists, and tag resolution with a TTL. A mount of many
+//! registries has one directory per registry at its root, looked up by name.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
@@ -10,6 +11,7 @@ use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::image::Manifest;
 use crate::reference::{validate_component, validate_tag, Selector};
+use crate::registry::router::is_registry_name;
 
 /// A value and when it was fetched.
 type Stamped<T> = (Instant, T);
@@ -21,8 +23,9 @@ type TagKey = (Arc<str>, Arc<str>);
 /// Cached catalog, tag lists and tag resolutions, each trusted for the tag TTL.
 #[derive(Default)]
 pub(super) struct Listings {
-    /// `None` inside: the registry has no usable catalog (autofs mode).
-    catalog: Mutex<Option<Stamped<Option<Names>>>>,
+    /// By registry ("" for a mount of one registry); `None` inside: the
+    /// registry has no usable catalog (autofs mode).
+    catalog: Mutex<HashMap<String, Stamped<Option<Names>>>>,
     tags: Mutex<HashMap<Arc<str>, Stamped<Names>>>,
     resolved: Mutex<HashMap<TagKey, Stamped<String>>>,
 }
@@ -36,21 +39,43 @@ fn join(prefix: &str, name: &str) -> String {
 }
 
 impl Fs {
-    /// The catalog, or `None` if the registry does not offer one.
-    async fn catalog(&self) -> Option<Arc<Vec<String>>> {
-        if let Some((at, c)) = &*self.ns.catalog.lock().unwrap() {
+    /// Whether the mount serves many registries (`host/path` repositories,
+    /// one directory per registry at the root).
+    fn many_registries(&self) -> bool {
+        self.content.client().registries().is_some()
+    }
+
+    /// The catalog that lists namespace `prefix` (with many registries, that
+    /// of the registry `prefix` is in), or `None` if it offers none.
+    async fn catalog(&self, prefix: &str) -> Option<Arc<Vec<String>>> {
+        let scope = if self.many_registries() {
+            prefix.split('/').next().unwrap_or_default()
+        } else {
+            ""
+        };
+        if let Some((at, c)) = self.ns.catalog.lock().unwrap().get(scope) {
             if at.elapsed() < self.cfg.tag_ttl {
                 return c.clone();
             }
         }
-        let c = match self.content.client().catalog().await {
+        let client = self.content.client();
+        let answer = if scope.is_empty() {
+            client.catalog().await
+        } else {
+            client.catalog_of(scope).await
+        };
+        let c = match answer {
             Ok(list) => Some(Arc::new(list)),
             Err(e) => {
                 tracing::info!(error = %e, "no catalog: names are looked up on demand");
                 None
             }
         };
-        *self.ns.catalog.lock().unwrap() = Some((Instant::now(), c.clone()));
+        self.ns
+            .catalog
+            .lock()
+            .unwrap()
+            .insert(scope.to_string(), (Instant::now(), c.clone()));
         c
     }
 
@@ -71,7 +96,19 @@ impl Fs {
 
     /// Entries of namespace `prefix` ("" for the root): sub-namespaces and `name:tag` links.
     pub(super) async fn list_namespace(&self, prefix: &str) -> Result<Vec<Listed>> {
-        let Some(catalog) = self.catalog().await else {
+        if prefix.is_empty() {
+            if let Some(hosts) = self.content.client().registries() {
+                return Ok(hosts
+                    .into_iter()
+                    .map(|h| Listed {
+                        key: Key::Namespace(h.as_str().into()),
+                        name: h.into_bytes(),
+                        kind: FileKind::Dir,
+                    })
+                    .collect());
+            }
+        }
+        let Some(catalog) = self.catalog(prefix).await else {
             return Ok(Vec::new());
         };
         let mut namespaces = BTreeSet::new();
@@ -133,6 +170,13 @@ impl Fs {
         let name = std::str::from_utf8(name).map_err(|_| not_found())?;
         // Names the kernel or tools probe (".Trash", "autorun.inf", …) are simply absent.
         let invalid = |_| not_found();
+        if prefix.is_empty() && self.many_registries() {
+            // Any registry is looked up by name, like an autofs map key.
+            return match is_registry_name(name) {
+                true => Ok(Key::Namespace(name.into())),
+                false => Err(not_found()),
+            };
+        }
         if let Some((n, d)) = name.split_once('@') {
             validate_component(n).map_err(invalid)?;
             let digest: Digest = d.parse().map_err(invalid)?;
@@ -148,7 +192,7 @@ impl Fs {
         }
         validate_component(name).map_err(invalid)?;
         let path = join(prefix, name);
-        if let Some(catalog) = self.catalog().await {
+        if let Some(catalog) = self.catalog(prefix).await {
             let dir = format!("{path}/");
             if !catalog.iter().any(|r| r.starts_with(&dir)) {
                 return Err(not_found());

@@ -167,6 +167,10 @@ impl Filesystem for FuseFs {
         // Symlink targets are immutable per inode (a moved tag is a new inode):
         // let the kernel keep them.
         let _ = config.add_capabilities(InitFlags::FUSE_CACHE_SYMLINKS);
+        // A directory whose mtime changed (the root of a mount of many
+        // registries) has its cached listing dropped when its attributes are
+        // refreshed; files never change, so this costs them nothing.
+        let _ = config.add_capabilities(InitFlags::FUSE_AUTO_INVAL_DATA);
         // Directories need no open: two round trips fewer per directory.
         let no_opendir = config
             .add_capabilities(InitFlags::FUSE_NO_OPENDIR_SUPPORT)

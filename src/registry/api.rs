@@ -49,6 +49,20 @@ pub trait RegistryApi: Send + Sync {
     /// All repositories. A registry without a catalog gives an error.
     fn catalog(&self) -> BoxFuture<'_, Result<Vec<String>>>;
 
+    /// The repositories of registry `host`, named `host/repo`, when this
+    /// serves several registries (see [`RegistryRouter`](super::RegistryRouter));
+    /// one registry answers its [`catalog`](Self::catalog), whatever `host` is.
+    fn catalog_of<'a>(&'a self, host: &'a str) -> BoxFuture<'a, Result<Vec<String>>> {
+        let _ = host;
+        self.catalog()
+    }
+
+    /// The registries used so far, when this serves several (repositories
+    /// are then named `host/path`); `None` for a single registry.
+    fn registries(&self) -> Option<Vec<String>> {
+        None
+    }
+
     /// All tags of `repo`; an unknown repository is
     /// [`Error::NotFound`](crate::Error::NotFound).
     fn tags<'a>(&'a self, repo: &'a str) -> BoxFuture<'a, Result<Vec<String>>>;

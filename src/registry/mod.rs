@@ -7,7 +7,8 @@
 //! [`RegistryApi`] is the seam the content layer talks through: the
 //! [`Client`] is its real implementation, [`MemoryRegistry`] an in-process
 //! one (tests, embedding), and [`FaultyRegistry`] injects faults into the
-//! latter.
+//! latter. [`RegistryRouter`] puts many registries behind one seam
+//! (`host/path` repositories).
 
 pub mod api;
 pub mod auth;
@@ -24,6 +25,7 @@ mod memory_tests;
 pub mod mirrors;
 pub mod paging;
 pub mod retry;
+pub mod router;
 mod tls;
 mod upload;
 
@@ -46,6 +48,7 @@ pub use self::manifests::{FetchedManifest, MANIFEST_ACCEPT, MAX_MANIFEST_SIZE};
 pub use self::memory::{LayerBlob, MemoryRegistry};
 pub use self::mirrors::MirrorSpec;
 use self::retry::RetryPolicy;
+pub use self::router::RegistryRouter;
 pub use self::upload::{CHUNK_SIZE, MONOLITHIC_LIMIT};
 use crate::error::{Error, Result};
 use crate::reference::{validate_repository, Registry};

@@ -1,4 +1,5 @@
-//! Ecosystem: how regfs fits around a registry and a host — credentials and
+//! Ecosystem: how regfs fits around registries and a host — one mount for
+//! many registries (`any_registry`), credentials and
 //! TLS (`auth_tls`, `credentials_token`), mirrors and client certificates
 //! (`mirrors_tls`), configuration and mount(8) (`fstab_config`), the mount's
 //! lifetime (`lifecycle`), logs, metrics and status (`observability`), an
@@ -12,6 +13,7 @@
 #[path = "../harness/mod.rs"]
 mod harness;
 
+mod any_registry;
 mod auth_tls;
 mod credentials_token;
 mod fstab_config;
