@@ -495,14 +495,13 @@ impl Fs {
         let tag_ttl = self.cfg.tag_ttl;
         match &key {
             Key::Root => {
-                // With many registries the root lists those used so far: one
-                // second of mtime per registry tells the kernel to drop its
-                // cached listing when another is added.
-                let used = self.content.client().registries().map_or(0, |r| r.len());
-                let mtime = t0 + Duration::from_secs(used as u64);
+                let mtime = self.listing_mtime("");
                 Ok(Attr::dir(self.inodes.ino(key), mtime, tag_ttl))
             }
-            Key::Namespace(_) => Ok(Attr::dir(self.inodes.ino(key), t0, tag_ttl)),
+            Key::Namespace(p) => {
+                let mtime = self.listing_mtime(p);
+                Ok(Attr::dir(self.inodes.ino(key), mtime, tag_ttl))
+            }
             Key::Tag { repo, tag, target } => {
                 let len = if target.is_empty() {
                     self.resolve_tag(repo, tag).await?.len()

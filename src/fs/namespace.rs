@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use super::{leaf, FileKind, Fs, Key, Listed};
 use crate::digest::Digest;
@@ -28,6 +28,8 @@ pub(super) struct Listings {
     catalog: Mutex<HashMap<String, Stamped<Option<Names>>>>,
     tags: Mutex<HashMap<Arc<str>, Stamped<Names>>>,
     resolved: Mutex<HashMap<TagKey, Stamped<String>>>,
+    /// By namespace: when it was last listed.
+    listed: Mutex<HashMap<String, SystemTime>>,
 }
 
 fn join(prefix: &str, name: &str) -> String {
@@ -94,8 +96,33 @@ impl Fs {
         Ok(t)
     }
 
-    /// Entries of namespace `prefix` ("" for the root): sub-namespaces and `name:tag` links.
+    /// Entries of namespace `prefix` ("" for the root): sub-namespaces and
+    /// `name:tag` links. Notes when it was listed (see [`Fs::listing_mtime`]).
     pub(super) async fn list_namespace(&self, prefix: &str) -> Result<Vec<Listed>> {
+        let out = self.compute_listing(prefix).await?;
+        self.ns
+            .listed
+            .lock()
+            .unwrap()
+            .insert(prefix.to_string(), SystemTime::now());
+        Ok(out)
+    }
+
+    /// The mtime of namespace `prefix`: when it was last listed, or now if
+    /// that listing is older than the tag TTL (it may have changed). The
+    /// kernel caches listings and drops the cache when a directory's mtime
+    /// moves (`FUSE_AUTO_INVAL_DATA`), so a new tag, repository or registry
+    /// shows in the next `ls` once the TTL has passed — without the network
+    /// on lookups: the listing itself is refreshed only when listed.
+    pub(super) fn listing_mtime(&self, prefix: &str) -> SystemTime {
+        match self.ns.listed.lock().unwrap().get(prefix) {
+            None => self.cfg.mount_time,
+            Some(at) if at.elapsed().unwrap_or_default() < self.cfg.tag_ttl => *at,
+            Some(_) => SystemTime::now(),
+        }
+    }
+
+    async fn compute_listing(&self, prefix: &str) -> Result<Vec<Listed>> {
         if prefix.is_empty() {
             if let Some(hosts) = self.content.client().registries() {
                 return Ok(hosts

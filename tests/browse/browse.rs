@@ -226,3 +226,31 @@ fn a_moved_tag_is_seen_after_the_tag_ttl() {
         serde_json::from_slice(&fs::read(link.join("config.json")).unwrap()).unwrap();
     assert_eq!(config["architecture"], "arm64");
 }
+
+/// The kernel caches listings; a tag or repository pushed after a listing
+/// must show in the next listing once the tag TTL has passed.
+#[test]
+fn a_new_tag_shows_in_the_listing_after_the_tag_ttl() {
+    require_fuse!();
+    let reg = harness::Registry::start(harness::RegistryKind::Plain);
+    reg.push("busybox", "lab/busybox:latest");
+    let m = Mount::new(&reg, &["--tag-ttl", "1"]);
+    let list = |p: &str| {
+        let mut v: Vec<String> = fs::read_dir(m.path().join(p))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(list("lab"), vec!["busybox:latest"]);
+    assert_eq!(list(""), vec!["lab"]);
+    // Within the TTL the cached listing is served: same answer.
+    assert_eq!(list("lab"), vec!["busybox:latest"]);
+    reg.push("busybox", "lab/busybox:v2");
+    reg.push("busybox", "lab/other:1");
+    reg.push("busybox", "team/tool:1");
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert_eq!(list("lab"), vec!["busybox:latest", "busybox:v2", "other:1"]);
+    assert_eq!(list(""), vec!["lab", "team"]);
+}
