@@ -2,8 +2,9 @@
 //! the background (bounded backoff) while it does not, shown by `regfs status`.
 //!
 //! An unreachable registry does not fail the mount (the cache may serve), but
-//! it is said once, clearly, on the terminal and in the log, and once more
-//! when the registry comes back.
+//! it is said once, clearly, on the terminal and in the log, once more when
+//! the registry comes back, and again if it goes away later (checked every
+//! minute while it answers).
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -14,8 +15,10 @@ use crate::protocol::RegistryState;
 
 /// First wait before re-checking an unreachable registry.
 const FIRST_RETRY: Duration = Duration::from_secs(1);
-/// The longest wait between two checks.
+/// The longest wait between two checks of an unreachable registry.
 const MAX_RETRY: Duration = Duration::from_secs(30);
+/// The wait between two checks of a registry that answers.
+const WHILE_UP: Duration = Duration::from_secs(60);
 
 /// The registry's state as last seen.
 #[derive(Debug, Clone)]
@@ -114,25 +117,35 @@ impl Reachability {
                 s.last_error = Some(e.to_string());
             }
             Err(e) => {
-                tracing::debug!(registry = %self.registry, error = %e, "registry still unreachable");
+                if s.reachable {
+                    tracing::warn!(registry = %self.registry, "{}", warning(&self.registry, &e.to_string()));
+                    s.reachable = false;
+                    s.since = now;
+                } else {
+                    tracing::debug!(registry = %self.registry, error = %e, "registry still unreachable");
+                }
                 s.last_error = Some(e.to_string());
             }
         }
     }
 
-    /// While the registry is unreachable, re-check it with backoff (1 s,
-    /// doubling, at most 30 s apart) on `rt`; ends once it answers.
+    /// Keep checking the registry on `rt` for the mount's life: while it is
+    /// unreachable with backoff (1 s, doubling, at most 30 s apart), while
+    /// it answers every [`WHILE_UP`], so that `regfs status` and the log say
+    /// when it goes away again.
     pub fn watch(self: &Arc<Self>, client: Client, rt: &tokio::runtime::Handle) {
-        if self.is_reachable() {
-            return;
-        }
         let me = self.clone();
         rt.spawn(async move {
             let mut wait = FIRST_RETRY;
-            while !me.is_reachable() {
-                tokio::time::sleep(wait).await;
+            loop {
+                if me.is_reachable() {
+                    wait = FIRST_RETRY;
+                    tokio::time::sleep(WHILE_UP).await;
+                } else {
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(MAX_RETRY);
+                }
                 me.record(client.ping().await);
-                wait = (wait * 2).min(MAX_RETRY);
             }
         });
     }
@@ -174,6 +187,10 @@ mod tests {
         r.record(Ok(()));
         assert!(r.is_reachable());
         assert_eq!(r.state().checks, 3);
+        // And down again later.
+        r.record(Err(regfs::Error::Network("gone".into())));
+        assert!(!r.is_reachable());
+        assert_eq!(r.state().last_error.as_deref(), Some("network error: gone"));
     }
 
     #[test]
