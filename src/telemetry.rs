@@ -28,6 +28,8 @@ pub const CACHE_LIMIT: &str = "regfs_cache_limit_bytes";
 pub const FETCHES_IN_FLIGHT: &str = "regfs_fetches_in_flight";
 /// Counter: filesystem operations failed because content did not match its digest.
 pub const VERIFICATION_FAILURES: &str = "regfs_verification_failures_total";
+/// Counter: published layer indexes found not to match their layer (and revoked).
+pub const PUBLISHED_INDEX_REJECTED: &str = "regfs_published_index_rejected_total";
 /// Histogram: FUSE operation latency in seconds, label `op`.
 pub const FUSE_OP_SECONDS: &str = "regfs_fuse_op_duration_seconds";
 
@@ -50,6 +52,10 @@ pub fn describe() {
         "Body bytes received from the registry"
     );
     describe_counter!(REGISTRY_RETRIES, "Registry requests retried");
+    describe_counter!(
+        PUBLISHED_INDEX_REJECTED,
+        "Published layer indexes that did not match their layer once it was streamed (revoked)"
+    );
     describe_counter!(CACHE_HITS, "Content store lookups that hit");
     describe_counter!(CACHE_MISSES, "Content store lookups that missed");
     describe_counter!(CACHE_EVICTIONS, "Files evicted from the content store");

@@ -85,7 +85,9 @@ Examples:
         after_help = "\
 Examples:
   regfs index export sha256:… layer.rgix --cache-dir /var/cache/regfs
-  regfs index import layer.rgix --cache-dir /var/cache/regfs"
+  regfs index import layer.rgix --cache-dir /var/cache/regfs
+  regfs index push /mnt/reg lab/python:3.11     # then, on other machines:
+  regfs mount localhost:5000 /mnt/reg --use-published-indexes"
     )]
     Index(IndexCommand),
     /// Print a shell completion script.
@@ -125,6 +127,21 @@ pub enum IndexCommand {
     /// Check an exported index file and store it in the cache. Trusted for
     /// where bytes are; every span is still verified against its digest.
     Import(IndexImportArgs),
+    /// Publish the indexes of an image's gzip layers that a mount's cache
+    /// holds, as an artifact referring to the image, for mounts with
+    /// --use-published-indexes elsewhere.
+    Push(IndexPushArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct IndexPushArgs {
+    /// A regfs mountpoint whose cache streamed the image once.
+    pub mountpoint: PathBuf,
+    /// The image: NAME:TAG or NAME@DIGEST.
+    pub reference: String,
+    /// The daemon's control socket (found from the mountpoint otherwise).
+    #[arg(long)]
+    pub control: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -294,6 +311,15 @@ pub struct MountArgs {
     /// Bandwidth cap of background fetches and prefetches, bytes per second (0: none).
     #[arg(long, default_value = "32M", value_parser = crate::size::parse_size)]
     pub background_bandwidth: u64,
+    /// Look for layer indexes published next to an image (`regfs index push`)
+    /// and serve its plain gzip layers by spans from the first read; each is
+    /// checked against its layer in the background afterwards.
+    #[arg(long)]
+    pub use_published_indexes: bool,
+    /// Seconds between adopting a published index and checking it against
+    /// its layer (the check streams the whole layer once).
+    #[arg(long, default_value_t = 10, requires = "use_published_indexes")]
+    pub published_index_check_delay: u64,
     /// Also serve a writable export directory here (see `regfs commit --help`).
     #[arg(long)]
     pub export: Option<PathBuf>,

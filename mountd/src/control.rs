@@ -19,8 +19,8 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
 use crate::protocol::{
-    Answer, CacheStatus, CommitOutcome, CommitProgress, Line, PrefetchDone, PrefetchProgress,
-    Request, Status,
+    Answer, CacheStatus, CommitOutcome, CommitProgress, IndexPushed, Line, PrefetchDone,
+    PrefetchProgress, Request, Status,
 };
 
 /// What the control socket serves: the read-only side, and the export side if any.
@@ -125,6 +125,10 @@ async fn handle(s: UnixStream, ctx: Arc<Context>) {
         Request::Status => answer(&mut w, Ok(status(&ctx))).await,
         Request::Prefetch { reference } => {
             let r = prefetch(&ctx, &reference, &mut w).await;
+            answer(&mut w, r).await
+        }
+        Request::IndexPush { reference } => {
+            let r = index_push(&ctx, &reference).await;
             answer(&mut w, r).await
         }
         Request::New { entry, from } => {
@@ -240,15 +244,13 @@ fn status(ctx: &Context) -> Status {
     }
 }
 
-/// `prefetch`: warm the cache for `reference`, sending progress every 200 ms.
-async fn prefetch(
-    ctx: &Arc<Context>,
-    reference: &str,
-    w: &mut tokio::net::unix::OwnedWriteHalf,
-) -> regfs::Result<PrefetchDone> {
+/// `reference` as this daemon serves it: checked against the mounted
+/// registry (or, with every registry served, its repository prefixed with
+/// the registry it names) and normalised (Docker Hub's `library/`).
+fn served_reference(ctx: &Context, reference: &str) -> regfs::Result<Reference> {
     let r: Reference = reference.parse()?;
     let client = ctx.fs.content().client();
-    let r = if client.registries().is_some() {
+    Ok(if client.registries().is_some() {
         // Every registry is served: the reference must name one.
         let Some(reg) = r.registry.clone() else {
             return Err(regfs::Error::invalid(format!(
@@ -269,7 +271,47 @@ async fn prefetch(
             }
         }
         r.normalized_for(client.registry())
+    })
+}
+
+/// `index push`: publish the layer indexes this cache holds for `reference`.
+async fn index_push(ctx: &Arc<Context>, reference: &str) -> regfs::Result<IndexPushed> {
+    let r = served_reference(ctx, reference)?;
+    let content = ctx.fs.content();
+    let info = content.resolve(&r.repository, &r.selector()).await?;
+    let digest = match &info.manifest {
+        regfs::image::Manifest::Image(_) => info.digest.clone(),
+        regfs::image::Manifest::Index { entries, .. } => {
+            regfs::image::Manifest::select_platform(entries, ctx.fs.platform())
+                .ok_or_else(|| {
+                    regfs::Error::NotFound(format!(
+                        "{reference}: no image for platform {}",
+                        ctx.fs.platform()
+                    ))
+                })?
+                .manifest
+                .digest
+                .clone()
+        }
     };
+    let p = content.publish_indexes(&r.repository, &digest).await?;
+    Ok(IndexPushed {
+        image: digest.to_string(),
+        artifact: p.artifact.to_string(),
+        layers: p.layers as u64,
+        missing: p.missing as u64,
+        fallback_tag: p.fallback_tag,
+        already: p.already,
+    })
+}
+
+/// `prefetch`: warm the cache for `reference`, sending progress every 200 ms.
+async fn prefetch(
+    ctx: &Arc<Context>,
+    reference: &str,
+    w: &mut tokio::net::unix::OwnedWriteHalf,
+) -> regfs::Result<PrefetchDone> {
+    let r = served_reference(ctx, reference)?;
     let p = Arc::new(regfs::content::PrefetchProgress::default());
     let snapshot = |p: &regfs::content::PrefetchProgress| {
         let s = p.snapshot();

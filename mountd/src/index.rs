@@ -1,5 +1,6 @@
 //! `regfs index export|import`: move a gzip layer's tar index and span index
-//! between caches, offline (no daemon, no network).
+//! between caches, offline (no daemon, no network); `regfs index push`:
+//! publish an image's layer indexes through a mount's daemon.
 
 use std::io::{Read, Write};
 use std::path::Path;
@@ -9,8 +10,10 @@ use regfs::cache::Store;
 use regfs::content::{export_index, import_index};
 use regfs::digest::Digest;
 
-use crate::cli::{IndexExportArgs, IndexImportArgs};
+use crate::cli::{IndexExportArgs, IndexImportArgs, IndexPushArgs};
+use crate::client::{request, socket_for};
 use crate::mount::default_cache_dir;
+use crate::protocol::{IndexPushed, Request};
 
 fn store(dir: Option<&Path>) -> anyhow::Result<Store> {
     let dir = dir.map(Path::to_path_buf).unwrap_or_else(default_cache_dir);
@@ -56,6 +59,37 @@ pub fn import(args: IndexImportArgs) -> anyhow::Result<()> {
         ix.diff_id,
         ix.tree.len(),
         ix.spans.checkpoints.len()
+    );
+    Ok(())
+}
+
+/// Run `regfs index push MOUNTPOINT REF`.
+pub fn push(args: IndexPushArgs) -> anyhow::Result<()> {
+    let socket = socket_for(Some(&args.mountpoint), args.control.as_deref())?;
+    let req = Request::IndexPush {
+        reference: args.reference.clone(),
+    };
+    let r = request::<(), IndexPushed>(&socket, &req, &mut |_| {})?;
+    let how = match &r.fallback_tag {
+        Some(t) => format!("listed under the referrers tag {t}"),
+        None => "found through the registry's referrers API".to_string(),
+    };
+    println!(
+        "{} {}: layer indexes of {} gzip layer(s) in artifact {}, {how}{}",
+        if r.already {
+            "already published for"
+        } else {
+            "published for"
+        },
+        args.reference,
+        r.layers,
+        r.artifact,
+        match r.missing {
+            0 => String::new(),
+            n => format!(
+                "; {n} gzip layer(s) not indexed in this cache (read the rootfs once first)"
+            ),
+        }
     );
     Ok(())
 }

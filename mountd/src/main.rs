@@ -35,6 +35,7 @@ fn main() {
         cli::Command::Prefetch(args) => prefetch::run(args),
         cli::Command::Index(cli::IndexCommand::Export(args)) => index::export(args),
         cli::Command::Index(cli::IndexCommand::Import(args)) => index::import(args),
+        cli::Command::Index(cli::IndexCommand::Push(args)) => index::push(args),
         cli::Command::Completions(args) => docs::completions(args.shell),
         cli::Command::Manpage => docs::manpage(),
     };

@@ -211,6 +211,10 @@ pub fn run(args: MountArgs) -> anyhow::Result<()> {
             .with_context(|| format!("cache {}", cache_dir.display()))?,
     );
     let mut content = Content::new(api, store, 4_000_000, Limits::default());
+    content.set_use_published_indexes(
+        args.use_published_indexes,
+        Duration::from_secs(args.published_index_check_delay),
+    );
     content.set_lazy_options(LazyOptions {
         background_fetch: args.background_fetch,
         background_bandwidth: args.background_bandwidth,
@@ -225,6 +229,10 @@ pub fn run(args: MountArgs) -> anyhow::Result<()> {
             mount_time: SystemTime::now(),
         },
     ));
+    if args.use_published_indexes {
+        let fs = fs.clone();
+        rt.spawn(async move { fs.content().check_published_forever().await });
+    }
     if let Some((addr, handle)) = metrics {
         crate::metrics::serve(&addr, handle, fs.clone(), rt.handle())?;
     }

@@ -61,6 +61,12 @@ pub enum Request {
         /// NAME:TAG or NAME@DIGEST.
         reference: String,
     },
+    /// Publish the gzip layer indexes this cache holds for an image.
+    /// Answer: [`IndexPushed`].
+    IndexPush {
+        /// NAME:TAG or NAME@DIGEST.
+        reference: String,
+    },
 }
 
 /// One line of a daemon's answer: progress, or the final answer.
@@ -143,6 +149,24 @@ pub struct PrefetchProgress {
     pub bytes_total: u64,
     /// Of which in the cache.
     pub bytes_done: u64,
+}
+
+/// What `index push` did.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct IndexPushed {
+    /// The image manifest's digest (the platform's, for an index).
+    pub image: String,
+    /// The index artifact's manifest digest.
+    pub artifact: String,
+    /// Gzip layers whose index it holds.
+    pub layers: u64,
+    /// Gzip layers left out: not indexed in this cache.
+    pub missing: u64,
+    /// The referrers tag updated (registries without the referrers API).
+    pub fallback_tag: Option<String>,
+    /// It was already published.
+    pub already: bool,
 }
 
 /// What a prefetch did.

@@ -77,7 +77,7 @@ pub fn export_index(store: &Store, digest: &Digest) -> Result<(Digest, Digest, V
 }
 
 /// What an export file holds, parsed and checked.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct ImportedIndex {
     /// The layer blob it indexes.
     pub blob: Digest,
@@ -89,7 +89,8 @@ pub struct ImportedIndex {
     pub spans: SpanIndex,
 }
 
-fn parse_export(b: &[u8]) -> Result<ImportedIndex> {
+/// Parse and check an export file (nothing stored).
+pub(super) fn parse_export(b: &[u8]) -> Result<ImportedIndex> {
     let bad = |what: &str| Error::invalid(format!("layer index file: {what}"));
     let mut r = b
         .strip_prefix(EXPORT_MAGIC.as_bytes())

@@ -14,6 +14,9 @@ mod lazy;
 mod once;
 mod pieces;
 mod prefetch;
+mod published;
+#[cfg(test)]
+mod published_tests;
 mod spans;
 #[cfg(test)]
 mod tests;
@@ -27,6 +30,7 @@ pub use index_file::{check_tree, export_index, import_index, ImportedIndex};
 pub use layers::{LoadedLayer, Urgency};
 pub use lazy::{LayerSource, LazyOptions, OpenedLayer};
 pub use prefetch::{PrefetchProgress, PrefetchReport, PrefetchSnapshot};
+pub use published::{fallback_tag, PublishReport, INDEX_ARTIFACT_TYPE};
 pub use spans::{tar_range, SpanLayer, SpanView};
 
 use crate::cache::Store;
@@ -47,6 +51,7 @@ pub struct Content {
     lazy: lazy::Lazy,
     max_nodes: u64,
     in_flight: InFlight,
+    published: published::Published,
 }
 
 impl Content {
@@ -70,6 +75,7 @@ impl Content {
             lazy: lazy::Lazy::new(LazyOptions::default(), max_nodes),
             max_nodes,
             in_flight: InFlight::default(),
+            published: published::Published::default(),
         }
     }
 

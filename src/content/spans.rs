@@ -166,6 +166,16 @@ impl Content {
     /// `layer`, from the chunk cache or fetched. A span failing verification
     /// fails the read (EIO) and nothing of it is cached.
     pub async fn read_spans(&self, layer: &SpanLayer, start: u64, end: u64) -> Result<SpanView> {
+        if self.index_revoked(&layer.diff_id) {
+            return Err(Error::DigestMismatch {
+                what: format!(
+                    "layer {}: its published index did not match the layer (revoked)",
+                    layer.blob.digest
+                ),
+                expected: layer.diff_id.to_string(),
+                actual: "a different tree or spans".into(),
+            });
+        }
         let ix = &layer.index;
         let Some((first, last)) = ix.spans_covering(start, end) else {
             return Ok(SpanView::default());

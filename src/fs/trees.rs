@@ -117,6 +117,10 @@ impl Trees {
             return Err(Error::invalid(format!("{} is an index", id.image)));
         };
         let config = fs.content.config(&id.repo, &m.config).await?;
+        // Before any layer is opened: a published index makes a gzip layer lazy.
+        fs.content
+            .adopt_published_indexes(&id.repo, &id.image)
+            .await;
         let mut layers = m.layers_with_diff_ids(&config, &id.image.to_string())?;
         let loaded = match id.which {
             TreeWhich::Layer(i) => {

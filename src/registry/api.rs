@@ -63,6 +63,19 @@ pub trait RegistryApi: Send + Sync {
         None
     }
 
+    /// The referrers of manifest `digest` in `repo` (the OCI 1.1 referrers
+    /// API: an image index of descriptors); `None` when the registry does
+    /// not offer the API, and the caller falls back to the `sha256-<hex>`
+    /// tag schema.
+    fn referrers<'a>(
+        &'a self,
+        repo: &'a str,
+        digest: &'a Digest,
+    ) -> BoxFuture<'a, Result<Option<Bytes>>> {
+        let _ = (repo, digest);
+        Box::pin(async { Ok(None) })
+    }
+
     /// All tags of `repo`; an unknown repository is
     /// [`Error::NotFound`](crate::Error::NotFound).
     fn tags<'a>(&'a self, repo: &'a str) -> BoxFuture<'a, Result<Vec<String>>>;
@@ -164,6 +177,14 @@ impl RegistryApi for super::Client {
 
     fn tags<'a>(&'a self, repo: &'a str) -> BoxFuture<'a, Result<Vec<String>>> {
         Box::pin(super::Client::tags(self, repo))
+    }
+
+    fn referrers<'a>(
+        &'a self,
+        repo: &'a str,
+        digest: &'a Digest,
+    ) -> BoxFuture<'a, Result<Option<Bytes>>> {
+        Box::pin(super::Client::referrers(self, repo, digest))
     }
 
     fn manifest<'a>(

@@ -89,6 +89,38 @@ impl Client {
     }
 }
 
+impl Client {
+    /// `GET /v2/<repo>/referrers/<digest>`: the image index of what refers to
+    /// `digest`; `None` when the registry answers 404 (no referrers API, as
+    /// distribution 2.8).
+    pub async fn referrers(&self, repo: &str, digest: &Digest) -> Result<Option<Bytes>> {
+        validate_repository(repo)?;
+        let what = format!("referrers of {repo}@{digest}");
+        let url = self.url(&format!("v2/{repo}/referrers/{digest}"))?;
+        let mut req = Req::new(Method::GET, url, Scope::pull(repo), what.clone());
+        req.headers.insert(
+            ACCEPT,
+            HeaderValue::from_static("application/vnd.oci.image.index.v1+json"),
+        );
+        let resp = self.send(req).await?;
+        if resp.status() == reqwest::StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        if !resp.status().is_success() {
+            return Err(errors::from_response(resp, &what, self.inner.timeout).await);
+        }
+        let bytes = body::read_capped(
+            resp,
+            MAX_MANIFEST_SIZE,
+            self.inner.timeout,
+            &what,
+            Some(&self.inner.counters.bytes_received),
+        )
+        .await?;
+        Ok(Some(bytes))
+    }
+}
+
 fn hash(like: &Digest, bytes: &[u8]) -> Digest {
     let mut h = Hasher::new(like.algorithm());
     h.update(bytes);

@@ -152,6 +152,17 @@ impl RegistryApi for RegistryRouter {
         })
     }
 
+    fn referrers<'a>(
+        &'a self,
+        repo: &'a str,
+        digest: &'a Digest,
+    ) -> BoxFuture<'a, Result<Option<Bytes>>> {
+        Box::pin(async move {
+            let (c, path) = self.route(repo)?;
+            c.referrers(path, digest).await
+        })
+    }
+
     fn blob<'a>(
         &'a self,
         repo: &'a str,

@@ -1,0 +1,503 @@
+//! Layer indexes published next to an image (issue 15): the tar index and
+//! span index of each gzip layer, pushed as an OCI artifact whose `subject`
+//! is the image manifest, found through the referrers API or the OCI 1.1
+//! tag-schema fallback (`sha256-<hex>`), so that a machine that never
+//! streamed a gzip layer serves it by spans from the start.
+//!
+//! Trust: the artifact and each index file are fetched by digest and
+//! verified like any blob; an index is adopted only if it names a gzip layer
+//! of this image with that layer's diff_id from the verified config; every
+//! span read is checked against the index's span digest. That proves the
+//! bytes are the index's, not the layer's: a forged index could attribute a
+//! layer's bytes to the wrong files. So every adopted index is checked
+//! afterwards ([`Content::check_published`]): the layer is streamed once,
+//! verified against its blob digest and diff_id, and its tree and every
+//! span digest are compared with the published ones. A mismatch is logged,
+//! counted (`regfs_published_index_rejected_total`) and revokes the index:
+//! reads through it fail (EIO) and the layer is served whole from then on.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use serde_json::{json, Value};
+
+use super::{index_file, Content, Urgency};
+use crate::cache::Section;
+use crate::digest::Digest;
+use crate::digest::Hasher;
+use crate::error::{Error, Result};
+use crate::image::{BlobRef, Manifest};
+use crate::layer::Compression;
+use crate::reference::Selector;
+
+/// The `artifactType` of a published index artifact.
+pub const INDEX_ARTIFACT_TYPE: &str = "application/vnd.regfs.layer-index.v1";
+/// The media type of one layer's index file in it (`regfs index export`'s format).
+pub const INDEX_FILE_MEDIA_TYPE: &str = "application/vnd.regfs.layer-index.v1+rgix";
+/// Annotation of an index file: the layer blob it indexes.
+pub const ANNOTATION_LAYER: &str = "io.github.regfs.layer.digest";
+/// Annotation of an index file: the layer's diff_id.
+pub const ANNOTATION_DIFF_ID: &str = "io.github.regfs.layer.diff_id";
+
+const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+const EMPTY_MEDIA_TYPE: &str = "application/vnd.oci.empty.v1+json";
+/// The largest index file adopted (python's largest layer's is ~3 MB).
+const MAX_INDEX_FILE: u64 = 256 << 20;
+
+/// The published-index state of [`Content`].
+pub(crate) struct Published {
+    /// Look for published indexes at all (`--use-published-indexes`).
+    pub(crate) enabled: bool,
+    /// How long after an adoption the check starts (reads go first).
+    pub(crate) check_delay: std::time::Duration,
+    /// Images whose referrers were looked at.
+    looked: Mutex<HashSet<Digest>>,
+    /// Adopted, not yet checked: diff_id → (repo, layer, the published index).
+    pending: Mutex<HashMap<Digest, Pending>>,
+    /// Layers whose published index turned out wrong.
+    revoked: Mutex<HashSet<Digest>>,
+    wake: tokio::sync::Notify,
+}
+
+impl Default for Published {
+    fn default() -> Self {
+        Published {
+            enabled: false,
+            check_delay: DEFAULT_CHECK_DELAY,
+            looked: Mutex::default(),
+            pending: Mutex::default(),
+            revoked: Mutex::default(),
+            wake: tokio::sync::Notify::new(),
+        }
+    }
+}
+
+/// The default wait between adopting an index and checking it: the first
+/// reads of a new image come in bursts, and the check streams whole layers.
+pub const DEFAULT_CHECK_DELAY: std::time::Duration = std::time::Duration::from_secs(10);
+
+struct Pending {
+    repo: String,
+    desc: BlobRef,
+    index: index_file::ImportedIndex,
+}
+
+/// What [`Content::publish_indexes`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublishReport {
+    /// The artifact manifest's digest.
+    pub artifact: Digest,
+    /// Gzip layers whose index it holds.
+    pub layers: usize,
+    /// Gzip layers left out (not indexed in this cache).
+    pub missing: usize,
+    /// The fallback tag updated, when the registry has no referrers API.
+    pub fallback_tag: Option<String>,
+    /// The artifact was already listed as a referrer (nothing changed).
+    pub already: bool,
+}
+
+/// The tag of the OCI 1.1 referrers tag schema for `digest`: `sha256-<hex>`.
+pub fn fallback_tag(digest: &Digest) -> String {
+    digest.to_string().replace(':', "-")
+}
+
+fn bad(what: impl Into<String>) -> Error {
+    Error::invalid(what.into())
+}
+
+impl Content {
+    /// Look for published indexes when a gzip layer's tree is first needed,
+    /// and check each adopted one `check_delay` later
+    /// ([`Content::check_published_forever`]).
+    pub fn set_use_published_indexes(&mut self, on: bool, check_delay: std::time::Duration) {
+        self.published.enabled = on;
+        self.published.check_delay = check_delay;
+    }
+
+    /// Whether the published index of layer `diff_id` was found wrong.
+    pub fn index_revoked(&self, diff_id: &Digest) -> bool {
+        self.published.revoked.lock().unwrap().contains(diff_id)
+    }
+
+    /// The image `repo@image` and its layers with their diff_ids.
+    pub(super) async fn image_layers(
+        &self,
+        repo: &str,
+        image: &Digest,
+    ) -> Result<(Arc<super::ManifestInfo>, Vec<(BlobRef, Digest)>)> {
+        let info = self.manifest(repo, image).await?;
+        let Manifest::Image(m) = &info.manifest else {
+            return Err(bad(format!("{image} is an index, not an image")));
+        };
+        let config = self.config(repo, &m.config).await?;
+        let layers = m
+            .layers_with_diff_ids(&config, &image.to_string())?
+            .map(|(b, d)| (b.clone(), d.clone()))
+            .collect();
+        Ok((info.clone(), layers))
+    }
+
+    /// Push the indexes this cache holds of the gzip layers of `repo@image`
+    /// as one artifact referring to the image, and list it as a referrer
+    /// (through the tag schema where the registry has no referrers API).
+    /// Pushing twice changes nothing.
+    pub async fn publish_indexes(&self, repo: &str, image: &Digest) -> Result<PublishReport> {
+        let (info, layers) = self.image_layers(repo, image).await?;
+        let mut files = Vec::new();
+        let mut missing = 0;
+        for (desc, diff_id) in &layers {
+            if Compression::from_media_type(&desc.media_type)? != Compression::Gzip {
+                continue;
+            }
+            match index_file::export_index(&self.store, diff_id) {
+                Ok((blob, d, bytes)) if blob == desc.digest && &d == diff_id => {
+                    files.push((blob, d, Bytes::from(bytes)))
+                }
+                Ok(_) | Err(Error::NotFound(_)) => missing += 1,
+                Err(e) => return Err(e),
+            }
+        }
+        if files.is_empty() {
+            return Err(Error::NotFound(format!(
+                "no gzip layer of {repo}@{image} is indexed in this cache: read its rootfs once first"
+            )));
+        }
+        let client = &self.client;
+        let push = |bytes: Bytes| async move {
+            let digest = Digest::sha256_of(&bytes);
+            let size = bytes.len() as u64;
+            let body = futures_util::stream::once(async move { Ok(bytes) }).boxed();
+            client.push_blob(repo, &digest, size, body).await?;
+            Ok::<_, Error>((digest, size))
+        };
+        let (empty, empty_size) = push(Bytes::from_static(b"{}")).await?;
+        let mut descs = Vec::new();
+        for (blob, diff_id, bytes) in files {
+            let (digest, size) = push(bytes).await?;
+            descs.push(json!({
+                "mediaType": INDEX_FILE_MEDIA_TYPE,
+                "digest": digest.to_string(),
+                "size": size,
+                "annotations": {
+                    ANNOTATION_LAYER: blob.to_string(),
+                    ANNOTATION_DIFF_ID: diff_id.to_string(),
+                },
+            }));
+        }
+        let layers_n = descs.len();
+        let manifest = json!({
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "artifactType": INDEX_ARTIFACT_TYPE,
+            "config": {"mediaType": EMPTY_MEDIA_TYPE, "digest": empty.to_string(), "size": empty_size},
+            "layers": descs,
+            "subject": {
+                "mediaType": media_type_of(&info.bytes).unwrap_or_else(|| OCI_MANIFEST.to_string()),
+                "digest": image.to_string(),
+                "size": info.bytes.len(),
+            },
+        });
+        let bytes = Bytes::from(serde_json::to_vec(&manifest).expect("JSON"));
+        let artifact = Digest::sha256_of(&bytes);
+        let size = bytes.len();
+        self.client
+            .put_manifest(
+                repo,
+                &Selector::Digest(artifact.clone()),
+                OCI_MANIFEST,
+                bytes,
+            )
+            .await?;
+        let mut out = PublishReport {
+            artifact: artifact.clone(),
+            layers: layers_n,
+            missing,
+            fallback_tag: None,
+            already: false,
+        };
+        if self.client.referrers(repo, image).await?.is_some() {
+            // The registry indexes the subject itself.
+            return Ok(out);
+        }
+        let tag = fallback_tag(image);
+        let mut index = match self
+            .client
+            .manifest(repo, &Selector::Tag(tag.clone()))
+            .await
+        {
+            Ok(m) => serde_json::from_slice::<Value>(&m.bytes)
+                .map_err(|e| bad(format!("referrers tag {tag}: {e}")))?,
+            Err(Error::NotFound(_)) => {
+                json!({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": []})
+            }
+            Err(e) => return Err(e),
+        };
+        let list = index["manifests"]
+            .as_array_mut()
+            .ok_or_else(|| bad(format!("referrers tag {tag}: no manifests")))?;
+        out.fallback_tag = Some(tag.clone());
+        if list.iter().any(|d| d["digest"] == artifact.to_string()) {
+            out.already = true;
+            return Ok(out);
+        }
+        list.push(json!({
+            "mediaType": OCI_MANIFEST,
+            "digest": artifact.to_string(),
+            "size": size,
+            "artifactType": INDEX_ARTIFACT_TYPE,
+        }));
+        let bytes = Bytes::from(serde_json::to_vec(&index).expect("JSON"));
+        self.client
+            .put_manifest(repo, &Selector::Tag(tag), OCI_INDEX, bytes)
+            .await?;
+        Ok(out)
+    }
+
+    /// The descriptors of what refers to `repo@image`: the referrers API,
+    /// else the fallback tag; none if neither has any.
+    async fn referrers_of(&self, repo: &str, image: &Digest) -> Result<Vec<Value>> {
+        let bytes = match self.client.referrers(repo, image).await? {
+            Some(b) => b,
+            None => match self
+                .client
+                .manifest(repo, &Selector::Tag(fallback_tag(image)))
+                .await
+            {
+                Ok(m) => m.bytes,
+                Err(Error::NotFound(_)) => return Ok(Vec::new()),
+                Err(e) => return Err(e),
+            },
+        };
+        let v: Value = serde_json::from_slice(&bytes)
+            .map_err(|e| bad(format!("referrers of {image}: {e}")))?;
+        Ok(v["manifests"].as_array().cloned().unwrap_or_default())
+    }
+
+    /// Once per image, with published indexes on: find the image's index
+    /// artifact and adopt each layer index in it that checks out (see the
+    /// module docs); returns how many were adopted. Layers already cached
+    /// whole or indexed are left alone. Failures only cost the laziness:
+    /// they are logged and the layers are streamed as without an index.
+    pub async fn adopt_published_indexes(&self, repo: &str, image: &Digest) -> usize {
+        if !self.published.enabled || !self.published.looked.lock().unwrap().insert(image.clone()) {
+            return 0;
+        }
+        match self.adopt(repo, image).await {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::warn!(%repo, %image, error = %e, "published layer indexes not used");
+                0
+            }
+        }
+    }
+
+    async fn adopt(&self, repo: &str, image: &Digest) -> Result<usize> {
+        let (_, layers) = self.image_layers(repo, image).await?;
+        let wanted: Vec<&(BlobRef, Digest)> = layers
+            .iter()
+            .filter(|(desc, diff_id)| {
+                Compression::from_media_type(&desc.media_type).ok() == Some(Compression::Gzip)
+                    && !self.has_whole_layer(diff_id)
+                    && self.store.get(Section::Index, diff_id).is_none()
+                    && !self.index_revoked(diff_id)
+            })
+            .collect();
+        if wanted.is_empty() {
+            return Ok(0);
+        }
+        let Some(artifact) = self
+            .referrers_of(repo, image)
+            .await?
+            .into_iter()
+            .find(|d| d["artifactType"] == INDEX_ARTIFACT_TYPE)
+        else {
+            tracing::debug!(%repo, %image, "no published layer index");
+            return Ok(0);
+        };
+        let digest: Digest = artifact["digest"]
+            .as_str()
+            .unwrap_or_default()
+            .parse()
+            .map_err(|_| bad("referrer without a digest"))?;
+        // By digest: the bytes are checked against it.
+        let m = self
+            .client
+            .manifest(repo, &Selector::Digest(digest.clone()))
+            .await?;
+        let v: Value = serde_json::from_slice(&m.bytes)
+            .map_err(|e| bad(format!("index artifact {digest}: {e}")))?;
+        if v["subject"]["digest"] != image.to_string() {
+            return Err(bad(format!("index artifact {digest} is for another image")));
+        }
+        let mut adopted = 0;
+        for d in v["layers"].as_array().cloned().unwrap_or_default() {
+            let (Some(layer), Some(file)) = (
+                d["annotations"][ANNOTATION_LAYER].as_str(),
+                d["digest"].as_str(),
+            ) else {
+                continue;
+            };
+            let Some((desc, diff_id)) = wanted.iter().find(|(b, _)| b.digest.to_string() == layer)
+            else {
+                continue;
+            };
+            let size = d["size"].as_u64().unwrap_or(u64::MAX);
+            if size > MAX_INDEX_FILE {
+                tracing::warn!(%layer, size, "published layer index too large; not used");
+                continue;
+            }
+            let file_ref = BlobRef {
+                media_type: INDEX_FILE_MEDIA_TYPE.to_string(),
+                digest: file.parse().map_err(|_| bad("index file digest"))?,
+                size,
+                urls: Vec::new(),
+                annotations: Default::default(),
+            };
+            match self.adopt_one(repo, desc, diff_id, &file_ref).await {
+                Ok(()) => adopted += 1,
+                Err(e) => {
+                    tracing::warn!(%layer, error = %e, "published layer index rejected; the layer is streamed")
+                }
+            }
+        }
+        if adopted > 0 {
+            tracing::info!(%repo, %image, artifact = %digest, adopted, "serving gzip layers by published span indexes");
+            self.published.wake.notify_one();
+        }
+        Ok(adopted)
+    }
+
+    async fn adopt_one(
+        &self,
+        repo: &str,
+        desc: &BlobRef,
+        diff_id: &Digest,
+        file: &BlobRef,
+    ) -> Result<()> {
+        let f = self.blob(repo, file).await?;
+        let bytes = crate::blocking::run(move || {
+            let mut v = Vec::new();
+            std::io::Read::read_to_end(&mut &f, &mut v)?;
+            Ok(v)
+        })
+        .await?;
+        let ix = index_file::parse_export(&bytes)?;
+        if ix.blob != desc.digest {
+            return Err(bad(format!(
+                "it indexes blob {}, not {}",
+                ix.blob, desc.digest
+            )));
+        }
+        if &ix.diff_id != diff_id {
+            return Err(bad(format!(
+                "its diff_id {} is not the config's {diff_id}",
+                ix.diff_id
+            )));
+        }
+        index_file::import_index(&self.store, &bytes)?;
+        self.published.pending.lock().unwrap().insert(
+            diff_id.clone(),
+            Pending {
+                repo: repo.to_string(),
+                desc: desc.clone(),
+                index: ix,
+            },
+        );
+        Ok(())
+    }
+
+    /// Check every adopted index against its layer, streamed once and
+    /// verified (see the module docs); returns (checked, revoked).
+    pub async fn check_published(&self) -> (usize, usize) {
+        let pending: Vec<(Digest, Pending)> =
+            self.published.pending.lock().unwrap().drain().collect();
+        let (mut checked, mut revoked) = (0, 0);
+        for (diff_id, p) in pending {
+            match self.check_one(&diff_id, &p).await {
+                Ok(()) => {
+                    checked += 1;
+                    tracing::info!(%diff_id, "published layer index matches the layer");
+                }
+                Err(e @ Error::Invalid(_)) => {
+                    checked += 1;
+                    revoked += 1;
+                    self.published
+                        .revoked
+                        .lock()
+                        .unwrap()
+                        .insert(diff_id.clone());
+                    metrics::counter!(crate::telemetry::PUBLISHED_INDEX_REJECTED).increment(1);
+                    tracing::error!(
+                        %diff_id, layer = %p.desc.digest, error = %e,
+                        "PUBLISHED LAYER INDEX IS WRONG: revoked; reads through it fail and the layer is served whole"
+                    );
+                }
+                Err(e) => {
+                    // Not decided (the network): try again later.
+                    tracing::warn!(%diff_id, error = %e, "checking a published layer index failed; will retry");
+                    self.published.pending.lock().unwrap().insert(diff_id, p);
+                }
+            }
+        }
+        (checked, revoked)
+    }
+
+    async fn check_one(&self, diff_id: &Digest, p: &Pending) -> Result<()> {
+        // Streams and verifies the blob and diff_id, and stores the tree and
+        // span index computed from it in place of the published ones.
+        let loaded = self
+            .layer_with(&p.repo, &p.desc, diff_id, Urgency::Slack)
+            .await?;
+        if *loaded.tree != p.index.tree {
+            return Err(bad("its tree differs from the layer's"));
+        }
+        let file = loaded.file.clone();
+        let spans = p.index.spans.clone();
+        crate::blocking::run(move || {
+            let cps = &spans.checkpoints;
+            for (i, cp) in cps.iter().enumerate() {
+                let end = cps
+                    .get(i + 1)
+                    .map_or(spans.uncompressed_size, |n| n.uncompressed);
+                let len = end
+                    .checked_sub(cp.uncompressed)
+                    .ok_or_else(|| bad(format!("span {i} ends before it starts")))?;
+                let mut buf = vec![0u8; len as usize];
+                let got = crate::layer::read_full_at(&*file, &mut buf, cp.uncompressed)?;
+                let mut h = Hasher::new(cp.span_digest.algorithm());
+                h.update(&buf);
+                if got != buf.len() || h.finish() != cp.span_digest {
+                    return Err(bad(format!("span {i} is not the layer's bytes")));
+                }
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// Run [`Content::check_published`] whenever indexes are adopted (the
+    /// check delay after), for the daemon's life; the layers stream at the
+    /// slack CPU priority of background work.
+    pub async fn check_published_forever(&self) {
+        loop {
+            self.published.wake.notified().await;
+            tokio::time::sleep(self.published.check_delay).await;
+            let (checked, revoked) = self.check_published().await;
+            tracing::debug!(checked, revoked, "published index check round");
+            if !self.published.pending.lock().unwrap().is_empty() {
+                tokio::time::sleep(std::time::Duration::from_secs(30)).await;
+                self.published.wake.notify_one();
+            }
+        }
+    }
+}
+
+/// The `mediaType` a manifest's JSON declares.
+fn media_type_of(bytes: &[u8]) -> Option<String> {
+    let v: Value = serde_json::from_slice(bytes).ok()?;
+    v["mediaType"].as_str().map(str::to_string)
+}

@@ -1,0 +1,179 @@
+//! Issue 15: gzip layer indexes published next to the image. Machine A (one
+//! mount and cache) streams the python image and runs `regfs index push`;
+//! distribution 2.8 has no referrers API, so the artifact is listed under
+//! the `sha256-<hex>` tag. Machine B (a second mount, a fresh cache) with
+//! `--use-published-indexes` lists and reads the image without a single
+//! whole-layer GET until its background check streams each layer once and
+//! finds the index right; the tree equals `umoci unpack`.
+
+use crate::harness;
+
+use std::ffi::OsStr;
+use std::fs;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use harness::{
+    assert_same_tree, regfs_bin, snapshot, umoci_snapshot, Mount, Registry, RegistryKind,
+};
+
+fn regfs(args: &[&OsStr]) -> String {
+    let out = Command::new(regfs_bin()).args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "regfs {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Whole-blob (200) GETs of layer blobs, and bytes of all layer-blob GETs.
+fn layer_gets(reg: &Registry, layers: &[String]) -> (usize, u64) {
+    let (mut whole, mut bytes) = (0, 0);
+    for line in reg.log().lines() {
+        let Some(rest) = line.find("] \"GET ").map(|i| &line[i + 7..]) else {
+            continue;
+        };
+        let Some((uri, tail)) = rest.split_once(' ') else {
+            continue;
+        };
+        if !layers.iter().any(|l| uri.ends_with(l.as_str())) {
+            continue;
+        }
+        let mut f = tail
+            .split_once('"')
+            .map(|(_, t)| t)
+            .unwrap_or("")
+            .split_whitespace();
+        let status: u16 = f.next().and_then(|s| s.parse().ok()).unwrap_or(0);
+        bytes += f.next().and_then(|s| s.parse::<u64>().ok()).unwrap_or(0);
+        whole += usize::from(status == 200);
+    }
+    (whole, bytes)
+}
+
+/// `ls -lR`: every entry's metadata, no file contents.
+fn list_all(dir: &Path) -> usize {
+    let mut n = 0;
+    for e in fs::read_dir(dir).unwrap() {
+        let e = e.unwrap();
+        let md = fs::symlink_metadata(e.path()).unwrap();
+        n += 1;
+        if md.is_dir() {
+            n += list_all(&e.path());
+        }
+    }
+    n
+}
+
+#[test]
+fn a_second_machine_serves_gzip_layers_by_published_spans() {
+    require_fuse!();
+    let reg = Registry::start(RegistryKind::Plain);
+    reg.push("python-3.11", "lab/python:3.11");
+    let a = Mount::new(&reg, &[]);
+    let img = a.path().join("lab/python:3.11");
+    let m: serde_json::Value =
+        serde_json::from_slice(&fs::read(img.join("manifest.json")).unwrap()).unwrap();
+    let layers: Vec<String> = m["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["digest"].as_str().unwrap().to_string())
+        .collect();
+    let total: u64 = m["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["size"].as_u64().unwrap())
+        .sum();
+    // Machine A streams every layer once (its cache then holds the indexes).
+    assert!(list_all(&img.join("rootfs")) > 1000);
+    let push = |mnt: &Path| {
+        regfs(&[
+            "index".as_ref(),
+            "push".as_ref(),
+            mnt.as_os_str(),
+            "lab/python:3.11".as_ref(),
+        ])
+    };
+    let out = push(a.path());
+    assert!(out.starts_with("published for lab/python:3.11"), "{out}");
+    assert!(out.contains("referrers tag sha256-"), "{out}");
+    assert!(
+        out.contains(&format!("{} gzip layer(s)", layers.len())),
+        "{out}"
+    );
+    assert!(
+        push(a.path()).starts_with("already published"),
+        "pushing twice changes nothing"
+    );
+    let image = reg.manifest_digest("lab/python", "3.11");
+    let fallback = image.replace(':', "-");
+    assert!(reg
+        .manifest_digest("lab/python", &fallback)
+        .starts_with("sha256:"));
+    drop(a);
+
+    // Machine B: a fresh cache. The listing and a read fetch no whole layer.
+    let before = layer_gets(&reg, &layers);
+    let b = Mount::new(
+        &reg,
+        &[
+            "--use-published-indexes",
+            "--published-index-check-delay",
+            "5",
+        ],
+    );
+    let img = b.path().join("lab/python:3.11");
+    let t = Instant::now();
+    assert!(list_all(&img.join("rootfs")) > 1000);
+    let os_py = fs::read(img.join("rootfs/usr/lib/python3.11/os.py")).unwrap();
+    let cold = t.elapsed();
+    assert!(
+        os_py.starts_with(b"r\"\"\"OS routines"),
+        "{:?}",
+        &os_py[..40]
+    );
+    let after = layer_gets(&reg, &layers);
+    assert_eq!(
+        after.0,
+        before.0,
+        "a whole-layer GET before the check:\n{}",
+        b.log()
+    );
+    assert!(
+        after.1 - before.1 < total / 5,
+        "{} of {total} layer bytes fetched for ls -lR + cat",
+        after.1 - before.1
+    );
+    assert!(
+        b.log()
+            .contains("serving gzip layers by published span indexes"),
+        "{}",
+        b.log()
+    );
+    eprintln!(
+        "machine B: ls -lR + cat os.py in {cold:?}, {} layer bytes of {total}",
+        after.1 - before.1
+    );
+
+    // The background check streams each layer once and finds the index right.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while b
+        .log()
+        .matches("published layer index matches the layer")
+        .count()
+        < layers.len()
+    {
+        assert!(Instant::now() < deadline, "no check:\n{}", b.log());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(!b.log().contains("PUBLISHED LAYER INDEX IS WRONG"));
+    // And the tree equals umoci unpack.
+    assert_same_tree(
+        &umoci_snapshot("python-3.11"),
+        &snapshot(&img.join("rootfs")),
+    );
+}
