@@ -211,3 +211,151 @@ async fn one_fs_serves_many_registries_by_their_names() {
         "a failed open is not listed"
     );
 }
+
+/// Push an ORAS-style artifact referring to `subject` into `reg` and list it
+/// under the subject's fallback tag (the memory registry has no referrers
+/// API); returns the artifact's digest.
+fn push_artifact(
+    reg: &MemoryRegistry,
+    repo: &str,
+    artifact_type: &str,
+    files: &[(&str, &[u8])],
+    subject: (&Digest, usize),
+) -> Digest {
+    let config = reg.add_blob(repo, &b"{}"[..]);
+    let layers: Vec<serde_json::Value> = files
+        .iter()
+        .map(|(title, data)| {
+            let d = reg.add_blob(repo, data.to_vec());
+            serde_json::json!({"mediaType": "application/octet-stream", "digest": d.to_string(),
+                "size": data.len(), "annotations": {"org.opencontainers.image.title": title}})
+        })
+        .collect();
+    let m = serde_json::json!({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "artifactType": artifact_type,
+        "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": config.to_string(), "size": 2},
+        "layers": layers,
+        "subject": {"mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": subject.0.to_string(), "size": subject.1},
+    });
+    let bytes = serde_json::to_vec(&m).unwrap();
+    let digest = reg.add_manifest(
+        repo,
+        None,
+        "application/vnd.oci.image.manifest.v1+json",
+        bytes::Bytes::from(bytes.clone()),
+    );
+    let tag = crate::content::fallback_tag(subject.0);
+    let mut index = match futures_util::FutureExt::now_or_never(
+        reg.manifest(repo, &crate::reference::Selector::Tag(tag.clone())),
+    ) {
+        Some(Ok(m)) => serde_json::from_slice(&m.bytes).unwrap(),
+        _ => {
+            serde_json::json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": []})
+        }
+    };
+    index["manifests"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "digest": digest.to_string(), "size": bytes.len(), "artifactType": artifact_type}));
+    reg.add_manifest(
+        repo,
+        Some(&tag),
+        "application/vnd.oci.image.index.v1+json",
+        bytes::Bytes::from(serde_json::to_vec(&index).unwrap()),
+    );
+    digest
+}
+
+#[tokio::test]
+async fn artifacts_show_their_files_and_images_their_referrers() {
+    let (layer, _) = gzip_layer(&[(b"etc/hostname", b"regfs\n")]);
+    let reg = Arc::new(MemoryRegistry::new("memory.test"));
+    let image = reg.add_image("lab/demo", "1.0", &[layer]);
+    let image_size = futures_util::FutureExt::now_or_never(reg.manifest(
+        "lab/demo",
+        &crate::reference::Selector::Digest(image.clone()),
+    ))
+    .unwrap()
+    .unwrap()
+    .bytes
+    .len();
+    let sbom = push_artifact(
+        &reg,
+        "lab/demo",
+        "application/spdx+json",
+        &[("sbom.spdx.json", b"{\"spdxVersion\":\"SPDX-2.3\"}")],
+        (&image, image_size),
+    );
+    let sig = push_artifact(
+        &reg,
+        "lab/demo",
+        "application/vnd.dev.cosign.artifact.sig.v1+json",
+        &[("signature", b"sig"), ("signature", b"sig2")],
+        (&image, image_size),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(dir.path(), 1 << 30).unwrap());
+    let fs = fs_over(reg.clone(), store);
+
+    let img = walk(&fs, &["lab", "demo:1.0"]).await.unwrap();
+    assert_eq!(
+        names(&fs, img).await,
+        vec![
+            "manifest.json",
+            "config.json",
+            "blobs",
+            "layers",
+            "rootfs",
+            "referrers"
+        ]
+    );
+    let refs = fs.lookup(img, b"referrers").await.unwrap().ino;
+    assert_eq!(names(&fs, refs).await, vec!["application"]);
+    let app = fs.lookup(refs, b"application").await.unwrap().ino;
+    assert_eq!(
+        names(&fs, app).await,
+        vec!["spdx+json", "vnd.dev.cosign.artifact.sig.v1+json"]
+    );
+    let spdx = fs.lookup(app, b"spdx+json").await.unwrap().ino;
+    assert_eq!(names(&fs, spdx).await, vec![sbom.to_string()]);
+    let link = fs
+        .lookup(spdx, sbom.to_string().as_bytes())
+        .await
+        .unwrap()
+        .ino;
+    assert_eq!(
+        fs.readlink(link).await.unwrap(),
+        format!("../../../../demo@{sbom}").into_bytes()
+    );
+
+    // The artifact's directory: files by title, bytes verified.
+    let ns = walk(&fs, &["lab"]).await.unwrap();
+    let art = fs
+        .lookup(ns, format!("demo@{sig}").as_bytes())
+        .await
+        .unwrap()
+        .ino;
+    assert_eq!(
+        names(&fs, art).await,
+        vec![
+            "manifest.json",
+            "config.json",
+            "blobs",
+            "files",
+            "referrers"
+        ]
+    );
+    assert!(fs.lookup(art, b"rootfs").await.is_err());
+    let files = fs.lookup(art, b"files").await.unwrap().ino;
+    assert_eq!(names(&fs, files).await, vec!["signature", "signature-2"]);
+    let f = fs.lookup(files, b"signature-2").await.unwrap();
+    assert_eq!(f.size, 4);
+    assert_eq!(read_all(&fs, f.ino).await.unwrap(), b"sig2");
+    // Nothing refers to the signature.
+    let none = fs.lookup(art, b"referrers").await.unwrap().ino;
+    assert!(names(&fs, none).await.is_empty());
+}

@@ -17,6 +17,7 @@ mod prefetch;
 mod published;
 #[cfg(test)]
 mod published_tests;
+mod referrers;
 mod spans;
 #[cfg(test)]
 mod tests;
@@ -30,7 +31,8 @@ pub use index_file::{check_tree, export_index, import_index, ImportedIndex};
 pub use layers::{LoadedLayer, Urgency};
 pub use lazy::{LayerSource, LazyOptions, OpenedLayer};
 pub use prefetch::{PrefetchProgress, PrefetchReport, PrefetchSnapshot};
-pub use published::{fallback_tag, PublishReport, INDEX_ARTIFACT_TYPE};
+pub use published::{PublishReport, INDEX_ARTIFACT_TYPE};
+pub use referrers::{fallback_tag, Referrer};
 pub use spans::{tar_range, SpanLayer, SpanView};
 
 use crate::cache::Store;

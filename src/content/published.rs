@@ -23,6 +23,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 
+use super::referrers::fallback_tag;
 use super::{index_file, Content, Urgency};
 use crate::cache::Section;
 use crate::digest::Digest;
@@ -98,11 +99,6 @@ pub struct PublishReport {
     pub fallback_tag: Option<String>,
     /// The artifact was already listed as a referrer (nothing changed).
     pub already: bool,
-}
-
-/// The tag of the OCI 1.1 referrers tag schema for `digest`: `sha256-<hex>`.
-pub fn fallback_tag(digest: &Digest) -> String {
-    digest.to_string().replace(':', "-")
 }
 
 fn bad(what: impl Into<String>) -> Error {
@@ -257,26 +253,6 @@ impl Content {
         Ok(out)
     }
 
-    /// The descriptors of what refers to `repo@image`: the referrers API,
-    /// else the fallback tag; none if neither has any.
-    async fn referrers_of(&self, repo: &str, image: &Digest) -> Result<Vec<Value>> {
-        let bytes = match self.client.referrers(repo, image).await? {
-            Some(b) => b,
-            None => match self
-                .client
-                .manifest(repo, &Selector::Tag(fallback_tag(image)))
-                .await
-            {
-                Ok(m) => m.bytes,
-                Err(Error::NotFound(_)) => return Ok(Vec::new()),
-                Err(e) => return Err(e),
-            },
-        };
-        let v: Value = serde_json::from_slice(&bytes)
-            .map_err(|e| bad(format!("referrers of {image}: {e}")))?;
-        Ok(v["manifests"].as_array().cloned().unwrap_or_default())
-    }
-
     /// Once per image, with published indexes on: find the image's index
     /// artifact and adopt each layer index in it that checks out (see the
     /// module docs); returns how many were adopted. Layers already cached
@@ -310,19 +286,15 @@ impl Content {
             return Ok(0);
         }
         let Some(artifact) = self
-            .referrers_of(repo, image)
+            .referrers(repo, image)
             .await?
             .into_iter()
-            .find(|d| d["artifactType"] == INDEX_ARTIFACT_TYPE)
+            .find(|r| r.artifact_type == INDEX_ARTIFACT_TYPE)
         else {
             tracing::debug!(%repo, %image, "no published layer index");
             return Ok(0);
         };
-        let digest: Digest = artifact["digest"]
-            .as_str()
-            .unwrap_or_default()
-            .parse()
-            .map_err(|_| bad("referrer without a digest"))?;
+        let digest = artifact.digest;
         // By digest: the bytes are checked against it.
         let m = self
             .client

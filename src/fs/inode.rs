@@ -108,6 +108,37 @@ pub enum Key {
         /// The entry's position in the index.
         entry: usize,
     },
+    /// `files/` of an artifact.
+    FilesDir {
+        /// Repository.
+        repo: Arc<str>,
+        /// Artifact manifest digest.
+        digest: Digest,
+    },
+    /// `files/NAME`: one layer of an artifact.
+    ArtifactFile {
+        /// Repository.
+        repo: Arc<str>,
+        /// Artifact manifest digest.
+        image: Digest,
+        /// The layer's position in the manifest.
+        index: usize,
+    },
+    /// `referrers/` of a manifest, or a directory of artifact-type
+    /// components under it.
+    Referrers {
+        /// Repository.
+        repo: Arc<str>,
+        /// The manifest referred to.
+        digest: Digest,
+        /// The artifact-type components so far (`application/spdx+json`); empty at the top.
+        prefix: Arc<str>,
+    },
+    /// `referrers/TYPE…/DIGEST`: a symlink to the referrer's directory.
+    Referrer {
+        /// The symlink's target.
+        target: Arc<str>,
+    },
     /// A node of a layer tree or of the merged rootfs.
     Node {
         /// The tree.

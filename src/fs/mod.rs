@@ -5,10 +5,12 @@
 //! ```text
 //! /                          namespaces from the catalog (any name is looked up, like autofs)
 //! lab/busybox:latest         symlink → busybox@sha256:… (platform manifest for an index)
-//! lab/busybox@sha256:…/      manifest.json config.json blobs/ layers/ rootfs/
-//! lab/multi@sha256:…/        index.json linux-amd64 → ../multi@sha256:…
+//! lab/busybox@sha256:…/      manifest.json config.json blobs/ layers/ rootfs/ referrers/
+//! lab/multi@sha256:…/        index.json linux-amd64 → ../multi@sha256:… referrers/
+//! lab/notes@sha256:…/        an artifact: manifest.json config.json blobs/ files/ referrers/
 //! ```
 
+mod artifacts;
 pub mod attr;
 pub mod inode;
 #[cfg(test)]
@@ -241,6 +243,12 @@ impl Fs {
                     })
                     .collect()
             }
+            Key::FilesDir { repo, digest } => self.list_files(&repo, &digest).await?,
+            Key::Referrers {
+                repo,
+                digest,
+                prefix,
+            } => self.list_referrers(&repo, &digest, &prefix).await?,
             Key::LayersDir { repo, digest } => {
                 let m = self.image_manifest(&repo, &digest).await?;
                 m.layers
@@ -279,7 +287,7 @@ impl Fs {
             Key::Tag { repo, tag, target } if target.is_empty() => {
                 Ok(self.resolve_tag(&repo, &tag).await?.into_bytes())
             }
-            Key::Tag { target, .. } => Ok(target.as_bytes().to_vec()),
+            Key::Tag { target, .. } | Key::Referrer { target } => Ok(target.as_bytes().to_vec()),
             Key::Platform { repo, index, entry } => {
                 let info = self.content.manifest(&repo, &index).await?;
                 let Manifest::Index { entries, .. } = &info.manifest else {
@@ -321,6 +329,14 @@ impl Fs {
                     .clone();
                 Handle::File(Arc::new(self.content.blob(&repo, &desc).await?))
             }
+            Key::ArtifactFile { repo, image, index } => {
+                let m = self.image_manifest(&repo, &image).await?;
+                let desc = m
+                    .layers
+                    .get(index)
+                    .ok_or_else(|| Error::NotFound(format!("file {index} of {image}")))?;
+                Handle::File(Arc::new(self.content.blob(&repo, desc).await?))
+            }
             Key::Node { tree, node } => {
                 let t = self.trees.load(self, &tree).await?;
                 if t.tree.node(node).kind != crate::layer::NodeKind::File {
@@ -332,10 +348,14 @@ impl Fs {
             | Key::Namespace(_)
             | Key::Image { .. }
             | Key::BlobsDir { .. }
-            | Key::LayersDir { .. } => {
+            | Key::LayersDir { .. }
+            | Key::FilesDir { .. }
+            | Key::Referrers { .. } => {
                 return Err(Error::Io(std::io::Error::from_raw_os_error(libc::EISDIR)))
             }
-            Key::Tag { .. } | Key::Platform { .. } => return Err(Error::invalid("symlink")),
+            Key::Tag { .. } | Key::Platform { .. } | Key::Referrer { .. } => {
+                return Err(Error::invalid("symlink"))
+            }
         };
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         self.handles.lock().unwrap().insert(fh, handle);
@@ -431,7 +451,17 @@ impl Fs {
                 let name = std::str::from_utf8(name).map_err(|_| not_found())?;
                 let info = self.content.manifest(repo, digest).await?;
                 let (repo, digest) = (repo.clone(), digest.clone());
+                if name == "referrers" {
+                    return Ok(Key::Referrers {
+                        repo,
+                        digest,
+                        prefix: "".into(),
+                    });
+                }
+                let artifact = matches!(&info.manifest, Manifest::Image(m) if m.is_artifact());
                 match (&info.manifest, name) {
+                    (Manifest::Image(_), "files") if artifact => Ok(Key::FilesDir { repo, digest }),
+                    (Manifest::Image(_), "layers" | "rootfs") if artifact => Err(not_found()),
                     (Manifest::Image(_), "manifest.json")
                     | (Manifest::Index { .. }, "index.json") => {
                         Ok(Key::ManifestFile { repo, digest })
@@ -467,6 +497,12 @@ impl Fs {
                     })
                     .ok_or_else(not_found)
             }
+            Key::FilesDir { repo, digest } => self.files_child(repo, digest, name).await,
+            Key::Referrers {
+                repo,
+                digest,
+                prefix,
+            } => self.referrers_child(repo, digest, prefix, name).await,
             Key::LayersDir { repo, digest } => {
                 let m = self.image_manifest(repo, digest).await?;
                 let name = std::str::from_utf8(name).map_err(|_| not_found())?;
@@ -546,8 +582,29 @@ impl Fs {
                     .ok_or_else(|| Error::NotFound(format!("blob {blob}")))?;
                 Ok(Attr::file(self.inodes.ino(key), size, t0, IMMUTABLE_TTL))
             }
-            Key::BlobsDir { .. } | Key::LayersDir { .. } => {
+            Key::BlobsDir { .. } | Key::LayersDir { .. } | Key::FilesDir { .. } => {
                 Ok(Attr::dir(self.inodes.ino(key), t0, IMMUTABLE_TTL))
+            }
+            Key::Referrers {
+                repo,
+                digest,
+                prefix,
+            } => {
+                let mtime = self.listing_mtime(&Self::referrers_stamp(repo, digest, prefix));
+                Ok(Attr::dir(self.inodes.ino(key), mtime, tag_ttl))
+            }
+            Key::Referrer { target } => {
+                let len = target.len() as u64;
+                Ok(Attr::symlink(self.inodes.ino(key), len, t0, IMMUTABLE_TTL))
+            }
+            Key::ArtifactFile { repo, image, index } => {
+                let m = self.image_manifest(repo, image).await?;
+                let size = m
+                    .layers
+                    .get(*index)
+                    .map(|d| d.size)
+                    .ok_or_else(|| Error::NotFound(format!("file {index} of {image}")))?;
+                Ok(Attr::file(self.inodes.ino(key), size, t0, IMMUTABLE_TTL))
             }
             Key::Platform { repo, index, entry } => {
                 let info = self.content.manifest(repo, index).await?;
@@ -603,7 +660,7 @@ impl Fs {
         };
         let (r, d) = (repo.clone(), digest.clone());
         match &info.manifest {
-            Manifest::Image(_) => {
+            Manifest::Image(m) => {
                 add(
                     Key::ManifestFile {
                         repo: r.clone(),
@@ -628,19 +685,30 @@ impl Fs {
                     "blobs",
                     FileKind::Dir,
                 );
-                add(
-                    Key::LayersDir {
-                        repo: r.clone(),
-                        digest: d.clone(),
-                    },
-                    "layers",
-                    FileKind::Dir,
-                );
-                add(
-                    self.tree_root(&r, &d, TreeWhich::Rootfs),
-                    "rootfs",
-                    FileKind::Dir,
-                );
+                if m.is_artifact() {
+                    add(
+                        Key::FilesDir {
+                            repo: r.clone(),
+                            digest: d.clone(),
+                        },
+                        "files",
+                        FileKind::Dir,
+                    );
+                } else {
+                    add(
+                        Key::LayersDir {
+                            repo: r.clone(),
+                            digest: d.clone(),
+                        },
+                        "layers",
+                        FileKind::Dir,
+                    );
+                    add(
+                        self.tree_root(&r, &d, TreeWhich::Rootfs),
+                        "rootfs",
+                        FileKind::Dir,
+                    );
+                }
             }
             Manifest::Index { entries, .. } => {
                 add(
@@ -664,6 +732,15 @@ impl Fs {
                 }
             }
         }
+        add(
+            Key::Referrers {
+                repo: r,
+                digest: d,
+                prefix: "".into(),
+            },
+            "referrers",
+            FileKind::Dir,
+        );
         Ok(out)
     }
 

@@ -100,15 +100,22 @@ impl Fs {
     /// `name:tag` links. Notes when it was listed (see [`Fs::listing_mtime`]).
     pub(super) async fn list_namespace(&self, prefix: &str) -> Result<Vec<Listed>> {
         let out = self.compute_listing(prefix).await?;
+        self.note_listed(prefix);
+        Ok(out)
+    }
+
+    /// Note that the directory with listing key `key` (a namespace's path,
+    /// or another changing listing's key) was listed now.
+    pub(super) fn note_listed(&self, key: &str) {
         self.ns
             .listed
             .lock()
             .unwrap()
-            .insert(prefix.to_string(), SystemTime::now());
-        Ok(out)
+            .insert(key.to_string(), SystemTime::now());
     }
 
-    /// The mtime of namespace `prefix`: when it was last listed, or now if
+    /// The mtime of namespace `prefix` (or of the listing noted under that
+    /// key by [`Fs::note_listed`]): when it was last listed, or now if
     /// that listing is older than the tag TTL (it may have changed). The
     /// kernel caches listings and drops the cache when a directory's mtime
     /// moves (`FUSE_AUTO_INVAL_DATA`), so a new tag, repository or registry

@@ -62,9 +62,29 @@ pub struct ImageManifest {
     pub config: BlobRef,
     /// The layers, bottom first.
     pub layers: Vec<BlobRef>,
+    /// `artifactType`, for an artifact (OCI 1.1).
+    pub artifact_type: Option<String>,
+    /// `subject`: the manifest this one refers to (a signature's image).
+    pub subject: Option<Box<BlobRef>>,
 }
 
 impl ImageManifest {
+    /// Whether this is an artifact rather than a container image: it has an
+    /// `artifactType`, or its config is not an image config (a Helm chart,
+    /// ORAS files, an SBOM).
+    pub fn is_artifact(&self) -> bool {
+        self.artifact_type.is_some()
+            || (self.config.media_type != mt::OCI_CONFIG
+                && self.config.media_type != mt::DOCKER_CONFIG)
+    }
+
+    /// What kind of artifact: `artifactType`, else the config's media type.
+    pub fn kind(&self) -> &str {
+        self.artifact_type
+            .as_deref()
+            .unwrap_or(&self.config.media_type)
+    }
+
     /// Each layer with its diff_id from `config`; an error if the two disagree
     /// on the number of layers (`what` names the image in the message).
     pub fn layers_with_diff_ids<'a>(
@@ -206,6 +226,13 @@ impl Manifest {
                     .iter()
                     .map(BlobRef::from_descriptor)
                     .collect::<Result<_>>()?,
+                artifact_type: m.artifact_type().as_ref().map(|t| t.to_string()),
+                subject: m
+                    .subject()
+                    .as_ref()
+                    .map(BlobRef::from_descriptor)
+                    .transpose()?
+                    .map(Box::new),
             }))
         } else {
             Err(Error::Unsupported(format!(

@@ -56,7 +56,14 @@ fn tag_links_to_its_digest_directory() {
         let entries = names(&m.path().join(format!("lab/busybox@{digest}")));
         assert_eq!(
             entries,
-            ["blobs", "config.json", "layers", "manifest.json", "rootfs"]
+            [
+                "blobs",
+                "config.json",
+                "layers",
+                "manifest.json",
+                "referrers",
+                "rootfs"
+            ]
         );
     }
 }
@@ -108,7 +115,10 @@ fn index_has_one_link_per_platform() {
         let index_bytes = fs::read(dir.join("index.json")).unwrap();
         assert_eq!(sha256(&index_bytes), index_digest);
         let index: serde_json::Value = serde_json::from_slice(&index_bytes).unwrap();
-        assert_eq!(names(&dir), ["index.json", "linux-amd64", "linux-arm64-v8"]);
+        assert_eq!(
+            names(&dir),
+            ["index.json", "linux-amd64", "linux-arm64-v8", "referrers"]
+        );
         for entry in index["manifests"].as_array().unwrap() {
             let p = &entry["platform"];
             let mut name = format!(
