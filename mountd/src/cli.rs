@@ -316,6 +316,11 @@ pub struct MountArgs {
     /// checked against its layer in the background afterwards.
     #[arg(long)]
     pub use_published_indexes: bool,
+    /// Publish the layer indexes of every gzip image whose rootfs this mount
+    /// streams (as `regfs index push` does), for other machines'
+    /// --use-published-indexes.
+    #[arg(long)]
+    pub publish_indexes: bool,
     /// Seconds between adopting a published index and checking it against
     /// its layer (the check streams the whole layer once).
     #[arg(long, default_value_t = 10, requires = "use_published_indexes")]

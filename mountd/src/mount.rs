@@ -211,6 +211,7 @@ pub fn run(args: MountArgs) -> anyhow::Result<()> {
             .with_context(|| format!("cache {}", cache_dir.display()))?,
     );
     let mut content = Content::new(api, store, 4_000_000, Limits::default());
+    content.set_publish_indexes(args.publish_indexes);
     content.set_use_published_indexes(
         args.use_published_indexes,
         Duration::from_secs(args.published_index_check_delay),
@@ -232,6 +233,10 @@ pub fn run(args: MountArgs) -> anyhow::Result<()> {
     if args.use_published_indexes {
         let fs = fs.clone();
         rt.spawn(async move { fs.content().check_published_forever().await });
+    }
+    if args.publish_indexes {
+        let fs = fs.clone();
+        rt.spawn(async move { fs.content().publish_queued_forever().await });
     }
     if let Some((addr, handle)) = metrics {
         crate::metrics::serve(&addr, handle, fs.clone(), rt.handle())?;

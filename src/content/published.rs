@@ -61,6 +61,11 @@ pub(crate) struct Published {
     /// Layers whose published index turned out wrong.
     revoked: Mutex<HashSet<Digest>>,
     wake: tokio::sync::Notify,
+    /// Publish the indexes of images streamed here (`--publish-indexes`).
+    pub(crate) publish: bool,
+    /// Images to publish, and those published or tried (once each).
+    to_publish: Mutex<(Vec<(String, Digest)>, HashSet<Digest>)>,
+    publish_wake: tokio::sync::Notify,
 }
 
 impl Default for Published {
@@ -72,6 +77,9 @@ impl Default for Published {
             pending: Mutex::default(),
             revoked: Mutex::default(),
             wake: tokio::sync::Notify::new(),
+            publish: false,
+            to_publish: Mutex::default(),
+            publish_wake: tokio::sync::Notify::new(),
         }
     }
 }
@@ -112,6 +120,44 @@ impl Content {
     pub fn set_use_published_indexes(&mut self, on: bool, check_delay: std::time::Duration) {
         self.published.enabled = on;
         self.published.check_delay = check_delay;
+    }
+
+    /// Publish the layer indexes of every image whose rootfs this cache
+    /// streams ([`Content::publish_queued_forever`]).
+    pub fn set_publish_indexes(&mut self, on: bool) {
+        self.published.publish = on;
+    }
+
+    /// With `--publish-indexes`: publish `repo@image`'s layer indexes soon
+    /// (once per image per daemon).
+    pub fn queue_publish(&self, repo: &str, image: &Digest) {
+        if !self.published.publish {
+            return;
+        }
+        let mut q = self.published.to_publish.lock().unwrap();
+        if q.1.insert(image.clone()) {
+            q.0.push((repo.to_string(), image.clone()));
+            self.published.publish_wake.notify_one();
+        }
+    }
+
+    /// Publish queued images for the daemon's life; failures are logged
+    /// (the image is not tried again until the daemon restarts).
+    pub async fn publish_queued_forever(&self) {
+        loop {
+            self.published.publish_wake.notified().await;
+            let batch = std::mem::take(&mut self.published.to_publish.lock().unwrap().0);
+            for (repo, image) in batch {
+                match self.publish_indexes(&repo, &image).await {
+                    Ok(p) => {
+                        tracing::info!(%repo, %image, artifact = %p.artifact, layers = p.layers, already = p.already, "layer indexes published")
+                    }
+                    Err(e) => {
+                        tracing::warn!(%repo, %image, error = %e, "publishing layer indexes failed")
+                    }
+                }
+            }
+        }
     }
 
     /// Whether the published index of layer `diff_id` was found wrong.

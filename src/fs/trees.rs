@@ -155,6 +155,13 @@ impl Trees {
                 })
                 .await
                 .map_err(|e| Error::Io(std::io::Error::other(e)))?;
+                // Streamed gzip layers are indexed now: publish them if asked.
+                if layers
+                    .iter()
+                    .any(|l| matches!(l.source, LayerSource::Local(_)))
+                {
+                    fs.content.queue_publish(&id.repo, &id.image);
+                }
                 LoadedTree {
                     tree: Arc::new(merged),
                     sources: layers.iter().map(|l| l.source.clone()).collect(),
