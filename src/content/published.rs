@@ -64,7 +64,7 @@ pub(crate) struct Published {
     /// Publish the indexes of images streamed here (`--publish-indexes`).
     pub(crate) publish: bool,
     /// Images to publish, and those published or tried (once each).
-    to_publish: Mutex<(Vec<(String, Digest)>, HashSet<Digest>)>,
+    to_publish: Mutex<PublishQueue>,
     publish_wake: tokio::sync::Notify,
 }
 
@@ -87,6 +87,9 @@ impl Default for Published {
 /// The default wait between adopting an index and checking it: the first
 /// reads of a new image come in bursts, and the check streams whole layers.
 pub const DEFAULT_CHECK_DELAY: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// `(repo, image)` waiting to be published, and every image queued so far.
+type PublishQueue = (Vec<(String, Digest)>, HashSet<Digest>);
 
 struct Pending {
     repo: String,
