@@ -184,6 +184,25 @@ pub fn run(args: MountArgs) -> anyhow::Result<()> {
         )
         .with_context(|| format!("mounting at {}", mountpoint.display()))?;
     tracing::info!(%registry, mountpoint = %mountpoint.display(), cache = %cache_dir.display(), "mounted");
+    // After the mount: remote snapshots resolve through it.
+    let snapshotter = match &args.snapshotter {
+        Some(socket) => Some(
+            regfs_snapshotter::serve(
+                &regfs_snapshotter::Config {
+                    socket: socket.clone(),
+                    root: args
+                        .snapshotter_root
+                        .clone()
+                        .unwrap_or_else(|| cache_dir.join("snapshotter")),
+                    mount_root: std::path::absolute(&mountpoint)?,
+                    registry: registry.name.clone(),
+                },
+                rt.handle(),
+            )
+            .context("starting the snapshotter")?,
+        ),
+        None => None,
+    };
     readiness::notify_ready(ready, &warnings);
 
     // The session thread ends when the kernel drops the mount (regfs unmount,
@@ -213,6 +232,9 @@ pub fn run(args: MountArgs) -> anyhow::Result<()> {
         }
         Ok(())
     })?;
+    if let Some(s) = snapshotter {
+        s.close();
+    }
     if let Some(e) = export {
         e.stop();
     }
