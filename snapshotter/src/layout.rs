@@ -59,7 +59,8 @@ impl Layout {
     /// upper dir).
     pub fn create_local(&self, id: u64, work: bool) -> Result<()> {
         let mk = |p: PathBuf| {
-            std::fs::create_dir_all(&p).map_err(|e| Error::io(format!("creating {}", p.display()), e))
+            std::fs::create_dir_all(&p)
+                .map_err(|e| Error::io(format!("creating {}", p.display()), e))
         };
         mk(self.fs(id))?;
         if work {
@@ -91,7 +92,8 @@ impl Layout {
     /// The snapshot ids that have a directory.
     pub fn ids_on_disk(&self) -> Result<Vec<u64>> {
         let d = self.snapshots_dir();
-        let rd = std::fs::read_dir(&d).map_err(|e| Error::io(format!("listing {}", d.display()), e))?;
+        let rd =
+            std::fs::read_dir(&d).map_err(|e| Error::io(format!("listing {}", d.display()), e))?;
         Ok(rd
             .filter_map(|e| e.ok())
             .filter_map(|e| e.file_name().to_str()?.parse().ok())

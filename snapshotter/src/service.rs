@@ -117,7 +117,11 @@ fn info(name: &str, s: &Snapshot) -> pb::Info {
         } as i32,
         created_at: Some(timestamp(s.created)),
         updated_at: Some(timestamp(s.updated)),
-        labels: s.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        labels: s
+            .labels
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
     }
 }
 
@@ -156,7 +160,10 @@ impl Snapshots for Service {
         Ok(Response::new(pb::MountsResponse { mounts }))
     }
 
-    async fn commit(&self, req: Request<pb::CommitSnapshotRequest>) -> Result<Response<()>, Status> {
+    async fn commit(
+        &self,
+        req: Request<pb::CommitSnapshotRequest>,
+    ) -> Result<Response<()>, Status> {
         let r = req.into_inner();
         let labels = r.labels.into_iter().collect();
         self.blocking(move |store, _| store.commit(&r.name, &r.key, labels))
@@ -164,7 +171,10 @@ impl Snapshots for Service {
         Ok(Response::new(()))
     }
 
-    async fn remove(&self, req: Request<pb::RemoveSnapshotRequest>) -> Result<Response<()>, Status> {
+    async fn remove(
+        &self,
+        req: Request<pb::RemoveSnapshotRequest>,
+    ) -> Result<Response<()>, Status> {
         let key = req.into_inner().key;
         self.blocking(move |store, _| store.remove(&key)).await?;
         Ok(Response::new(()))
@@ -192,7 +202,9 @@ impl Snapshots for Service {
         let paths = r.update_mask.map(|m| m.paths).unwrap_or_default();
         let labels = new.labels.into_iter().collect();
         let i = self
-            .blocking(move |store, _| Ok(info(&new.name, &store.update(&new.name, labels, &paths)?)))
+            .blocking(move |store, _| {
+                Ok(info(&new.name, &store.update(&new.name, labels, &paths)?))
+            })
             .await?;
         Ok(Response::new(pb::UpdateSnapshotResponse { info: Some(i) }))
     }

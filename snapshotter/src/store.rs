@@ -103,8 +103,7 @@ impl Store {
         let mut meta = self.lock();
         check_new(&meta, name, parent)?;
         let id = meta.next_id;
-        self.layout
-            .link_remote(id, &self.mount_root.join(remote))?;
+        self.layout.link_remote(id, &self.mount_root.join(remote))?;
         meta.next_id += 1;
         let now = Stamp::now();
         let snap = Snapshot {

@@ -31,14 +31,24 @@ fn corrupted_layer_fails_the_container_and_is_not_cached() {
     for id in ["bad1", "bad2"] {
         let o = ctd.run(&image, id, &["/bin/busybox", "echo", "served"]);
         let stdout = String::from_utf8_lossy(&o.stdout);
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        eprintln!("{id}: {}", stderr.trim());
         assert!(
             !o.status.success() && !stdout.contains("served"),
             "{id}: a corrupted layer ran: {stdout}"
         );
+        assert!(
+            stderr.contains("input/output error"),
+            "{id}: not the verification failure: {stderr}"
+        );
         let _ = ctd.ctr_output(&["container", "rm", id]);
     }
     // Each attempt went back to the registry: nothing of it was kept.
-    assert!(reg.blob_traffic(digest).0 >= 2, "{:?}", reg.blob_traffic(digest));
+    assert!(
+        reg.blob_traffic(digest).0 >= 2,
+        "{:?}",
+        reg.blob_traffic(digest)
+    );
 
     std::fs::write(&blob, &good).unwrap();
     let out = stdout_ok(

@@ -213,7 +213,14 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
         let o = self
             .command(
                 "ctr-remote",
-                &["image", "rpull", "--plain-http", "--snapshotter", "regfs", image],
+                &[
+                    "image",
+                    "rpull",
+                    "--plain-http",
+                    "--snapshotter",
+                    "regfs",
+                    image,
+                ],
             )
             .output()
             .expect("run ctr-remote");
@@ -241,7 +248,11 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
             .filter_map(|l| {
                 let f: Vec<&str> = l.split_whitespace().collect();
                 let parent = if f.len() == 3 { f[1] } else { "" };
-                Some((f.first()?.to_string(), parent.to_string(), f.last()?.to_string()))
+                Some((
+                    f.first()?.to_string(),
+                    parent.to_string(),
+                    f.last()?.to_string(),
+                ))
             })
             .collect()
     }
@@ -250,7 +261,11 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 impl Drop for Containerd {
     fn drop(&mut self) {
         // Containers first: their shims outlive containerd otherwise.
-        for line in self.ctr_output(&["task", "ls", "-q"]).stdout.split(|b| *b == b'\n') {
+        for line in self
+            .ctr_output(&["task", "ls", "-q"])
+            .stdout
+            .split(|b| *b == b'\n')
+        {
             let id = String::from_utf8_lossy(line).trim().to_string();
             if !id.is_empty() {
                 let _ = self.ctr_output(&["task", "kill", "-s", "SIGKILL", &id]);
@@ -292,8 +307,14 @@ pub fn wait_for(f: impl Fn() -> bool, what: &str) {
 
 /// The layer digests and sizes of `repo:tag` in `reg` (its manifest).
 pub fn layers(reg: &Registry, repo: &str, tag: &str) -> Vec<(String, u64)> {
-    let (status, body) = reg.get(&format!("/v2/{repo}/manifests/{tag}"));
-    assert_eq!(status, 200, "manifest {repo}:{tag}: {body}");
+    let o = Command::new("curl")
+        .args(["-fsS", "-H"])
+        .arg("Accept: application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json")
+        .arg(reg.url(&format!("/v2/{repo}/manifests/{tag}")))
+        .output()
+        .expect("run curl");
+    let body = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "manifest {repo}:{tag}: {body}");
     let m: serde_json::Value = serde_json::from_str(&body).unwrap();
     m["layers"]
         .as_array()

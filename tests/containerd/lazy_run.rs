@@ -75,9 +75,12 @@ fn estargz_and_zstdchunked_run_fetching_far_below_image_size() {
     for tag in ["3.11-esgz", "3.11-zstdchunked"] {
         let (fetched, size) = rpull_and_run("esgz", tag);
         eprintln!("{tag}: {fetched} of {size} layer bytes fetched by the run");
-        assert!(fetched > 0, "{tag}: the run read nothing from the registry?");
         assert!(
-            fetched * 3 < size,
+            fetched > 0,
+            "{tag}: the run read nothing from the registry?"
+        );
+        assert!(
+            fetched * 5 < size,
             "{tag}: fetched {fetched} of {size} bytes, not far below the image size"
         );
     }

@@ -3,7 +3,8 @@
 //! lazy `ctr-remote image rpull` and `ctr run` for gzip, eStargz and
 //! zstd:chunked images (`lazy_run`), whiteouts, upper dirs and clean-up
 //! (`lifecycle`), restarts of either daemon (`restarts`), and a corrupted
-//! layer (`corrupt`). `daemon` runs containerd and the commands.
+//! layer (`corrupt`), and layers regfs does not serve, unpacked by
+//! containerd into ordinary snapshots (`fallback`). `daemon` runs containerd and the commands.
 
 #[macro_use]
 #[path = "../harness/mod.rs"]
@@ -11,6 +12,7 @@ mod harness;
 
 mod corrupt;
 mod daemon;
+mod fallback;
 mod lazy_run;
 mod lifecycle;
 mod restarts;

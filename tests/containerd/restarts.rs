@@ -17,7 +17,14 @@ fn containerd_and_regfs_restarts_keep_snapshots() {
     let image = format!("{}/lab/python:3.11", reg.host_port());
     ctd.rpull(&image);
     ctd.ctr(&[
-        "run", "-d", "--snapshotter", "regfs", &image, "keep", "sleep", "600",
+        "run",
+        "-d",
+        "--snapshotter",
+        "regfs",
+        &image,
+        "keep",
+        "sleep",
+        "600",
     ]);
     let before = ctd.snapshots();
     assert_eq!(before.len(), 5, "4 layers and the container's: {before:?}");
@@ -26,10 +33,21 @@ fn containerd_and_regfs_restarts_keep_snapshots() {
     assert_eq!(ctd.snapshots(), before);
     let tasks = ctd.ctr(&["task", "ls"]);
     assert!(
-        tasks.lines().any(|l| l.starts_with("keep") && l.contains("RUNNING")),
+        tasks
+            .lines()
+            .any(|l| l.starts_with("keep") && l.contains("RUNNING")),
         "{tasks}"
     );
-    let out = ctd.ctr(&["task", "exec", "--exec-id", "e1", "keep", "python3", "-c", "print(2)"]);
+    let out = ctd.ctr(&[
+        "task",
+        "exec",
+        "--exec-id",
+        "e1",
+        "keep",
+        "python3",
+        "-c",
+        "print(2)",
+    ]);
     assert_eq!(out.trim(), "2");
     ctd.ctr(&["task", "kill", "-s", "SIGKILL", "keep"]);
     wait_for(

@@ -25,8 +25,13 @@ fn prepare_commit_chain_and_errors() {
     s.commit("base", "a", BTreeMap::new()).unwrap();
     assert!(matches!(s.stat("a"), Err(Error::NotFound(_))));
     assert_eq!(s.stat("base").unwrap().kind, Kind::Committed);
-    s.add_remote("r", "base", BTreeMap::new(), "lab/x@sha256:m/layers/2-sha256:l")
-        .unwrap();
+    s.add_remote(
+        "r",
+        "base",
+        BTreeMap::new(),
+        "lab/x@sha256:m/layers/2-sha256:l",
+    )
+    .unwrap();
     let c = s.create(Kind::Active, "ctr", "r", BTreeMap::new()).unwrap();
     assert_eq!(c.parents.len(), 2);
     let fs = s.layout().fs(c.parents[0].id);
@@ -35,7 +40,10 @@ fn prepare_commit_chain_and_errors() {
         _d.path().join("mnt/lab/x@sha256:m/layers/2-sha256:l")
     );
     assert!(matches!(s.remove("r"), Err(Error::FailedPrecondition(_))));
-    assert!(matches!(s.mountable("r"), Err(Error::FailedPrecondition(_))));
+    assert!(matches!(
+        s.mountable("r"),
+        Err(Error::FailedPrecondition(_))
+    ));
     s.remove("ctr").unwrap();
     s.remove("r").unwrap();
 }
