@@ -246,3 +246,6 @@ impl Snapshots for Service {
         Ok(Response::new(()))
     }
 }
+
+#[cfg(test)]
+mod tests;
