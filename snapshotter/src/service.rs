@@ -15,6 +15,7 @@ use crate::proto::containerd::services::snapshots::v1 as pb;
 use crate::proto::containerd::services::snapshots::v1::snapshots_server::Snapshots;
 use crate::resolve::Resolver;
 use crate::store::Store;
+use crate::warm;
 
 /// The service: a store and the resolver of remote layers.
 #[derive(Debug, Clone)]
@@ -85,10 +86,12 @@ fn prepare_remote(
             let mut labels = labels.clone();
             labels.insert(labels::REMOTE.into(), "remote snapshot".into());
             match store.add_remote(&remote.target, parent, labels, &dir) {
-                Ok(()) | Err(Error::AlreadyExists(_)) => {
+                Ok(()) => {
                     tracing::info!(target = %remote.target, layer = %remote.layer, %dir, "remote snapshot");
+                    warm::in_background(resolver.mount_root(), &dir);
                     Err(already())
                 }
+                Err(Error::AlreadyExists(_)) => Err(already()),
                 Err(e) => Err(e),
             }
         }

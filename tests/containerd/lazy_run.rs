@@ -1,6 +1,6 @@
-//! `ctr-remote image rpull` through regfs fetches no layer byte; `ctr run`
-//! then runs python from the lazily fetched, verified layers — gzip, eStargz
-//! and zstd:chunked.
+//! `ctr-remote image rpull` through regfs fetches no gzip layer byte (and of
+//! an eStargz / zstd:chunked layer at most its TOC); `ctr run` then runs
+//! python from the lazily fetched, verified layers.
 
 use crate::daemon::{layer_bytes, layers, serial, stdout_ok, tools_ready, Containerd, Regfs};
 use crate::harness::lab;
@@ -18,11 +18,17 @@ fn rpull_and_run(group: &str, tag: &str) -> (u64, u64) {
     let before = layer_bytes(reg, &layers);
 
     ctd.rpull(&image);
-    assert_eq!(
-        layer_bytes(reg, &layers),
-        before,
-        "rpull of {image} fetched layer bytes"
-    );
+    let (after, _) = layer_bytes(reg, &layers);
+    if group == "python" {
+        assert_eq!(after, before.0, "rpull of {image} fetched gzip layer bytes");
+    } else {
+        // At most the TOCs, which regfs loads as the snapshots are made.
+        assert!(
+            (after - before.0) * 50 < size,
+            "rpull of {image} fetched {} layer bytes",
+            after - before.0
+        );
+    }
     let snaps = ctd.snapshots();
     assert_eq!(
         snaps.iter().filter(|s| s.2 == "Committed").count(),
