@@ -74,3 +74,28 @@ fn survives_reopen_and_updates_labels() {
     std::fs::create_dir_all(s.layout().dir(0)).unwrap();
     assert_eq!(s.cleanup().unwrap(), 1);
 }
+
+#[test]
+fn remote_links_follow_the_mount_to_a_new_place() {
+    let d = tempfile::tempdir().unwrap();
+    let root = d.path().join("root");
+    let id = {
+        let s = Store::open(&root, &d.path().join("mnt-a")).unwrap();
+        s.add_remote("r", "", BTreeMap::new(), "lab/x@sha256:m/layers/1-sha256:l")
+            .unwrap();
+        s.stat("r").unwrap().id
+    };
+    let s = Store::open(&root, &d.path().join("mnt-b")).unwrap();
+    assert_eq!(
+        std::fs::read_link(s.layout().fs(id)).unwrap(),
+        d.path().join("mnt-b/lab/x@sha256:m/layers/1-sha256:l")
+    );
+    // Removing it never follows the link into the mount.
+    std::fs::create_dir_all(d.path().join("mnt-b/lab/x@sha256:m/layers/1-sha256:l/keep")).unwrap();
+    s.remove("r").unwrap();
+    assert!(!s.layout().dir(id).exists());
+    assert!(d
+        .path()
+        .join("mnt-b/lab/x@sha256:m/layers/1-sha256:l/keep")
+        .is_dir());
+}
