@@ -41,6 +41,10 @@ REGFS_PACKAGES=(
   curl curl
   zstd zstd
   /usr/share/keyrings/debian-archive-keyring.gpg debian-archive-keyring
+  # tests/containerd: regfs as containerd's remote snapshotter
+  containerd containerd
+  ctr-remote stargz-snapshotter
+  runc runc
 )
 
 _apt_install() {

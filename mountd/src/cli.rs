@@ -340,6 +340,13 @@ pub struct MountArgs {
     /// Commits clamp mtimes to this and use it as `created`.
     #[arg(long, env = "SOURCE_DATE_EPOCH")]
     pub source_date_epoch: Option<i64>,
+    /// Also serve containerd's snapshots API on this unix socket: a remote
+    /// snapshotter whose layers are this mount's (README: "containerd").
+    #[arg(long, value_name = "SOCKET")]
+    pub snapshotter: Option<PathBuf>,
+    /// Snapshot metadata and local trees [default: CACHE_DIR/snapshotter].
+    #[arg(long, value_name = "DIR", requires = "snapshotter")]
+    pub snapshotter_root: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]

@@ -161,6 +161,10 @@ pub fn run(args: MountArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     let mut warnings = Vec::new();
+    let registry_name = match &source {
+        Source::Any => ANY_REGISTRY.to_string(),
+        Source::One(r, _) => r.name.clone(),
+    };
     let (api, reachability, fs_name): (Arc<dyn RegistryApi>, _, _) = match source {
         Source::Any => {
             let template = client_options(&args, registry_placeholder(), None)?;
@@ -278,6 +282,25 @@ pub fn run(args: MountArgs) -> anyhow::Result<()> {
         )
         .with_context(|| format!("mounting at {}", mountpoint.display()))?;
     tracing::info!(source = %fs_name, mountpoint = %mountpoint.display(), cache = %cache_dir.display(), "mounted");
+    // After the mount: remote snapshots resolve through it.
+    let snapshotter = match &args.snapshotter {
+        Some(socket) => Some(
+            regfs_snapshotter::serve(
+                &regfs_snapshotter::Config {
+                    socket: socket.clone(),
+                    root: args
+                        .snapshotter_root
+                        .clone()
+                        .unwrap_or_else(|| cache_dir.join("snapshotter")),
+                    mount_root: std::path::absolute(&mountpoint)?,
+                    registry: registry_name.clone(),
+                },
+                rt.handle(),
+            )
+            .context("starting the snapshotter")?,
+        ),
+        None => None,
+    };
     readiness::notify_ready(ready, &warnings);
 
     // The session thread ends when the kernel drops the mount (regfs unmount,
@@ -307,6 +330,9 @@ pub fn run(args: MountArgs) -> anyhow::Result<()> {
         }
         Ok(())
     })?;
+    if let Some(s) = snapshotter {
+        s.close();
+    }
     if let Some(e) = export {
         e.stop();
     }
