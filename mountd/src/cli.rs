@@ -34,7 +34,8 @@ Examples:
   ls /mnt/reg/lab
   cat /mnt/reg/lab/busybox:latest/manifest.json
   regfs mount registry.example.com /mnt/reg --username me --password-stdin < token.txt
-  regfs mount docker.io /mnt/hub --platform linux/arm64/v8")]
+  regfs mount docker.io /mnt/hub --platform linux/arm64/v8
+  regfs mount localhost:5000 /mnt/reg --layer-store /var/lib/regfs-layers --daemon   # for podman")]
     Mount(Box<MountArgs>),
     /// Unmount a regfs mount (lazy detach); its daemon exits 0.
     #[command(after_help = "\
@@ -287,6 +288,10 @@ pub struct MountArgs {
     /// Bandwidth cap of background fetches and prefetches, bytes per second (0: none).
     #[arg(long, default_value = "32M", value_parser = crate::size::parse_size)]
     pub background_bandwidth: u64,
+    /// Also serve the layers as a containers/storage additional layer store
+    /// here, for podman: storage.conf `additionallayerstores = ["DIR:ref"]`.
+    #[arg(long, value_name = "DIR")]
+    pub layer_store: Option<PathBuf>,
     /// Also serve a writable export directory here (see `regfs commit --help`).
     #[arg(long)]
     pub export: Option<PathBuf>,

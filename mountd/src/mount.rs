@@ -162,6 +162,7 @@ pub fn run(args: MountArgs) -> anyhow::Result<()> {
         export_platform,
         ctx.clone(),
     )?;
+    let als = crate::als::start(&args, fs.clone(), registry.clone(), &rt)?;
     // One control socket per daemon: the export side's, else our own.
     let (socket, own_socket) = match &export {
         Some(e) => (e.socket().to_path_buf(), false),
@@ -215,6 +216,9 @@ pub fn run(args: MountArgs) -> anyhow::Result<()> {
     })?;
     if let Some(e) = export {
         e.stop();
+    }
+    if let Some(a) = als {
+        a.stop();
     }
     if own_socket {
         let _ = std::fs::remove_file(&socket);

@@ -25,6 +25,7 @@ use tokio::runtime::Handle;
 use crate::error::Error;
 use crate::fs::{Attr, FileKind, Fs};
 
+pub mod als;
 pub mod export;
 mod glue;
 mod session;
