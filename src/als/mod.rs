@@ -150,7 +150,10 @@ impl LayerStore {
                 if let Some(key) = digest_name(name) {
                     self.find(&prefix, &key).await?;
                     Node::Layer(prefix, key)
-                } else if name::is_part(name) {
+                } else if name::is_part(name)
+                    && name::decode(&prefix, &self.registry).is_err()
+                {
+                    // Only a name that is not yet a reference goes on.
                     let more = format!("{prefix}/{}", String::from_utf8_lossy(name));
                     Node::Ref(Arc::from(more))
                 } else {

@@ -86,6 +86,22 @@ impl Filesystem for AlsFuse {
         Ok(())
     }
 
+    /// No poll support: ENOSYS makes the kernel stop asking (and treat
+    /// files as always ready), without fuser's warning for each call.
+    #[allow(clippy::too_many_arguments)]
+    fn poll(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _ph: fuser::PollNotifier,
+        _events: fuser::PollEvents,
+        _flags: fuser::PollFlags,
+        reply: fuser::ReplyPoll,
+    ) {
+        reply.error(Errno::from_i32(libc::ENOSYS));
+    }
+
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let (als, name) = (self.als.clone(), name.as_bytes().to_vec());
         let op = async move { als.lookup(parent.0, &name).await };
