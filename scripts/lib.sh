@@ -40,6 +40,8 @@ REGFS_PACKAGES=(
   jq jq
   curl curl
   zstd zstd
+  podman podman
+  /usr/sbin/runc runc
   /usr/share/keyrings/debian-archive-keyring.gpg debian-archive-keyring
 )
 

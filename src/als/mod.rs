@@ -73,6 +73,9 @@ struct Found {
     toc: Option<Digest>,
 }
 
+/// Which `info` file: repository, image, layer position, TOC key if any.
+type InfoId = (Arc<str>, Digest, usize, Option<Digest>);
+
 /// The layer store view over a filesystem.
 pub struct LayerStore {
     fs: Arc<Fs>,
@@ -80,7 +83,7 @@ pub struct LayerStore {
     nodes: table::Table<Node>,
     /// `info` contents, fixed the first time they are made (their size is
     /// in the kernel's attribute cache).
-    infos: Mutex<HashMap<(Arc<str>, Digest, usize, Option<Digest>), Bytes>>,
+    infos: Mutex<HashMap<InfoId, Bytes>>,
     handles: Mutex<HashMap<u64, Bytes>>,
     next_fh: AtomicU64,
     mount_time: SystemTime,
@@ -150,9 +153,7 @@ impl LayerStore {
                 if let Some(key) = digest_name(name) {
                     self.find(&prefix, &key).await?;
                     Node::Layer(prefix, key)
-                } else if name::is_part(name)
-                    && name::decode(&prefix, &self.registry).is_err()
-                {
+                } else if name::is_part(name) && name::decode(&prefix, &self.registry).is_err() {
                     // Only a name that is not yet a reference goes on.
                     let more = format!("{prefix}/{}", String::from_utf8_lossy(name));
                     Node::Ref(Arc::from(more))
@@ -224,7 +225,11 @@ impl LayerStore {
                     .into_iter()
                     .map(|d| {
                         let name = d.to_string().into_bytes();
-                        (name, FileKind::Dir, Entry::Own(Node::Layer(prefix.clone(), d)))
+                        (
+                            name,
+                            FileKind::Dir,
+                            Entry::Own(Node::Layer(prefix.clone(), d)),
+                        )
                     })
                     .collect(),
                 // A prefix of a longer name: no listing.
@@ -234,8 +239,16 @@ impl LayerStore {
             Owner::Own(Node::Layer(prefix, key)) => {
                 let found = self.find(&prefix, &key).await?;
                 vec![
-                    (b"diff".to_vec(), FileKind::Dir, Entry::Fs(fs_key(&found, b"diff"))),
-                    (b"blob".to_vec(), FileKind::File, Entry::Fs(fs_key(&found, b"blob"))),
+                    (
+                        b"diff".to_vec(),
+                        FileKind::Dir,
+                        Entry::Fs(fs_key(&found, b"diff")),
+                    ),
+                    (
+                        b"blob".to_vec(),
+                        FileKind::File,
+                        Entry::Fs(fs_key(&found, b"blob")),
+                    ),
                     (
                         b"info".to_vec(),
                         FileKind::File,
@@ -350,7 +363,9 @@ impl LayerStore {
                             tracing::debug!(layer = %key, "release of a layer not in use");
                         }
                     }
-                    Err(e) => tracing::warn!(layer = %key, error = %e.chain(), "release of an unknown layer"),
+                    Err(e) => {
+                        tracing::warn!(layer = %key, error = %e.chain(), "release of an unknown layer")
+                    }
                 }
                 return Err(not_found(name));
             }
@@ -420,7 +435,8 @@ impl LayerStore {
             .and_then(|p| std::fs::metadata(p).ok())
             .map(|m| m.len());
         let info = info::layer_info(&f.desc, &f.diff_id, f.toc.as_ref(), cached_tar);
-        let bytes = Bytes::from(serde_json::to_vec(&info).map_err(|e| Error::invalid(e.to_string()))?);
+        let bytes =
+            Bytes::from(serde_json::to_vec(&info).map_err(|e| Error::invalid(e.to_string()))?);
         Ok(self
             .infos
             .lock()

@@ -23,12 +23,15 @@ pub(super) fn is_part(name: &[u8]) -> bool {
 /// The repository and tag or digest that `encoded` names, if it is the
 /// standard-base64 encoding of a reference to an image of `registry`.
 pub(super) fn decode(encoded: &str, registry: &Registry) -> Result<(Arc<str>, Selector)> {
-    let not_found = |why: &str| Error::NotFound(format!("layer store reference {encoded:?}: {why}"));
+    let not_found =
+        |why: &str| Error::NotFound(format!("layer store reference {encoded:?}: {why}"));
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(encoded)
         .map_err(|_| not_found("not base64"))?;
     let text = String::from_utf8(bytes).map_err(|_| not_found("not UTF-8"))?;
-    let r: Reference = text.parse().map_err(|_| not_found("not an image reference"))?;
+    let r: Reference = text
+        .parse()
+        .map_err(|_| not_found("not an image reference"))?;
     let host = r
         .registry
         .as_deref()
@@ -75,6 +78,8 @@ mod tests {
         assert!(decode(&encode("lab/python:3.11"), &r).is_err());
         assert!(decode("%%%", &r).is_err());
         assert!(decode(&encode("127.0.0.1:5000/UPPER:x"), &r).is_err());
-        assert!(is_part(b"MTI3LjAu+=") && !is_part(b"") && !is_part(b"a/b") && !is_part(b"sha256:1"));
+        assert!(
+            is_part(b"MTI3LjAu+=") && !is_part(b"") && !is_part(b"a/b") && !is_part(b"sha256:1")
+        );
     }
 }

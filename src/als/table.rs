@@ -50,7 +50,12 @@ impl<K: Clone + Eq + Hash> Table<K> {
 
     /// The key of `ino`, if the table holds it.
     pub(super) fn key(&self, ino: u64) -> Option<K> {
-        self.inner.lock().unwrap().by_ino.get(&ino).map(|(k, _)| k.clone())
+        self.inner
+            .lock()
+            .unwrap()
+            .by_ino
+            .get(&ino)
+            .map(|(k, _)| k.clone())
     }
 
     /// The kernel dropped `n` references to `ino`.

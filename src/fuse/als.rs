@@ -44,8 +44,12 @@ impl AlsFuse {
 
     /// Mount at `mountpoint` and serve from background threads.
     pub fn mount(self, mountpoint: &Path, cfg: &MountConfig) -> std::io::Result<super::Mounted> {
-        let config =
-            super::session_config(cfg, MountOption::RW, "regfs-layers", &[MountOption::NoAtime]);
+        let config = super::session_config(
+            cfg,
+            MountOption::RW,
+            "regfs-layers",
+            &[MountOption::NoAtime],
+        );
         fuser::spawn_mount(self, mountpoint, &config).map(super::Mounted::new)
     }
 

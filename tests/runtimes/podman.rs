@@ -61,6 +61,10 @@ fn wait_for_mount(p: &Path) {
     panic!("{} never became a FUSE mount", p.display());
 }
 
+fn hex_of(digest: &str) -> &str {
+    digest.strip_prefix("sha256:").unwrap()
+}
+
 fn stderr(o: &std::process::Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
@@ -148,7 +152,15 @@ assert a.st_ino == b.st_ino and a.st_nlink == 2, (a, b)
 assert os.readlink("/usr/local/share/lab-symlink.txt") == "lab.txt"
 print(open("/usr/local/share/lab-symlink.txt").read().strip() != "")
 "#;
-    let out = podman.ok(&["run", "--rm", "--network=none", &image, "python3", "-c", check]);
+    let out = podman.ok(&[
+        "run",
+        "--rm",
+        "--network=none",
+        &image,
+        "python3",
+        "-c",
+        check,
+    ]);
     assert_eq!(out.split_whitespace().collect::<Vec<_>>(), ["4", "True"]);
     // Writes go to the container's upper layer.
     let out = podman.ok(&[
@@ -160,7 +172,10 @@ print(open("/usr/local/share/lab-symlink.txt").read().strip() != "")
         "-c",
         "echo written > /tmp/x && cat /tmp/x && rm /usr/lib/python3.11/os.py && test ! -e /usr/lib/python3.11/os.py && echo removed",
     ]);
-    assert_eq!(out.split_whitespace().collect::<Vec<_>>(), ["written", "removed"]);
+    assert_eq!(
+        out.split_whitespace().collect::<Vec<_>>(),
+        ["written", "removed"]
+    );
     // …and never reach the layer store.
     let ls = fs::read_dir(store.path().join(regfs::als::encode(&image)))
         .unwrap()
@@ -189,7 +204,11 @@ fn lazy_run(tag: &str) -> (u64, u64) {
     let layers = layers(&m, "lab/python", tag.split(':').nth(1).unwrap());
     let before = layer_bytes(reg, &layers);
     podman.ok(&["pull", "--tls-verify=false", &image]);
-    assert_eq!(layer_bytes(reg, &layers), before, "the pull fetched layer bytes");
+    assert_eq!(
+        layer_bytes(reg, &layers),
+        before,
+        "the pull fetched layer bytes"
+    );
     let out = podman.ok(&[
         "run",
         "--rm",
@@ -212,7 +231,7 @@ fn estargz_image_runs_fetching_a_fraction_of_its_layers() {
     let _serial = serial();
     let (fetched, total) = lazy_run("python:3.11-esgz");
     assert!(fetched > 0, "the run read nothing from the registry?");
-    assert!(fetched * 2 < total, "{fetched} of {total} bytes fetched");
+    assert!(fetched * 4 < total, "{fetched} of {total} bytes fetched");
 }
 
 #[test]
@@ -221,7 +240,7 @@ fn zstd_chunked_image_runs_fetching_a_fraction_of_its_layers() {
     let _serial = serial();
     let (fetched, total) = lazy_run("python:3.11-zstdchunked");
     assert!(fetched > 0, "the run read nothing from the registry?");
-    assert!(fetched * 2 < total, "{fetched} of {total} bytes fetched");
+    assert!(fetched * 4 < total, "{fetched} of {total} bytes fetched");
 }
 
 #[test]
@@ -246,16 +265,29 @@ fn corrupted_layer_fails_the_container_and_is_not_cached() {
     // The pull reads no layer, so it cannot notice.
     podman.ok(&["pull", "--tls-verify=false", &image]);
     let run = podman.run(&["run", "--rm", "--network=none", &image, "echo", "served"]);
-    assert!(!run.status.success(), "the container ran on a corrupted layer");
+    assert!(
+        !run.status.success(),
+        "the container ran on a corrupted layer"
+    );
     assert!(!String::from_utf8_lossy(&run.stdout).contains("served"));
-    assert!(!stderr(&run).trim().is_empty(), "failed without an error message");
+    eprintln!("podman run on a corrupted layer: {}", stderr(&run).trim());
+    assert!(
+        !stderr(&run).trim().is_empty(),
+        "failed without an error message"
+    );
     // The daemon saw the mismatch; nothing of the layer is in the cache.
-    assert!(m.log().contains("digest"), "{}", m.log());
+    let log = m.log();
+    assert!(
+        log.contains("digest mismatch") && log.contains(hex_of(&digest)),
+        "{log}"
+    );
     let cache = m.cache_dir();
     let hex = digest.strip_prefix("sha256:").unwrap();
     assert!(!cache.join("blobs/sha256").join(hex).exists());
     for section in ["layers", "index", "spans"] {
-        let n = fs::read_dir(cache.join(section).join("sha256")).unwrap().count();
+        let n = fs::read_dir(cache.join(section).join("sha256"))
+            .unwrap()
+            .count();
         assert_eq!(n, 0, "{section}/ holds something of the corrupted layer");
     }
 }

@@ -20,8 +20,7 @@ const TOC_ANNOTATIONS: [&str; 2] = [
 ];
 
 fn json(p: &Path) -> serde_json::Value {
-    serde_json::from_slice(&fs::read(p).unwrap_or_else(|e| panic!("{}: {e}", p.display())))
-        .unwrap()
+    serde_json::from_slice(&fs::read(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))).unwrap()
 }
 
 fn sha256(p: &Path) -> String {
@@ -62,7 +61,10 @@ fn toc_keyed_layers_overlay_like_containers_storage(tag: &str) {
         }
         let info = json(&dir.join("info"));
         assert_eq!(info["toc-digest"], toc, "{info}");
-        assert_eq!(info["flags"]["expected-layer-diffid"], diff_ids[i], "{info}");
+        assert_eq!(
+            info["flags"]["expected-layer-diffid"], diff_ids[i],
+            "{info}"
+        );
         assert_eq!(info["diff-digest"], diff_ids[i], "{info}");
         assert_eq!(info["compressed-diff-digest"], layer["digest"], "{info}");
         assert_eq!(info["compressed-size"], layer["size"], "{info}");
@@ -100,11 +102,18 @@ fn toc_keyed_layers_overlay_like_containers_storage(tag: &str) {
     let t = target.path();
     let result = std::panic::catch_unwind(|| {
         let rootfs = img.join("rootfs");
-        for f in ["usr/lib/python3.11/os.py", "etc/os-release", "usr/local/share/lab.txt"] {
+        for f in [
+            "usr/lib/python3.11/os.py",
+            "etc/os-release",
+            "usr/local/share/lab.txt",
+        ] {
             assert_eq!(sha256(&t.join(f)), sha256(&rootfs.join(f)), "{f}");
         }
         assert!(!t.join("usr/lib/python3.11/antigravity.py").exists());
-        assert!(!t.join("opt/lab/old").exists(), "opaque /opt/lab shows lower content");
+        assert!(
+            !t.join("opt/lab/old").exists(),
+            "opaque /opt/lab shows lower content"
+        );
         assert_eq!(fs::read_dir(t.join("opt/lab")).unwrap().count(), 4);
     });
     let _ = Command::new("umount").arg(t).status();
