@@ -63,6 +63,7 @@ enum Owner {
 }
 
 /// A layer found under a key.
+#[derive(Clone)]
 struct Found {
     repo: Arc<str>,
     image: Digest,
@@ -84,6 +85,10 @@ pub struct LayerStore {
     /// `info` contents, fixed the first time they are made (their size is
     /// in the kernel's attribute cache).
     infos: Mutex<HashMap<InfoId, Bytes>>,
+    /// Layers found, by reference name and key, kept for the daemon's life:
+    /// a layer's content never changes, and containers/storage keeps using
+    /// a layer's path after the tag has moved to an image without it.
+    found: Mutex<HashMap<(Arc<str>, Digest), Found>>,
     handles: Mutex<HashMap<u64, Bytes>>,
     next_fh: AtomicU64,
     mount_time: SystemTime,
@@ -108,6 +113,7 @@ impl LayerStore {
             registry,
             nodes: table::Table::new(),
             infos: Mutex::new(HashMap::new()),
+            found: Mutex::new(HashMap::new()),
             handles: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             mount_time: SystemTime::now(),
@@ -374,8 +380,19 @@ impl LayerStore {
     }
 
     /// The layer of the image `prefix` names that `key` names (compressed
-    /// or TOC digest).
-    async fn find(&self, prefix: &str, key: &Digest) -> Result<Found> {
+    /// or TOC digest); once found, found for good (see `found`).
+    async fn find(&self, prefix: &Arc<str>, key: &Digest) -> Result<Found> {
+        let id = (prefix.clone(), key.clone());
+        if let Some(f) = self.found.lock().unwrap().get(&id) {
+            return Ok(f.clone());
+        }
+        let f = self.find_now(prefix, key).await?;
+        self.found.lock().unwrap().insert(id, f.clone());
+        Ok(f)
+    }
+
+    /// [`LayerStore::find`] in the image the reference names now.
+    async fn find_now(&self, prefix: &str, key: &Digest) -> Result<Found> {
         let (repo, sel) = name::decode(prefix, &self.registry)?;
         let image = self.fs.resolve_image(&repo, &sel).await?;
         let content = self.fs.content();
@@ -423,7 +440,7 @@ impl LayerStore {
     }
 
     /// The `info` bytes of layer `key` of `prefix`'s image.
-    async fn info(&self, prefix: &str, key: &Digest) -> Result<Bytes> {
+    async fn info(&self, prefix: &Arc<str>, key: &Digest) -> Result<Bytes> {
         let f = self.find(prefix, key).await?;
         let id = (f.repo.clone(), f.image.clone(), f.index, f.toc.clone());
         if let Some(b) = self.infos.lock().unwrap().get(&id) {

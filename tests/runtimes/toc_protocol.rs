@@ -140,3 +140,53 @@ fn zstd_chunked_layers_by_toc_digest() {
     require_fuse!();
     toc_keyed_layers_overlay_like_containers_storage("3.11-zstdchunked");
 }
+
+/// containers/storage keeps a layer's path (`<base64(ref)>/<digest>/diff`)
+/// after the tag has moved to an image without that layer: the layer must
+/// stay reachable there, while a layer never seen under the old image is not.
+#[test]
+fn a_layer_stays_reachable_after_its_tag_moves() {
+    require_fuse!();
+    let reg = lab().image("python:3.11");
+    reg.push("python-3.11", "lab/moving:1");
+    let store = harness::tempdir("als");
+    let m = Mount::new(
+        reg,
+        &[
+            "--layer-store",
+            store.path().to_str().unwrap(),
+            "--tag-ttl",
+            "0",
+        ],
+    );
+    let manifest = json(&m.path().join("lab/moving:1/manifest.json"));
+    let layers: Vec<String> = manifest["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["digest"].as_str().unwrap().to_string())
+        .collect();
+    let refdir = store.path().join(regfs::als::encode(&format!(
+        "{}/lab/moving:1",
+        reg.host_port()
+    )));
+    // Layer 3 added lab.txt; layer 4 is the opaque /opt/lab.
+    let third = refdir.join(&layers[2]);
+    let lab_txt = third.join("diff/usr/local/share/lab.txt");
+    let before = fs::read(&lab_txt).unwrap();
+    fs::metadata(refdir.join(&layers[3]).join("diff")).unwrap();
+
+    // The tag moves to busybox, which shares no layer with python.
+    reg.push("busybox", "lab/moving:1");
+    let now = json(&m.path().join("lab/moving:1/manifest.json"));
+    assert_ne!(
+        now["layers"][0]["digest"].as_str(),
+        Some(layers[0].as_str())
+    );
+    assert_eq!(fs::read(&lab_txt).unwrap(), before);
+    assert!(fs::metadata(third.join("info")).is_ok());
+    assert!(fs::metadata(refdir.join(&layers[3]).join("diff/opt/lab")).is_ok());
+    // A layer of the old image never looked up before the move is gone.
+    let e = fs::metadata(refdir.join(&layers[0]).join("diff")).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
+}
