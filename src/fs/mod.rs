@@ -63,6 +63,18 @@ pub const UNSUPPORTED_WHEN_ABSENT: [&[u8]; 3] = [
     b"system.posix_acl_default",
 ];
 
+/// Whether extended attribute `name` is shown to a caller, `root` or not.
+///
+/// Opaque directories carry the overlayfs mark twice: `trusted.overlay.opaque`
+/// for overlayfs mounted by root, `user.overlay.opaque` for overlayfs mounted
+/// with `userxattr` (rootless). The kernel shows `trusted.*` to root only;
+/// regfs shows `user.overlay.*` to everyone else only, so that an overlay
+/// mounted by root (podman as root, the README's recipe) neither copies it
+/// up nor lets the container see it, while a rootless one finds its mark.
+pub fn xattr_shown(name: &[u8], root: bool) -> bool {
+    !(root && name.starts_with(b"user.overlay."))
+}
+
 /// An open file.
 enum Handle {
     /// Bytes held in memory (manifests).

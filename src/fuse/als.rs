@@ -253,15 +253,23 @@ impl Filesystem for AlsFuse {
             .inline("releasedir", || Ok(()), glue::empty(reply));
     }
 
-    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+    fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        if !crate::fs::xattr_shown(name.as_bytes(), req.uid() == 0) {
+            let op = || Err(Error::Io(std::io::Error::from_raw_os_error(libc::ENODATA)));
+            return self.glue.inline("getxattr", op, glue::xattr(reply, size));
+        }
         let (als, name) = (self.als.clone(), name.as_bytes().to_vec());
         let op = async move { als.getxattr(ino.0, &name).await };
         self.glue.run("getxattr", op, glue::xattr(reply, size));
     }
 
-    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        let als = self.als.clone();
-        let op = async move { als.listxattr(ino.0).await };
+    fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let (als, root) = (self.als.clone(), req.uid() == 0);
+        let op = async move {
+            let mut names = als.listxattr(ino.0).await?;
+            names.retain(|n| crate::fs::xattr_shown(n, root));
+            Ok(names)
+        };
         self.glue
             .run("listxattr", op, glue::xattr_names(reply, size));
     }

@@ -147,6 +147,7 @@ for p in ["/usr/lib/python3.11/antigravity.py", "/usr/lib/python3.11/pydoc_data"
     assert not os.path.lexists(p), p + " should be gone"
 assert os.path.exists("/usr/lib/python3.11/os.py")
 print(len(os.listdir("/opt/lab")))
+assert not [x for x in os.listxattr("/opt/lab") if "overlay" in x], os.listxattr("/opt/lab")
 a, b = os.stat("/usr/local/share/lab.txt"), os.stat("/usr/local/share/lab-hardlink.txt")
 assert a.st_ino == b.st_ino and a.st_nlink == 2, (a, b)
 assert os.readlink("/usr/local/share/lab-symlink.txt") == "lab.txt"

@@ -37,6 +37,42 @@ fn layers_in_use(m: &Mount) -> usize {
     s["layers_in_use"].as_array().map_or(0, |a| a.len())
 }
 
+/// Whether xattr `name` of `path` reads as `y` for root (`None`) or for
+/// user `uid`: "y", or "-" when absent or unreadable. A forked child drops
+/// to the user and makes only async-signal-safe calls.
+fn getxattr_as(uid: Option<u32>, path: &Path, name: &str) -> String {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let p = CString::new(path.as_os_str().as_bytes()).unwrap();
+    let n = CString::new(name).unwrap();
+    // SAFETY: the child calls only setresgid/setresuid/lgetxattr/_exit.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork");
+    if pid == 0 {
+        unsafe {
+            if let Some(u) = uid {
+                if libc::setgroups(0, std::ptr::null()) != 0
+                    || libc::setresgid(u, u, u) != 0
+                    || libc::setresuid(u, u, u) != 0
+                {
+                    libc::_exit(3);
+                }
+            }
+            let mut buf = [0u8; 16];
+            let got = libc::lgetxattr(p.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len());
+            libc::_exit(if got == 1 && buf[0] == b'y' { 0 } else { 1 });
+        }
+    }
+    let mut status = 0;
+    unsafe { libc::waitpid(pid, &mut status, 0) };
+    assert!(libc::WIFEXITED(status), "child died");
+    match libc::WEXITSTATUS(status) {
+        0 => "y".into(),
+        1 => "-".into(),
+        c => panic!("could not become user {uid:?} (exit {c})"),
+    }
+}
+
 fn toc_keyed_layers_overlay_like_containers_storage(tag: &str) {
     let reg = lab().image("esgz");
     let store = harness::tempdir("als");
@@ -82,6 +118,16 @@ fn toc_keyed_layers_overlay_like_containers_storage(tag: &str) {
         diffs.push(dir.join("diff"));
     }
     assert_eq!(layers_in_use(&m), diffs.len());
+
+    // The opaque /opt/lab of the top layer carries the overlayfs mark for
+    // root (trusted.) and, for rootless overlayfs, for other users (user.).
+    let opaque = diffs.last().unwrap().join("opt/lab");
+    assert_eq!(getxattr_as(None, &opaque, "trusted.overlay.opaque"), "y");
+    assert_eq!(getxattr_as(None, &opaque, "user.overlay.opaque"), "-");
+    assert_eq!(
+        getxattr_as(Some(65534), &opaque, "user.overlay.opaque"),
+        "y"
+    );
 
     // Overlay-mount the diffs through colon-free symlinks, top layer first.
     let links = harness::tempdir("lower");
