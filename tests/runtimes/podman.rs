@@ -6,20 +6,11 @@
 
 use std::fs;
 use std::path::Path;
-use std::sync::Mutex;
 
 use crate::harness::{self, lab, Mount, Registry, RegistryKind};
-use crate::runtime::{image_ref, Podman};
-
-/// One podman test at a time: they count registry traffic of a shared
-/// registry, and each is a few hundred MB of I/O on a small machine.
-static SERIAL: Mutex<()> = Mutex::new(());
+use crate::runtime::{image_ref, serial, Podman};
 
 const GC_WARNING: &str = "GC doesn't seem to be supported";
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 /// The layer descriptors (digest, size) of `repo:tag`, read through the mount.
 fn layers(m: &Mount, repo: &str, tag: &str) -> Vec<(String, u64)> {

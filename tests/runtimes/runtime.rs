@@ -5,8 +5,17 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::sync::{Mutex, MutexGuard};
 
 use crate::harness;
+
+/// One test of this binary at a time: they count the traffic of one shared
+/// registry (a test reading a layer would show in another's count), and
+/// each is a few hundred MB of I/O on a small machine.
+pub fn serial() -> MutexGuard<'static, ()> {
+    static SERIAL: Mutex<()> = Mutex::new(());
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 /// True when podman can be used; otherwise prints SKIP and returns false,
 /// or panics under `REGFS_REQUIRE_FUSE=1` (as `require_fuse!` does).

@@ -13,6 +13,7 @@ use std::process::Command;
 use sha2::{Digest as _, Sha256};
 
 use crate::harness::{self, lab, Mount};
+use crate::runtime::serial;
 
 const TOC_ANNOTATIONS: [&str; 2] = [
     "containerd.io/snapshot/stargz/toc.digest",
@@ -178,12 +179,14 @@ fn toc_keyed_layers_overlay_like_containers_storage(tag: &str) {
 #[test]
 fn estargz_layers_by_toc_digest() {
     require_fuse!();
+    let _serial = serial();
     toc_keyed_layers_overlay_like_containers_storage("3.11-esgz");
 }
 
 #[test]
 fn zstd_chunked_layers_by_toc_digest() {
     require_fuse!();
+    let _serial = serial();
     toc_keyed_layers_overlay_like_containers_storage("3.11-zstdchunked");
 }
 
@@ -193,6 +196,7 @@ fn zstd_chunked_layers_by_toc_digest() {
 #[test]
 fn a_layer_stays_reachable_after_its_tag_moves() {
     require_fuse!();
+    let _serial = serial();
     let reg = lab().image("python:3.11");
     reg.push("python-3.11", "lab/moving:1");
     let store = harness::tempdir("als");
