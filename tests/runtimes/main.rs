@@ -2,7 +2,8 @@
 //! running the lab images through the additional layer store
 //! (`regfs mount … --layer-store DIR`) (`podman`), and the TOC-keyed
 //! protocol of containers/storage ≥ 1.54, which Debian's podman does not
-//! speak, done by hand (`toc_protocol`).
+//! speak, done by hand (`toc_protocol`); layers in use kept in the cache
+//! (`pinning`).
 
 #[macro_use]
 #[path = "../harness/mod.rs"]
@@ -10,5 +11,6 @@ mod harness;
 
 #[macro_use]
 mod runtime;
+mod pinning;
 mod podman;
 mod toc_protocol;
