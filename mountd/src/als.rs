@@ -28,6 +28,7 @@ pub fn start(
     fs: Arc<Fs>,
     registry: Registry,
     rt: &tokio::runtime::Runtime,
+    socket: &std::path::Path,
 ) -> anyhow::Result<Option<Als>> {
     let Some(mountpoint) = args.layer_store.clone() else {
         return Ok(None);
@@ -45,6 +46,7 @@ pub fn start(
     // rootless podman and user namespaces need other users let in.
     let allow_other = args.allow_other || nix::unistd::geteuid().is_root();
     let session = AlsFuse::new(view, rt.handle().clone())
+        .with_control_socket(socket)
         .mount(
             &mountpoint,
             &MountConfig {

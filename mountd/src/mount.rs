@@ -162,7 +162,6 @@ pub fn run(args: MountArgs) -> anyhow::Result<()> {
         export_platform,
         ctx.clone(),
     )?;
-    let als = crate::als::start(&args, fs.clone(), registry.clone(), &rt)?;
     // One control socket per daemon: the export side's, else our own.
     let (socket, own_socket) = match &export {
         Some(e) => (e.socket().to_path_buf(), false),
@@ -173,6 +172,7 @@ pub fn run(args: MountArgs) -> anyhow::Result<()> {
             (p, true)
         }
     };
+    let als = crate::als::start(&args, fs.clone(), registry.clone(), &rt, &socket)?;
     let session = FuseFs::new(fs, rt.handle().clone())
         .with_control_socket(&socket)
         .mount(

@@ -30,6 +30,8 @@ pub struct AlsFuse {
     als: Arc<LayerStore>,
     glue: Glue,
     stateless_dirs: AtomicBool,
+    /// The daemon's control socket, named by the root's `user.regfs.control` xattr.
+    control: Option<Arc<Vec<u8>>>,
 }
 
 impl AlsFuse {
@@ -39,7 +41,15 @@ impl AlsFuse {
             als,
             glue: Glue::new(rt),
             stateless_dirs: AtomicBool::new(false),
+            control: None,
         }
+    }
+
+    /// Advertise the daemon's control socket in the root directory's
+    /// `user.regfs.control` xattr, so that `regfs status LAYERSTORE` works.
+    pub fn with_control_socket(mut self, socket: &Path) -> AlsFuse {
+        self.control = Some(Arc::new(socket.as_os_str().as_bytes().to_vec()));
+        self
     }
 
     /// Mount at `mountpoint` and serve from background threads.
@@ -257,6 +267,14 @@ impl Filesystem for AlsFuse {
         if !crate::fs::xattr_shown(name.as_bytes(), req.uid() == 0) {
             let op = || Err(Error::Io(std::io::Error::from_raw_os_error(libc::ENODATA)));
             return self.glue.inline("getxattr", op, glue::xattr(reply, size));
+        }
+        if let (crate::fs::ROOT_INO, Some(socket)) = (ino.0, &self.control) {
+            if name.as_bytes() == crate::export::fs::SOCKET_XATTR {
+                let socket = socket.to_vec();
+                return self
+                    .glue
+                    .inline("getxattr", || Ok(socket), glue::xattr(reply, size));
+            }
         }
         let (als, name) = (self.als.clone(), name.as_bytes().to_vec());
         let op = async move { als.getxattr(ino.0, &name).await };

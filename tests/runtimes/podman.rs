@@ -116,6 +116,18 @@ fn pull_fetches_no_layer_and_the_container_sees_overlay_semantics() {
     // containers/storage said it uses the 4 layers (and released its lookups).
     let in_use = layers_in_use(&m);
     assert_eq!(in_use.len(), 4, "{in_use:?}");
+    // `regfs status` finds the daemon from the layer store too.
+    let out = std::process::Command::new(harness::regfs_bin())
+        .arg("status")
+        .arg(store.path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("layers in use by containers: 4"),
+        "{text}{}",
+        stderr(&out)
+    );
     assert!(in_use.iter().all(|(_, users)| *users == 1), "{in_use:?}");
 
     let run = podman.run(&[
