@@ -348,8 +348,8 @@ impl LayerStore {
 
     /// `create(parent/name)`: containers/storage's "I use this layer"
     /// (`<key>/use`) is counted and answered ENOENT, as it expects;
-    /// anything else is EROFS.
-    pub async fn create(&self, parent: u64, name: &[u8]) -> Result<Attr> {
+    /// anything else is EROFS. Nothing is ever created.
+    pub async fn create(&self, parent: u64, name: &[u8]) -> Result<std::convert::Infallible> {
         if let (Owner::Own(Node::Layer(prefix, key)), b"use") = (self.owner(parent)?, name) {
             let found = self.find(&prefix, &key).await?;
             self.fs.use_layer(&found.repo, &found.desc, &found.diff_id);
