@@ -41,10 +41,12 @@ REGFS_PACKAGES=(
   curl curl
   zstd zstd
   /usr/share/keyrings/debian-archive-keyring.gpg debian-archive-keyring
-  # tests/containerd: regfs as containerd's remote snapshotter
+  # tests/runtimes and tests/containerd: podman through the layer store,
+  # containerd through the remote snapshotter (both with runc)
+  podman podman
+  /usr/sbin/runc runc
   containerd containerd
   ctr-remote stargz-snapshotter
-  runc runc
 )
 
 _apt_install() {

@@ -7,8 +7,10 @@
 //! [`estargz`] turn layer blobs into trees by one set of entry rules;
 //! [`image`] parses manifests and configs; [`registry`] speaks the
 //! distribution v2 API behind the [`registry::RegistryApi`] seam and knows
-//! nothing of FUSE. [`export`] is the writable side.
+//! nothing of FUSE. [`export`] is the writable side; [`als`] shows the layers
+//! as a containers/storage additional layer store.
 
+pub mod als;
 pub mod blocking;
 pub mod cache;
 pub mod content;

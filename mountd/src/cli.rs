@@ -36,7 +36,8 @@ Examples:
   regfs mount registry.example.com /mnt/reg --username me --password-stdin < token.txt
   regfs mount docker.io /mnt/hub --platform linux/arm64/v8
   regfs mount --any-registry /mnt/reg --daemon
-  ls /mnt/reg/localhost:5000/lab/busybox:latest/rootfs")]
+  ls /mnt/reg/localhost:5000/lab/busybox:latest/rootfs
+  regfs mount localhost:5000 /mnt/reg --layer-store /var/lib/regfs-layers --daemon   # for podman")]
     Mount(Box<MountArgs>),
     /// Unmount a regfs mount (lazy detach); its daemon exits 0.
     #[command(after_help = "\
@@ -325,6 +326,10 @@ pub struct MountArgs {
     /// its layer (the check streams the whole layer once).
     #[arg(long, default_value_t = 10, requires = "use_published_indexes")]
     pub published_index_check_delay: u64,
+    /// Also serve the layers as a containers/storage additional layer store
+    /// here, for podman: storage.conf `additionallayerstores = ["DIR:ref"]`.
+    #[arg(long, value_name = "DIR")]
+    pub layer_store: Option<PathBuf>,
     /// Also serve a writable export directory here (see `regfs commit --help`).
     #[arg(long)]
     pub export: Option<PathBuf>,

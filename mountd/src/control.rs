@@ -230,6 +230,7 @@ fn status(ctx: &Context) -> Status {
         registry_state: Some(ctx.reachability.state()),
         mountpoint: ctx.mountpoint.clone(),
         images: ctx.fs.images_in_use(),
+        layers_in_use: ctx.fs.layers_in_use(),
         cache: CacheStatus {
             dir: ctx.cache_dir.clone(),
             size: store.size(),

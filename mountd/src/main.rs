@@ -1,5 +1,6 @@
 //! `regfs`: mount a container registry as a directory.
 
+mod als;
 mod argv;
 mod cli;
 mod client;

@@ -161,10 +161,11 @@ pub fn run(args: MountArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     let mut warnings = Vec::new();
-    let registry_name = match &source {
-        Source::Any => ANY_REGISTRY.to_string(),
-        Source::One(r, _) => r.name.clone(),
+    let als_registry = match &source {
+        Source::Any => registry_placeholder(),
+        Source::One(r, _) => r.clone(),
     };
+    let registry_name = als_registry.name.clone();
     let (api, reachability, fs_name): (Arc<dyn RegistryApi>, _, _) = match source {
         Source::Any => {
             let template = client_options(&args, registry_placeholder(), None)?;
@@ -270,6 +271,7 @@ pub fn run(args: MountArgs) -> anyhow::Result<()> {
             (p, true)
         }
     };
+    let als = crate::als::start(&args, fs.clone(), als_registry, &rt, &socket)?;
     let session = FuseFs::new(fs, rt.handle().clone())
         .with_control_socket(&socket)
         .mount(
@@ -335,6 +337,9 @@ pub fn run(args: MountArgs) -> anyhow::Result<()> {
     }
     if let Some(e) = export {
         e.stop();
+    }
+    if let Some(a) = als {
+        a.stop();
     }
     if own_socket {
         let _ = std::fs::remove_file(&socket);

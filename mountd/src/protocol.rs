@@ -23,7 +23,7 @@
 use std::path::PathBuf;
 
 pub use regfs::export::{CommitOutcome, EntryMeta};
-pub use regfs::fs::ImageInUse;
+pub use regfs::fs::{ImageInUse, LayerInUse};
 use serde::{Deserialize, Serialize};
 
 /// A request: the one line a client sends.
@@ -206,6 +206,8 @@ pub struct Status {
     pub mountpoint: PathBuf,
     /// Images whose trees are in memory.
     pub images: Vec<ImageInUse>,
+    /// Layers container runtimes use through the layer store (pinned in the cache).
+    pub layers_in_use: Vec<LayerInUse>,
     /// The cache.
     pub cache: CacheStatus,
     /// Registry fetches in flight.

@@ -65,6 +65,17 @@ pub fn print_read_only(r: &Status) {
             i.nodes,
         );
     }
+    println!("layers in use by containers: {}", r.layers_in_use.len());
+    for l in &r.layers_in_use {
+        println!(
+            "  {}@{}  diff_id {}  ({} {})",
+            l.repo,
+            l.digest,
+            l.diff_id,
+            l.users,
+            if l.users == 1 { "use" } else { "uses" },
+        );
+    }
 }
 
 #[cfg(test)]

@@ -10,6 +10,8 @@ pub(crate) struct Lru {
     total: u64,
     by_path: HashMap<PathBuf, (u64, u64)>,
     by_tick: BTreeMap<u64, PathBuf>,
+    /// Paths never evicted while their count is above 0 (present or not yet).
+    pinned: HashMap<PathBuf, u32>,
 }
 
 impl Lru {
@@ -44,18 +46,62 @@ impl Lru {
         self.total
     }
 
-    /// Drop least recently used entries until the total fits; returns them.
+    /// Keep `p` from eviction until as many [`Lru::unpin`]s.
+    pub(crate) fn pin(&mut self, p: PathBuf) {
+        *self.pinned.entry(p).or_insert(0) += 1;
+    }
+
+    /// Undo one [`Lru::pin`].
+    pub(crate) fn unpin(&mut self, p: &Path) {
+        if let Some(n) = self.pinned.get_mut(p) {
+            *n -= 1;
+            if *n == 0 {
+                self.pinned.remove(p);
+            }
+        }
+    }
+
+    /// Drop least recently used entries, pinned ones excepted, until the
+    /// total fits (or only pinned ones are left); returns them.
     pub(crate) fn evict_to(&mut self, limit: u64) -> Vec<PathBuf> {
         let mut out = Vec::new();
+        let mut ticks = self.by_tick.keys().copied().collect::<Vec<_>>().into_iter();
         while self.total > limit {
-            let Some((_, p)) = self.by_tick.pop_first() else {
+            let Some(tick) = ticks.next() else {
                 break;
             };
+            if self.pinned.contains_key(&self.by_tick[&tick]) {
+                continue;
+            }
+            let p = self.by_tick.remove(&tick).expect("listed tick");
             if let Some((size, _)) = self.by_path.remove(&p) {
                 self.total -= size;
             }
             out.push(p);
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pinned_files_outlive_eviction_until_unpinned() {
+        let mut lru = Lru::default();
+        let (a, b, c) = (PathBuf::from("a"), PathBuf::from("b"), PathBuf::from("c"));
+        lru.insert(a.clone(), 10);
+        lru.insert(b.clone(), 10);
+        lru.insert(c.clone(), 10);
+        lru.pin(a.clone());
+        // `a` is the oldest but pinned: `b` and `c` go first.
+        assert_eq!(lru.evict_to(10), vec![b.clone(), c.clone()]);
+        assert_eq!(lru.total(), 10);
+        // Only pinned content left: nothing more goes, even over the limit.
+        assert!(lru.evict_to(0).is_empty());
+        lru.unpin(&a);
+        assert_eq!(lru.evict_to(0), vec![a]);
+        assert_eq!(lru.total(), 0);
     }
 }

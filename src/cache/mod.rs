@@ -263,6 +263,18 @@ impl Store {
         guards
     }
 
+    /// Never evict `kind`/`digest` (present now or committed later) until as
+    /// many [`Store::unpin`]s: content a running container depends on.
+    pub fn pin(&self, kind: Section, digest: &Digest) {
+        self.lru.lock().unwrap().pin(self.path(kind, digest));
+    }
+
+    /// Undo one [`Store::pin`]; the content becomes evictable again when
+    /// no pin is left.
+    pub fn unpin(&self, kind: Section, digest: &Digest) {
+        self.lru.lock().unwrap().unpin(&self.path(kind, digest));
+    }
+
     /// Bytes currently accounted in the store.
     pub fn size(&self) -> u64 {
         self.lru.lock().unwrap().total()

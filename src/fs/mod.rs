@@ -32,7 +32,7 @@ pub use attr::{Attr, FileKind, IMMUTABLE_TTL};
 pub use inode::{InodeTable, Key, TreeId, TreeWhich, ROOT_INO};
 pub use paging::{PageEntry, REPLY_BUDGET};
 pub use trees::node_attr;
-pub use usage::ImageInUse;
+pub use usage::{ImageInUse, LayerInUse};
 
 use crate::content::{Content, ManifestInfo};
 use crate::digest::Digest;
@@ -64,6 +64,18 @@ pub const UNSUPPORTED_WHEN_ABSENT: [&[u8]; 3] = [
     b"system.posix_acl_access",
     b"system.posix_acl_default",
 ];
+
+/// Whether extended attribute `name` is shown to a caller, `root` or not.
+///
+/// Opaque directories carry the overlayfs mark twice: `trusted.overlay.opaque`
+/// for overlayfs mounted by root, `user.overlay.opaque` for overlayfs mounted
+/// with `userxattr` (rootless). The kernel shows `trusted.*` to root only;
+/// regfs shows `user.overlay.*` to everyone else only, so that an overlay
+/// mounted by root (podman as root, the README's recipe) neither copies it
+/// up nor lets the container see it, while a rootless one finds its mark.
+pub fn xattr_shown(name: &[u8], root: bool) -> bool {
+    !(root && name.starts_with(b"user.overlay."))
+}
 
 /// An open file.
 enum Handle {
@@ -101,6 +113,7 @@ pub struct Fs {
     trees: trees::Trees,
     handles: Mutex<HashMap<u64, Handle>>,
     next_fh: AtomicU64,
+    layer_users: usage::LayerUsers,
 }
 
 impl Fs {
@@ -114,6 +127,7 @@ impl Fs {
             trees: trees::Trees::new(4_000_000),
             handles: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
+            layer_users: usage::LayerUsers::default(),
         }
     }
 
@@ -136,6 +150,21 @@ impl Fs {
         let mut attr = self.attr(key.clone()).await?;
         attr.ino = self.inodes.lookup(key);
         Ok(attr)
+    }
+
+    /// Attributes of `key` with its inode number, taking a kernel reference
+    /// (as [`Fs::lookup`] does): for another view (the layer store) that
+    /// shows this filesystem's nodes under its own names.
+    pub async fn lookup_key(&self, key: Key) -> Result<Attr> {
+        let mut attr = self.attr(key.clone()).await?;
+        attr.ino = self.inodes.lookup(key);
+        Ok(attr)
+    }
+
+    /// The inode number of `key`, with a kernel reference when `referenced`
+    /// (a readdirplus entry), for another view listing this filesystem's nodes.
+    pub fn hand_out_key(&self, key: Key, referenced: bool) -> u64 {
+        self.inodes.hand_out([key], referenced)[0]
     }
 
     /// The kernel dropped `nlookup` references to `ino`.

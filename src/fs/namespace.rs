@@ -246,6 +246,36 @@ impl Fs {
 
     /// The symlink target of `repo:tag`: `name@digest`, for an index the manifest
     /// of the configured platform (or the index itself if no entry matches).
+    /// The image manifest `repo` + `sel` names: a tag is resolved (with the
+    /// tag TTL, like the `name:tag` symlinks), and an index stands for its
+    /// entry for the configured platform.
+    pub async fn resolve_image(&self, repo: &Arc<str>, sel: &Selector) -> Result<Digest> {
+        let digest = match sel {
+            Selector::Tag(tag) => {
+                let target = self.resolve_tag(repo, &Arc::from(tag.as_str())).await?;
+                let (_, d) = target
+                    .rsplit_once('@')
+                    .ok_or_else(|| Error::invalid(format!("tag target {target}")))?;
+                d.parse::<Digest>()?
+            }
+            Selector::Digest(d) => d.clone(),
+        };
+        let info = self.content.manifest(repo, &digest).await?;
+        match &info.manifest {
+            Manifest::Image(_) => Ok(digest),
+            Manifest::Index { entries, .. } => {
+                Manifest::select_platform(entries, &self.cfg.platform)
+                    .map(|e| e.manifest.digest.clone())
+                    .ok_or_else(|| {
+                        Error::NotFound(format!(
+                            "{repo}@{digest}: no image for {}",
+                            self.cfg.platform
+                        ))
+                    })
+            }
+        }
+    }
+
     pub(super) async fn resolve_tag(&self, repo: &Arc<str>, tag: &Arc<str>) -> Result<String> {
         let key = (repo.clone(), tag.clone());
         if let Some((at, target)) = self.ns.resolved.lock().unwrap().get(&key) {

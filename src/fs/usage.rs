@@ -1,12 +1,17 @@
 //! What the filesystem holds now, for `regfs status`: the images whose trees
-//! (merged rootfs or single layers) are loaded in memory.
+//! (merged rootfs or single layers) are loaded in memory, and the layers
+//! container runtimes use through the layer store (kept in the cache).
 
 use std::collections::BTreeMap;
+use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
 use super::{Fs, TreeWhich};
-use crate::image::Platform;
+use crate::cache::Section;
+use crate::digest::Digest;
+use crate::estargz::LazySpec;
+use crate::image::{BlobRef, Platform};
 
 /// An image with loaded trees (also as `regfs status` sends it).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -53,5 +58,120 @@ impl Fs {
     /// The platform a tag of an index resolves to.
     pub fn platform(&self) -> &Platform {
         &self.cfg.platform
+    }
+}
+
+/// A layer a container runtime uses, as it told the layer store (a `use`
+/// file created in the layer's directory; also as `regfs status` sends it).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LayerInUse {
+    /// The repository it is read from.
+    pub repo: String,
+    /// The compressed layer digest.
+    pub digest: String,
+    /// Its diff_id.
+    pub diff_id: String,
+    /// Uses not yet released (containers/storage counts one per layer record
+    /// and one per lookup in flight).
+    pub users: u32,
+}
+
+/// One layer's users and the cache entries pinned for it.
+struct Users {
+    diff_id: Digest,
+    count: u32,
+    pinned: Vec<(Section, Digest)>,
+}
+
+/// Layers in use by container runtimes, by repository and compressed digest.
+/// The count lives as long as the daemon: a restarted daemon starts from none.
+#[derive(Default)]
+pub(super) struct LayerUsers {
+    by: Mutex<BTreeMap<(String, Digest), Users>>,
+}
+
+/// The cache entries that hold layer `desc` (with `diff_id`) whole or serve
+/// it lazily: raw blob, uncompressed tar, tree index, span index, and the
+/// TOC index of an eStargz / zstd:chunked layer. Chunks are not listed:
+/// an evicted chunk is fetched (and verified) again on its next read.
+fn cache_entries(desc: &BlobRef, diff_id: &Digest) -> Vec<(Section, Digest)> {
+    let mut out = vec![
+        (Section::Blob, desc.digest.clone()),
+        (Section::Layer, diff_id.clone()),
+        (Section::Index, diff_id.clone()),
+        (Section::Span, diff_id.clone()),
+    ];
+    match LazySpec::from_descriptor(desc) {
+        Some(LazySpec::Estargz { toc_digest }) => out.push((Section::Toc, toc_digest)),
+        Some(LazySpec::ZstdChunked {
+            checksum,
+            toc_digest,
+            ..
+        }) => {
+            out.push((Section::Toc, checksum));
+            out.extend(toc_digest.map(|d| (Section::Toc, d)));
+        }
+        None => {}
+    }
+    out
+}
+
+impl Fs {
+    /// A container runtime started using layer `desc` of `repo` (diff_id
+    /// `diff_id`): its cache entries are pinned (never evicted) until every
+    /// use is released.
+    pub fn use_layer(&self, repo: &str, desc: &BlobRef, diff_id: &Digest) {
+        let mut by = self.layer_users.by.lock().unwrap();
+        let u = by
+            .entry((repo.to_string(), desc.digest.clone()))
+            .or_insert_with(|| {
+                let pinned = cache_entries(desc, diff_id);
+                for (section, d) in &pinned {
+                    self.content.store().pin(*section, d);
+                }
+                Users {
+                    diff_id: diff_id.clone(),
+                    count: 0,
+                    pinned,
+                }
+            });
+        u.count += 1;
+        tracing::info!(repo, layer = %desc.digest, users = u.count, "layer in use");
+    }
+
+    /// A container runtime released one use of layer `digest` of `repo`;
+    /// the last release unpins its cache entries. False if it was not in use.
+    pub fn release_layer(&self, repo: &str, digest: &Digest) -> bool {
+        let mut by = self.layer_users.by.lock().unwrap();
+        let key = (repo.to_string(), digest.clone());
+        let Some(u) = by.get_mut(&key) else {
+            return false;
+        };
+        u.count -= 1;
+        tracing::info!(repo, layer = %digest, users = u.count, "layer released");
+        if u.count == 0 {
+            for (section, d) in &u.pinned {
+                self.content.store().unpin(*section, d);
+            }
+            by.remove(&key);
+        }
+        true
+    }
+
+    /// The layers container runtimes use now.
+    pub fn layers_in_use(&self) -> Vec<LayerInUse> {
+        self.layer_users
+            .by
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|((repo, digest), u)| LayerInUse {
+                repo: repo.clone(),
+                digest: digest.to_string(),
+                diff_id: u.diff_id.to_string(),
+                users: u.count,
+            })
+            .collect()
     }
 }

@@ -25,6 +25,7 @@ use tokio::runtime::Handle;
 use crate::error::Error;
 use crate::fs::{Attr, FileKind, Fs};
 
+pub mod als;
 pub mod export;
 mod glue;
 mod session;
@@ -335,7 +336,11 @@ impl Filesystem for FuseFs {
             .inline("releasedir", || Ok(()), glue::empty(reply));
     }
 
-    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+    fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        if !crate::fs::xattr_shown(name.as_bytes(), req.uid() == 0) {
+            let op = || Err(Error::Io(std::io::Error::from_raw_os_error(libc::ENODATA)));
+            return self.glue.inline("getxattr", op, glue::xattr(reply, size));
+        }
         let control = match (ino.0, &self.control) {
             (crate::fs::ROOT_INO, Some(socket))
                 if name.as_bytes() == crate::export::fs::SOCKET_XATTR =>
@@ -354,9 +359,13 @@ impl Filesystem for FuseFs {
         self.glue.run("getxattr", op, glue::xattr(reply, size));
     }
 
-    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        let fs = self.fs.clone();
-        let op = async move { fs.listxattr(ino.0).await };
+    fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let (fs, root) = (self.fs.clone(), req.uid() == 0);
+        let op = async move {
+            let mut names = fs.listxattr(ino.0).await?;
+            names.retain(|n| crate::fs::xattr_shown(n, root));
+            Ok(names)
+        };
         self.glue
             .run("listxattr", op, glue::xattr_names(reply, size));
     }

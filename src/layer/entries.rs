@@ -36,7 +36,8 @@
 //!   metadata is ignored (the inode's is what `link(2)` shows).
 //! - **Whiteouts** are shown the overlayfs way: `dir/.wh.NAME` is a character
 //!   device `NAME` (0/0, mode 0, [`Node::whiteout`]); `dir/.wh..wh..opq` sets
-//!   [`Node::opaque`] and the xattr `trusted.overlay.opaque=y` on `dir`, in
+//!   [`Node::opaque`] and the xattrs `trusted.overlay.opaque=y` and
+//!   `user.overlay.opaque=y` on `dir`, in
 //!   whichever order the marker and `dir`'s own entry come (eStargz puts the
 //!   marker first). Other whiteout-like names (`.wh..wh.*`, aufs metadata;
 //!   `.wh.`, `.wh..`, `.wh...`) are skipped with a warning, creating nothing.
@@ -44,7 +45,7 @@
 //!   entry is kept (it replaces the lower one anyway), and if it is a
 //!   directory it is made opaque, so that the lower directory's children
 //!   stay hidden as the whiteout asked.
-//! - **Xattrs**: `trusted.overlay.*` from the layer itself are dropped (only
+//! - **Xattrs**: `trusted.overlay.*` and `user.overlay.*` from the layer itself are dropped (only
 //!   the whiteout markers decide opacity); the rest are sorted by name, and
 //!   for a repeated name the last wins.
 //! - **Owners** that do not fit 32 bits are 65534 (nobody), with a warning.
@@ -338,7 +339,7 @@ impl<'l> TreeBuilder<'l> {
             )));
         }
         x.retain(|(n, _)| {
-            let overlay = n.starts_with(b"trusted.overlay.");
+            let overlay = n.starts_with(b"trusted.overlay.") || n.starts_with(b"user.overlay.");
             if overlay {
                 tracing::debug!(path = %lossy(path), "dropping an overlay xattr of the layer");
             }

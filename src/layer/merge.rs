@@ -25,7 +25,7 @@
 //! Cost: every node of every layer is visited once, with a `BTreeMap`
 //! operation per name: O(N log N) in the total number of entries.
 
-use crate::layer::tree::{Builder, Node, NodeId, NodeKind, Tree, OPAQUE_XATTR};
+use crate::layer::tree::{Builder, Node, NodeId, NodeKind, Tree, OPAQUE_XATTR, USER_OPAQUE_XATTR};
 
 /// The merged tree of `layers`, bottom layer first.
 pub fn merge(layers: &[&Tree]) -> Tree {
@@ -96,6 +96,7 @@ fn update_dir(dst: &mut Node, src: &Node) {
     dst.xattrs = src.xattrs.clone();
     if src.opaque {
         dst.remove_xattr(OPAQUE_XATTR);
+        dst.remove_xattr(USER_OPAQUE_XATTR);
     }
     dst.implicit = false;
 }

@@ -18,6 +18,10 @@ pub type NodeId = u32;
 /// The xattr overlayfs uses to mark an opaque directory.
 pub const OPAQUE_XATTR: &[u8] = b"trusted.overlay.opaque";
 
+/// The same mark in the `user.` namespace, which overlayfs reads instead
+/// when mounted with `userxattr` (rootless podman, unprivileged overlay).
+pub const USER_OPAQUE_XATTR: &[u8] = b"user.overlay.opaque";
+
 /// What a node is. Hard links are not a kind: they are shared `NodeId`s.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum NodeKind {
@@ -222,13 +226,17 @@ impl Node {
         }
     }
 
-    /// Mark (or unmark) this directory opaque, with the overlayfs xattr.
+    /// Mark (or unmark) this directory opaque, with the overlayfs xattr in
+    /// both namespaces (`trusted.` for overlayfs mounted by root, `user.`
+    /// for `userxattr` mounts).
     pub(crate) fn set_opaque(&mut self, opaque: bool) {
         self.opaque = opaque;
-        if opaque {
-            self.set_xattr(OPAQUE_XATTR.to_vec(), b"y".to_vec());
-        } else {
-            self.remove_xattr(OPAQUE_XATTR);
+        for name in [OPAQUE_XATTR, USER_OPAQUE_XATTR] {
+            if opaque {
+                self.set_xattr(name.to_vec(), b"y".to_vec());
+            } else {
+                self.remove_xattr(name);
+            }
         }
     }
 }

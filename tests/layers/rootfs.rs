@@ -138,12 +138,17 @@ fn layer_view_shows_whiteouts_the_overlayfs_way() {
     let opq = find("4").join("opt/lab");
     let v = xattr(&opq, "trusted.overlay.opaque").expect("opaque xattr");
     assert_eq!(v, b"y");
+    // Its `user.` twin (for rootless overlayfs) is not shown to root, so a
+    // root-mounted overlay neither copies it up nor shows it
+    // (tests/runtimes checks that other users see it).
+    assert!(xattr(&opq, "user.overlay.opaque").is_none());
     assert!(!find("4").join("opt/lab/.wh..wh..opq").exists());
     // Nothing of the whiteout machinery shows in rootfs.
     let rootfs = m.path().join("lab/python:3.11/rootfs");
     assert!(fs::symlink_metadata(rootfs.join("usr/lib/python3.11/antigravity.py")).is_err());
     assert!(fs::symlink_metadata(rootfs.join("opt/lab/old")).is_err());
     assert!(xattr(&rootfs.join("opt/lab"), "trusted.overlay.opaque").is_none());
+    assert!(xattr(&rootfs.join("opt/lab"), "user.overlay.opaque").is_none());
 }
 
 fn xattr(p: &Path, name: &str) -> Option<Vec<u8>> {
