@@ -150,7 +150,7 @@ impl LayerStore {
     /// Look `name` up in directory `parent`, taking a kernel reference.
     pub async fn lookup(&self, parent: u64, name: &[u8]) -> Result<Attr> {
         let node = match self.owner(parent)? {
-            Owner::Fs(ino) => return self.fs.lookup(ino, name).await,
+            Owner::Fs(ino) => return self.fs.lookup_or_absent(ino, name).await,
             Owner::Root if name::is_part(name) => {
                 Node::Ref(Arc::from(std::str::from_utf8(name).expect("ascii")))
             }

@@ -95,6 +95,12 @@ impl Attr {
         }
     }
 
+    /// "No such name, and that will stay true for `ttl`": the kernel keeps
+    /// a negative entry (a lookup answered with inode 0 and a timeout).
+    pub fn absent(ttl: Duration) -> Attr {
+        Attr::file(0, 0, SystemTime::UNIX_EPOCH, ttl)
+    }
+
     /// A synthetic symlink whose target is `len` bytes long.
     pub fn symlink(ino: u64, len: u64, mtime: SystemTime, ttl: Duration) -> Attr {
         Attr {

@@ -167,6 +167,37 @@ impl Fs {
         self.inodes.hand_out([key], referenced)[0]
     }
 
+    /// How long the kernel may remember that a name is absent from
+    /// directory `parent`: for ever in the immutable directories of an image
+    /// (its trees, `layers/`, `blobs/`, `files/`, the image directory), the
+    /// tag TTL in namespaces, not at all elsewhere. Python's start-up, and
+    /// overlayfs asking every lower layer for every name, look up many
+    /// names that are not there; each negative entry saves a round trip.
+    pub fn absent_ttl(&self, parent: u64) -> Option<Duration> {
+        match self.inodes.key(parent)? {
+            Key::Node { .. }
+            | Key::Image { .. }
+            | Key::LayersDir { .. }
+            | Key::BlobsDir { .. }
+            | Key::FilesDir { .. } => Some(IMMUTABLE_TTL),
+            Key::Root | Key::Namespace(_) | Key::Referrers { .. } => {
+                Some(self.cfg.tag_ttl).filter(|t| !t.is_zero())
+            }
+            _ => None,
+        }
+    }
+
+    /// [`Fs::lookup`], with an absent name answered as [`Attr::absent`]
+    /// where [`Fs::absent_ttl`] allows (what the FUSE adapters reply).
+    pub async fn lookup_or_absent(&self, parent: u64, name: &[u8]) -> Result<Attr> {
+        match self.lookup(parent, name).await {
+            Err(e) if e.errno() == libc::ENOENT => {
+                self.absent_ttl(parent).map(Attr::absent).ok_or(e)
+            }
+            r => r,
+        }
+    }
+
     /// The kernel dropped `nlookup` references to `ino`.
     pub fn forget(&self, ino: u64, nlookup: u64) {
         self.inodes.forget(ino, nlookup);

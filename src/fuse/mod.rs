@@ -185,7 +185,7 @@ impl Filesystem for FuseFs {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let (fs, name) = (self.fs.clone(), name.as_bytes().to_vec());
-        let op = async move { fs.lookup(parent.0, &name).await };
+        let op = async move { fs.lookup_or_absent(parent.0, &name).await };
         self.glue.run("lookup", op, glue::entry(reply));
     }
 

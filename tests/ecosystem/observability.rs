@@ -374,3 +374,43 @@ fn prefetch_of_an_estargz_image_fetches_every_chunk() {
     }
     assert_eq!(reg.blob_gets(None), gets, "blob GETs after the prefetch");
 }
+
+/// Absent names in an image's immutable trees are remembered by the kernel
+/// (a negative entry), so asking again costs no FUSE round trip; absent
+/// names in a namespace only for the tag TTL, so a tag pushed later is found.
+#[test]
+fn absent_names_are_cached_in_images_and_for_the_ttl_in_namespaces() {
+    require_fuse!();
+    let reg = Registry::start(RegistryKind::Plain);
+    reg.push("busybox", "lab/busybox:latest");
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let m = Mount::new(&reg, &["--metrics-addr", &addr, "--tag-ttl", "1"]);
+    let url = format!("http://{addr}/metrics");
+    let lookups = || {
+        sample(
+            &curl(&url),
+            "regfs_fuse_op_duration_seconds_count{op=\"lookup\"}",
+        )
+        .unwrap_or(0.0)
+    };
+    let absent = m
+        .path()
+        .join("lab/busybox:latest/rootfs/usr/lib/python3.11/os.py");
+    assert!(!absent.exists());
+    let before = lookups();
+    for _ in 0..20 {
+        assert!(!absent.exists());
+        assert!(!m.path().join("lab/busybox:latest/rootfs/etc/nope").exists());
+    }
+    assert!(!m.path().join("lab/busybox:latest/rootfs/etc/nope").exists());
+    let after = lookups();
+    // One new lookup at most (the first `etc/nope`), not 40.
+    assert!(after - before <= 2.0, "{before} -> {after}");
+    // A tag that is absent, then pushed: found once the TTL has passed.
+    let tag = m.path().join("lab/busybox:later");
+    assert!(fs::symlink_metadata(&tag).is_err());
+    reg.push("busybox", "lab/busybox:later");
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert!(fs::symlink_metadata(&tag).is_ok(), "{}", m.log());
+}
