@@ -126,6 +126,10 @@ impl Packer<'_> {
         dir: &Path,
         name: &mut Vec<u8>,
     ) -> io::Result<()> {
+        // Deep trees: a short name for this directory (its children's
+        // paths then fit in a system call).
+        let dir = super::longpath::short(dir)?;
+        let dir: &std::path::Path = &dir;
         let mut children: Vec<_> = fs::read_dir(dir)?
             .map(|e| e.map(|e| e.file_name()))
             .collect::<io::Result<_>>()?;

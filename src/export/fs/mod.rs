@@ -38,6 +38,7 @@ use self::inodes::{Identity, Inodes, BASE_DEV, ROOT};
 use self::view::{errno, split, Obj, View, WH};
 use super::base::BaseTree;
 use super::commit::Exporter;
+use super::longpath::short;
 use super::staging::{parse_entry_ref, EntryMeta};
 use crate::error::{Error, Result};
 use crate::fs::paging::{page, Page, PageEntry};
@@ -109,7 +110,8 @@ pub struct StatFs {
 }
 
 enum Handle {
-    File(Arc<File>),
+    /// A staged file, and the inode it was opened as.
+    File(Arc<File>, u64),
     Base(Arc<BaseTree>, NodeId),
     Control(Vec<u8>),
 }
@@ -180,8 +182,30 @@ fn file_kind(ft: fs::FileType) -> FileKind {
         FileKind::CharDev
     } else if ft.is_block_device() {
         FileKind::BlockDev
+    } else if ft.is_socket() {
+        FileKind::Socket
     } else {
         FileKind::File
+    }
+}
+
+/// The attributes of a staged file (lstat `md`) as inode `ino`.
+fn upper_attr(ino: u64, md: &fs::Metadata) -> Attr {
+    let at = |s: i64, ns: i64| {
+        SystemTime::UNIX_EPOCH + Duration::new(s.max(0) as u64, ns.clamp(0, 999_999_999) as u32)
+    };
+    Attr {
+        ino,
+        kind: file_kind(md.file_type()),
+        perm: (md.mode() & 0o7777) as u16,
+        nlink: md.nlink() as u32,
+        uid: md.uid(),
+        gid: md.gid(),
+        size: md.size(),
+        mtime: at(md.mtime(), md.mtime_nsec()),
+        ctime: at(md.ctime(), md.ctime_nsec()),
+        rdev: md.rdev() as u32,
+        ttl: TTL,
     }
 }
 
@@ -204,6 +228,8 @@ pub struct ExportFs {
     handles: Mutex<HashMap<u64, Handle>>,
     next_fh: AtomicU64,
     namespaces: Mutex<BTreeSet<String>>,
+    /// Attributes of inodes whose last name went while the kernel held them.
+    orphans: Mutex<HashMap<u64, Attr>>,
     /// Serialises namespace-changing operations inside entries (rename, link,
     /// unlink, mkdir…): they check, then act, on several paths.
     tree_lock: Mutex<()>,
@@ -223,6 +249,7 @@ impl ExportFs {
             handles: Mutex::default(),
             next_fh: AtomicU64::new(1),
             namespaces: Mutex::default(),
+            orphans: Mutex::default(),
             tree_lock: Mutex::new(()),
             socket,
             owner: Caller {
@@ -278,6 +305,7 @@ impl ExportFs {
             gid: self.owner.gid,
             size: 0,
             mtime: self.started,
+            ctime: self.started,
             rdev: 0,
             ttl: TTL,
         }
@@ -298,18 +326,7 @@ impl ExportFs {
         match obj {
             Obj::Upper { md, .. } => {
                 let ino = self.number(vpath, view::identity(md), referenced);
-                Attr {
-                    ino,
-                    kind: file_kind(md.file_type()),
-                    perm: (md.mode() & 0o7777) as u16,
-                    nlink: md.nlink() as u32,
-                    uid: md.uid(),
-                    gid: md.gid(),
-                    size: md.size(),
-                    mtime: md.modified().unwrap_or(SystemTime::UNIX_EPOCH),
-                    rdev: md.rdev() as u32,
-                    ttl: TTL,
-                }
+                upper_attr(ino, md)
             }
             Obj::Base { node, .. } => {
                 let n = view.base.as_ref().expect("base object").tree.node(*node);
@@ -319,6 +336,7 @@ impl ExportFs {
                 // Times before 1970 show as the epoch here, as a ustar
                 // header would record them.
                 a.mtime = a.mtime.max(SystemTime::UNIX_EPOCH);
+                a.ctime = a.mtime;
                 a.ttl = TTL;
                 a
             }
@@ -388,7 +406,28 @@ impl ExportFs {
 
     /// The kernel dropped `nlookup` references to `ino`.
     pub fn forget(&self, ino: u64, nlookup: u64) {
-        self.inodes.lock().unwrap().forget(ino, nlookup);
+        let mut t = self.inodes.lock().unwrap();
+        t.forget(ino, nlookup);
+        if !t.contains(ino) {
+            self.orphans.lock().unwrap().remove(&ino);
+        }
+    }
+
+    /// `path` (an object with attributes `attr`) is gone; if that was its
+    /// last name, its inode lives on as an orphan for the descriptors still
+    /// open on it (a fifo, a socket: nothing else holds them).
+    fn gone(&self, path: &[u8], attr: Option<Attr>) {
+        let mut t = self.inodes.lock().unwrap();
+        t.remove(path);
+        if let Some(a) = attr.filter(|a| t.path(a.ino).is_none()) {
+            let ctime = SystemTime::now();
+            let orphan = Attr {
+                nlink: 0,
+                ctime,
+                ..a
+            };
+            self.orphans.lock().unwrap().insert(a.ino, orphan);
+        }
     }
 
     /// Inodes in the table (for tests).
@@ -396,10 +435,24 @@ impl ExportFs {
         self.inodes.lock().unwrap().len()
     }
 
-    /// Attributes of `ino`.
+    /// Attributes of `ino`; a file unlinked while open is answered from its
+    /// open descriptor (`nlink` 0), as on a local filesystem.
     pub fn getattr(&self, ino: u64) -> Result<Attr> {
-        let p = self.path_of(ino)?;
-        self.attr_at(&p, false)
+        match self.path_of(ino) {
+            Ok(p) => self.attr_at(&p, false),
+            Err(e) => match self.open_file(ino) {
+                Some(f) => Ok(upper_attr(ino, &f.metadata()?)),
+                None => self.orphans.lock().unwrap().get(&ino).cloned().ok_or(e),
+            },
+        }
+    }
+
+    /// An open descriptor of staged file `ino`, if one is open.
+    fn open_file(&self, ino: u64) -> Option<Arc<File>> {
+        self.handles.lock().unwrap().values().find_map(|h| match h {
+            Handle::File(f, i) if *i == ino => Some(f.clone()),
+            _ => None,
+        })
     }
 
     /// One reply's worth of directory `ino` from cookie `offset` (see
@@ -499,7 +552,10 @@ impl ExportFs {
         };
         let view = self.view(&entry)?;
         match view.resolve(&rel)? {
-            Obj::Upper { path, .. } => Ok(fs::read_link(path)?.as_os_str().as_bytes().to_vec()),
+            Obj::Upper { path, .. } => Ok(fs::read_link(&*short(&path)?)?
+                .as_os_str()
+                .as_bytes()
+                .to_vec()),
             Obj::Base { node, .. } => view
                 .base
                 .as_ref()

@@ -14,6 +14,7 @@ use nix::sys::stat::{Mode, SFlag};
 use nix::sys::time::TimeSpec;
 
 use crate::export::base::BaseTree;
+use crate::export::longpath::short;
 use crate::export::xattr;
 use crate::layer::{self, NodeId, NodeKind};
 
@@ -67,12 +68,21 @@ pub(crate) fn errno(n: i32) -> io::Error {
 }
 
 fn lstat(p: &Path) -> io::Result<Option<Metadata>> {
-    match fs::symlink_metadata(p) {
+    match fs::symlink_metadata(&*short(p)?) {
         Ok(m) => Ok(Some(m)),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e),
     }
 }
+
+/// Whether the whiteout of `name` fits in a name of the staging disk (a
+/// whiteout that cannot be named cannot exist).
+fn wh_fits(name: &[u8]) -> bool {
+    WH.len() + name.len() <= NAME_MAX
+}
+
+/// The longest name of the staging disk (and of the export mount).
+pub const NAME_MAX: usize = 255;
 
 fn wh_name(name: &[u8]) -> Vec<u8> {
     let mut v = WH.to_vec();
@@ -131,7 +141,8 @@ impl View {
                     return Err(errno(libc::ENOTDIR));
                 }
                 let cpath = path.join(n);
-                let whited = lstat(&path.join(OsStr::from_bytes(&wh_name(name))))?.is_some();
+                let whited = wh_fits(name)
+                    && lstat(&path.join(OsStr::from_bytes(&wh_name(name))))?.is_some();
                 let below = if whited {
                     None
                 } else {
@@ -203,7 +214,7 @@ impl View {
             Obj::Upper { path, lower, .. } => {
                 let mut names = std::collections::BTreeSet::new();
                 let mut whited = std::collections::HashSet::new();
-                for e in fs::read_dir(path)? {
+                for e in fs::read_dir(&*short(path)?)? {
                     let n = e?.file_name().as_bytes().to_vec();
                     if let Some(w) = n.strip_prefix(WH) {
                         whited.insert(w.to_vec());
@@ -260,7 +271,7 @@ impl View {
                             if on == node {
                                 let (oparent, _) = split(&other);
                                 self.copy_up(oparent)?;
-                                fs::hard_link(&path, &op)?;
+                                fs::hard_link(&*short(&path)?, &*short(&op)?)?;
                             }
                         }
                     }
@@ -275,13 +286,15 @@ impl View {
         let n = base.tree.node(node);
         let parent = dst.parent().ok_or_else(|| errno(libc::EINVAL))?;
         let tmp = parent.join(format!("{TMP}{:016x}", rand::random::<u64>()));
+        let tmp = short(&tmp)?;
+        let tmp: &Path = &tmp;
         match n.kind {
             NodeKind::File => {
                 let mut f = OpenOptions::new()
                     .write(true)
                     .create_new(true)
                     .mode(0o600)
-                    .open(&tmp)?;
+                    .open(tmp)?;
                 let mut buf = vec![0u8; 1 << 20];
                 let mut off = 0u64;
                 while off < n.size {
@@ -294,10 +307,10 @@ impl View {
                 }
                 f.sync_data()?;
             }
-            NodeKind::Dir => fs::create_dir(&tmp)?,
+            NodeKind::Dir => fs::create_dir(tmp)?,
             NodeKind::Symlink => std::os::unix::fs::symlink(
                 OsStr::from_bytes(n.link_target.as_deref().unwrap_or_default()),
-                &tmp,
+                tmp,
             )?,
             NodeKind::Fifo | NodeKind::CharDev | NodeKind::BlockDev => {
                 let kind = match n.kind {
@@ -306,41 +319,44 @@ impl View {
                     _ => SFlag::S_IFBLK,
                 };
                 nix::sys::stat::mknod(
-                    &tmp,
+                    tmp,
                     kind,
                     Mode::from_bits_truncate(0o600),
                     libc::makedev(n.rdev.0, n.rdev.1),
                 )?;
             }
         }
-        std::os::unix::fs::lchown(&tmp, Some(n.uid), Some(n.gid))?;
+        std::os::unix::fs::lchown(tmp, Some(n.uid), Some(n.gid))?;
         if n.kind != NodeKind::Symlink {
-            fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(n.mode))?;
+            fs::set_permissions(tmp, std::os::unix::fs::PermissionsExt::from_mode(n.mode))?;
         }
         for (k, v) in &n.xattrs {
-            xattr::set(&tmp, k, v, 0)?;
+            xattr::set(tmp, k, v, 0)?;
         }
         let t = TimeSpec::new(n.mtime, n.mtime_nsec as _);
         nix::sys::stat::utimensat(
             nix::fcntl::AT_FDCWD,
-            &tmp,
+            tmp,
             &t,
             &t,
             nix::sys::stat::UtimensatFlags::NoFollowSymlink,
         )?;
-        fs::rename(&tmp, dst)?;
+        fs::rename(tmp, &*short(dst)?)?;
         Ok(())
     }
 
     /// Create the whiteout of `name` in upper directory `dir`.
     pub fn whiteout(&self, dir: &Path, name: &[u8]) -> io::Result<()> {
-        File::create(dir.join(OsStr::from_bytes(&wh_name(name))))?;
+        File::create(&*short(&dir.join(OsStr::from_bytes(&wh_name(name))))?)?;
         Ok(())
     }
 
     /// Remove the whiteout of `name` in `dir`; whether there was one.
     pub fn unwhiteout(&self, dir: &Path, name: &[u8]) -> io::Result<bool> {
-        match fs::remove_file(dir.join(OsStr::from_bytes(&wh_name(name)))) {
+        if !wh_fits(name) {
+            return Ok(false);
+        }
+        match fs::remove_file(&*short(&dir.join(OsStr::from_bytes(&wh_name(name))))?) {
             Ok(()) => Ok(true),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
             Err(e) => Err(e),
@@ -349,13 +365,14 @@ impl View {
 
     /// Mark upper directory `dir` opaque.
     pub fn make_opaque(&self, dir: &Path) -> io::Result<()> {
-        File::create(dir.join(OsStr::from_bytes(OPQ)))?;
+        File::create(&*short(&dir.join(OsStr::from_bytes(OPQ)))?)?;
         Ok(())
     }
 
     /// Remove the whiteouts inside upper directory `dir` (it is empty in the view).
     pub fn clear_whiteouts(&self, dir: &Path) -> io::Result<()> {
-        for e in fs::read_dir(dir)? {
+        let dir = short(dir)?;
+        for e in fs::read_dir(&*dir)? {
             let e = e?;
             if e.file_name().as_bytes().starts_with(WH) {
                 fs::remove_file(e.path())?;
