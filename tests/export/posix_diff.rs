@@ -11,6 +11,8 @@
 //! Intended differences, and the only ones: names starting with `.wh.` are
 //! OCI whiteouts and cannot be staged (`EINVAL`, tmpfs creates them); a
 //! directory's `st_size` is the backing filesystem's, so it is not compared.
+//! (The tmpfs is mounted `nodev,nosuid` like the export mount, so opening a
+//! device node is `EACCES` on both; symlink targets stay inside the tree.)
 
 use crate::harness;
 
@@ -111,6 +113,12 @@ enum Op {
     Rename {
         from: String,
         to: String,
+        noreplace: bool,
+    },
+    /// Open `/proc/self/fd/N` of descriptor `src` (works unlinked, too).
+    Reopen {
+        slot: usize,
+        src: usize,
     },
     Link {
         from: String,
@@ -296,9 +304,16 @@ impl Gen {
                     false => self.rng.pick(&self.known),
                 },
             },
-            16 => Op::Rename {
-                from: self.path(),
-                to: self.path(),
+            16 => match self.rng.below(4) {
+                0 => Op::Reopen {
+                    slot,
+                    src: self.rng.below(SLOTS),
+                },
+                _ => Op::Rename {
+                    from: self.path(),
+                    to: self.path(),
+                    noreplace: self.rng.chance(25),
+                },
             },
             17 => Op::Link {
                 from: self.path(),
@@ -538,10 +553,28 @@ impl Side {
                     None,
                 )
             }),
-            Op::Rename { from, to } => run(&|| {
-                let rc = unsafe { libc::renameat(root, c(from).as_ptr(), root, c(to).as_ptr()) };
+            Op::Rename {
+                from,
+                to,
+                noreplace,
+            } => run(&|| {
+                let flags = if *noreplace {
+                    libc::RENAME_NOREPLACE
+                } else {
+                    0
+                };
+                let rc =
+                    unsafe { libc::renameat2(root, c(from).as_ptr(), root, c(to).as_ptr(), flags) };
                 (check(rc as _), None)
             }),
+            Op::Reopen { src, .. } => match slot_fd(*src) {
+                None => (Ok("no fd".into()), None),
+                Some(fd) => run(&|| {
+                    let p = c(&format!("/proc/self/fd/{fd}"));
+                    let flags = libc::O_RDWR | libc::O_CLOEXEC | libc::O_NONBLOCK;
+                    open_outcome(unsafe { libc::open(p.as_ptr(), flags) })
+                }),
+            },
             Op::Link { from, to } => run(&|| {
                 let rc = unsafe { libc::linkat(root, c(from).as_ptr(), root, c(to).as_ptr(), 0) };
                 (check(rc as _), None)
@@ -614,7 +647,11 @@ impl Side {
                 (check(rc as _), None)
             }),
         };
-        if let (Some(fd), Op::Create { slot, .. } | Op::Open { slot, .. }) = (fd, op) {
+        if let (
+            Some(fd),
+            Op::Create { slot, .. } | Op::Open { slot, .. } | Op::Reopen { slot, .. },
+        ) = (fd, op)
+        {
             self.slots[*slot] = Some(fd);
         }
         out

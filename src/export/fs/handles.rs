@@ -11,7 +11,11 @@ impl ExportFs {
 
     /// Open `ino` (copying it up first when opened for writing).
     pub fn open(&self, ino: u64, flags: i32) -> Result<u64> {
-        let p = self.path_of(ino)?;
+        let p = match self.path_of(ino) {
+            Ok(p) => p,
+            // Unlinked, and open: opened again through `/proc/PID/fd/N`.
+            Err(e) => return self.reopen(ino, flags).ok_or(e)?,
+        };
         let (entry, rel) = match locate(&p)? {
             Loc::Control => return Ok(self.add_handle(Handle::Control(self.status_text()))),
             Loc::Entry { entry, rel } => (entry, rel),
@@ -45,6 +49,22 @@ impl ExportFs {
             f.set_len(0)?;
         }
         Ok(self.add_handle(Handle::File(Arc::new(f), ino)))
+    }
+
+    /// Open unlinked file `ino` again through a descriptor still open on it.
+    fn reopen(&self, ino: u64, flags: i32) -> Option<Result<u64>> {
+        let f = self.open_file(ino)?;
+        let acc = flags & libc::O_ACCMODE;
+        let path = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&*f));
+        let opened = OpenOptions::new()
+            .read(acc != libc::O_WRONLY)
+            .write(acc != libc::O_RDONLY)
+            .truncate(flags & libc::O_TRUNC != 0 && acc != libc::O_RDONLY)
+            .open(path);
+        Some(match opened {
+            Ok(g) => Ok(self.add_handle(Handle::File(Arc::new(g), ino))),
+            Err(e) => Err(e.into()),
+        })
     }
 
     /// Read from open file `fh`.

@@ -321,9 +321,11 @@ impl ExportFs {
         }
     }
 
-    /// Rename, replacing the target (flags other than 0: `EINVAL`).
+    /// Rename, replacing the target; `RENAME_NOREPLACE`: `EEXIST` instead
+    /// (other flags, `RENAME_EXCHANGE` among them: `EINVAL`).
     pub fn rename(&self, p1: u64, n1: &[u8], p2: u64, n2: &[u8], flags: u32) -> Result<()> {
-        if flags != 0 {
+        let noreplace = flags == libc::RENAME_NOREPLACE;
+        if flags != 0 && !noreplace {
             return Err(err(libc::EINVAL));
         }
         check_name(n2)?;
@@ -355,6 +357,9 @@ impl ExportFs {
             return Err(err(libc::ENOTDIR));
         }
         let dst = view.child(&pobj, n2)?;
+        if noreplace && dst.is_some() {
+            return Err(err(libc::EEXIST));
+        }
         if dst.as_ref().is_some_and(|d| same_object(&src, d)) {
             return Ok(()); // two names of one file: nothing to do (POSIX)
         }
