@@ -14,7 +14,8 @@ use std::collections::HashMap;
 pub const ROOT: u64 = 1;
 
 /// The identity of a hard-linked object: a real `(dev, ino)` in the staging
-/// tree, or a base tree node (`dev` = [`BASE_DEV`]).
+/// tree, or a base tree node (`dev`: [`BASE_DEV`] mixed with the entry, so
+/// the top bit is set, which no real device number has).
 pub type Identity = (u64, u64);
 
 /// `dev` of identities of base tree nodes.

@@ -189,6 +189,16 @@ fn file_kind(ft: fs::FileType) -> FileKind {
     }
 }
 
+/// The `dev` of the identities of one entry's base nodes: [`BASE_DEV`] with
+/// a hash of the entry's upper tree (node numbers of two entries, even of
+/// one base image, must not meet: their hard links are not each other's).
+fn base_dev(root: &std::path::Path) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    root.hash(&mut h);
+    BASE_DEV ^ (h.finish() >> 1)
+}
+
 /// The attributes of a staged file (lstat `md`) as inode `ino`.
 fn upper_attr(ino: u64, md: &fs::Metadata) -> Attr {
     let at = |s: i64, ns: i64| {
@@ -326,11 +336,13 @@ impl ExportFs {
         match obj {
             Obj::Upper { md, .. } => {
                 let ino = self.number(vpath, view::identity(md), referenced);
-                upper_attr(ino, md)
+                let mut a = upper_attr(ino, md);
+                a.nlink = view.dir_nlink(obj).unwrap_or(a.nlink);
+                a
             }
             Obj::Base { node, .. } => {
                 let n = view.base.as_ref().expect("base object").tree.node(*node);
-                let id = (!n.is_dir() && n.nlink > 1).then_some((BASE_DEV, *node as u64));
+                let id = (!n.is_dir() && n.nlink > 1).then(|| (base_dev(&view.root), *node as u64));
                 let ino = self.number(vpath, id, referenced);
                 let mut a = crate::fs::node_attr(ino, n);
                 // Times before 1970 show as the epoch here, as a ustar

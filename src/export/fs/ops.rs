@@ -231,17 +231,11 @@ impl ExportFs {
         let lower = view.lower_has(&rel)?;
         let (parent_rel, _) = split(&rel);
         let dir = view.copy_up(parent_rel)?;
-        if let Obj::Base { node, .. } = &obj {
+        if is_base_link(&view, &obj) {
             // One name of a base file with several: copy the file up with
             // all its names, so the others show one link fewer.
-            if view
-                .base
-                .as_ref()
-                .is_some_and(|b| b.tree.node(*node).nlink > 1)
-            {
-                view.copy_up(&rel)?;
-                obj = view.resolve(&rel)?;
-            }
+            view.copy_up(&rel)?;
+            obj = view.resolve(&rel)?;
         }
         let attr = self.obj_attr(&path, &view, &obj, false);
         if let Obj::Upper { path: real, .. } = &obj {
@@ -356,7 +350,14 @@ impl ExportFs {
         if !view.is_dir(&pobj) {
             return Err(err(libc::ENOTDIR));
         }
-        let dst = view.child(&pobj, n2)?;
+        let mut dst = view.child(&pobj, n2)?;
+        if let Some(d) = dst.as_ref().filter(|d| is_base_link(&view, d)) {
+            if !same_object(&src, d) {
+                // Replacing one name of a base file with several: as unlink.
+                view.copy_up(&r2)?;
+                dst = view.child(&view.resolve(p2rel)?, n2)?;
+            }
+        }
         if noreplace && dst.is_some() {
             return Err(err(libc::EEXIST));
         }
@@ -514,5 +515,16 @@ fn same_object(a: &Obj, b: &Obj) -> bool {
         }
         (Obj::Base { node: x, .. }, Obj::Base { node: y, .. }) => x == y,
         _ => false,
+    }
+}
+
+/// Whether `obj` is a base file with other names (hard links).
+fn is_base_link(view: &View, obj: &Obj) -> bool {
+    match obj {
+        Obj::Base { node, .. } => view.base.as_ref().is_some_and(|b| {
+            let n = b.tree.node(*node);
+            !n.is_dir() && n.nlink > 1
+        }),
+        Obj::Upper { .. } => false,
     }
 }

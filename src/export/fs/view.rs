@@ -199,6 +199,40 @@ impl View {
         })
     }
 
+    /// The link count of a directory: 2 plus its subdirectories in the view
+    /// (for one merging a base directory, the upper count alone is short).
+    pub fn dir_nlink(&self, obj: &Obj) -> Option<u32> {
+        let Obj::Upper {
+            path,
+            lower: Some(l),
+            ..
+        } = obj
+        else {
+            return None;
+        };
+        let t = self.tree()?;
+        let mut upper = std::collections::HashMap::new();
+        let mut whited = std::collections::HashSet::new();
+        for e in fs::read_dir(&*short(path).ok()?).ok()? {
+            let e = e.ok()?;
+            let n = e.file_name().as_bytes().to_vec();
+            match n.strip_prefix(WH) {
+                Some(w) => {
+                    whited.insert(w.to_vec());
+                }
+                None => {
+                    upper.insert(n, e.file_type().ok()?.is_dir());
+                }
+            }
+        }
+        let lower_dirs = t
+            .children(*l)
+            .iter()
+            .filter(|(n, c)| t.node(*c).is_dir() && !whited.contains(n) && !upper.contains_key(n))
+            .count();
+        Some(2 + (upper.values().filter(|d| **d).count() + lower_dirs) as u32)
+    }
+
     /// Whether `obj` is a directory.
     pub fn is_dir(&self, obj: &Obj) -> bool {
         match obj {
@@ -261,7 +295,7 @@ impl View {
                 let (parent, _) = split(rel);
                 self.copy_up(parent)?;
                 let t = self.tree().ok_or_else(|| errno(libc::EIO))?;
-                self.copy_node(node, &path)?;
+                keeping_mtime(&path, || self.copy_node(node, &path))?;
                 if !t.node(node).is_dir() && t.node(node).nlink > 1 {
                     for (other, n) in t.walk() {
                         if n != node || other == rel {
@@ -271,7 +305,9 @@ impl View {
                             if on == node {
                                 let (oparent, _) = split(&other);
                                 self.copy_up(oparent)?;
-                                fs::hard_link(&*short(&path)?, &*short(&op)?)?;
+                                keeping_mtime(&op, || {
+                                    fs::hard_link(&*short(&path)?, &*short(&op)?)
+                                })?;
                             }
                         }
                     }
@@ -380,6 +416,25 @@ impl View {
         }
         Ok(())
     }
+}
+
+/// Run `f`, which adds `path` to its directory, and give the directory its
+/// atime and mtime back: a copy-up changes nothing the user did, as on
+/// overlayfs (the directory's ctime does move; nothing can set a ctime).
+fn keeping_mtime(path: &Path, f: impl FnOnce() -> io::Result<()>) -> io::Result<()> {
+    let dir = path.parent().ok_or_else(|| errno(libc::EINVAL))?;
+    let md = fs::symlink_metadata(&*short(dir)?)?;
+    f()?;
+    let at = TimeSpec::new(md.atime(), md.atime_nsec());
+    let mt = TimeSpec::new(md.mtime(), md.mtime_nsec());
+    nix::sys::stat::utimensat(
+        nix::fcntl::AT_FDCWD,
+        &*short(dir)?,
+        &at,
+        &mt,
+        nix::sys::stat::UtimensatFlags::NoFollowSymlink,
+    )?;
+    Ok(())
 }
 
 /// `(dev, ino)` of an upper object that has other names.
