@@ -377,3 +377,54 @@ fn base_hard_links_count_right_after_a_delete() {
         libc::ENOENT
     );
 }
+
+/// Deleting a base name of 252-255 bytes: its whiteout `.wh.NAME` is longer
+/// than NAME_MAX on the staging disk, yet the name goes, and the layer says so.
+#[test]
+fn long_base_names_can_be_deleted() {
+    require_fuse!();
+    let reg = Registry::start(RegistryKind::Plain);
+    let em = ExportMount::new(&reg, &[]);
+    let long: String = std::iter::repeat_n('L', 255).collect();
+    let base = em.entry("lbase:1");
+    fs::create_dir(&base).unwrap();
+    fs::write(base.join(&long), b"gone soon").unwrap();
+    fs::create_dir(base.join(&long[..253])).unwrap();
+    fs::write(base.join("kept"), b"k").unwrap();
+    em.commit("lbase:1");
+    let e = em.entry("lderived:1");
+    let out = em.regfs(&["export", "new", e.to_str().unwrap(), "--from", "lbase:1"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    fs::remove_file(e.join(&long)).unwrap();
+    fs::remove_dir(e.join(&long[..253])).unwrap();
+    let names: Vec<_> = fs::read_dir(&e)
+        .unwrap()
+        .map(|d| d.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(names, ["kept"]);
+    // Back again, then gone again: the whiteout comes and goes with it.
+    fs::write(e.join(&long), b"back").unwrap();
+    assert_eq!(fs::read(e.join(&long)).unwrap(), b"back");
+    fs::remove_file(e.join(&long)).unwrap();
+    assert_eq!(errno_of(fs::metadata(e.join(&long))), libc::ENOENT);
+    em.commit("lderived:1");
+    let layer = layer_names(&reg, "lderived:1");
+    for wh in [format!(".wh.{long}"), format!(".wh.{}", &long[..253])] {
+        assert!(
+            layer.lines().any(|l| l == wh),
+            "no {}… in {layer}",
+            &wh[..10]
+        );
+    }
+    let (_keep, rootfs) = harness::export::pull_unpack(&reg, "lderived:1");
+    let mut got: Vec<_> = fs::read_dir(&rootfs)
+        .unwrap()
+        .map(|d| d.unwrap().file_name().into_string().unwrap())
+        .collect();
+    got.sort();
+    assert_eq!(got, ["kept"]);
+}

@@ -902,7 +902,7 @@ impl Drop for Unmount {
 
 /// Make the same starting tree on both: the top 0777, three directories,
 /// then the deep chain (`deep`) or a few files of every kind (`!deep`: the
-/// tree a base image is made of; it has no 255-byte names, see the README).
+/// tree a base image is made of).
 fn setup(side: &mut Side, deep: bool) {
     let mut ops = vec![
         Op::Chmod {
@@ -980,6 +980,9 @@ fn setup(side: &mut Side, deep: bool) {
             create("d1/d2/e/f"),
             write,
             Op::Close { slot: 0 },
+            // A name whose whiteout `.wh.NAME` is longer than NAME_MAX.
+            create(&format!("d3/{}", long('L'))),
+            Op::Close { slot: 0 },
         ]);
     }
     for op in ops {
@@ -1001,6 +1004,14 @@ fn run_seed(
     log: &dyn Fn() -> String,
 ) {
     let mut g = Gen::new(seed);
+    if !ctimes {
+        // The base variant: start from the base's names, a long one among them.
+        g.known = ["a", "d1/h", "s", "d3/p", "d1/d2/e/f", "d1/d2/e"]
+            .iter()
+            .map(|p| p.to_string())
+            .chain([format!("d3/{}", long('L'))])
+            .collect();
+    }
     let deep = deep();
     let mut history: Vec<String> = Vec::new();
     for i in 0..OPS {

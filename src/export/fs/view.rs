@@ -75,10 +75,30 @@ fn lstat(p: &Path) -> io::Result<Option<Metadata>> {
     }
 }
 
-/// Whether the whiteout of `name` fits in a name of the staging disk (a
-/// whiteout that cannot be named cannot exist).
+pub use crate::export::staging::LONG_WH;
+
+/// Whether the whiteout of `name` fits in a name of the staging disk.
 fn wh_fits(name: &[u8]) -> bool {
     WH.len() + name.len() <= NAME_MAX
+}
+
+/// The staged file name of the whiteout of `name`.
+fn wh_file(name: &[u8]) -> Vec<u8> {
+    if wh_fits(name) {
+        return wh_name(name);
+    }
+    let mut v = LONG_WH.to_vec();
+    v.extend_from_slice(crate::digest::Digest::sha256_of(name).hex().as_bytes());
+    v
+}
+
+/// The name whited out by staged file `file` of directory `dir` (`None`: not
+/// a whiteout).
+fn whited_name(dir: &Path, file: &[u8]) -> io::Result<Option<Vec<u8>>> {
+    if file.starts_with(LONG_WH) {
+        return fs::read(&*short(&dir.join(OsStr::from_bytes(file)))?).map(Some);
+    }
+    Ok(file.strip_prefix(WH).map(<[u8]>::to_vec))
 }
 
 /// The longest name of the staging disk (and of the export mount).
@@ -141,8 +161,7 @@ impl View {
                     return Err(errno(libc::ENOTDIR));
                 }
                 let cpath = path.join(n);
-                let whited = wh_fits(name)
-                    && lstat(&path.join(OsStr::from_bytes(&wh_name(name))))?.is_some();
+                let whited = lstat(&path.join(OsStr::from_bytes(&wh_file(name))))?.is_some();
                 let below = if whited {
                     None
                 } else {
@@ -216,9 +235,9 @@ impl View {
         for e in fs::read_dir(&*short(path).ok()?).ok()? {
             let e = e.ok()?;
             let n = e.file_name().as_bytes().to_vec();
-            match n.strip_prefix(WH) {
+            match whited_name(path, &n).ok()? {
                 Some(w) => {
-                    whited.insert(w.to_vec());
+                    whited.insert(w);
                 }
                 None => {
                     upper.insert(n, e.file_type().ok()?.is_dir());
@@ -250,11 +269,10 @@ impl View {
                 let mut whited = std::collections::HashSet::new();
                 for e in fs::read_dir(&*short(path)?)? {
                     let n = e?.file_name().as_bytes().to_vec();
-                    if let Some(w) = n.strip_prefix(WH) {
-                        whited.insert(w.to_vec());
-                    } else {
-                        names.insert(n);
-                    }
+                    match whited_name(path, &n)? {
+                        Some(w) => whited.insert(w),
+                        None => names.insert(n),
+                    };
                 }
                 if let (Some(l), Some(t)) = (lower, self.tree()) {
                     for (n, _) in t.children(*l) {
@@ -383,16 +401,16 @@ impl View {
 
     /// Create the whiteout of `name` in upper directory `dir`.
     pub fn whiteout(&self, dir: &Path, name: &[u8]) -> io::Result<()> {
-        File::create(&*short(&dir.join(OsStr::from_bytes(&wh_name(name))))?)?;
+        let mut f = File::create(&*short(&dir.join(OsStr::from_bytes(&wh_file(name))))?)?;
+        if !wh_fits(name) {
+            f.write_all(name)?;
+        }
         Ok(())
     }
 
     /// Remove the whiteout of `name` in `dir`; whether there was one.
     pub fn unwhiteout(&self, dir: &Path, name: &[u8]) -> io::Result<bool> {
-        if !wh_fits(name) {
-            return Ok(false);
-        }
-        match fs::remove_file(&*short(&dir.join(OsStr::from_bytes(&wh_name(name))))?) {
+        match fs::remove_file(&*short(&dir.join(OsStr::from_bytes(&wh_file(name))))?) {
             Ok(()) => Ok(true),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
             Err(e) => Err(e),
