@@ -51,22 +51,6 @@ impl ExportFs {
         Ok(self.add_handle(Handle::File(Arc::new(f), ino)))
     }
 
-    /// Open unlinked file `ino` again through a descriptor still open on it.
-    fn reopen(&self, ino: u64, flags: i32) -> Option<Result<u64>> {
-        let f = self.open_file(ino)?;
-        let acc = flags & libc::O_ACCMODE;
-        let path = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&*f));
-        let opened = OpenOptions::new()
-            .read(acc != libc::O_WRONLY)
-            .write(acc != libc::O_RDONLY)
-            .truncate(flags & libc::O_TRUNC != 0 && acc != libc::O_RDONLY)
-            .open(path);
-        Some(match opened {
-            Ok(g) => Ok(self.add_handle(Handle::File(Arc::new(g), ino))),
-            Err(e) => Err(e.into()),
-        })
-    }
-
     /// Read from open file `fh`.
     pub fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>> {
         let h = match self.handles.lock().unwrap().get(&fh) {

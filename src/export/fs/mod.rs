@@ -17,6 +17,7 @@ mod control;
 mod handles;
 pub mod inodes;
 mod ops;
+mod orphans;
 pub mod view;
 mod xattrs;
 
@@ -425,23 +426,6 @@ impl ExportFs {
         }
     }
 
-    /// `path` (an object with attributes `attr`) is gone; if that was its
-    /// last name, its inode lives on as an orphan for the descriptors still
-    /// open on it (a fifo, a socket: nothing else holds them).
-    fn gone(&self, path: &[u8], attr: Option<Attr>) {
-        let mut t = self.inodes.lock().unwrap();
-        t.remove(path);
-        if let Some(a) = attr.filter(|a| t.path(a.ino).is_none()) {
-            let ctime = SystemTime::now();
-            let orphan = Attr {
-                nlink: 0,
-                ctime,
-                ..a
-            };
-            self.orphans.lock().unwrap().insert(a.ino, orphan);
-        }
-    }
-
     /// Inodes in the table (for tests).
     pub fn inode_count(&self) -> usize {
         self.inodes.lock().unwrap().len()
@@ -457,14 +441,6 @@ impl ExportFs {
                 None => self.orphans.lock().unwrap().get(&ino).cloned().ok_or(e),
             },
         }
-    }
-
-    /// An open descriptor of staged file `ino`, if one is open.
-    fn open_file(&self, ino: u64) -> Option<Arc<File>> {
-        self.handles.lock().unwrap().values().find_map(|h| match h {
-            Handle::File(f, i) if *i == ino => Some(f.clone()),
-            _ => None,
-        })
     }
 
     /// One reply's worth of directory `ino` from cookie `offset` (see

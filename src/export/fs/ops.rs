@@ -419,24 +419,6 @@ impl ExportFs {
         Ok((view, real))
     }
 
-    /// Change the remembered attributes of an orphan (an unlinked fifo or
-    /// socket the kernel still holds): there is no file left to change.
-    fn set_orphan(&self, ino: u64, s: &SetAttr) -> Option<Attr> {
-        let mut orphans = self.orphans.lock().unwrap();
-        let a = orphans.get_mut(&ino)?;
-        let now = SystemTime::now();
-        let at = |t: SetTime| match t {
-            SetTime::Now => now,
-            SetTime::At(t) => t,
-        };
-        a.perm = s.mode.map_or(a.perm, |m| (m & 0o7777) as u16);
-        a.uid = s.uid.unwrap_or(a.uid);
-        a.gid = s.gid.unwrap_or(a.gid);
-        a.mtime = s.mtime.map_or(a.mtime, at);
-        a.ctime = now;
-        Some(a.clone())
-    }
-
     /// Change attributes (of a file unlinked while open: through its descriptor).
     pub fn setattr(&self, ino: u64, fh: Option<u64>, s: &SetAttr) -> Result<Attr> {
         let open = match self.path_of(ino) {
