@@ -351,13 +351,6 @@ impl ExportFs {
             return Err(err(libc::ENOTDIR));
         }
         let mut dst = view.child(&pobj, n2)?;
-        if let Some(d) = dst.as_ref().filter(|d| is_base_link(&view, d)) {
-            if !same_object(&src, d) {
-                // Replacing one name of a base file with several: as unlink.
-                view.copy_up(&r2)?;
-                dst = view.child(&view.resolve(p2rel)?, n2)?;
-            }
-        }
         if noreplace && dst.is_some() {
             return Err(err(libc::EEXIST));
         }
@@ -381,6 +374,11 @@ impl ExportFs {
         };
         if src_dir && merged {
             return Err(err(libc::EXDEV));
+        }
+        if dst.as_ref().is_some_and(|d| is_base_link(&view, d)) {
+            // Replacing one name of a base file with several: as unlink.
+            view.copy_up(&r2)?;
+            dst = view.child(&view.resolve(p2rel)?, n2)?;
         }
         let src_lower = view.lower_has(&r1)?;
         let dst_lower = view.lower_has(&r2)?;
