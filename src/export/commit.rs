@@ -542,6 +542,10 @@ fn fingerprint(root: &std::path::Path) -> Result<TreeState> {
         h: &mut crate::digest::Hasher,
         st: &mut (u64, i64),
     ) -> std::io::Result<()> {
+        // Deep trees: a short name for this directory (its children's
+        // paths then fit in a system call).
+        let dir = super::longpath::short(dir)?;
+        let dir: &std::path::Path = &dir;
         let mut children: Vec<_> = std::fs::read_dir(dir)?
             .map(|e| e.map(|e| e.file_name()))
             .collect::<std::io::Result<_>>()?;

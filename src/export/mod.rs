@@ -7,6 +7,7 @@
 //!   in one pass, streamed to the upload as it is produced; [`estargz`]:
 //!   the eStargz layout (gzip member per chunk, TOC, footer); [`block`]:
 //!   the piece of tar the tar side hands a compressor (both use it).
+//! - [`longpath`]: staging paths longer than one system call takes.
 //! - [`image`]: the config and manifest; [`push`]: blobs then the manifest.
 //! - [`commit`]: the whole commit, with progress, and [`Exporter`], the
 //!   service the filesystem and the control socket share.
@@ -18,6 +19,7 @@ pub mod compress;
 pub mod estargz;
 pub mod fs;
 pub mod image;
+pub mod longpath;
 pub mod pack;
 pub mod push;
 pub mod staging;

@@ -126,6 +126,10 @@ impl Packer<'_> {
         dir: &Path,
         name: &mut Vec<u8>,
     ) -> io::Result<()> {
+        // Deep trees: a short name for this directory (its children's
+        // paths then fit in a system call).
+        let dir = super::longpath::short(dir)?;
+        let dir: &std::path::Path = &dir;
         let mut children: Vec<_> = fs::read_dir(dir)?
             .map(|e| e.map(|e| e.file_name()))
             .collect::<io::Result<_>>()?;
@@ -165,7 +169,18 @@ impl Packer<'_> {
         let mut h = Header::new_ustar();
         let mut pax: Vec<(String, Vec<u8>)> = Vec::new();
         if ft.is_file() && base.starts_with(WHITEOUT_PREFIX) {
-            // A whiteout or opaque marker: fixed metadata, no content.
+            // A whiteout or opaque marker: fixed metadata, no content. A long
+            // whiteout (`staging::LONG_WH`) holds the name it whites out.
+            let long;
+            let name = if base.starts_with(crate::export::staging::LONG_WH) {
+                let mut n = name[..name.len() - base.len()].to_vec();
+                n.extend_from_slice(WHITEOUT_PREFIX);
+                n.extend_from_slice(&fs::read(path)?);
+                long = n;
+                &long[..]
+            } else {
+                name
+            };
             h.set_entry_type(EntryType::Regular);
             h.set_mode(0o644);
             h.set_uid(0);

@@ -5,7 +5,9 @@
 //!   entries/<escaped ref>/      one per entry (`team%2Ftool:latest` for `team/tool:latest`)
 //!     meta.json                 EntryMeta: reference, --from base, created, last commit
 //!     root/                     the upper tree: real files, plus OCI whiteouts
-//!                               (`.wh.NAME`, `.wh..wh..opq`) for what was deleted from a base
+//!                               (`.wh.NAME`, `.wh..wh..opq`) for what was deleted from a base;
+//!                               `.wh..regfs-long.<sha256>` (holding NAME) when `.wh.NAME`
+//!                               would exceed NAME_MAX
 //!   tmp/                        packed layers on their way to the registry
 //!   control.sock                the daemon's control socket
 //! ```
@@ -26,6 +28,12 @@ use serde::{Deserialize, Serialize};
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::reference::{validate_repository, validate_tag};
+
+/// Prefix of the staged form of a whiteout whose `.wh.NAME` would not fit in
+/// a name on the staging disk (NAME longer than 251 bytes): the file
+/// `.wh..regfs-long.<sha256 of NAME>` holds NAME, and pack writes it into the
+/// layer as `.wh.NAME`.
+pub const LONG_WH: &[u8] = b".wh..regfs-long.";
 
 /// The image an entry starts from, pinned to a manifest digest.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

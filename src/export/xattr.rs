@@ -5,8 +5,15 @@ use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
-fn cpath(p: &Path) -> io::Result<CString> {
-    CString::new(p.as_os_str().as_bytes()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
+use super::longpath::{short, Short};
+
+/// `p` as a C string, through [`short`] when it is long: the guard must live
+/// as long as the string is used.
+fn cpath(p: &Path) -> io::Result<(Short, CString)> {
+    let s = short(p)?;
+    let c = CString::new(s.as_os_str().as_bytes())
+        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    Ok((s, c))
 }
 
 fn cname(n: &[u8]) -> io::Result<CString> {
@@ -15,7 +22,7 @@ fn cname(n: &[u8]) -> io::Result<CString> {
 
 /// The names of `path`'s extended attributes, sorted.
 pub fn list(path: &Path) -> io::Result<Vec<Vec<u8>>> {
-    let p = cpath(path)?;
+    let (_guard, p) = cpath(path)?;
     let mut buf = vec![0u8; 1024];
     loop {
         // SAFETY: buf is valid for buf.len() bytes.
@@ -42,7 +49,7 @@ pub fn list(path: &Path) -> io::Result<Vec<Vec<u8>>> {
 
 /// The value of attribute `name` of `path`.
 pub fn get(path: &Path, name: &[u8]) -> io::Result<Vec<u8>> {
-    let (p, n) = (cpath(path)?, cname(name)?);
+    let ((_guard, p), n) = (cpath(path)?, cname(name)?);
     let mut buf = vec![0u8; 256];
     loop {
         // SAFETY: buf is valid for buf.len() bytes.
@@ -63,7 +70,7 @@ pub fn get(path: &Path, name: &[u8]) -> io::Result<Vec<u8>> {
 
 /// Set attribute `name` of `path` (`flags`: `XATTR_CREATE`, `XATTR_REPLACE` or 0).
 pub fn set(path: &Path, name: &[u8], value: &[u8], flags: i32) -> io::Result<()> {
-    let (p, n) = (cpath(path)?, cname(name)?);
+    let ((_guard, p), n) = (cpath(path)?, cname(name)?);
     // SAFETY: pointers valid for the given lengths.
     let r = unsafe {
         libc::lsetxattr(
@@ -83,7 +90,7 @@ pub fn set(path: &Path, name: &[u8], value: &[u8], flags: i32) -> io::Result<()>
 
 /// Remove attribute `name` of `path`.
 pub fn remove(path: &Path, name: &[u8]) -> io::Result<()> {
-    let (p, n) = (cpath(path)?, cname(name)?);
+    let ((_guard, p), n) = (cpath(path)?, cname(name)?);
     // SAFETY: valid C strings.
     if unsafe { libc::lremovexattr(p.as_ptr(), n.as_ptr()) } == 0 {
         Ok(())

@@ -20,6 +20,8 @@ pub enum FileKind {
     BlockDev,
     /// Named pipe.
     Fifo,
+    /// Unix socket (only staged in the export; never in an image).
+    Socket,
 }
 
 impl From<crate::layer::NodeKind> for FileKind {
@@ -54,8 +56,11 @@ pub struct Attr {
     pub gid: u32,
     /// Size in bytes.
     pub size: u64,
-    /// Modification time (also used for ctime and atime).
+    /// Modification time (also used for atime).
     pub mtime: SystemTime,
+    /// Status change time (the read-only tree: its mtime; the export: the
+    /// staged file's, so chmod, chown, link and rename show).
+    pub ctime: SystemTime,
     /// Device number for device nodes.
     pub rdev: u32,
     /// How long the kernel may cache this entry and these attributes.
@@ -74,6 +79,7 @@ impl Attr {
             gid: 0,
             size: 0,
             mtime,
+            ctime: mtime,
             rdev: 0,
             ttl,
         }
@@ -90,6 +96,7 @@ impl Attr {
             gid: 0,
             size,
             mtime,
+            ctime: mtime,
             rdev: 0,
             ttl,
         }
@@ -112,6 +119,7 @@ impl Attr {
             gid: 0,
             size: len,
             mtime,
+            ctime: mtime,
             rdev: 0,
             ttl,
         }

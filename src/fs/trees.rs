@@ -175,7 +175,8 @@ impl Trees {
 }
 
 /// The attributes of a tree node, as its tar entry had them (cached for
-/// [`IMMUTABLE_TTL`]).
+/// [`IMMUTABLE_TTL`]); a symlink's mode is 0777 whatever its header says,
+/// as Linux (and umoci, containerd, overlayfs) show every symlink.
 pub fn node_attr(ino: u64, n: &Node) -> Attr {
     let mtime = if n.mtime >= 0 {
         SystemTime::UNIX_EPOCH + Duration::new(n.mtime as u64, n.mtime_nsec)
@@ -190,12 +191,16 @@ pub fn node_attr(ino: u64, n: &Node) -> Attr {
     Attr {
         ino,
         kind: n.kind.into(),
-        perm: (n.mode & 0o7777) as u16,
+        perm: match n.kind {
+            NodeKind::Symlink => 0o777,
+            _ => (n.mode & 0o7777) as u16,
+        },
         nlink: n.nlink,
         uid: n.uid,
         gid: n.gid,
         size,
         mtime,
+        ctime: mtime,
         rdev: libc::makedev(n.rdev.0, n.rdev.1) as u32,
         ttl: IMMUTABLE_TTL,
     }

@@ -300,6 +300,20 @@ impl Filesystem for ExportFuse {
         });
     }
 
+    fn fallocate(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        let op = move |fs: &ExportFs| fs.fallocate(fh.0, offset, length, mode);
+        self.run("fallocate", op, glue::empty(reply));
+    }
+
     fn flush(
         &self,
         _req: &Request,

@@ -115,6 +115,7 @@ pub(crate) fn file_type(k: FileKind) -> FileType {
         FileKind::CharDev => FileType::CharDevice,
         FileKind::BlockDev => FileType::BlockDevice,
         FileKind::Fifo => FileType::NamedPipe,
+        FileKind::Socket => FileType::Socket,
     }
 }
 
@@ -125,7 +126,7 @@ pub(crate) fn file_attr(a: &Attr) -> FileAttr {
         blocks: a.size.div_ceil(512),
         atime: a.mtime,
         mtime: a.mtime,
-        ctime: a.mtime,
+        ctime: a.ctime,
         crtime: SystemTime::UNIX_EPOCH,
         kind: file_type(a.kind),
         perm: a.perm,

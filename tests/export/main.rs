@@ -8,3 +8,5 @@ mod harness;
 
 mod export;
 mod fuse_glue;
+mod posix_cases;
+mod posix_diff;

@@ -11,7 +11,11 @@ impl ExportFs {
 
     /// Open `ino` (copying it up first when opened for writing).
     pub fn open(&self, ino: u64, flags: i32) -> Result<u64> {
-        let p = self.path_of(ino)?;
+        let p = match self.path_of(ino) {
+            Ok(p) => p,
+            // Unlinked, and open: opened again through `/proc/PID/fd/N`.
+            Err(e) => return self.reopen(ino, flags).ok_or(e)?,
+        };
         let (entry, rel) = match locate(&p)? {
             Loc::Control => return Ok(self.add_handle(Handle::Control(self.status_text()))),
             Loc::Entry { entry, rel } => (entry, rel),
@@ -40,24 +44,24 @@ impl ExportFs {
             .write(acc != libc::O_RDONLY)
             .truncate(flags & libc::O_TRUNC != 0 && acc != libc::O_RDONLY)
             .custom_flags(flags & (libc::O_SYNC | libc::O_DSYNC | libc::O_NOFOLLOW))
-            .open(&real)?;
+            .open(&*short(&real)?)?;
         if flags & libc::O_TRUNC != 0 && acc == libc::O_RDONLY {
             f.set_len(0)?;
         }
-        Ok(self.add_handle(Handle::File(Arc::new(f))))
+        Ok(self.add_handle(Handle::File(Arc::new(f), ino)))
     }
 
     /// Read from open file `fh`.
     pub fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>> {
         let h = match self.handles.lock().unwrap().get(&fh) {
-            Some(Handle::File(f)) => Handle::File(f.clone()),
+            Some(Handle::File(f, i)) => Handle::File(f.clone(), *i),
             Some(Handle::Base(b, n)) => Handle::Base(b.clone(), *n),
             Some(Handle::Control(t)) => Handle::Control(t.clone()),
             None => return Err(err(libc::EBADF)),
         };
         let mut buf = vec![0u8; size as usize];
         let got = match h {
-            Handle::File(f) => crate::layer::read_full_at(&*f, &mut buf, offset)?,
+            Handle::File(f, _) => crate::layer::read_full_at(&*f, &mut buf, offset)?,
             Handle::Base(b, n) => {
                 crate::layer::read_content(b.tree.node(n), &b.files, offset, &mut buf)?
             }
@@ -75,7 +79,7 @@ impl ExportFs {
     /// Write to open file `fh` (on the control file: run the commands written).
     pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<u32> {
         let f = match self.handles.lock().unwrap().get(&fh) {
-            Some(Handle::File(f)) => f.clone(),
+            Some(Handle::File(f, _)) => f.clone(),
             Some(Handle::Control(_)) => {
                 self.control(data)?;
                 return Ok(data.len() as u32);
@@ -87,10 +91,28 @@ impl ExportFs {
         Ok(data.len() as u32)
     }
 
+    /// `fallocate` on open file `fh`: modes that only allocate (`0`,
+    /// `FALLOC_FL_KEEP_SIZE`); punching holes and the rest: `EOPNOTSUPP`.
+    pub fn fallocate(&self, fh: u64, offset: u64, length: u64, mode: i32) -> Result<()> {
+        if mode & !libc::FALLOC_FL_KEEP_SIZE != 0 {
+            return Err(err(libc::EOPNOTSUPP));
+        }
+        let f = match self.handles.lock().unwrap().get(&fh) {
+            Some(Handle::File(f, _)) => f.clone(),
+            _ => return Err(err(libc::EBADF)),
+        };
+        let (off, len) = (offset as libc::off_t, length as libc::off_t);
+        // SAFETY: a plain system call on a descriptor we own.
+        if unsafe { libc::fallocate(std::os::fd::AsRawFd::as_raw_fd(&*f), mode, off, len) } < 0 {
+            return Err(io::Error::last_os_error().into());
+        }
+        Ok(())
+    }
+
     /// `fsync` / `fdatasync` of open file `fh`.
     pub fn fsync(&self, fh: u64, datasync: bool) -> Result<()> {
         let f = match self.handles.lock().unwrap().get(&fh) {
-            Some(Handle::File(f)) => f.clone(),
+            Some(Handle::File(f, _)) => f.clone(),
             _ => return Ok(()),
         };
         if datasync {
@@ -106,7 +128,7 @@ impl ExportFs {
         let p = self.path_of(ino)?;
         if let Loc::Entry { entry, rel } = locate(&p)? {
             if let Obj::Upper { path, .. } = self.view(&entry)?.resolve(&rel)? {
-                File::open(path)?.sync_all()?;
+                File::open(&*short(&path)?)?.sync_all()?;
             }
         }
         Ok(())

@@ -14,7 +14,8 @@ use std::collections::HashMap;
 pub const ROOT: u64 = 1;
 
 /// The identity of a hard-linked object: a real `(dev, ino)` in the staging
-/// tree, or a base tree node (`dev` = [`BASE_DEV`]).
+/// tree, or a base tree node (`dev`: [`BASE_DEV`] mixed with the entry, so
+/// the top bit is set, which no real device number has).
 pub type Identity = (u64, u64);
 
 /// `dev` of identities of base tree nodes.
@@ -119,6 +120,11 @@ impl Inodes {
         }
     }
 
+    /// Whether `ino` is in the table.
+    pub fn contains(&self, ino: u64) -> bool {
+        self.paths.contains_key(&ino)
+    }
+
     /// How many inodes the table holds (for tests and status).
     pub fn len(&self) -> usize {
         self.paths.len()
@@ -178,10 +184,15 @@ impl Inodes {
         }
     }
 
-    /// `path` is gone (unlink, rmdir, replaced by a rename).
+    /// `path` is gone (unlink, rmdir, replaced by a rename). An inode whose
+    /// last name this was keeps its number but names no path any more: open
+    /// descriptors still reach it (the filesystem answers from them), and a
+    /// new file at `path` gets a number of its own.
     pub fn remove(&mut self, path: &[u8]) {
         if let Some(ino) = self.by_path.remove(path) {
-            self.drop_path(ino, path);
+            if let Some(v) = self.paths.get_mut(&ino) {
+                v.retain(|p| p != path);
+            }
         }
     }
 
@@ -230,6 +241,13 @@ mod tests {
         assert_eq!(l1, l2);
         t.remove(b"e:1/l1");
         assert_eq!(t.path(l1).unwrap(), b"e:1/l2");
+        // The last name gone: the inode names nothing, the path is free.
+        t.remove(b"e:1/l2");
+        assert_eq!(t.path(l1), None);
+        assert_ne!(t.ino(b"e:1/l2", None), l1);
+        // Another name of the same file found again revives it.
+        assert_eq!(t.ino(b"e:1/l3", Some((1, 7))), l1);
+        assert_eq!(t.path(l1).unwrap(), b"e:1/l3");
         let d = t.ino(b"e:1/d", None);
         let f = t.ino(b"e:1/d/f", None);
         t.rename(b"e:1/d", b"e:1/x");

@@ -17,6 +17,7 @@ mod control;
 mod handles;
 pub mod inodes;
 mod ops;
+mod orphans;
 pub mod view;
 mod xattrs;
 
@@ -38,6 +39,7 @@ use self::inodes::{Identity, Inodes, BASE_DEV, ROOT};
 use self::view::{errno, split, Obj, View, WH};
 use super::base::BaseTree;
 use super::commit::Exporter;
+use super::longpath::short;
 use super::staging::{parse_entry_ref, EntryMeta};
 use crate::error::{Error, Result};
 use crate::fs::paging::{page, Page, PageEntry};
@@ -109,7 +111,8 @@ pub struct StatFs {
 }
 
 enum Handle {
-    File(Arc<File>),
+    /// A staged file, and the inode it was opened as.
+    File(Arc<File>, u64),
     Base(Arc<BaseTree>, NodeId),
     Control(Vec<u8>),
 }
@@ -180,8 +183,40 @@ fn file_kind(ft: fs::FileType) -> FileKind {
         FileKind::CharDev
     } else if ft.is_block_device() {
         FileKind::BlockDev
+    } else if ft.is_socket() {
+        FileKind::Socket
     } else {
         FileKind::File
+    }
+}
+
+/// The `dev` of the identities of one entry's base nodes: [`BASE_DEV`] with
+/// a hash of the entry's upper tree (node numbers of two entries, even of
+/// one base image, must not meet: their hard links are not each other's).
+fn base_dev(root: &std::path::Path) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    root.hash(&mut h);
+    BASE_DEV ^ (h.finish() >> 1)
+}
+
+/// The attributes of a staged file (lstat `md`) as inode `ino`.
+fn upper_attr(ino: u64, md: &fs::Metadata) -> Attr {
+    let at = |s: i64, ns: i64| {
+        SystemTime::UNIX_EPOCH + Duration::new(s.max(0) as u64, ns.clamp(0, 999_999_999) as u32)
+    };
+    Attr {
+        ino,
+        kind: file_kind(md.file_type()),
+        perm: (md.mode() & 0o7777) as u16,
+        nlink: md.nlink() as u32,
+        uid: md.uid(),
+        gid: md.gid(),
+        size: md.size(),
+        mtime: at(md.mtime(), md.mtime_nsec()),
+        ctime: at(md.ctime(), md.ctime_nsec()),
+        rdev: md.rdev() as u32,
+        ttl: TTL,
     }
 }
 
@@ -204,6 +239,8 @@ pub struct ExportFs {
     handles: Mutex<HashMap<u64, Handle>>,
     next_fh: AtomicU64,
     namespaces: Mutex<BTreeSet<String>>,
+    /// Attributes of inodes whose last name went while the kernel held them.
+    orphans: Mutex<HashMap<u64, Attr>>,
     /// Serialises namespace-changing operations inside entries (rename, link,
     /// unlink, mkdir…): they check, then act, on several paths.
     tree_lock: Mutex<()>,
@@ -223,6 +260,7 @@ impl ExportFs {
             handles: Mutex::default(),
             next_fh: AtomicU64::new(1),
             namespaces: Mutex::default(),
+            orphans: Mutex::default(),
             tree_lock: Mutex::new(()),
             socket,
             owner: Caller {
@@ -278,6 +316,7 @@ impl ExportFs {
             gid: self.owner.gid,
             size: 0,
             mtime: self.started,
+            ctime: self.started,
             rdev: 0,
             ttl: TTL,
         }
@@ -298,27 +337,19 @@ impl ExportFs {
         match obj {
             Obj::Upper { md, .. } => {
                 let ino = self.number(vpath, view::identity(md), referenced);
-                Attr {
-                    ino,
-                    kind: file_kind(md.file_type()),
-                    perm: (md.mode() & 0o7777) as u16,
-                    nlink: md.nlink() as u32,
-                    uid: md.uid(),
-                    gid: md.gid(),
-                    size: md.size(),
-                    mtime: md.modified().unwrap_or(SystemTime::UNIX_EPOCH),
-                    rdev: md.rdev() as u32,
-                    ttl: TTL,
-                }
+                let mut a = upper_attr(ino, md);
+                a.nlink = view.dir_nlink(obj).unwrap_or(a.nlink);
+                a
             }
             Obj::Base { node, .. } => {
                 let n = view.base.as_ref().expect("base object").tree.node(*node);
-                let id = (!n.is_dir() && n.nlink > 1).then_some((BASE_DEV, *node as u64));
+                let id = (!n.is_dir() && n.nlink > 1).then(|| (base_dev(&view.root), *node as u64));
                 let ino = self.number(vpath, id, referenced);
                 let mut a = crate::fs::node_attr(ino, n);
                 // Times before 1970 show as the epoch here, as a ustar
                 // header would record them.
                 a.mtime = a.mtime.max(SystemTime::UNIX_EPOCH);
+                a.ctime = a.mtime;
                 a.ttl = TTL;
                 a
             }
@@ -388,7 +419,11 @@ impl ExportFs {
 
     /// The kernel dropped `nlookup` references to `ino`.
     pub fn forget(&self, ino: u64, nlookup: u64) {
-        self.inodes.lock().unwrap().forget(ino, nlookup);
+        let mut t = self.inodes.lock().unwrap();
+        t.forget(ino, nlookup);
+        if !t.contains(ino) {
+            self.orphans.lock().unwrap().remove(&ino);
+        }
     }
 
     /// Inodes in the table (for tests).
@@ -396,10 +431,16 @@ impl ExportFs {
         self.inodes.lock().unwrap().len()
     }
 
-    /// Attributes of `ino`.
+    /// Attributes of `ino`; a file unlinked while open is answered from its
+    /// open descriptor (`nlink` 0), as on a local filesystem.
     pub fn getattr(&self, ino: u64) -> Result<Attr> {
-        let p = self.path_of(ino)?;
-        self.attr_at(&p, false)
+        match self.path_of(ino) {
+            Ok(p) => self.attr_at(&p, false),
+            Err(e) => match self.open_file(ino) {
+                Some(f) => Ok(upper_attr(ino, &f.metadata()?)),
+                None => self.orphans.lock().unwrap().get(&ino).cloned().ok_or(e),
+            },
+        }
     }
 
     /// One reply's worth of directory `ino` from cookie `offset` (see
@@ -499,7 +540,10 @@ impl ExportFs {
         };
         let view = self.view(&entry)?;
         match view.resolve(&rel)? {
-            Obj::Upper { path, .. } => Ok(fs::read_link(path)?.as_os_str().as_bytes().to_vec()),
+            Obj::Upper { path, .. } => Ok(fs::read_link(&*short(&path)?)?
+                .as_os_str()
+                .as_bytes()
+                .to_vec()),
             Obj::Base { node, .. } => view
                 .base
                 .as_ref()

@@ -2,6 +2,17 @@
 
 use super::*;
 
+use std::os::fd::AsRawFd;
+use std::path::Path;
+
+/// What [`ExportFs::finish_create`] made.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Made {
+    Dir,
+    Symlink,
+    Other,
+}
+
 impl ExportFs {
     /// Make a directory: a new entry or namespace at the top, else a real one.
     pub fn mkdir(&self, parent: u64, name: &[u8], mode: u32, who: Caller) -> Result<Attr> {
@@ -41,8 +52,8 @@ impl ExportFs {
                 let _g = self.tree_lock.lock().unwrap();
                 let view = self.view(&entry)?;
                 let (dir, real) = self.prepare_create(&view, &rel)?;
-                fs::create_dir(&real)?;
-                self.finish_create(&real, mode, who, false)?;
+                fs::create_dir(&*short(&real)?)?;
+                self.finish_create(&dir, &real, mode, who, Made::Dir)?;
                 let had_wh = view.unwhiteout(&dir, name)?;
                 if had_wh || view.lower_has(&rel)? {
                     view.make_opaque(&real)?;
@@ -68,16 +79,28 @@ impl ExportFs {
         Ok((dir, real))
     }
 
+    /// Give `real`, just made in upper directory `dir`, its owner and mode:
+    /// the caller's uid and gid, or the directory's gid if it is setgid (a
+    /// new directory then is setgid too), as a local filesystem does.
     pub(super) fn finish_create(
         &self,
-        real: &std::path::Path,
+        dir: &Path,
+        real: &Path,
         mode: u32,
         who: Caller,
-        symlink: bool,
+        made: Made,
     ) -> Result<()> {
-        std::os::unix::fs::lchown(real, Some(who.uid), Some(who.gid))?;
-        if !symlink {
-            fs::set_permissions(real, fs::Permissions::from_mode(mode & 0o7777))?;
+        let pmd = fs::symlink_metadata(&*short(dir)?)?;
+        let setgid = pmd.mode() & libc::S_ISGID != 0;
+        let gid = if setgid { pmd.gid() } else { who.gid };
+        let real = short(real)?;
+        std::os::unix::fs::lchown(&*real, Some(who.uid), Some(gid))?;
+        if made != Made::Symlink {
+            let mut m = mode & 0o7777;
+            if made == Made::Dir && setgid {
+                m |= libc::S_ISGID;
+            }
+            fs::set_permissions(&*real, fs::Permissions::from_mode(m))?;
         }
         Ok(())
     }
@@ -114,14 +137,15 @@ impl ExportFs {
             .write(true)
             .create_new(true)
             .mode(0o600)
-            .open(&real)?;
-        self.finish_create(&real, mode, who, false)?;
+            .open(&*short(&real)?)?;
+        self.finish_create(&dir, &real, mode, who, Made::Other)?;
         view.unwhiteout(&dir, name)?;
         let a = self.entry_attr(&path)?;
-        Ok((a, self.add_handle(Handle::File(Arc::new(f)))))
+        let fh = self.add_handle(Handle::File(Arc::new(f), a.ino));
+        Ok((a, fh))
     }
 
-    /// Make a fifo, device (root only) or empty regular file.
+    /// Make a fifo, socket, device (root only) or empty regular file.
     pub fn mknod(
         &self,
         parent: u64,
@@ -137,14 +161,15 @@ impl ExportFs {
         let (dir, real) = self.prepare_create(&view, &rel)?;
         let kind = SFlag::from_bits_truncate(mode & libc::S_IFMT);
         match kind {
-            SFlag::S_IFIFO | SFlag::S_IFREG => {}
+            SFlag::S_IFIFO | SFlag::S_IFREG | SFlag::S_IFSOCK => {}
             SFlag::S_IFCHR | SFlag::S_IFBLK if who.uid == 0 => {}
             SFlag::S_IFCHR | SFlag::S_IFBLK => return Err(err(libc::EPERM)),
             _ => return Err(err(libc::EPERM)),
         }
-        nix::sys::stat::mknod(&real, kind, Mode::from_bits_truncate(0o600), rdev as _)
+        let mode_bits = Mode::from_bits_truncate(0o600);
+        nix::sys::stat::mknod(&*short(&real)?, kind, mode_bits, rdev as _)
             .map_err(io::Error::from)?;
-        self.finish_create(&real, mode, who, false)?;
+        self.finish_create(&dir, &real, mode, who, Made::Other)?;
         view.unwhiteout(&dir, name)?;
         self.entry_attr(&path)
     }
@@ -156,8 +181,8 @@ impl ExportFs {
         let _g = self.tree_lock.lock().unwrap();
         let view = self.view(&entry)?;
         let (dir, real) = self.prepare_create(&view, &rel)?;
-        std::os::unix::fs::symlink(OsStr::from_bytes(target), &real)?;
-        self.finish_create(&real, 0, who, true)?;
+        std::os::unix::fs::symlink(OsStr::from_bytes(target), &*short(&real)?)?;
+        self.finish_create(&dir, &real, 0, who, Made::Symlink)?;
         view.unwhiteout(&dir, name)?;
         self.entry_attr(&path)
     }
@@ -185,9 +210,9 @@ impl ExportFs {
         }
         let (dir, real) = self.prepare_create(&view, &rel)?;
         let sreal = view.copy_up(&srel)?;
-        fs::hard_link(&sreal, &real)?;
+        fs::hard_link(&*short(&sreal)?, &*short(&real)?)?;
         view.unwhiteout(&dir, name)?;
-        let md = fs::symlink_metadata(&real)?;
+        let md = fs::symlink_metadata(&*short(&real)?)?;
         if let Some(id) = view::identity(&md) {
             self.inodes.lock().unwrap().set_identity(ino, id);
         }
@@ -199,20 +224,27 @@ impl ExportFs {
         let (entry, rel, path) = self.entry_child(parent, name)?;
         let _g = self.tree_lock.lock().unwrap();
         let view = self.view(&entry)?;
-        let obj = view.resolve(&rel)?;
+        let mut obj = view.resolve(&rel)?;
         if view.is_dir(&obj) {
             return Err(err(libc::EISDIR));
         }
         let lower = view.lower_has(&rel)?;
         let (parent_rel, _) = split(&rel);
         let dir = view.copy_up(parent_rel)?;
+        if is_base_link(&view, &obj) {
+            // One name of a base file with several: copy the file up with
+            // all its names, so the others show one link fewer.
+            view.copy_up(&rel)?;
+            obj = view.resolve(&rel)?;
+        }
+        let attr = self.obj_attr(&path, &view, &obj, false);
         if let Obj::Upper { path: real, .. } = &obj {
-            fs::remove_file(real)?;
+            fs::remove_file(&*short(real)?)?;
         }
         if lower {
             view.whiteout(&dir, name)?;
         }
-        self.inodes.lock().unwrap().remove(&path);
+        self.gone(&path, Some(attr));
         Ok(())
     }
 
@@ -272,7 +304,7 @@ impl ExportFs {
                 let dir = view.copy_up(parent_rel)?;
                 if let Obj::Upper { path: real, .. } = &obj {
                     view.clear_whiteouts(real)?;
-                    fs::remove_dir(real)?;
+                    fs::remove_dir(&*short(real)?)?;
                 }
                 if lower {
                     view.whiteout(&dir, name)?;
@@ -283,9 +315,11 @@ impl ExportFs {
         }
     }
 
-    /// Rename, replacing the target (flags other than 0: `EINVAL`).
+    /// Rename, replacing the target; `RENAME_NOREPLACE`: `EEXIST` instead
+    /// (other flags, `RENAME_EXCHANGE` among them: `EINVAL`).
     pub fn rename(&self, p1: u64, n1: &[u8], p2: u64, n2: &[u8], flags: u32) -> Result<()> {
-        if flags != 0 {
+        let noreplace = flags == libc::RENAME_NOREPLACE;
+        if flags != 0 && !noreplace {
             return Err(err(libc::EINVAL));
         }
         check_name(n2)?;
@@ -316,7 +350,14 @@ impl ExportFs {
         if !view.is_dir(&pobj) {
             return Err(err(libc::ENOTDIR));
         }
-        let dst = view.child(&pobj, n2)?;
+        let mut dst = view.child(&pobj, n2)?;
+        if noreplace && dst.is_some() {
+            return Err(err(libc::EEXIST));
+        }
+        if dst.as_ref().is_some_and(|d| same_object(&src, d)) {
+            return Ok(()); // two names of one file: nothing to do (POSIX)
+        }
+        let dst_attr = dst.as_ref().map(|d| self.obj_attr(&to, &view, d, false));
         if let Some(d) = &dst {
             match (src_dir, view.is_dir(d)) {
                 (true, false) => return Err(err(libc::ENOTDIR)),
@@ -334,6 +375,11 @@ impl ExportFs {
         if src_dir && merged {
             return Err(err(libc::EXDEV));
         }
+        if dst.as_ref().is_some_and(|d| is_base_link(&view, d)) {
+            // Replacing one name of a base file with several: as unlink.
+            view.copy_up(&r2)?;
+            dst = view.child(&view.resolve(p2rel)?, n2)?;
+        }
         let src_lower = view.lower_has(&r1)?;
         let dst_lower = view.lower_has(&r2)?;
         let sreal = view.copy_up(&r1)?;
@@ -344,7 +390,7 @@ impl ExportFs {
                 view.clear_whiteouts(path)?;
             }
         }
-        fs::rename(&sreal, &dreal)?;
+        fs::rename(&*short(&sreal)?, &*short(&dreal)?)?;
         let had_wh = view.unwhiteout(&ddir, n2)?;
         if src_dir && (dst_lower || had_wh) {
             view.make_opaque(&dreal)?;
@@ -354,6 +400,7 @@ impl ExportFs {
             let sdir = view.copy_up(p1rel)?;
             view.whiteout(&sdir, n1)?;
         }
+        self.gone(&to, dst_attr);
         self.inodes.lock().unwrap().rename(&from, &to);
         Ok(())
     }
@@ -370,45 +417,94 @@ impl ExportFs {
         Ok((view, real))
     }
 
-    /// Change attributes.
+    /// Change attributes (of a file unlinked while open: through its descriptor).
     pub fn setattr(&self, ino: u64, fh: Option<u64>, s: &SetAttr) -> Result<Attr> {
-        let p = self.path_of(ino)?;
-        if let Loc::Control = locate(&p)? {
-            return self.getattr(ino);
-        }
-        let (_view, real) = self.upper_of(ino)?;
-        let md = fs::symlink_metadata(&real)?;
-        if s.uid.is_some() || s.gid.is_some() {
-            std::os::unix::fs::lchown(&real, s.uid, s.gid)?;
+        let open = match self.path_of(ino) {
+            Ok(p) => {
+                if let Loc::Control = locate(&p)? {
+                    return self.getattr(ino);
+                }
+                None
+            }
+            Err(e) => match self.open_file(ino) {
+                Some(f) => Some(f),
+                None => return self.set_orphan(ino, s).ok_or(e),
+            },
+        };
+        let (real, follow) = match &open {
+            Some(f) => (
+                short(Path::new(&format!("/proc/self/fd/{}", f.as_raw_fd())))?,
+                true,
+            ),
+            None => (short(&self.upper_of(ino)?.1)?, false),
+        };
+        let md = match follow {
+            true => fs::metadata(&*real)?,
+            false => fs::symlink_metadata(&*real)?,
+        };
+        // An empty request is `chown(f, -1, -1)`, which still changes ctime.
+        let empty = s.mode.is_none() && s.size.is_none() && s.atime.is_none() && s.mtime.is_none();
+        if s.uid.is_some() || s.gid.is_some() || empty {
+            match follow {
+                true => std::os::unix::fs::chown(&*real, s.uid, s.gid)?,
+                false => std::os::unix::fs::lchown(&*real, s.uid, s.gid)?,
+            }
         }
         if let Some(m) = s.mode {
             if !md.file_type().is_symlink() {
-                fs::set_permissions(&real, fs::Permissions::from_mode(m & 0o7777))?;
+                fs::set_permissions(&*real, fs::Permissions::from_mode(m & 0o7777))?;
             }
         }
         if let Some(size) = s.size {
             if md.is_dir() {
                 return Err(err(libc::EISDIR));
             }
-            let file = fh.and_then(|fh| match self.handles.lock().unwrap().get(&fh) {
-                Some(Handle::File(f)) => Some(f.clone()),
-                _ => None,
-            });
+            let file = fh
+                .and_then(|fh| match self.handles.lock().unwrap().get(&fh) {
+                    Some(Handle::File(f, _)) => Some(f.clone()),
+                    _ => None,
+                })
+                .or(open);
             match file {
                 Some(f) => f.set_len(size)?,
-                None => OpenOptions::new().write(true).open(&real)?.set_len(size)?,
+                None => OpenOptions::new().write(true).open(&*real)?.set_len(size)?,
             }
         }
         if s.atime.is_some() || s.mtime.is_some() {
             nix::sys::stat::utimensat(
                 nix::fcntl::AT_FDCWD,
-                &real,
+                &*real,
                 &timespec(s.atime),
                 &timespec(s.mtime),
-                nix::sys::stat::UtimensatFlags::NoFollowSymlink,
+                match follow {
+                    true => nix::sys::stat::UtimensatFlags::FollowSymlink,
+                    false => nix::sys::stat::UtimensatFlags::NoFollowSymlink,
+                },
             )
             .map_err(io::Error::from)?;
         }
         self.getattr(ino)
+    }
+}
+
+/// Whether two objects of a view are one file (hard links of it).
+fn same_object(a: &Obj, b: &Obj) -> bool {
+    match (a, b) {
+        (Obj::Upper { md: x, .. }, Obj::Upper { md: y, .. }) => {
+            (x.dev(), x.ino()) == (y.dev(), y.ino())
+        }
+        (Obj::Base { node: x, .. }, Obj::Base { node: y, .. }) => x == y,
+        _ => false,
+    }
+}
+
+/// Whether `obj` is a base file with other names (hard links).
+fn is_base_link(view: &View, obj: &Obj) -> bool {
+    match obj {
+        Obj::Base { node, .. } => view.base.as_ref().is_some_and(|b| {
+            let n = b.tree.node(*node);
+            !n.is_dir() && n.nlink > 1
+        }),
+        Obj::Upper { .. } => false,
     }
 }

@@ -14,6 +14,7 @@ use nix::sys::stat::{Mode, SFlag};
 use nix::sys::time::TimeSpec;
 
 use crate::export::base::BaseTree;
+use crate::export::longpath::short;
 use crate::export::xattr;
 use crate::layer::{self, NodeId, NodeKind};
 
@@ -67,12 +68,41 @@ pub(crate) fn errno(n: i32) -> io::Error {
 }
 
 fn lstat(p: &Path) -> io::Result<Option<Metadata>> {
-    match fs::symlink_metadata(p) {
+    match fs::symlink_metadata(&*short(p)?) {
         Ok(m) => Ok(Some(m)),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e),
     }
 }
+
+pub use crate::export::staging::LONG_WH;
+
+/// Whether the whiteout of `name` fits in a name of the staging disk.
+fn wh_fits(name: &[u8]) -> bool {
+    WH.len() + name.len() <= NAME_MAX
+}
+
+/// The staged file name of the whiteout of `name`.
+fn wh_file(name: &[u8]) -> Vec<u8> {
+    if wh_fits(name) {
+        return wh_name(name);
+    }
+    let mut v = LONG_WH.to_vec();
+    v.extend_from_slice(crate::digest::Digest::sha256_of(name).hex().as_bytes());
+    v
+}
+
+/// The name whited out by staged file `file` of directory `dir` (`None`: not
+/// a whiteout).
+fn whited_name(dir: &Path, file: &[u8]) -> io::Result<Option<Vec<u8>>> {
+    if file.starts_with(LONG_WH) {
+        return fs::read(&*short(&dir.join(OsStr::from_bytes(file)))?).map(Some);
+    }
+    Ok(file.strip_prefix(WH).map(<[u8]>::to_vec))
+}
+
+/// The longest name of the staging disk (and of the export mount).
+pub const NAME_MAX: usize = 255;
 
 fn wh_name(name: &[u8]) -> Vec<u8> {
     let mut v = WH.to_vec();
@@ -131,7 +161,7 @@ impl View {
                     return Err(errno(libc::ENOTDIR));
                 }
                 let cpath = path.join(n);
-                let whited = lstat(&path.join(OsStr::from_bytes(&wh_name(name))))?.is_some();
+                let whited = lstat(&path.join(OsStr::from_bytes(&wh_file(name))))?.is_some();
                 let below = if whited {
                     None
                 } else {
@@ -188,6 +218,40 @@ impl View {
         })
     }
 
+    /// The link count of a directory: 2 plus its subdirectories in the view
+    /// (for one merging a base directory, the upper count alone is short).
+    pub fn dir_nlink(&self, obj: &Obj) -> Option<u32> {
+        let Obj::Upper {
+            path,
+            lower: Some(l),
+            ..
+        } = obj
+        else {
+            return None;
+        };
+        let t = self.tree()?;
+        let mut upper = std::collections::HashMap::new();
+        let mut whited = std::collections::HashSet::new();
+        for e in fs::read_dir(&*short(path).ok()?).ok()? {
+            let e = e.ok()?;
+            let n = e.file_name().as_bytes().to_vec();
+            match whited_name(path, &n).ok()? {
+                Some(w) => {
+                    whited.insert(w);
+                }
+                None => {
+                    upper.insert(n, e.file_type().ok()?.is_dir());
+                }
+            }
+        }
+        let lower_dirs = t
+            .children(*l)
+            .iter()
+            .filter(|(n, c)| t.node(*c).is_dir() && !whited.contains(n) && !upper.contains_key(n))
+            .count();
+        Some(2 + (upper.values().filter(|d| **d).count() + lower_dirs) as u32)
+    }
+
     /// Whether `obj` is a directory.
     pub fn is_dir(&self, obj: &Obj) -> bool {
         match obj {
@@ -203,13 +267,12 @@ impl View {
             Obj::Upper { path, lower, .. } => {
                 let mut names = std::collections::BTreeSet::new();
                 let mut whited = std::collections::HashSet::new();
-                for e in fs::read_dir(path)? {
+                for e in fs::read_dir(&*short(path)?)? {
                     let n = e?.file_name().as_bytes().to_vec();
-                    if let Some(w) = n.strip_prefix(WH) {
-                        whited.insert(w.to_vec());
-                    } else {
-                        names.insert(n);
-                    }
+                    match whited_name(path, &n)? {
+                        Some(w) => whited.insert(w),
+                        None => names.insert(n),
+                    };
                 }
                 if let (Some(l), Some(t)) = (lower, self.tree()) {
                     for (n, _) in t.children(*l) {
@@ -250,7 +313,7 @@ impl View {
                 let (parent, _) = split(rel);
                 self.copy_up(parent)?;
                 let t = self.tree().ok_or_else(|| errno(libc::EIO))?;
-                self.copy_node(node, &path)?;
+                keeping_mtime(&path, || self.copy_node(node, &path))?;
                 if !t.node(node).is_dir() && t.node(node).nlink > 1 {
                     for (other, n) in t.walk() {
                         if n != node || other == rel {
@@ -260,7 +323,9 @@ impl View {
                             if on == node {
                                 let (oparent, _) = split(&other);
                                 self.copy_up(oparent)?;
-                                fs::hard_link(&path, &op)?;
+                                keeping_mtime(&op, || {
+                                    fs::hard_link(&*short(&path)?, &*short(&op)?)
+                                })?;
                             }
                         }
                     }
@@ -275,13 +340,15 @@ impl View {
         let n = base.tree.node(node);
         let parent = dst.parent().ok_or_else(|| errno(libc::EINVAL))?;
         let tmp = parent.join(format!("{TMP}{:016x}", rand::random::<u64>()));
+        let tmp = short(&tmp)?;
+        let tmp: &Path = &tmp;
         match n.kind {
             NodeKind::File => {
                 let mut f = OpenOptions::new()
                     .write(true)
                     .create_new(true)
                     .mode(0o600)
-                    .open(&tmp)?;
+                    .open(tmp)?;
                 let mut buf = vec![0u8; 1 << 20];
                 let mut off = 0u64;
                 while off < n.size {
@@ -294,10 +361,10 @@ impl View {
                 }
                 f.sync_data()?;
             }
-            NodeKind::Dir => fs::create_dir(&tmp)?,
+            NodeKind::Dir => fs::create_dir(tmp)?,
             NodeKind::Symlink => std::os::unix::fs::symlink(
                 OsStr::from_bytes(n.link_target.as_deref().unwrap_or_default()),
-                &tmp,
+                tmp,
             )?,
             NodeKind::Fifo | NodeKind::CharDev | NodeKind::BlockDev => {
                 let kind = match n.kind {
@@ -306,41 +373,44 @@ impl View {
                     _ => SFlag::S_IFBLK,
                 };
                 nix::sys::stat::mknod(
-                    &tmp,
+                    tmp,
                     kind,
                     Mode::from_bits_truncate(0o600),
                     libc::makedev(n.rdev.0, n.rdev.1),
                 )?;
             }
         }
-        std::os::unix::fs::lchown(&tmp, Some(n.uid), Some(n.gid))?;
+        std::os::unix::fs::lchown(tmp, Some(n.uid), Some(n.gid))?;
         if n.kind != NodeKind::Symlink {
-            fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(n.mode))?;
+            fs::set_permissions(tmp, std::os::unix::fs::PermissionsExt::from_mode(n.mode))?;
         }
         for (k, v) in &n.xattrs {
-            xattr::set(&tmp, k, v, 0)?;
+            xattr::set(tmp, k, v, 0)?;
         }
         let t = TimeSpec::new(n.mtime, n.mtime_nsec as _);
         nix::sys::stat::utimensat(
             nix::fcntl::AT_FDCWD,
-            &tmp,
+            tmp,
             &t,
             &t,
             nix::sys::stat::UtimensatFlags::NoFollowSymlink,
         )?;
-        fs::rename(&tmp, dst)?;
+        fs::rename(tmp, &*short(dst)?)?;
         Ok(())
     }
 
     /// Create the whiteout of `name` in upper directory `dir`.
     pub fn whiteout(&self, dir: &Path, name: &[u8]) -> io::Result<()> {
-        File::create(dir.join(OsStr::from_bytes(&wh_name(name))))?;
+        let mut f = File::create(&*short(&dir.join(OsStr::from_bytes(&wh_file(name))))?)?;
+        if !wh_fits(name) {
+            f.write_all(name)?;
+        }
         Ok(())
     }
 
     /// Remove the whiteout of `name` in `dir`; whether there was one.
     pub fn unwhiteout(&self, dir: &Path, name: &[u8]) -> io::Result<bool> {
-        match fs::remove_file(dir.join(OsStr::from_bytes(&wh_name(name)))) {
+        match fs::remove_file(&*short(&dir.join(OsStr::from_bytes(&wh_file(name))))?) {
             Ok(()) => Ok(true),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
             Err(e) => Err(e),
@@ -349,13 +419,14 @@ impl View {
 
     /// Mark upper directory `dir` opaque.
     pub fn make_opaque(&self, dir: &Path) -> io::Result<()> {
-        File::create(dir.join(OsStr::from_bytes(OPQ)))?;
+        File::create(&*short(&dir.join(OsStr::from_bytes(OPQ)))?)?;
         Ok(())
     }
 
     /// Remove the whiteouts inside upper directory `dir` (it is empty in the view).
     pub fn clear_whiteouts(&self, dir: &Path) -> io::Result<()> {
-        for e in fs::read_dir(dir)? {
+        let dir = short(dir)?;
+        for e in fs::read_dir(&*dir)? {
             let e = e?;
             if e.file_name().as_bytes().starts_with(WH) {
                 fs::remove_file(e.path())?;
@@ -363,6 +434,25 @@ impl View {
         }
         Ok(())
     }
+}
+
+/// Run `f`, which adds `path` to its directory, and give the directory its
+/// atime and mtime back: a copy-up changes nothing the user did, as on
+/// overlayfs (the directory's ctime does move; nothing can set a ctime).
+fn keeping_mtime(path: &Path, f: impl FnOnce() -> io::Result<()>) -> io::Result<()> {
+    let dir = path.parent().ok_or_else(|| errno(libc::EINVAL))?;
+    let md = fs::symlink_metadata(&*short(dir)?)?;
+    f()?;
+    let at = TimeSpec::new(md.atime(), md.atime_nsec());
+    let mt = TimeSpec::new(md.mtime(), md.mtime_nsec());
+    nix::sys::stat::utimensat(
+        nix::fcntl::AT_FDCWD,
+        &*short(dir)?,
+        &at,
+        &mt,
+        nix::sys::stat::UtimensatFlags::NoFollowSymlink,
+    )?;
+    Ok(())
 }
 
 /// `(dev, ino)` of an upper object that has other names.

@@ -56,7 +56,9 @@ impl ExportFs {
     /// Set xattr `name` of `ino`.
     pub fn setxattr(&self, ino: u64, name: &[u8], value: &[u8], flags: i32) -> Result<()> {
         let (_v, real) = self.upper_of(ino)?;
-        Ok(xattr::set(&real, name, value, flags)?)
+        xattr::set(&real, name, value, flags)?;
+        touch_ctime(&real)?;
+        Ok(())
     }
 
     /// Remove xattr `name` of `ino`.
@@ -64,4 +66,18 @@ impl ExportFs {
         let (_v, real) = self.upper_of(ino)?;
         Ok(xattr::remove(&real, name)?)
     }
+}
+
+/// Set ctime to now: ext4 leaves it alone when an xattr is set to the value
+/// it had, tmpfs and xfs do not. A chmod to the same mode does it (and,
+/// unlike a chown, keeps setuid bits); a symlink has no mode to set.
+fn touch_ctime(real: &std::path::Path) -> Result<()> {
+    let real = short(real)?;
+    let md = fs::symlink_metadata(&*real)?;
+    if md.file_type().is_symlink() {
+        std::os::unix::fs::lchown(&*real, None, None)?;
+    } else {
+        fs::set_permissions(&*real, fs::Permissions::from_mode(md.mode() & 0o7777))?;
+    }
+    Ok(())
 }

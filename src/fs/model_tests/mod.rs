@@ -440,6 +440,7 @@ fn check_attr(model: &Model, path: &str, a: &Attr) -> Result<(), TestCaseError> 
         }
         MKind::Symlink { target } => {
             prop_assert_eq!(a.kind, FileKind::Symlink, "{}", path);
+            prop_assert_eq!(a.perm, 0o777, "mode of symlink {}", path);
             prop_assert_eq!(a.size, target.len() as u64, "size of {}", path);
         }
     }

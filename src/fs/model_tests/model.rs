@@ -20,8 +20,12 @@ pub enum Ent {
         mode: u32,
         data: Arc<Vec<u8>>,
     },
-    /// A symlink.
-    Symlink { path: String, target: String },
+    /// A symlink; `mode` is what its tar header says (Linux shows 0777 whatever it is).
+    Symlink {
+        path: String,
+        target: String,
+        mode: u32,
+    },
     /// A hard link to a regular file written earlier in the same layer.
     HardLink { path: String, target: String },
     /// `.wh.NAME`: removes `path` (and its subtree) from the lower layers.
@@ -59,7 +63,7 @@ pub enum MKind {
         data: Arc<Vec<u8>>,
         group: (usize, String),
     },
-    /// Symlink.
+    /// Symlink: always shown with mode 0777, whatever its tar header says.
     Symlink { target: String },
 }
 
@@ -196,7 +200,7 @@ impl Model {
                         },
                     );
                 }
-                Ent::Symlink { path, target } => {
+                Ent::Symlink { path, target, .. } => {
                     self.remove_tree(path);
                     self.paths.insert(
                         path.clone(),
@@ -316,6 +320,7 @@ fn layer_from(draws: Vec<Draw>) -> Layer {
             3 => Ent::Symlink {
                 path: path.clone(),
                 target: format!("../t{}", d.seed),
+                mode: d.mode,
             },
             4 => Ent::HardLink {
                 path: path.clone(),
@@ -417,9 +422,9 @@ pub fn tar(layer: &Layer) -> Vec<u8> {
                 h.set_size(data.len() as u64);
                 b.append_data(&mut h, &name, &data[..]).unwrap();
             }
-            Ent::Symlink { target, .. } => {
+            Ent::Symlink { target, mode, .. } => {
                 h.set_entry_type(EntryType::Symlink);
-                h.set_mode(0o777);
+                h.set_mode(*mode);
                 h.set_size(0);
                 b.append_link(&mut h, &name, target).unwrap();
             }
