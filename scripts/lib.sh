@@ -44,6 +44,13 @@ REGFS_PACKAGES=(
   # tests/runtimes and tests/containerd: podman through the layer store,
   # containerd through the remote snapshotter (both with runc)
   podman podman
+  conmon conmon
+  # podman's recommends, as on the machines the tests were written on (apt
+  # here installs without recommends)
+  catatonit catatonit
+  newuidmap uidmap
+  slirp4netns slirp4netns
+  fuse-overlayfs fuse-overlayfs
   /usr/sbin/runc runc
   containerd containerd
   ctr-remote stargz-snapshotter
