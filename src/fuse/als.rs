@@ -8,47 +8,41 @@
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::SystemTime;
 
 use fuser::{
-    Errno, FileHandle, Filesystem, FopenFlags, INodeNo, InitFlags, IoctlFlags, KernelConfig,
-    LockOwner, MountOption, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
-    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyOpen, ReplyXattr,
-    Request, TimeOrNow,
+    Errno, FileHandle, Filesystem, INodeNo, InitFlags, IoctlFlags, KernelConfig, LockOwner,
+    MountOption, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
+    ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyOpen, ReplyXattr, Request,
+    TimeOrNow,
 };
 use tokio::runtime::Handle;
 
-use super::glue::{self, Glue};
+use super::glue;
+use super::read_side::ReadSide;
 use super::MountConfig;
 use crate::als::LayerStore;
 use crate::error::Error;
 
 /// The fuser adapter of the layer store view.
 pub struct AlsFuse {
-    als: Arc<LayerStore>,
-    glue: Glue,
-    stateless_dirs: AtomicBool,
-    /// The daemon's control socket, named by the root's `user.regfs.control` xattr.
-    control: Option<Arc<Vec<u8>>>,
+    side: ReadSide<LayerStore>,
 }
 
 impl AlsFuse {
     /// Adapt `als`, running its operations on runtime `rt`.
     pub fn new(als: Arc<LayerStore>, rt: Handle) -> AlsFuse {
         AlsFuse {
-            als,
-            glue: Glue::new(rt),
-            stateless_dirs: AtomicBool::new(false),
-            control: None,
+            // No listing cache: a reference's listing follows its tag.
+            side: ReadSide::new(als, rt, false),
         }
     }
 
     /// Advertise the daemon's control socket in the root directory's
     /// `user.regfs.control` xattr, so that `regfs status LAYERSTORE` works.
     pub fn with_control_socket(mut self, socket: &Path) -> AlsFuse {
-        self.control = Some(Arc::new(socket.as_os_str().as_bytes().to_vec()));
+        self.side.control = Some(Arc::new(socket.as_os_str().as_bytes().to_vec()));
         self
     }
 
@@ -65,7 +59,7 @@ impl AlsFuse {
 
     /// Refuse a change with EROFS, inline (it touches nothing).
     fn refuse<T>(&self, name: &'static str, reply: impl FnOnce(Result<T, Errno>)) {
-        self.glue.inline(name, || Err(Error::ReadOnly), reply);
+        self.side.glue.inline(name, || Err(Error::ReadOnly), reply);
     }
 }
 
@@ -87,16 +81,7 @@ impl Filesystem for AlsFuse {
     }
 
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
-        let _ = config.set_max_readahead(1 << 20);
-        let _ = config.set_max_background(64);
-        let _ = config.add_capabilities(InitFlags::FUSE_PARALLEL_DIROPS);
-        let _ = config
-            .add_capabilities(InitFlags::FUSE_DO_READDIRPLUS | InitFlags::FUSE_READDIRPLUS_AUTO);
-        let _ = config.add_capabilities(InitFlags::FUSE_CACHE_SYMLINKS);
-        let no_opendir = config
-            .add_capabilities(InitFlags::FUSE_NO_OPENDIR_SUPPORT)
-            .is_ok();
-        self.stateless_dirs.store(no_opendir, Ordering::Relaxed);
+        self.side.init(config, InitFlags::empty());
         Ok(())
     }
 
@@ -117,43 +102,23 @@ impl Filesystem for AlsFuse {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        let (als, name) = (self.als.clone(), name.as_bytes().to_vec());
-        let op = async move { als.lookup(parent.0, &name).await };
-        self.glue.run("lookup", op, glue::entry(reply));
+        self.side.lookup(parent, name, reply);
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
-        let op = || {
-            self.als.forget(ino.0, nlookup);
-            Ok(())
-        };
-        self.glue.inline("forget", op, |_| ());
+        self.side.forget(ino, nlookup);
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        let als = self.als.clone();
-        let op = async move { als.getattr(ino.0).await };
-        self.glue.run("getattr", op, glue::attr(reply));
+        self.side.getattr(ino, reply);
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        let als = self.als.clone();
-        let op = async move { als.readlink(ino.0).await };
-        self.glue.run("readlink", op, glue::data(reply));
+        self.side.readlink(ino, reply);
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        let als = self.als.clone();
-        let op = async move {
-            if flags.0 & libc::O_ACCMODE != libc::O_RDONLY {
-                return Err(Error::ReadOnly);
-            }
-            als.open(ino.0).await
-        };
-        self.glue.run("open", op, |r| match r {
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
-            Err(e) => reply.error(e),
-        });
+        self.side.open(ino, flags, reply);
     }
 
     fn read(
@@ -167,9 +132,7 @@ impl Filesystem for AlsFuse {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        let als = self.als.clone();
-        let op = async move { als.read(fh.0, offset, size).await };
-        self.glue.run("read", op, glue::data(reply));
+        self.side.read(fh, offset, size, reply);
     }
 
     fn release(
@@ -182,11 +145,7 @@ impl Filesystem for AlsFuse {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        let op = || {
-            self.als.release(fh.0);
-            Ok(())
-        };
-        self.glue.inline("release", op, glue::empty(reply));
+        self.side.release(fh, reply);
     }
 
     fn flush(
@@ -197,23 +156,11 @@ impl Filesystem for AlsFuse {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        self.glue.inline("flush", || Ok(()), glue::empty(reply));
+        self.side.nothing("flush", reply);
     }
 
     fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        let stateless = self.stateless_dirs.load(Ordering::Relaxed);
-        self.glue.inline(
-            "opendir",
-            || Ok(()),
-            |_| {
-                if stateless {
-                    reply.error(Errno::from_i32(libc::ENOSYS));
-                } else {
-                    // No FOPEN_CACHE_DIR: a reference's listing follows its tag.
-                    reply.opened(FileHandle(0), FopenFlags::empty());
-                }
-            },
-        );
+        self.side.opendir(reply);
     }
 
     fn readdir(
@@ -224,9 +171,7 @@ impl Filesystem for AlsFuse {
         offset: u64,
         reply: ReplyDirectory,
     ) {
-        let (als, size) = (self.als.clone(), glue::reply_size(&reply));
-        let op = async move { als.readdir_page(ino.0, offset, size, false).await };
-        self.glue.run("readdir", op, glue::dir_page(reply));
+        self.side.readdir(ino, offset, reply);
     }
 
     fn readdirplus(
@@ -237,18 +182,7 @@ impl Filesystem for AlsFuse {
         offset: u64,
         reply: ReplyDirectoryPlus,
     ) {
-        let (als, size) = (self.als.clone(), glue::reply_size(&reply));
-        let unsent = {
-            let als = als.clone();
-            move |rest: &[crate::fs::PageEntry]| {
-                for e in rest.iter().filter(|e| !e.is_dot()) {
-                    als.forget(e.ino, 1);
-                }
-            }
-        };
-        let op = async move { als.readdir_page(ino.0, offset, size, true).await };
-        self.glue
-            .run("readdirplus", op, glue::dir_page_plus(reply, unsent));
+        self.side.readdirplus(ino, offset, reply);
     }
 
     fn releasedir(
@@ -259,37 +193,15 @@ impl Filesystem for AlsFuse {
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
-        self.glue
-            .inline("releasedir", || Ok(()), glue::empty(reply));
+        self.side.nothing("releasedir", reply);
     }
 
     fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        if !crate::fs::xattr_shown(name.as_bytes(), req.uid() == 0) {
-            let op = || Err(Error::Io(std::io::Error::from_raw_os_error(libc::ENODATA)));
-            return self.glue.inline("getxattr", op, glue::xattr(reply, size));
-        }
-        if let (crate::fs::ROOT_INO, Some(socket)) = (ino.0, &self.control) {
-            if name.as_bytes() == crate::export::fs::SOCKET_XATTR {
-                let socket = socket.to_vec();
-                return self
-                    .glue
-                    .inline("getxattr", || Ok(socket), glue::xattr(reply, size));
-            }
-        }
-        let (als, name) = (self.als.clone(), name.as_bytes().to_vec());
-        let op = async move { als.getxattr(ino.0, &name).await };
-        self.glue.run("getxattr", op, glue::xattr(reply, size));
+        self.side.getxattr(req.uid() == 0, ino, name, size, reply);
     }
 
     fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        let (als, root) = (self.als.clone(), req.uid() == 0);
-        let op = async move {
-            let mut names = als.listxattr(ino.0).await?;
-            names.retain(|n| crate::fs::xattr_shown(n, root));
-            Ok(names)
-        };
-        self.glue
-            .run("listxattr", op, glue::xattr_names(reply, size));
+        self.side.listxattr(req.uid() == 0, ino, size, reply);
     }
 
     /// containers/storage's `use` file; anything else EROFS.
@@ -303,9 +215,9 @@ impl Filesystem for AlsFuse {
         _flags: i32,
         reply: ReplyCreate,
     ) {
-        let (als, name) = (self.als.clone(), name.as_bytes().to_vec());
+        let (als, name) = (self.side.core.clone(), name.as_bytes().to_vec());
         let op = async move { als.create(parent.0, &name).await };
-        self.glue.run("create", op, |r| match r {
+        self.side.glue.run("create", op, |r| match r {
             Ok(never) => match never {},
             Err(e) => reply.error(e),
         });
@@ -313,9 +225,9 @@ impl Filesystem for AlsFuse {
 
     /// containers/storage's release of a layer; anything else EROFS.
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let (als, name) = (self.als.clone(), name.as_bytes().to_vec());
+        let (als, name) = (self.side.core.clone(), name.as_bytes().to_vec());
         let op = async move { als.rmdir(parent.0, &name).await };
-        self.glue.run("rmdir", op, glue::empty(reply));
+        self.side.glue.run("rmdir", op, glue::empty(reply));
     }
 
     fn mknod(

@@ -10,28 +10,27 @@
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::SystemTime;
 
 use fuser::{
-    Config, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, INodeNo, InitFlags,
-    IoctlFlags, KernelConfig, LockOwner, MountOption, OpenFlags, ReplyAttr, ReplyData,
-    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyOpen, ReplyXattr,
-    Request, SessionACL,
+    Config, Errno, FileAttr, FileHandle, FileType, Filesystem, INodeNo, InitFlags, IoctlFlags,
+    KernelConfig, LockOwner, MountOption, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory,
+    ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyOpen, ReplyXattr, Request,
+    SessionACL,
 };
 use tokio::runtime::Handle;
 
-use crate::error::Error;
 use crate::fs::{Attr, FileKind, Fs};
 
 pub mod als;
 pub mod export;
 mod glue;
+mod read_side;
 mod session;
 
-use glue::Glue;
 pub use glue::OpErrors;
+use read_side::ReadSide;
 pub use session::Mounted;
 
 /// Options of the kernel mount.
@@ -47,29 +46,21 @@ pub struct MountConfig {
 
 /// The fuser adapter.
 pub struct FuseFs {
-    fs: Arc<Fs>,
-    glue: Glue,
-    /// The kernel opens directories without asking us (FUSE_NO_OPENDIR_SUPPORT).
-    stateless_dirs: AtomicBool,
-    /// The daemon's control socket, named by the root's `user.regfs.control` xattr.
-    control: Option<Arc<Vec<u8>>>,
+    side: ReadSide<Fs>,
 }
 
 impl FuseFs {
     /// Adapt `fs`, running its operations on runtime `rt`.
     pub fn new(fs: Arc<Fs>, rt: Handle) -> FuseFs {
         FuseFs {
-            fs,
-            glue: Glue::new(rt),
-            stateless_dirs: AtomicBool::new(false),
-            control: None,
+            side: ReadSide::new(fs, rt, true),
         }
     }
 
     /// Advertise the daemon's control socket in the root directory's
     /// `user.regfs.control` xattr (how `regfs status MOUNTPOINT` finds it).
     pub fn with_control_socket(mut self, socket: &Path) -> FuseFs {
-        self.control = Some(Arc::new(socket.as_os_str().as_bytes().to_vec()));
+        self.side.control = Some(Arc::new(socket.as_os_str().as_bytes().to_vec()));
         self
     }
 
@@ -159,70 +150,32 @@ impl Filesystem for FuseFs {
     }
 
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
-        let _ = config.set_max_readahead(1 << 20);
-        let _ = config.set_max_background(64);
-        let _ = config.add_capabilities(InitFlags::FUSE_PARALLEL_DIROPS);
-        // Entries with their attributes in one reply: `ls -l` and `find` of a
-        // loaded tree need no LOOKUP per entry.
-        let _ = config
-            .add_capabilities(InitFlags::FUSE_DO_READDIRPLUS | InitFlags::FUSE_READDIRPLUS_AUTO);
-        // Symlink targets are immutable per inode (a moved tag is a new inode):
-        // let the kernel keep them.
-        let _ = config.add_capabilities(InitFlags::FUSE_CACHE_SYMLINKS);
-        // A directory whose mtime changed (the root of a mount of many
-        // registries) has its cached listing dropped when its attributes are
-        // refreshed; files never change, so this costs them nothing.
-        let _ = config.add_capabilities(InitFlags::FUSE_AUTO_INVAL_DATA);
-        // Directories need no open: two round trips fewer per directory.
-        let no_opendir = config
-            .add_capabilities(InitFlags::FUSE_NO_OPENDIR_SUPPORT)
-            .is_ok();
-        self.stateless_dirs.store(no_opendir, Ordering::Relaxed);
-        // No FUSE_POSIX_ACL: the kernel would then ask for each inode's ACL
-        // once, cold. Without it `ls -l` asks us, hears EOPNOTSUPP (see
-        // `crate::fs::UNSUPPORTED_WHEN_ABSENT`) and stops asking at all.
+        // A directory whose mtime changed (a namespace listed longer ago
+        // than the tag TTL) has its cached listing dropped when its
+        // attributes are refreshed; files never change, so this costs them
+        // nothing.
+        self.side.init(config, InitFlags::FUSE_AUTO_INVAL_DATA);
         Ok(())
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        let (fs, name) = (self.fs.clone(), name.as_bytes().to_vec());
-        let op = async move { fs.lookup_or_absent(parent.0, &name).await };
-        self.glue.run("lookup", op, glue::entry(reply));
+        self.side.lookup(parent, name, reply);
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
-        let op = || {
-            self.fs.forget(ino.0, nlookup);
-            Ok(())
-        };
-        self.glue.inline("forget", op, |_| ());
+        self.side.forget(ino, nlookup);
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        let fs = self.fs.clone();
-        let op = async move { fs.getattr(ino.0).await };
-        self.glue.run("getattr", op, glue::attr(reply));
+        self.side.getattr(ino, reply);
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        let fs = self.fs.clone();
-        let op = async move { fs.readlink(ino.0).await };
-        self.glue.run("readlink", op, glue::data(reply));
+        self.side.readlink(ino, reply);
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        let fs = self.fs.clone();
-        let op = async move {
-            if flags.0 & libc::O_ACCMODE != libc::O_RDONLY {
-                return Err(Error::ReadOnly);
-            }
-            fs.open(ino.0).await
-        };
-        self.glue.run("open", op, |r| match r {
-            // Everything regfs serves is immutable: keep the page cache across opens.
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
-            Err(e) => reply.error(e),
-        });
+        self.side.open(ino, flags, reply);
     }
 
     fn read(
@@ -236,9 +189,7 @@ impl Filesystem for FuseFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        let fs = self.fs.clone();
-        let op = async move { fs.read(fh.0, offset, size).await };
-        self.glue.run("read", op, glue::data(reply));
+        self.side.read(fh, offset, size, reply);
     }
 
     fn release(
@@ -251,11 +202,7 @@ impl Filesystem for FuseFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        let op = || {
-            self.fs.release(fh.0);
-            Ok(())
-        };
-        self.glue.inline("release", op, glue::empty(reply));
+        self.side.release(fh, reply);
     }
 
     fn flush(
@@ -266,28 +213,11 @@ impl Filesystem for FuseFs {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        self.glue.inline("flush", || Ok(()), glue::empty(reply));
+        self.side.nothing("flush", reply);
     }
 
     fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        // No snapshot: the core pages listings from (ino, offset).
-        let stateless = self.stateless_dirs.load(Ordering::Relaxed);
-        self.glue.inline(
-            "opendir",
-            || Ok(()),
-            |_| {
-                if stateless {
-                    // The kernel then stops sending OPENDIR/RELEASEDIR
-                    // altogether and caches listings itself.
-                    reply.error(Errno::from_i32(libc::ENOSYS));
-                } else {
-                    reply.opened(
-                        FileHandle(0),
-                        FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE,
-                    );
-                }
-            },
-        );
+        self.side.opendir(reply);
     }
 
     fn readdir(
@@ -298,9 +228,7 @@ impl Filesystem for FuseFs {
         offset: u64,
         reply: ReplyDirectory,
     ) {
-        let (fs, size) = (self.fs.clone(), glue::reply_size(&reply));
-        let op = async move { fs.readdir_page(ino.0, offset, size, false).await };
-        self.glue.run("readdir", op, glue::dir_page(reply));
+        self.side.readdir(ino, offset, reply);
     }
 
     fn readdirplus(
@@ -311,18 +239,7 @@ impl Filesystem for FuseFs {
         offset: u64,
         reply: ReplyDirectoryPlus,
     ) {
-        let (fs, size) = (self.fs.clone(), glue::reply_size(&reply));
-        let unsent = {
-            let fs = fs.clone();
-            move |rest: &[crate::fs::PageEntry]| {
-                for e in rest.iter().filter(|e| !e.is_dot()) {
-                    fs.forget(e.ino, 1);
-                }
-            }
-        };
-        let op = async move { fs.readdir_page(ino.0, offset, size, true).await };
-        self.glue
-            .run("readdirplus", op, glue::dir_page_plus(reply, unsent));
+        self.side.readdirplus(ino, offset, reply);
     }
 
     fn releasedir(
@@ -333,41 +250,14 @@ impl Filesystem for FuseFs {
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
-        self.glue
-            .inline("releasedir", || Ok(()), glue::empty(reply));
+        self.side.nothing("releasedir", reply);
     }
 
     fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        if !crate::fs::xattr_shown(name.as_bytes(), req.uid() == 0) {
-            let op = || Err(Error::Io(std::io::Error::from_raw_os_error(libc::ENODATA)));
-            return self.glue.inline("getxattr", op, glue::xattr(reply, size));
-        }
-        let control = match (ino.0, &self.control) {
-            (crate::fs::ROOT_INO, Some(socket))
-                if name.as_bytes() == crate::export::fs::SOCKET_XATTR =>
-            {
-                Some(socket.clone())
-            }
-            _ => None,
-        };
-        let (fs, name) = (self.fs.clone(), name.as_bytes().to_vec());
-        let op = async move {
-            match control {
-                Some(socket) => Ok(socket.to_vec()),
-                None => fs.getxattr(ino.0, &name).await,
-            }
-        };
-        self.glue.run("getxattr", op, glue::xattr(reply, size));
+        self.side.getxattr(req.uid() == 0, ino, name, size, reply);
     }
 
     fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        let (fs, root) = (self.fs.clone(), req.uid() == 0);
-        let op = async move {
-            let mut names = fs.listxattr(ino.0).await?;
-            names.retain(|n| crate::fs::xattr_shown(n, root));
-            Ok(names)
-        };
-        self.glue
-            .run("listxattr", op, glue::xattr_names(reply, size));
+        self.side.listxattr(req.uid() == 0, ino, size, reply);
     }
 }
