@@ -871,6 +871,49 @@ fn describe(
         .collect()
 }
 
+/// The directories whose entries `op` changes when it succeeds: POSIX moves
+/// their ctime and mtime.
+fn parents_changed(op: &Op) -> Vec<String> {
+    let parent = |p: &str| match p.rsplit_once('/') {
+        Some((d, _)) => d.to_string(),
+        None => ".".to_string(),
+    };
+    match op {
+        Op::Create { path, .. }
+        | Op::Mkdir { path, .. }
+        | Op::Rmdir { path }
+        | Op::Unlink { path }
+        | Op::Symlink { path, .. }
+        | Op::Mknod { path, .. } => vec![parent(path)],
+        Op::Link { to, .. } => vec![parent(to)],
+        Op::Rename { from, to, .. } => vec![parent(from), parent(to)],
+        _ => Vec::new(),
+    }
+}
+
+/// tmpfs's multigrain timestamps may stamp a change with the same time as
+/// the one before it (the floor of fine-grained times already handed out),
+/// so a directory of `dirs` whose times "did not move" on tmpfs while they
+/// moved on the export is not a difference: the export did what POSIX says.
+/// Seen once in CI (seed 1796184455009211438, op #84, not reproducible). The
+/// other direction (the export moving what tmpfs did not touch) still fails.
+fn excuse_timestamp_floor(dw: &mut [String], ds: &[String], dirs: &[String]) {
+    for d in dirs {
+        let prefix = format!("{d}: ");
+        let Some(s) = ds.iter().find(|l| l.starts_with(&prefix)) else {
+            continue;
+        };
+        for w in dw.iter_mut().filter(|l| l.starts_with(&prefix)) {
+            let relaxed = w
+                .replace("ctime-moved false", "ctime-moved true")
+                .replace("mtime-moved false", "mtime-moved true");
+            if &relaxed == s {
+                *w = relaxed;
+            }
+        }
+    }
+}
+
 /// Renaming a directory of the base image is `EXDEV` on an entry, as on
 /// overlayfs (`mv` copies then): the base variant does not try it.
 fn moves_a_base_dir(op: &Op) -> bool {
@@ -1064,10 +1107,13 @@ fn run_seed(
         }
         let (tw, ts) = (tree(oracle), tree(staged));
 
-        let (dw, ds) = (
+        let (mut dw, ds) = (
             describe(&tw, &oracle.last, ctimes),
             describe(&ts, &staged.last, ctimes),
         );
+        if want.is_ok() {
+            excuse_timestamp_floor(&mut dw, &ds, &parents_changed(&op));
+        }
         if dw != ds {
             let mut diff = String::new();
             for l in dw.iter().filter(|l| !ds.contains(l)) {
