@@ -348,3 +348,61 @@ pub fn run(args: MountArgs) -> anyhow::Result<()> {
     rt.shutdown_timeout(Duration::from_secs(1));
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn parse(argv: &[&str]) -> anyhow::Result<(Source, PathBuf)> {
+        let cli = crate::cli::Cli::try_parse_from(argv)?;
+        let crate::cli::Command::Mount(args) = cli.command else {
+            panic!("not a mount")
+        };
+        source_and_mountpoint(&args)
+    }
+
+    #[test]
+    fn positional_arguments_name_the_source_and_the_mountpoint() {
+        let (s, m) = parse(&["regfs", "mount", "localhost:5000", "/mnt/reg"]).unwrap();
+        assert!(matches!(s, Source::One(r, None) if r.name == "localhost:5000"));
+        assert_eq!(m, PathBuf::from("/mnt/reg"));
+        let (s, m) = parse(&["regfs", "mount", "--any-registry", "/mnt/reg"]).unwrap();
+        assert!(matches!(s, Source::Any));
+        assert_eq!(m, PathBuf::from("/mnt/reg"));
+        // As mount(8) passes an fstab line: `any /mnt/reg fuse.regfs any_registry`.
+        let argv = crate::argv::rewrite(
+            [
+                "/sbin/mount.fuse.regfs",
+                "any",
+                "/mnt/reg",
+                "-o",
+                "any_registry",
+            ]
+            .map(std::ffi::OsString::from)
+            .to_vec(),
+        )
+        .unwrap();
+        let argv: Vec<String> = argv
+            .into_iter()
+            .map(|a| a.into_string().unwrap())
+            .filter(|a| a != "--daemon")
+            .collect();
+        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+        let (s, m) = parse(&argv).unwrap();
+        assert!(matches!(s, Source::Any));
+        assert_eq!(m, PathBuf::from("/mnt/reg"));
+        for bad in [
+            &[
+                "regfs",
+                "mount",
+                "localhost:5000",
+                "/mnt/reg",
+                "--any-registry",
+            ][..],
+            &["regfs", "mount", "localhost:5000"][..],
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?}");
+        }
+    }
+}
