@@ -33,7 +33,6 @@ use bytes::Bytes;
 
 pub use name::encode;
 
-use crate::cache::Section;
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::fs::paging::{self, Page};
@@ -446,11 +445,11 @@ impl LayerStore {
         if let Some(b) = self.infos.lock().unwrap().get(&id) {
             return Ok(b.clone());
         }
-        let store = self.fs.content().store();
-        let cached_tar = store
-            .get(Section::Layer, &f.diff_id)
-            .and_then(|p| std::fs::metadata(p).ok())
-            .map(|m| m.len());
+        // With --use-published-indexes, a published index gives a gzip
+        // layer's exact size before any layer byte is fetched.
+        let content = self.fs.content();
+        content.adopt_published_indexes(&f.repo, &f.image).await;
+        let cached_tar = content.known_tar_size(&f.diff_id);
         let info = info::layer_info(&f.desc, &f.diff_id, f.toc.as_ref(), cached_tar);
         let bytes =
             Bytes::from(serde_json::to_vec(&info).map_err(|e| Error::invalid(e.to_string()))?);

@@ -294,6 +294,24 @@ impl Content {
     }
 
     /// Whether the layer's tar and index are in memory or in the store.
+    /// The size of layer `diff_id`'s uncompressed tar, when the store knows
+    /// it without fetching anything: its cached tar, or its span index (the
+    /// layer was streamed here once, or a published index was adopted).
+    pub fn known_tar_size(&self, diff_id: &Digest) -> Option<u64> {
+        if let Some(len) = self
+            .store
+            .get(Section::Layer, diff_id)
+            .and_then(|p| std::fs::metadata(p).ok())
+            .map(|m| m.len())
+        {
+            return Some(len);
+        }
+        let b = self.store.read(Section::Span, diff_id)?;
+        index_file::decode_stored(&b)
+            .ok()
+            .map(|(_, ix)| ix.uncompressed_size)
+    }
+
     pub(super) fn has_whole_layer(&self, diff_id: &Digest) -> bool {
         self.layers.get(diff_id).is_some()
             || (self.store.path(Section::Layer, diff_id).exists()

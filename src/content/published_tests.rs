@@ -118,7 +118,13 @@ async fn a_published_index_makes_a_fresh_cache_lazy_and_is_checked() {
     let mut b = content(&reg, &db);
     assert_eq!(b.adopt_published_indexes("lab/big", &image).await, 0);
     b.set_use_published_indexes(true, std::time::Duration::ZERO);
+    assert_eq!(b.known_tar_size(&diff_id), None);
     assert_eq!(b.adopt_published_indexes("lab/big", &image).await, 1);
+    // The layer's size is known before any byte of it is fetched (the
+    // layer store's `diff-size`).
+    let tar_size = a.known_tar_size(&diff_id).unwrap();
+    assert!(tar_size > 6 * (4 << 20), "{tar_size}");
+    assert_eq!(b.known_tar_size(&diff_id), Some(tar_size));
     let before = reg.stats().bytes_received;
     let l = open(&b, &image).await;
     assert_eq!(read(&b, &l, b"small").await.unwrap(), b"regfs\n");
