@@ -173,23 +173,29 @@ impl Error {
     /// The message and every source under it, `: `-separated; a source whose
     /// text the message already holds is not repeated.
     pub fn chain(&self) -> String {
-        let mut s = self.to_string();
-        let mut cur = std::error::Error::source(self);
-        while let Some(c) = cur {
-            let cs = c.to_string();
-            if !s.contains(&cs) {
-                s.push_str(": ");
-                s.push_str(&cs);
-            }
-            cur = c.source();
-        }
-        s
+        chain_of(self)
     }
 
     /// Shorthand for [`Error::Invalid`].
     pub fn invalid(msg: impl Into<String>) -> Self {
         Error::Invalid(msg.into())
     }
+}
+
+/// `e` and each of its sources, joined by `: `; a source whose text the
+/// line already holds (many errors repeat their source) is left out.
+pub(crate) fn chain_of(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let cs = c.to_string();
+        if !s.contains(&cs) {
+            s.push_str(": ");
+            s.push_str(&cs);
+        }
+        cur = c.source();
+    }
+    s
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@
 
 use std::sync::Arc;
 
-use super::{leaf, FileKind, Fs, Key, Listed};
+use super::{leaf, unique_names, FileKind, Fs, Key, Listed};
 use crate::content::Referrer;
 use crate::digest::Digest;
 use crate::error::{Error, Result};
@@ -24,25 +24,15 @@ const UNTYPED: &str = "unknown";
 /// One unique name per layer of artifact `m`: its title when that is a
 /// usable file name, else its digest.
 pub(super) fn file_names(m: &ImageManifest) -> Vec<String> {
-    let mut out: Vec<String> = Vec::new();
-    for l in &m.layers {
-        let base = l
-            .annotations
+    unique_names(m.layers.iter().map(|l| {
+        l.annotations
             .get(TITLE)
             .filter(|t| {
                 !t.is_empty() && *t != "." && *t != ".." && !t.contains('/') && !t.contains('\0')
             })
             .cloned()
-            .unwrap_or_else(|| l.digest.to_string());
-        let mut name = base.clone();
-        let mut n = 2;
-        while out.contains(&name) {
-            name = format!("{base}-{n}");
-            n += 1;
-        }
-        out.push(name);
-    }
-    out
+            .unwrap_or_else(|| l.digest.to_string())
+    }))
 }
 
 /// The path components of a referrer's artifact type.

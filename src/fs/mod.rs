@@ -444,7 +444,7 @@ impl Fs {
                 Ok(b[start..end].to_vec())
             }
             Src::File(f) => {
-                blocking(move || {
+                crate::blocking::run(move || {
                     let mut buf = vec![0u8; size as usize];
                     let got = crate::layer::read_full_at(&*f, &mut buf, offset)?;
                     buf.truncate(got);
@@ -834,13 +834,18 @@ fn blob_names(m: &ImageManifest) -> Vec<(String, Digest)> {
 
 /// One unique name per index entry: `linux-amd64`, `linux-arm64-v8`, `unknown-2`, …
 fn platform_names(entries: &[crate::image::IndexEntry]) -> Vec<String> {
-    let mut out: Vec<String> = Vec::new();
-    for e in entries {
-        let base = e
-            .platform
+    unique_names(entries.iter().map(|e| {
+        e.platform
             .as_ref()
             .map(|p| p.dir_name())
-            .unwrap_or_else(|| "unknown".into());
+            .unwrap_or_else(|| "unknown".into())
+    }))
+}
+
+/// `names` made unique in order: a name seen before gets `-2`, `-3`, …
+pub(super) fn unique_names(names: impl IntoIterator<Item = String>) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for base in names {
         let mut name = base.clone();
         let mut n = 2;
         while out.contains(&name) {
@@ -850,11 +855,4 @@ fn platform_names(entries: &[crate::image::IndexEntry]) -> Vec<String> {
         out.push(name);
     }
     out
-}
-
-/// Run local blocking I/O off the async workers.
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| Error::Io(std::io::Error::other(e)))?
 }

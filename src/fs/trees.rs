@@ -46,7 +46,7 @@ impl LoadedTree {
             };
             let view = content.read_spans(l, start, end).await?;
             let which = n.content.layer().unwrap_or(0) as usize;
-            return tokio::task::spawn_blocking(move || {
+            return crate::blocking::run(move || {
                 let n = self.tree.node(node);
                 let mut views: Vec<SpanView> = (0..self.sources.len())
                     .map(|_| SpanView::default())
@@ -57,10 +57,9 @@ impl LoadedTree {
                 buf.truncate(got);
                 Ok(buf)
             })
-            .await
-            .map_err(|e| Error::Io(std::io::Error::other(e)))?;
+            .await;
         }
-        tokio::task::spawn_blocking(move || {
+        crate::blocking::run(move || {
             let n = self.tree.node(node);
             let mut buf = vec![0u8; size as usize];
             let got = layer::read_content(n, &self.sources, offset, &mut buf)?;
@@ -68,7 +67,6 @@ impl LoadedTree {
             Ok(buf)
         })
         .await
-        .map_err(|e| Error::Io(std::io::Error::other(e)))?
     }
 }
 

@@ -89,7 +89,7 @@ pub fn from_reqwest(e: reqwest::Error, what: &str) -> Error {
     if let Some(u) = e.url_mut() {
         u.set_query(None);
     }
-    let chain = error_chain(&e);
+    let chain = crate::error::chain_of(&e);
     if e.is_timeout() {
         Error::Timeout(format!("{what}: {chain}"))
     } else if e.is_builder() {
@@ -99,20 +99,6 @@ pub fn from_reqwest(e: reqwest::Error, what: &str) -> Error {
     } else {
         Error::Network(Cause::new(format!("{what}: {chain}"), e))
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        let cs = c.to_string();
-        if !s.contains(&cs) {
-            s.push_str(": ");
-            s.push_str(&cs);
-        }
-        cur = c.source();
-    }
-    s
 }
 
 /// Whether an error chain is a TLS verification or handshake failure.
