@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
-use harness::{Mount, Registry, RegistryKind};
+use harness::{dir_names, Mount, Registry, RegistryKind};
 use regfs::digest::Digest;
 use regfs::reference::{Registry as RegName, Selector};
 use regfs::registry::{Client, ClientOptions};
@@ -88,15 +88,6 @@ async fn push_artifact(
     digest.to_string()
 }
 
-fn names(p: &std::path::Path) -> Vec<String> {
-    let mut v: Vec<String> = fs::read_dir(p)
-        .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .collect();
-    v.sort();
-    v
-}
-
 #[test]
 fn artifacts_have_files_and_images_list_their_referrers() {
     require_fuse!();
@@ -133,9 +124,9 @@ fn artifacts_have_files_and_images_list_their_referrers() {
     let m = Mount::new(&reg, &[]);
     let img = m.path().join("lab/busybox:latest");
     let refs = img.join("referrers");
-    assert_eq!(names(&refs), ["application"]);
+    assert_eq!(dir_names(&refs), ["application"]);
     assert_eq!(
-        names(&refs.join("application")),
+        dir_names(&refs.join("application")),
         ["spdx+json", "vnd.example.notes"]
     );
     let link = refs.join("application/spdx+json").join(&sbom);
@@ -145,7 +136,7 @@ fn artifacts_have_files_and_images_list_their_referrers() {
     );
     // Through the link: the artifact's directory, its file's bytes as pushed.
     assert_eq!(
-        names(&link),
+        dir_names(&link),
         [
             "blobs",
             "config.json",
@@ -159,7 +150,7 @@ fn artifacts_have_files_and_images_list_their_referrers() {
         sbom_json
     );
     let art = m.path().join(format!("lab/busybox@{notes}"));
-    assert_eq!(names(&art.join("files")), ["README.md", "data.bin"]);
+    assert_eq!(dir_names(&art.join("files")), ["README.md", "data.bin"]);
     assert_eq!(fs::read(art.join("files/README.md")).unwrap(), readme);
     assert_eq!(
         Digest::sha256_of(&fs::read(art.join("files/data.bin")).unwrap()),
@@ -173,7 +164,7 @@ fn artifacts_have_files_and_images_list_their_referrers() {
     bytes[0] ^= 0x20;
     fs::write(&blob, &bytes).unwrap();
     let other = m.path().join(format!("lab/busybox@{sbom}"));
-    assert_eq!(names(&other.join("referrers")), Vec::<String>::new());
+    assert_eq!(dir_names(&other.join("referrers")), Vec::<String>::new());
     // (README.md of `notes` is cached and verified already; a fresh mount
     // fetches it again and refuses it.)
     drop(m);

@@ -8,20 +8,11 @@ use std::fs;
 use std::io::ErrorKind;
 use std::path::Path;
 
-use harness::{lab, Mount};
+use harness::{dir_names, lab, Mount};
 use sha2::{Digest as _, Sha256};
 
 fn sha256(data: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(data)))
-}
-
-fn names(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = fs::read_dir(dir)
-        .unwrap_or_else(|e| panic!("read_dir {}: {e}", dir.display()))
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    v.sort();
-    v
 }
 
 #[test]
@@ -29,8 +20,8 @@ fn namespace_lists_repositories_and_tags() {
     require_fuse!();
     let reg = lab().image("busybox");
     let m = Mount::new(reg, &[]);
-    assert!(names(m.path()).contains(&"lab".to_string()));
-    let lab_dir = names(&m.path().join("lab"));
+    assert!(dir_names(m.path()).contains(&"lab".to_string()));
+    let lab_dir = dir_names(&m.path().join("lab"));
     for want in ["busybox:latest", "busybox:v2s2"] {
         assert!(
             lab_dir.contains(&want.to_string()),
@@ -53,7 +44,7 @@ fn tag_links_to_its_digest_directory() {
         // The manifest bytes are exactly what the registry served: they hash to the digest.
         let bytes = fs::read(m.path().join(format!("lab/busybox:{tag}/manifest.json"))).unwrap();
         assert_eq!(sha256(&bytes), digest);
-        let entries = names(&m.path().join(format!("lab/busybox@{digest}")));
+        let entries = dir_names(&m.path().join(format!("lab/busybox@{digest}")));
         assert_eq!(
             entries,
             [
@@ -82,7 +73,7 @@ fn config_and_blobs_are_the_registry_bytes() {
     let (status, body) = reg.get(&format!("/v2/lab/busybox/blobs/{config_digest}"));
     assert_eq!(status, 200);
     assert_eq!(config, body.as_bytes());
-    let mut blobs = names(&img.join("blobs"));
+    let mut blobs = dir_names(&img.join("blobs"));
     let mut want: Vec<String> = std::iter::once(config_digest)
         .chain(
             manifest["layers"]
@@ -116,7 +107,7 @@ fn index_has_one_link_per_platform() {
         assert_eq!(sha256(&index_bytes), index_digest);
         let index: serde_json::Value = serde_json::from_slice(&index_bytes).unwrap();
         assert_eq!(
-            names(&dir),
+            dir_names(&dir),
             ["index.json", "linux-amd64", "linux-arm64-v8", "referrers"]
         );
         for entry in index["manifests"].as_array().unwrap() {
@@ -245,14 +236,7 @@ fn a_new_tag_shows_in_the_listing_after_the_tag_ttl() {
     let reg = harness::Registry::start(harness::RegistryKind::Plain);
     reg.push("busybox", "lab/busybox:latest");
     let m = Mount::new(&reg, &["--tag-ttl", "1"]);
-    let list = |p: &str| {
-        let mut v: Vec<String> = fs::read_dir(m.path().join(p))
-            .unwrap()
-            .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .collect();
-        v.sort();
-        v
-    };
+    let list = |p: &str| dir_names(&m.path().join(p));
     assert_eq!(list("lab"), vec!["busybox:latest"]);
     assert_eq!(list(""), vec!["lab"]);
     // Within the TTL the cached listing is served: same answer.

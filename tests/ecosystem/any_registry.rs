@@ -12,29 +12,8 @@ use std::process::Command;
 use harness::configured::ConfiguredRegistry;
 use harness::registry::{LAB_PASS, LAB_USER};
 use harness::served::count_reaching;
-use harness::{env_vars, regfs_bin, tempdir, Mount, Registry, RegistryKind};
+use harness::{dir_names, env_vars, regfs_bin, tempdir, Mount, Registry, RegistryKind};
 use regfs::digest::Digest;
-
-/// A pull-through cache of `upstream`, with its own storage.
-fn pull_through(upstream: &Registry) -> ConfiguredRegistry {
-    let up = upstream.url("");
-    ConfiguredRegistry::start(|port, dir| {
-        format!(
-            "storage:\n  filesystem:\n    rootdirectory: {}/storage\nhttp:\n  addr: 127.0.0.1:{port}\n  secret: m-{port}\nproxy:\n  remoteurl: {up}\n",
-            dir.display()
-        )
-    })
-}
-
-/// The names in directory `p`, sorted.
-fn names(p: &std::path::Path) -> Vec<String> {
-    let mut v: Vec<String> = fs::read_dir(p)
-        .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .collect();
-    v.sort();
-    v
-}
 
 /// The config digest in `image`'s manifest.json, checked against the bytes of
 /// its config.json read through the mount.
@@ -56,7 +35,7 @@ fn one_mount_reads_two_registries_one_with_auth_one_mirrored() {
     private.push("busybox", "lab/busybox:latest");
     let public = Registry::start(RegistryKind::Plain);
     public.push("busybox-arm64", "lab/tools:1");
-    let mirror = pull_through(&public);
+    let mirror = ConfiguredRegistry::pull_through(&public);
 
     // Credentials of the private registry only, in a podman auth file.
     let auth = base64::engine::general_purpose::STANDARD.encode(format!("{LAB_USER}:{LAB_PASS}"));
@@ -97,13 +76,13 @@ fn one_mount_reads_two_registries_one_with_auth_one_mirrored() {
     );
     // Nothing is listed before a registry is named; a name that is not a
     // registry is absent.
-    assert!(names(m.path()).is_empty());
+    assert!(dir_names(m.path()).is_empty());
     assert!(!m.path().join("lab").exists());
 
     // The private registry, with the auth file's credentials.
     let p = m.path().join(private.host_port());
-    assert_eq!(names(&p), vec!["lab"]);
-    assert_eq!(names(&p.join("lab")), vec!["busybox:latest"]);
+    assert_eq!(dir_names(&p), vec!["lab"]);
+    assert_eq!(dir_names(&p.join("lab")), vec!["busybox:latest"]);
     let digest = private.manifest_digest("lab/busybox", "latest");
     let link = fs::read_link(p.join("lab/busybox:latest")).unwrap();
     assert_eq!(link.to_str().unwrap(), format!("busybox@{digest}"));
@@ -139,7 +118,7 @@ fn one_mount_reads_two_registries_one_with_auth_one_mirrored() {
     std::thread::sleep(std::time::Duration::from_millis(1100));
     let mut want = vec![private.host_port(), public.host_port()];
     want.sort();
-    assert_eq!(names(m.path()), want);
+    assert_eq!(dir_names(m.path()), want);
     let out = Command::new(regfs_bin())
         .args(["status", m.path().to_str().unwrap()])
         .output()

@@ -15,17 +15,6 @@ use harness::{tempdir, Mount, Registry, RegistryKind};
 use regfs::reference::{Registry as RegName, Selector};
 use regfs::registry::{Client, ClientOptions};
 
-/// A pull-through cache of `upstream`, with its own storage.
-fn pull_through(upstream: &Registry) -> ConfiguredRegistry {
-    let up = upstream.url("");
-    ConfiguredRegistry::start(|port, dir| {
-        format!(
-            "storage:\n  filesystem:\n    rootdirectory: {}/storage\nhttp:\n  addr: 127.0.0.1:{port}\n  secret: m-{port}\nproxy:\n  remoteurl: {up}\n",
-            dir.display()
-        )
-    })
-}
-
 /// GETs of URIs containing `what` in a registry's access log (read them
 /// through [`count_reaching`]: the line is written after the response).
 fn gets(reg: &ConfiguredRegistry, what: &str) -> usize {
@@ -55,7 +44,7 @@ fn mirror_serves_then_registry_takes_over() {
     require_fuse!();
     let upstream = Registry::start(RegistryKind::Plain);
     upstream.push("busybox", "lab/busybox:latest");
-    let mirror = pull_through(&upstream);
+    let mirror = ConfiguredRegistry::pull_through(&upstream);
     let m = Mount::with_args(
         &upstream.host_port(),
         [
@@ -108,7 +97,7 @@ fn hosts_toml_capabilities() {
     require_fuse!();
     let upstream = Registry::start(RegistryKind::Plain);
     upstream.push("busybox", "lab/busybox:latest");
-    let mirror = pull_through(&upstream);
+    let mirror = ConfiguredRegistry::pull_through(&upstream);
     // The mirror may only serve content by digest ("pull"), not resolve tags.
     let dir = tempdir("hosts");
     let d = dir.path().join(upstream.host_port());

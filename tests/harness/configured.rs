@@ -20,6 +20,17 @@ pub struct ConfiguredRegistry {
 }
 
 impl ConfiguredRegistry {
+    /// A pull-through cache (`proxy.remoteurl`) of `upstream`, with its own storage.
+    pub fn pull_through(upstream: &super::registry::Registry) -> ConfiguredRegistry {
+        let up = upstream.url("");
+        ConfiguredRegistry::start(|port, dir| {
+            format!(
+                "storage:\n  filesystem:\n    rootdirectory: {}/storage\nhttp:\n  addr: 127.0.0.1:{port}\n  secret: m-{port}\nproxy:\n  remoteurl: {up}\n",
+                dir.display()
+            )
+        })
+    }
+
     /// Starts `docker-registry serve` with `http.addr` on a free port. `config(port,
     /// dir)` returns the rest of the YAML (everything but `version` and
     /// `http.addr`): storage, auth, proxy, tls… `dir` is a fresh directory for its

@@ -259,6 +259,17 @@ pub fn list_dir(path: &Path) -> io::Result<Vec<fs::DirEntry>> {
     fs::read_dir(path)?.collect()
 }
 
+/// The names in directory `dir`, sorted; panics (naming the directory) if
+/// it cannot be listed.
+pub fn dir_names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("read_dir {}: {e}", dir.display()))
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
 /// Lower-case hex sha256 of a file's contents (sha2 crate).
 pub fn sha256_file(path: &Path) -> String {
     let mut f = fs::File::open(path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));

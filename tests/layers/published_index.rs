@@ -29,29 +29,12 @@ fn regfs(args: &[&OsStr]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// Whole-blob (200) GETs of layer blobs, and bytes of all layer-blob GETs.
+/// Whole-blob (200) GETs of the layer blobs, and the bytes of all their GETs.
 fn layer_gets(reg: &Registry, layers: &[String]) -> (usize, u64) {
-    let (mut whole, mut bytes) = (0, 0);
-    for line in reg.log().lines() {
-        let Some(rest) = line.find("] \"GET ").map(|i| &line[i + 7..]) else {
-            continue;
-        };
-        let Some((uri, tail)) = rest.split_once(' ') else {
-            continue;
-        };
-        if !layers.iter().any(|l| uri.ends_with(l.as_str())) {
-            continue;
-        }
-        let mut f = tail
-            .split_once('"')
-            .map(|(_, t)| t)
-            .unwrap_or("")
-            .split_whitespace();
-        let status: u16 = f.next().and_then(|s| s.parse().ok()).unwrap_or(0);
-        bytes += f.next().and_then(|s| s.parse::<u64>().ok()).unwrap_or(0);
-        whole += usize::from(status == 200);
-    }
-    (whole, bytes)
+    layers.iter().fold((0, 0), |(whole, bytes), l| {
+        let (_, b, w) = reg.blob_traffic(l);
+        (whole + w, bytes + b)
+    })
 }
 
 /// `ls -lR`: every entry's metadata, no file contents.

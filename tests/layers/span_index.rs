@@ -17,32 +17,6 @@ fn json(p: &Path) -> serde_json::Value {
     serde_json::from_slice(&fs::read(p).unwrap()).unwrap()
 }
 
-/// Response bytes of blob GETs of `digest` in the access log, and how many
-/// of them were whole-blob 200s.
-fn fetched(reg: &Registry, digest: &str) -> (u64, usize) {
-    let (mut bytes, mut whole) = (0, 0);
-    for line in reg.log().lines() {
-        let Some(rest) = line.find("] \"GET ").map(|i| &line[i + 7..]) else {
-            continue;
-        };
-        let Some((uri, tail)) = rest.split_once(' ') else {
-            continue;
-        };
-        if !uri.split('?').next().unwrap_or("").ends_with(digest) {
-            continue;
-        }
-        let mut f = tail
-            .split_once('"')
-            .map(|(_, t)| t)
-            .unwrap_or("")
-            .split_whitespace();
-        let status: u16 = f.next().and_then(|s| s.parse().ok()).unwrap_or(0);
-        bytes += f.next().and_then(|s| s.parse::<u64>().ok()).unwrap_or(0);
-        whole += usize::from(status == 200);
-    }
-    (bytes, whole)
-}
-
 struct Big {
     /// 1-based layer number and its directory name under `layers/`.
     dir: String,
@@ -184,11 +158,11 @@ fn evicted_gzip_layer_is_served_by_verified_spans() {
     let (path, off, size) = pick(None);
     let spans = ix.spans_covering(off, off + size).unwrap();
     let (cs, ce) = ix.compressed_range(spans.0, spans.1);
-    let before = fetched(&reg, &big.blob);
+    let before = reg.blob_traffic(&big.blob);
     let got = fs::read(layer_dir.join(&path)).unwrap();
     assert_eq!(got, fs::read(oracle.join(&path)).unwrap(), "{path}");
-    let after = fetched(&reg, &big.blob);
-    let bytes = after.0 - before.0;
+    let after = reg.blob_traffic(&big.blob);
+    let bytes = after.1 - before.1;
     eprintln!(
         "span read: {path} ({size} bytes at tar offset {off}): fetched {bytes} of {} compressed bytes, spans {}..={} of {}",
         big.size,
@@ -196,7 +170,7 @@ fn evicted_gzip_layer_is_served_by_verified_spans() {
         spans.1,
         ix.checkpoints.len()
     );
-    assert_eq!(after.1, before.1, "no whole-blob GET");
+    assert_eq!(after.2, before.2, "no whole-blob GET");
     assert!(bytes > 0 && bytes <= ce - cs, "{bytes} > {}", ce - cs);
     assert!(bytes < big.size / 4, "{bytes} of {}", big.size);
     assert!(m.log().contains("serving it by its span index"));
@@ -227,13 +201,13 @@ fn evicted_gzip_layer_is_served_by_verified_spans() {
         m2.cache_dir().as_os_str(),
     ]);
     m2.remount();
-    let before = fetched(&reg, &big.blob);
+    let before = reg.blob_traffic(&big.blob);
     let img2 = m2.path().join("lab/python:3.11");
     let got = fs::read(img2.join("layers").join(&big.dir).join(&path)).unwrap();
     assert_eq!(got, fs::read(oracle.join(&path)).unwrap());
-    let after = fetched(&reg, &big.blob);
-    assert_eq!(after.1, before.1, "no whole-blob GET after import");
-    assert!(after.0 - before.0 <= ce - cs);
+    let after = reg.blob_traffic(&big.blob);
+    assert_eq!(after.2, before.2, "no whole-blob GET after import");
+    assert!(after.1 - before.1 <= ce - cs);
     drop(m2);
     drop(rgix);
 
