@@ -19,8 +19,8 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
 use crate::protocol::{
-    Answer, CacheStatus, CommitOutcome, CommitProgress, IndexPushed, Line, PrefetchDone,
-    PrefetchProgress, Request, Status,
+    Answer, CacheStatus, CommitOutcome, IndexPushed, Line, PrefetchDone, PrefetchProgress, Request,
+    Status,
 };
 
 /// What the control socket serves: the read-only side, and the export side if any.
@@ -185,21 +185,10 @@ async fn commit(
             }
             _ = tick.tick() => {
                 if let Some(p) = exp.in_flight().into_iter().find(|p| p.entry == entry) {
-                    progress(w, commit_progress(p)).await;
+                    progress(w, p).await;
                 }
             }
         }
-    }
-}
-
-fn commit_progress(p: regfs::export::commit::ProgressView) -> CommitProgress {
-    CommitProgress {
-        entry: p.entry,
-        phase: p.phase,
-        packed: p.packed,
-        content_total: p.content_total,
-        sent: p.sent,
-        push_total: p.push_total,
     }
 }
 
@@ -207,10 +196,7 @@ fn commit_progress(p: regfs::export::commit::ProgressView) -> CommitProgress {
 /// read-only side's images, cache and fetches.
 fn status(ctx: &Context) -> Status {
     let (entries, in_flight) = match &ctx.exporter {
-        Some(exp) => (
-            exp.staging().entries().unwrap_or_default(),
-            exp.in_flight().into_iter().map(commit_progress).collect(),
-        ),
+        Some(exp) => (exp.staging().entries().unwrap_or_default(), exp.in_flight()),
         None => (Vec::new(), Vec::new()),
     };
     let content = ctx.fs.content();

@@ -22,6 +22,7 @@
 
 use std::path::PathBuf;
 
+pub use regfs::export::commit::ProgressView as CommitProgress;
 pub use regfs::export::{CommitOutcome, EntryMeta};
 pub use regfs::fs::{ImageInUse, LayerInUse};
 use serde::{Deserialize, Serialize};
@@ -117,24 +118,6 @@ impl<R> Answer<R> {
             error: Some(error),
         }
     }
-}
-
-/// A commit in flight (progress of `commit`, and in [`Status::in_flight`]).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct CommitProgress {
-    /// The entry.
-    pub entry: String,
-    /// `pack`, `push`, `manifest`.
-    pub phase: String,
-    /// Content bytes packed so far.
-    pub packed: u64,
-    /// Bytes of staged content (what `packed` goes up to).
-    pub content_total: u64,
-    /// Blob bytes pushed (or found present / mounted) so far.
-    pub sent: u64,
-    /// Bytes of blobs to push.
-    pub push_total: u64,
 }
 
 /// Progress of a prefetch. Bytes are compressed (descriptor) sizes.

@@ -95,20 +95,22 @@ pub struct CommitProgress {
     pub sent: Arc<AtomicU64>,
 }
 
-/// A snapshot of [`CommitProgress`], serialisable.
-#[derive(Clone, Debug, Serialize)]
+/// A snapshot of [`CommitProgress`], as the control socket sends it (the
+/// progress lines of `commit`, and the commits in flight of `status`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct ProgressView {
     /// The entry.
     pub entry: String,
-    /// Phase.
+    /// `pack`, `push`, `manifest`.
     pub phase: String,
-    /// Packed / total content bytes.
+    /// Content bytes packed so far.
     pub packed: u64,
-    /// Total content bytes.
+    /// Bytes of staged content (what `packed` goes up to).
     pub content_total: u64,
-    /// Sent / total blob bytes.
+    /// Blob bytes pushed (or found present / mounted) so far.
     pub sent: u64,
-    /// Total blob bytes.
+    /// Bytes of blobs to push.
     pub push_total: u64,
 }
 
