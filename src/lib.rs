@@ -25,6 +25,7 @@ pub mod telemetry;
 pub use error::{Error, Result};
 pub mod fs;
 pub mod fuse;
+pub mod handover;
 pub mod image;
 pub mod layer;
 pub mod registry;

@@ -18,7 +18,8 @@ use crate::unmount;
 
 /// The running layer store mount.
 pub struct Als {
-    session: regfs::fuse::Mounted,
+    /// The FUSE session.
+    pub session: regfs::fuse::Mounted,
     mountpoint: PathBuf,
 }
 
@@ -29,18 +30,28 @@ pub fn start(
     registry: Registry,
     rt: &tokio::runtime::Runtime,
     socket: &std::path::Path,
+    link: Option<Arc<regfs::handover::link::Link>>,
 ) -> anyhow::Result<Option<Als>> {
     let Some(mountpoint) = args.layer_store.clone() else {
         return Ok(None);
     };
-    unmount::clear_stale(&mountpoint)?;
-    std::fs::create_dir_all(&mountpoint)
-        .with_context(|| format!("layer store directory {}", mountpoint.display()))?;
-    let view = Arc::new(LayerStore::new(
-        fs,
-        registry.clone(),
-        Duration::from_secs(args.tag_ttl),
-    ));
+    let mountpoint = std::path::absolute(&mountpoint)?;
+    let resuming = match &link {
+        Some(l) => l.holds(&mountpoint)?,
+        None => false,
+    };
+    if !resuming {
+        unmount::clear_stale(&mountpoint)?;
+        std::fs::create_dir_all(&mountpoint)
+            .with_context(|| format!("layer store directory {}", mountpoint.display()))?;
+    }
+    let mut view = LayerStore::new(fs, registry.clone(), Duration::from_secs(args.tag_ttl));
+    if let Some(l) = &link {
+        view = view
+            .with_restart_state(l.state_dir(), l.generation())
+            .context("the layer store's inode journal")?;
+    }
+    let view = Arc::new(view);
     // containers/storage runs as root, but a container's processes may not:
     // overlayfs reaches its lower layers with the mounter's credentials, yet
     // rootless podman and user namespaces need other users let in.
@@ -53,6 +64,7 @@ pub fn start(
                 allow_other,
                 fs_name: format!("regfs-layers:{registry}"),
                 threads: args.threads,
+                link,
             },
         )
         .with_context(|| format!("mounting the layer store at {}", mountpoint.display()))?;

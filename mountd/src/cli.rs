@@ -39,6 +39,17 @@ Examples:
   ls /mnt/reg/localhost:5000/lab/busybox:latest/rootfs
   regfs mount localhost:5000 /mnt/reg --layer-store /var/lib/regfs-layers --daemon   # for podman")]
     Mount(Box<MountArgs>),
+    /// Replace a supervised mount's server with a new one (the binary at the
+    /// same path, so an upgraded one too), without unmounting.
+    #[command(after_help = "\
+Examples:
+  regfs mount localhost:5000 /mnt/reg --supervise --daemon
+  regfs restart /mnt/reg        # readers see a pause, not an error")]
+    Restart(RestartArgs),
+    /// Check that this binary can take over a supervised server's state
+    /// directory (run by the supervisor before a restart).
+    #[command(hide = true)]
+    StateCheck(StateCheckArgs),
     /// Unmount a regfs mount (lazy detach); its daemon exits 0.
     #[command(after_help = "\
 Examples:
@@ -214,6 +225,23 @@ pub struct ExportNewArgs {
     pub control: Option<PathBuf>,
 }
 
+/// `regfs restart`.
+#[derive(Args, Debug)]
+pub struct RestartArgs {
+    /// The mountpoint (or layer store directory) of a mount started with --supervise.
+    pub path: Option<PathBuf>,
+    /// The daemon's control socket.
+    #[arg(long)]
+    pub control: Option<PathBuf>,
+}
+
+/// `regfs state-check`.
+#[derive(Args, Debug)]
+pub struct StateCheckArgs {
+    /// A supervisor's state directory.
+    pub dir: PathBuf,
+}
+
 #[derive(Args, Debug)]
 pub struct StatusArgs {
     /// A regfs mountpoint or export directory.
@@ -296,6 +324,12 @@ pub struct MountArgs {
     /// Detach once the mount is ready.
     #[arg(long)]
     pub daemon: bool,
+    /// Serve under a small supervisor process that holds the FUSE
+    /// connections: if the server dies it starts another, and `regfs
+    /// restart` replaces it (an upgraded binary too); readers and containers
+    /// see a pause, not an error. The export mount does not take part yet.
+    #[arg(long)]
+    pub supervise: bool,
     /// Write the log here instead of standard error (RUST_LOG sets the level).
     #[arg(long)]
     pub log_file: Option<PathBuf>,

@@ -12,7 +12,7 @@ use anyhow::{anyhow, bail, Context};
 use regfs::export::EntryMeta;
 use serde::de::DeserializeOwned;
 
-use crate::cli::{CommitArgs, ExportNewArgs, StatusArgs};
+use crate::cli::{CommitArgs, ExportNewArgs, RestartArgs, StatusArgs};
 use crate::protocol::{Answer, CommitOutcome, CommitProgress, Line, Request, Status};
 
 /// The xattr of an export mount's top directory that names its socket.
@@ -61,6 +61,18 @@ fn locate(path: &Path, control: Option<&Path>) -> anyhow::Result<(PathBuf, Strin
     )
 }
 
+/// The daemon closed the connection before its answer (it exited).
+#[derive(Debug)]
+pub(crate) struct NoAnswer;
+
+impl std::fmt::Display for NoAnswer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the daemon closed the connection without an answer")
+    }
+}
+
+impl std::error::Error for NoAnswer {}
+
 /// Send `req`, call `on_progress` for progress lines (of type `P`), return
 /// the result (of type `R`).
 pub(crate) fn request<P: DeserializeOwned, R: DeserializeOwned>(
@@ -90,7 +102,7 @@ pub(crate) fn request<P: DeserializeOwned, R: DeserializeOwned>(
             ),
         }
     }
-    bail!("the daemon closed the connection without an answer")
+    Err(NoAnswer.into())
 }
 
 fn mib(n: u64) -> f64 {
@@ -182,6 +194,41 @@ pub(crate) fn socket_for(path: Option<&Path>, control: Option<&Path>) -> anyhow:
             bail!("which daemon? give its mountpoint (regfs status MOUNTPOINT) or --control SOCKET")
         }
     })
+}
+
+/// `regfs restart MOUNTPOINT`: ask for a new server, then wait until it
+/// answers (its socket is named by the mount again, with a new pid).
+pub fn restart(args: RestartArgs) -> anyhow::Result<()> {
+    let socket = socket_for(args.path.as_deref(), args.control.as_deref())?;
+    let old = request::<(), Status>(&socket, &Request::Status, &mut |_: ()| {})?.pid;
+    let t0 = std::time::Instant::now();
+    match request::<(), u32>(&socket, &Request::Restart, &mut |_: ()| {}) {
+        Ok(_) => {}
+        // The old server may be gone before its answer is written.
+        Err(e) if e.is::<NoAnswer>() => {}
+        Err(e) => return Err(e),
+    }
+    let deadline = t0 + std::time::Duration::from_secs(60);
+    loop {
+        let now = socket_for(args.path.as_deref(), args.control.as_deref());
+        if let Ok(s) = now {
+            if let Ok(st) = request::<(), Status>(&s, &Request::Status, &mut |_: ()| {}) {
+                if st.pid != old {
+                    println!(
+                        "regfs: restarted (server pid {old} -> {}, generation {}) in {} ms",
+                        st.pid,
+                        st.generation.unwrap_or(0),
+                        t0.elapsed().as_millis()
+                    );
+                    return Ok(());
+                }
+            }
+        }
+        if std::time::Instant::now() > deadline {
+            bail!("the new server did not answer within 60 s; see the daemon's log");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
 }
 
 /// `regfs status MOUNTPOINT|EXPORTDIR`.

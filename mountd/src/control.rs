@@ -36,6 +36,8 @@ pub struct Context {
     pub cache_dir: std::path::PathBuf,
     /// Whether the registry answers.
     pub reachability: Arc<crate::reachability::Reachability>,
+    /// The supervisor, under `--supervise`.
+    pub link: Option<Arc<regfs::handover::link::Link>>,
 }
 
 impl Context {
@@ -123,6 +125,7 @@ async fn handle(s: UnixStream, ctx: Arc<Context>) {
     };
     match req {
         Request::Status => answer(&mut w, Ok(status(&ctx))).await,
+        Request::Restart => answer(&mut w, restart(&ctx).await).await,
         Request::Prefetch { reference } => {
             let r = prefetch(&ctx, &reference, &mut w).await;
             answer(&mut w, r).await
@@ -148,6 +151,23 @@ async fn handle(s: UnixStream, ctx: Arc<Context>) {
             answer(&mut w, r).await
         }
     }
+}
+
+/// `restart`: ask the supervisor for a new server; this one goes once its
+/// requests are answered. The answer is this server's pid.
+async fn restart(ctx: &Context) -> regfs::Result<u32> {
+    let link = ctx.link.clone().ok_or_else(|| {
+        regfs::Error::invalid(
+            "this daemon runs without a supervisor: mount with --supervise to restart it in place",
+        )
+    })?;
+    if ctx.exporter.is_some() {
+        return Err(regfs::Error::invalid(
+            "the export mount's state does not survive a restart yet: unmount and mount again",
+        ));
+    }
+    regfs::blocking::run(move || link.restart().map_err(regfs::Error::Io)).await?;
+    Ok(std::process::id())
 }
 
 /// `commit`: commit `entry`, sending its progress every 200 ms.
@@ -208,6 +228,11 @@ fn status(ctx: &Context) -> Status {
         in_flight,
         export: ctx.exporter.is_some(),
         pid: std::process::id(),
+        generation: ctx.link.as_ref().map(|l| l.generation()),
+        supervisor_pid: ctx
+            .link
+            .as_ref()
+            .map(|_| nix::unistd::getppid().as_raw() as u32),
         registry: match content.client().registries() {
             Some(used) if used.is_empty() => "any (none used yet)".to_string(),
             Some(used) => format!("any (used: {})", used.join(", ")),

@@ -76,6 +76,8 @@ pub fn start(
                 allow_other: args.allow_other,
                 fs_name: "regfs-export".into(),
                 threads: args.threads,
+                // The export side's state does not survive a restart yet.
+                link: None,
             },
         )
         .with_context(|| format!("mounting the export directory at {}", mountpoint.display()))?;

@@ -21,14 +21,29 @@ mod reachability;
 mod readiness;
 mod size;
 mod status;
+mod supervise;
 mod unmount;
 
 use clap::Parser;
 
 fn main() {
     let cli = cli::Cli::parse_from(argv::effective());
+    if matches!(cli.command, cli::Command::Status(_)) {
+        // `regfs status | head`: end quietly when the reader goes, as
+        // coreutils do, instead of failing on EPIPE. (Not for the daemon,
+        // whose sockets must not kill it.)
+        // SAFETY: restoring a default disposition at start-up.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     let result = match cli.command {
+        cli::Command::Mount(args)
+            if args.supervise && !mount::is_supervised_server() && !args.daemon =>
+        {
+            supervise::run(&args, argv::effective().to_vec())
+        }
         cli::Command::Mount(args) => mount::run(*args),
+        cli::Command::Restart(args) => client::restart(args),
+        cli::Command::StateCheck(args) => supervise::state_check(&args.dir),
         cli::Command::Unmount(args) => unmount::run(&args.mountpoint),
         cli::Command::Commit(args) => client::commit(args),
         cli::Command::Export(cli::ExportCommand::New(args)) => client::export_new(args),

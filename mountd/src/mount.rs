@@ -120,8 +120,29 @@ fn options_for(
     Ok(opts)
 }
 
+/// Whether this process is a server started by a supervisor (`--supervise`).
+pub fn is_supervised_server() -> bool {
+    std::env::var_os(regfs::handover::link::FD_ENV).is_some()
+}
+
+/// Whether `mountpoint` is in this process's mount table; read from
+/// `/proc/self/mountinfo`, which asks no FUSE server (a stat would ask
+/// the mount itself).
+fn is_mounted(mountpoint: &std::path::Path) -> bool {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    let want = mountpoint.to_string_lossy();
+    info.lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .any(|m| m.replace("\\040", " ") == want)
+}
+
 /// Run `regfs mount`.
 pub fn run(args: MountArgs) -> anyhow::Result<()> {
+    let link = regfs::handover::link::Link::from_env()
+        .context("the supervisor's link")?
+        .map(Arc::new);
     let password = if args.password_stdin {
         Some(read_password()?)
     } else {
@@ -144,15 +165,24 @@ pub fn run(args: MountArgs) -> anyhow::Result<()> {
     };
 
     let (source, mountpoint) = source_and_mountpoint(&args)?;
+    let mountpoint = std::path::absolute(&mountpoint)?;
     let platform = match &args.platform {
         Some(p) => p.parse::<Platform>()?,
         None => Platform::host(),
     };
-    unmount::clear_stale(&mountpoint)?;
-    let md = std::fs::metadata(&mountpoint)
-        .with_context(|| format!("mountpoint {}", mountpoint.display()))?;
-    if !md.is_dir() {
-        bail!("mountpoint {} is not a directory", mountpoint.display());
+    // A connection the supervisor holds is served by this process: looking
+    // at the mountpoint now would wait for ourselves.
+    let resuming = match &link {
+        Some(l) => l.holds(&mountpoint).context("asking the supervisor")?,
+        None => false,
+    };
+    if !resuming {
+        unmount::clear_stale(&mountpoint)?;
+        let md = std::fs::metadata(&mountpoint)
+            .with_context(|| format!("mountpoint {}", mountpoint.display()))?;
+        if !md.is_dir() {
+            bail!("mountpoint {} is not a directory", mountpoint.display());
+        }
     }
 
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -227,14 +257,21 @@ pub fn run(args: MountArgs) -> anyhow::Result<()> {
         ..LazyOptions::default()
     });
     let export_platform = platform.clone();
-    let fs = Arc::new(Fs::new(
+    let mut fs = Fs::new(
         content,
         FsConfig {
             platform,
             tag_ttl: Duration::from_secs(args.tag_ttl),
             mount_time: SystemTime::now(),
         },
-    ));
+    );
+    if let Some(l) = &link {
+        regfs::handover::check_state(l.state_dir()).map_err(anyhow::Error::msg)?;
+        fs = fs
+            .with_restart_state(l.state_dir(), l.generation())
+            .context("the inode journal")?;
+    }
+    let fs = Arc::new(fs);
     if args.use_published_indexes {
         let fs = fs.clone();
         rt.spawn(async move { fs.content().check_published_forever().await });
@@ -252,6 +289,7 @@ pub fn run(args: MountArgs) -> anyhow::Result<()> {
         mountpoint: std::path::absolute(&mountpoint)?,
         cache_dir: cache_dir.clone(),
         reachability,
+        link: link.clone(),
     };
     let export = crate::export::start(
         &args,
@@ -271,7 +309,7 @@ pub fn run(args: MountArgs) -> anyhow::Result<()> {
             (p, true)
         }
     };
-    let als = crate::als::start(&args, fs.clone(), als_registry, &rt, &socket)?;
+    let als = crate::als::start(&args, fs.clone(), als_registry, &rt, &socket, link.clone())?;
     let session = FuseFs::new(fs, rt.handle().clone())
         .with_control_socket(&socket)
         .mount(
@@ -280,6 +318,7 @@ pub fn run(args: MountArgs) -> anyhow::Result<()> {
                 allow_other: args.allow_other,
                 fs_name: fs_name.clone(),
                 threads: args.threads,
+                link: link.clone(),
             },
         )
         .with_context(|| format!("mounting at {}", mountpoint.display()))?;
@@ -307,6 +346,7 @@ pub fn run(args: MountArgs) -> anyhow::Result<()> {
 
     // The session thread ends when the kernel drops the mount (regfs unmount,
     // umount -l); a signal makes us detach it ourselves.
+    let mut handed_over = false;
     let (tx, rx) = tokio::sync::oneshot::channel();
     std::thread::spawn(move || {
         let r = session.join();
@@ -318,6 +358,13 @@ pub fn run(args: MountArgs) -> anyhow::Result<()> {
         let mut int = signal(SignalKind::interrupt())?;
         tokio::select! {
             r = rx => {
+                if link.is_some() && is_mounted(&mountpoint) {
+                    // The supervisor took the connections for the next
+                    // server: leave every mount as it is.
+                    tracing::info!("handed over to the next server");
+                    handed_over = true;
+                    return anyhow::Ok(());
+                }
                 tracing::info!("unmounted");
                 if let Ok(Err(e)) = r {
                     tracing::warn!(error = %e, "session ended with an error");
@@ -339,7 +386,11 @@ pub fn run(args: MountArgs) -> anyhow::Result<()> {
         e.stop();
     }
     if let Some(a) = als {
-        a.stop();
+        if handed_over {
+            a.session.detached();
+        } else {
+            a.stop();
+        }
     }
     if own_socket {
         let _ = std::fs::remove_file(&socket);

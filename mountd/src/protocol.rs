@@ -62,6 +62,9 @@ pub enum Request {
         /// NAME:TAG or NAME@DIGEST.
         reference: String,
     },
+    /// Replace this server by a new one under its supervisor (`regfs
+    /// restart`). Answer: the old server's pid.
+    Restart,
     /// Publish the gzip layer indexes this cache holds for an image.
     /// Answer: [`IndexPushed`].
     IndexPush {
@@ -179,8 +182,13 @@ pub struct Status {
     pub in_flight: Vec<CommitProgress>,
     /// Whether the daemon serves an export directory.
     pub export: bool,
-    /// The daemon's process id.
+    /// The daemon's process id (the server's, under a supervisor).
     pub pid: u32,
+    /// Under `--supervise`: which server this is (0: the first; one more
+    /// for each restart or crash).
+    pub generation: Option<u64>,
+    /// Under `--supervise`: the supervisor's process id.
+    pub supervisor_pid: Option<u32>,
     /// The mounted registry.
     pub registry: String,
     /// Whether the registry answers (absent from daemons before this field).

@@ -22,6 +22,12 @@ pub fn ready_pipe() -> Option<std::fs::File> {
     Some(std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) }))
 }
 
+/// In a supervisor: the readiness pipe's descriptor, to hand to its first
+/// server (which says when the mount is ready), removed from the environment.
+pub fn ready_fd() -> Option<OwnedFd> {
+    ready_pipe().map(OwnedFd::from)
+}
+
 /// Tell the parent the mount is ready, with `warnings` (one line each) for
 /// it to print on its terminal: the daemon's own standard error goes nowhere.
 pub fn notify_ready(pipe: Option<std::fs::File>, warnings: &[String]) {

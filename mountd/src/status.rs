@@ -26,6 +26,11 @@ pub fn print_read_only(r: &Status) {
         r.registry,
         r.mountpoint.display()
     );
+    if let (Some(g), Some(sup)) = (r.generation, r.supervisor_pid) {
+        println!(
+            "supervised by {sup}: server generation {g} (`regfs restart` replaces it in place)"
+        );
+    }
     if let Some(state) = &r.registry_state {
         println!(
             "{}",

@@ -44,7 +44,7 @@ use crate::reference::Registry;
 pub const ALS_INO_BIT: u64 = 1 << 62;
 
 /// A node of the view's own.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 enum Node {
     /// `<base64(reference)>`, or a `/`-joined prefix of it.
     Ref(Arc<str>),
@@ -298,6 +298,33 @@ impl LayerStore {
                 let fh = ALS_INO_BIT | self.next_fh.fetch_add(1, Ordering::Relaxed);
                 self.handles.lock().unwrap().insert(fh, bytes);
                 Ok(fh)
+            }
+            _ => Err(errno(libc::EISDIR)),
+        }
+    }
+
+    /// Keep the view's own inode numbers in a journal in `state_dir` and
+    /// number its file handles apart from earlier servers' (see
+    /// [`Fs::with_restart_state`]).
+    pub fn with_restart_state(
+        mut self,
+        state_dir: &std::path::Path,
+        generation: u64,
+    ) -> std::io::Result<LayerStore> {
+        self.nodes = table::Table::with_journal(&state_dir.join("layer-store.journal"))?;
+        self.next_fh = AtomicU64::new((generation << 40) | 1);
+        Ok(self)
+    }
+
+    /// Open `ino` again under the number `fh` an earlier server gave the
+    /// kernel (see [`Fs::reopen`]).
+    pub async fn reopen(&self, ino: u64, fh: u64) -> Result<()> {
+        match self.owner(ino)? {
+            Owner::Fs(ino) => self.fs.reopen(ino, fh).await,
+            Owner::Own(Node::Info(prefix, key)) => {
+                let bytes = self.info(&prefix, &key).await?;
+                self.handles.lock().unwrap().entry(fh).or_insert(bytes);
+                Ok(())
             }
             _ => Err(errno(libc::EISDIR)),
         }

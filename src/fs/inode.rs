@@ -9,8 +9,12 @@
 //! [`IDLE_MAX`]).
 
 use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 
+use serde::{Deserialize, Serialize};
+
+use super::journal::Journal;
 use crate::digest::Digest;
 use crate::layer::NodeId;
 
@@ -18,7 +22,7 @@ use crate::layer::NodeId;
 pub const ROOT_INO: u64 = 1;
 
 /// Which tree of an image a tree node belongs to.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum TreeWhich {
     /// The merged root filesystem.
     Rootfs,
@@ -27,7 +31,7 @@ pub enum TreeWhich {
 }
 
 /// An image's tree: rootfs or one layer.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct TreeId {
     /// Repository the image is read from.
     pub repo: Arc<str>,
@@ -38,7 +42,7 @@ pub struct TreeId {
 }
 
 /// What an inode is.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Key {
     /// The mount's root.
     Root,
@@ -185,6 +189,30 @@ struct Inner {
     idle_max: usize,
     clock: u64,
     next: u64,
+    /// Where operations are recorded for the next server (see [`super::journal`]).
+    journal: Option<Journal>,
+}
+
+/// One operation of the table, as journaled.
+#[derive(Serialize, Deserialize)]
+enum Op {
+    /// [`InodeTable::hand_out`].
+    #[serde(rename = "h")]
+    HandOut(Vec<Key>, bool),
+    /// [`InodeTable::forget`].
+    #[serde(rename = "f")]
+    Forget(u64, u64),
+    /// The whole table (a compacted journal).
+    #[serde(rename = "s")]
+    Snapshot(Snapshot),
+}
+
+#[derive(Serialize, Deserialize)]
+struct Snapshot {
+    clock: u64,
+    next: u64,
+    /// (number, key, references, stamp)
+    slots: Vec<(u64, Key, u64, u64)>,
 }
 
 impl Inner {
@@ -231,6 +259,74 @@ impl Inner {
         }
     }
 
+    fn forget(&mut self, ino: u64, nlookup: u64) {
+        let gone = match self.by_ino.get_mut(&ino) {
+            // An idle number carries no reference to drop.
+            Some(s) if s.refs > 0 => {
+                s.refs = s.refs.saturating_sub(nlookup);
+                s.refs == 0
+            }
+            _ => false,
+        };
+        if gone {
+            self.remove(ino);
+        }
+    }
+
+    fn apply(&mut self, op: Op) {
+        match op {
+            Op::HandOut(keys, referenced) => {
+                for k in keys {
+                    self.hand_out(k, u64::from(referenced));
+                }
+                self.trim();
+            }
+            Op::Forget(ino, n) => self.forget(ino, n),
+            Op::Snapshot(s) => {
+                self.by_key.clear();
+                self.by_ino.clear();
+                self.idle.clear();
+                self.clock = s.clock;
+                self.next = s.next;
+                for (ino, key, refs, stamp) in s.slots {
+                    if refs == 0 {
+                        self.idle.insert(stamp, ino);
+                    }
+                    self.by_key.insert(key.clone(), ino);
+                    self.by_ino.insert(ino, Slot { key, refs, stamp });
+                }
+            }
+        }
+    }
+
+    fn snapshot(&self) -> Op {
+        let mut slots: Vec<_> = self
+            .by_ino
+            .iter()
+            .map(|(&n, s)| (n, s.key.clone(), s.refs, s.stamp))
+            .collect();
+        slots.sort_by_key(|s| s.0);
+        Op::Snapshot(Snapshot {
+            clock: self.clock,
+            next: self.next,
+            slots,
+        })
+    }
+
+    /// Record `op` (already applied) for the next server.
+    fn record(&mut self, op: &Op) {
+        let Some(j) = self.journal.as_mut() else {
+            return;
+        };
+        j.append(op);
+        if j.wants_compaction() {
+            let snap = self.snapshot();
+            if let Some(j) = self.journal.as_mut() {
+                j.rewrite(&[snap]);
+            }
+        }
+    }
+
     fn remove(&mut self, n: u64) {
         if let Some(slot) = self.by_ino.remove(&n) {
             if slot.refs == 0 {
@@ -256,6 +352,7 @@ impl InodeTable {
             idle_max,
             clock: 0,
             next: ROOT_INO + 1,
+            journal: None,
         };
         i.by_key.insert(Key::Root, ROOT_INO);
         i.by_ino.insert(
@@ -269,6 +366,30 @@ impl InodeTable {
         InodeTable {
             inner: Mutex::new(i),
         }
+    }
+
+    /// A table that records its operations in the journal at `path` for
+    /// the next server of the mount, after replaying what an earlier server
+    /// recorded there (then compacted to one snapshot).
+    pub fn with_journal(path: &Path) -> std::io::Result<Self> {
+        let t = InodeTable::new();
+        let (ops, mut journal) = Journal::open::<Op>(path)?;
+        let mut i = t.inner.lock().unwrap();
+        let replayed = ops.len();
+        for op in ops {
+            i.apply(op);
+        }
+        if replayed > 0 {
+            journal.rewrite(&[i.snapshot()]);
+            tracing::info!(
+                records = replayed,
+                inodes = i.by_ino.len(),
+                "inode table restored from the journal"
+            );
+        }
+        i.journal = Some(journal);
+        drop(i);
+        Ok(t)
     }
 
     /// The inode number of `key`, allocating one the first time; the kernel
@@ -289,11 +410,15 @@ impl InodeTable {
     /// and counting the kernel's reference to it.
     pub fn hand_out(&self, keys: impl IntoIterator<Item = Key>, referenced: bool) -> Vec<u64> {
         let mut i = self.inner.lock().unwrap();
+        let keys: Vec<Key> = keys.into_iter().collect();
         let out = keys
-            .into_iter()
-            .map(|k| i.hand_out(k, u64::from(referenced)))
+            .iter()
+            .map(|k| i.hand_out(k.clone(), u64::from(referenced)))
             .collect();
         i.trim();
+        if i.journal.is_some() {
+            i.record(&Op::HandOut(keys, referenced));
+        }
         out
     }
 
@@ -303,16 +428,9 @@ impl InodeTable {
             return;
         }
         let mut i = self.inner.lock().unwrap();
-        let gone = match i.by_ino.get_mut(&ino) {
-            // An idle number carries no reference to drop.
-            Some(s) if s.refs > 0 => {
-                s.refs = s.refs.saturating_sub(nlookup);
-                s.refs == 0
-            }
-            _ => false,
-        };
-        if gone {
-            i.remove(ino);
+        i.forget(ino, nlookup);
+        if i.journal.is_some() {
+            i.record(&Op::Forget(ino, nlookup));
         }
     }
 

@@ -13,6 +13,7 @@
 mod artifacts;
 pub mod attr;
 pub mod inode;
+pub mod journal;
 #[cfg(test)]
 mod model_tests;
 mod namespace;
@@ -372,7 +373,39 @@ impl Fs {
 
     /// Open inode `ino` for reading; may fetch (and verify) the content first.
     pub async fn open(&self, ino: u64) -> Result<u64> {
-        let handle = match self.key(ino)? {
+        let handle = self.handle(ino).await?;
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.handles.lock().unwrap().insert(fh, handle);
+        Ok(fh)
+    }
+
+    /// Open `ino` again under the number `fh` an earlier server of this mount
+    /// gave the kernel (see `crate::handover`), unless it is open already.
+    pub async fn reopen(&self, ino: u64, fh: u64) -> Result<()> {
+        if self.handles.lock().unwrap().contains_key(&fh) {
+            return Ok(());
+        }
+        let handle = self.handle(ino).await?;
+        self.handles.lock().unwrap().entry(fh).or_insert(handle);
+        Ok(())
+    }
+
+    /// Keep the inode table in a journal in `state_dir`, replaying what an
+    /// earlier server of this mount left there, and number file handles
+    /// apart from every earlier server's (`generation` in the high bits):
+    /// the numbers the kernel holds stay valid across a restart.
+    pub fn with_restart_state(
+        mut self,
+        state_dir: &std::path::Path,
+        generation: u64,
+    ) -> std::io::Result<Fs> {
+        self.inodes = InodeTable::with_journal(&state_dir.join("inodes.journal"))?;
+        self.next_fh = AtomicU64::new((generation << 40) | 1);
+        Ok(self)
+    }
+
+    async fn handle(&self, ino: u64) -> Result<Handle> {
+        Ok(match self.key(ino)? {
             Key::ManifestFile { repo, digest } => {
                 Handle::Bytes(self.content.manifest(&repo, &digest).await?.bytes.clone())
             }
@@ -416,10 +449,7 @@ impl Fs {
             Key::Tag { .. } | Key::Platform { .. } | Key::Referrer { .. } => {
                 return Err(Error::invalid("symlink"))
             }
-        };
-        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        self.handles.lock().unwrap().insert(fh, handle);
-        Ok(fh)
+        })
     }
 
     /// Read up to `size` bytes at `offset` from open file `fh`. Local I/O,

@@ -54,7 +54,7 @@ impl AlsFuse {
             "regfs-layers",
             &[MountOption::NoAtime],
         );
-        fuser::spawn_mount(self, mountpoint, &config).map(super::Mounted::new)
+        super::session::spawn(self, mountpoint, config, cfg)
     }
 
     /// Refuse a change with EROFS, inline (it touches nothing).
@@ -124,7 +124,7 @@ impl Filesystem for AlsFuse {
     fn read(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         size: u32,
@@ -132,7 +132,7 @@ impl Filesystem for AlsFuse {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        self.side.read(fh, offset, size, reply);
+        self.side.read(ino, fh, offset, size, reply);
     }
 
     fn release(

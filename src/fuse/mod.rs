@@ -42,6 +42,9 @@ pub struct MountConfig {
     pub fs_name: String,
     /// Dispatch threads (they never block on the network; 1 is enough, 2 helps CPU-bound reads).
     pub threads: usize,
+    /// The supervisor holding the connection, if the daemon runs under one
+    /// (see [`crate::handover`]).
+    pub link: Option<Arc<crate::handover::link::Link>>,
 }
 
 /// The fuser adapter.
@@ -67,7 +70,7 @@ impl FuseFs {
     /// Mount at `mountpoint` and serve from background threads until unmounted.
     pub fn mount(self, mountpoint: &Path, cfg: &MountConfig) -> std::io::Result<Mounted> {
         let config = session_config(cfg, MountOption::RO, "regfs", &[MountOption::NoAtime]);
-        fuser::spawn_mount(self, mountpoint, &config).map(Mounted::new)
+        session::spawn(self, mountpoint, config, cfg)
     }
 }
 
@@ -181,7 +184,7 @@ impl Filesystem for FuseFs {
     fn read(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         size: u32,
@@ -189,7 +192,7 @@ impl Filesystem for FuseFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        self.side.read(fh, offset, size, reply);
+        self.side.read(ino, fh, offset, size, reply);
     }
 
     fn release(

@@ -35,6 +35,8 @@ pub(crate) trait ReadCore: Send + Sync + 'static {
     /// Bytes of open file `fh`.
     fn read(&self, fh: u64, offset: u64, size: u32)
         -> impl Future<Output = Result<Vec<u8>>> + Send;
+    /// Open `ino` again as `fh`, a handle an earlier server gave the kernel.
+    fn reopen(&self, ino: u64, fh: u64) -> impl Future<Output = Result<()>> + Send;
     /// Forget file handle `fh`.
     fn release(&self, fh: u64);
     /// One reply's worth of directory `ino` (see `crate::fs::paging`).
@@ -82,6 +84,9 @@ macro_rules! read_core {
                 size: u32,
             ) -> impl Future<Output = Result<Vec<u8>>> + Send {
                 <$t>::read(self, fh, offset, size)
+            }
+            fn reopen(&self, ino: u64, fh: u64) -> impl Future<Output = Result<()>> + Send {
+                <$t>::reopen(self, ino, fh)
             }
             fn release(&self, fh: u64) {
                 <$t>::release(self, fh)
@@ -202,9 +207,26 @@ impl<C: ReadCore> ReadSide<C> {
         });
     }
 
-    pub(crate) fn read(&self, fh: FileHandle, offset: u64, size: u32, reply: ReplyData) {
+    /// A handle unknown here was given by an earlier server of the mount
+    /// (see `crate::handover`): the file is opened again under its number.
+    pub(crate) fn read(
+        &self,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        reply: ReplyData,
+    ) {
         let core = self.core.clone();
-        let op = async move { core.read(fh.0, offset, size).await };
+        let op = async move {
+            match core.read(fh.0, offset, size).await {
+                Err(e) if e.errno() == libc::EBADF => {
+                    core.reopen(ino.0, fh.0).await?;
+                    core.read(fh.0, offset, size).await
+                }
+                r => r,
+            }
+        };
         self.glue.run("read", op, glue::data(reply));
     }
 

@@ -13,8 +13,48 @@
 //! path) is left to the process's exit.
 
 use std::io;
+use std::path::Path;
 
-use fuser::BackgroundSession;
+use fuser::{BackgroundSession, Config, Filesystem, MountOption};
+
+use super::MountConfig;
+use crate::handover::devmount::{mount_dev_fuse, DevMountOptions};
+
+/// Mount `fs` at `mountpoint` and serve it from background threads: through
+/// fuser's own mount, or, under a supervisor, from the socket the supervisor
+/// relays the connection on (a live one resumed, or a new mount handed to it).
+pub(crate) fn spawn<FS: Filesystem + Send + Sync + 'static>(
+    fs: FS,
+    mountpoint: &Path,
+    mut config: Config,
+    cfg: &MountConfig,
+) -> io::Result<Mounted> {
+    let Some(link) = &cfg.link else {
+        return fuser::spawn_mount(fs, mountpoint, &config).map(Mounted::new);
+    };
+    let has = |o: &MountOption| config.mount_options.contains(o);
+    let dev = DevMountOptions {
+        read_only: has(&MountOption::RO),
+        fs_name: cfg.fs_name.clone(),
+        subtype: config
+            .mount_options
+            .iter()
+            .find_map(|o| match o {
+                MountOption::Subtype(s) => Some(s.clone()),
+                _ => None,
+            })
+            .unwrap_or_else(|| "regfs".into()),
+        allow_other: cfg.allow_other,
+        noatime: has(&MountOption::NoAtime),
+    };
+    let (sock, resumed) = link.connect(mountpoint, || mount_dev_fuse(mountpoint, &dev))?;
+    tracing::info!(mountpoint = %mountpoint.display(), resumed, "serving the supervisor's connection");
+    // One socket, read by every dispatch thread (no /dev/fuse to clone).
+    config.clone_fd = false;
+    let acl = config.acl;
+    let session = fuser::Session::from_fd(fs, sock, acl, config)?;
+    session.spawn().map(Mounted::new)
+}
 
 /// A live FUSE mount and the threads serving it. Dropping it while it is
 /// mounted unmounts it (fuser's behaviour).
