@@ -52,18 +52,22 @@ pub struct Regfs {
 impl Regfs {
     /// `regfs mount REG MNT --snapshotter SOCK --snapshotter-root ROOT`.
     pub fn new(reg: &Registry) -> Regfs {
+        Regfs::with_args(reg, &[])
+    }
+
+    /// [`Regfs::new`] with `extra` arguments (`--supervise`).
+    pub fn with_args(reg: &Registry, extra: &[&str]) -> Regfs {
         let dir = tempdir("snapshotter");
         let socket = dir.path().join("regfs.sock");
         let root = dir.path().join("root");
-        let mount = Mount::new(
-            reg,
-            &[
-                "--snapshotter",
-                socket.to_str().unwrap(),
-                "--snapshotter-root",
-                root.to_str().unwrap(),
-            ],
-        );
+        let mut args = vec![
+            "--snapshotter",
+            socket.to_str().unwrap(),
+            "--snapshotter-root",
+            root.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        let mount = Mount::new(reg, &args);
         wait_for(|| socket.exists(), "the snapshotter socket");
         Regfs {
             mount,
