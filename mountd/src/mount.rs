@@ -221,7 +221,15 @@ pub fn run(args: MountArgs) -> anyhow::Result<()> {
             // Unreachable (refused, no such name, timeouts, 5xx): mount anyway, serve
             // what the cache holds, say so on the terminal and in the log, and keep
             // checking in the background. Anything else (credentials, TLS) fails now.
-            let reachability = match rt.block_on(client.ping()) {
+            // A server taking over a live mount does not wait for the
+            // registry: readers are paused until it serves (the watcher
+            // below finds out soon enough).
+            let checked = if resuming {
+                Ok(())
+            } else {
+                rt.block_on(client.ping())
+            };
+            let reachability = match checked {
                 Ok(()) => Reachability::new(&registry.name, None),
                 Err(e) if e.is_transient() => {
                     let msg = reachability::warning(&registry.name, &e.to_string());
@@ -235,7 +243,7 @@ pub fn run(args: MountArgs) -> anyhow::Result<()> {
                 }
                 Err(e) => return Err(anyhow::Error::new(e).context(format!("registry {registry}"))),
             };
-            reachability.watch(client.clone(), rt.handle());
+            reachability.watch(client.clone(), rt.handle(), resuming);
             (Arc::new(client), reachability, format!("regfs:{registry}"))
         }
     };

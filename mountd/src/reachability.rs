@@ -132,18 +132,22 @@ impl Reachability {
     /// Keep checking the registry on `rt` for the mount's life: while it is
     /// unreachable with backoff (1 s, doubling, at most 30 s apart), while
     /// it answers every [`WHILE_UP`], so that `regfs status` and the log say
-    /// when it goes away again.
-    pub fn watch(self: &Arc<Self>, client: Client, rt: &tokio::runtime::Handle) {
+    /// when it goes away again. `check_now`: the first check at once (a
+    /// server that took over a mount without checking).
+    pub fn watch(self: &Arc<Self>, client: Client, rt: &tokio::runtime::Handle, check_now: bool) {
         let me = self.clone();
         rt.spawn(async move {
             let mut wait = FIRST_RETRY;
+            let mut now = check_now;
             loop {
-                if me.is_reachable() {
-                    wait = FIRST_RETRY;
-                    tokio::time::sleep(WHILE_UP).await;
-                } else {
-                    tokio::time::sleep(wait).await;
-                    wait = (wait * 2).min(MAX_RETRY);
+                if !std::mem::take(&mut now) {
+                    if me.is_reachable() {
+                        wait = FIRST_RETRY;
+                        tokio::time::sleep(WHILE_UP).await;
+                    } else {
+                        tokio::time::sleep(wait).await;
+                        wait = (wait * 2).min(MAX_RETRY);
+                    }
                 }
                 me.record(client.ping().await);
             }

@@ -8,4 +8,5 @@
 mod harness;
 
 mod readers;
+mod registry_down;
 mod upgrade;
