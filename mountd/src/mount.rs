@@ -125,19 +125,6 @@ pub fn is_supervised_server() -> bool {
     std::env::var_os(regfs::handover::link::FD_ENV).is_some()
 }
 
-/// Whether `mountpoint` is in this process's mount table; read from
-/// `/proc/self/mountinfo`, which asks no FUSE server (a stat would ask
-/// the mount itself).
-fn is_mounted(mountpoint: &std::path::Path) -> bool {
-    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
-        return false;
-    };
-    let want = mountpoint.to_string_lossy();
-    info.lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .any(|m| m.replace("\\040", " ") == want)
-}
-
 /// Run `regfs mount`.
 pub fn run(args: MountArgs) -> anyhow::Result<()> {
     let link = regfs::handover::link::Link::from_env()
@@ -366,7 +353,10 @@ pub fn run(args: MountArgs) -> anyhow::Result<()> {
         let mut int = signal(SignalKind::interrupt())?;
         tokio::select! {
             r = rx => {
-                if link.is_some() && is_mounted(&mountpoint) {
+                // Under a supervisor the session also ends when the
+                // supervisor hands the connection to the next server; it
+                // still holds the mount then.
+                if link.as_ref().is_some_and(|l| l.holds(&mountpoint).unwrap_or(false)) {
                     // The supervisor took the connections for the next
                     // server: leave every mount as it is.
                     tracing::info!("handed over to the next server");

@@ -114,7 +114,7 @@ impl Supervisor {
             let child = self.spawn(generation, ready.take(), attached.clone())?;
             let exited = loop {
                 match rx.recv().context("supervisor events")? {
-                    Event::Exited(g, status) if g == generation => break status,
+                    Event::Exited(g, status) if g == generation => break Some(status),
                     Event::Exited(..) => {}
                     Event::Signal(s) => {
                         stopping = true;
@@ -132,12 +132,19 @@ impl Supervisor {
                             ?status,
                             "supervisor: old server gone, starting the new one"
                         );
-                        break ExitStatus::from_raw(0);
+                        break None;
                     }
                 }
             };
+            // Replaced on purpose: the next one takes over.
+            let Some(exited) = exited else {
+                generation += 1;
+                continue;
+            };
             let live = self.holdings.live();
-            if stopping || live.is_empty() {
+            // A server that exits on its own has seen its mount go (or was
+            // told to stop): what it left mounted goes too.
+            if stopping || exited.success() || live.is_empty() {
                 for c in &live {
                     let _ = crate::unmount::detach(Path::new(c.mountpoint()));
                 }
@@ -146,30 +153,28 @@ impl Supervisor {
                 }
                 std::process::exit(exited.code().unwrap_or(1));
             }
-            if !exited.success() {
-                self.holdings.lost_server();
-                let now = Instant::now();
-                crashes.retain(|t| now.duration_since(*t) < CRASH_WINDOW);
-                if !attached.load(Ordering::SeqCst) {
-                    crashes.push(now);
-                }
-                tracing::error!(generation, status = %exited, pending = self.holdings.pending(), "supervisor: the server died; starting another");
-                if crashes.len() >= CRASH_LIMIT {
-                    tracing::error!(
-                        crashes = crashes.len(),
-                        "supervisor: the server keeps dying; giving up and unmounting"
-                    );
-                    for c in &live {
-                        let _ = crate::unmount::detach(Path::new(c.mountpoint()));
-                    }
-                    anyhow::bail!(
-                        "the server died {} times in {:?}",
-                        crashes.len(),
-                        CRASH_WINDOW
-                    );
-                }
-                std::thread::sleep(Duration::from_millis(100) * crashes.len() as u32);
+            self.holdings.lost_server();
+            let now = Instant::now();
+            crashes.retain(|t| now.duration_since(*t) < CRASH_WINDOW);
+            if !attached.load(Ordering::SeqCst) {
+                crashes.push(now);
             }
+            tracing::error!(generation, status = %exited, pending = self.holdings.pending(), "supervisor: the server died; starting another");
+            if crashes.len() >= CRASH_LIMIT {
+                tracing::error!(
+                    crashes = crashes.len(),
+                    "supervisor: the server keeps dying; giving up and unmounting"
+                );
+                for c in &live {
+                    let _ = crate::unmount::detach(Path::new(c.mountpoint()));
+                }
+                anyhow::bail!(
+                    "the server died {} times in {:?}",
+                    crashes.len(),
+                    CRASH_WINDOW
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100) * crashes.len() as u32);
             generation += 1;
         }
     }
