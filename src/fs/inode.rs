@@ -546,7 +546,10 @@ mod tests {
             assert_eq!(t.key(listed[1]), Some(key(3)));
             assert_eq!(t.key(forgotten), None);
             let fresh = t.ino(key(9));
-            assert!(fresh > listed[3] && fresh != forgotten, "never reused: {fresh}");
+            assert!(
+                fresh > listed[3] && fresh != forgotten,
+                "never reused: {fresh}"
+            );
             t.forget(fresh, 0);
         }
         // A forget after the restart releases what the first server handed out.

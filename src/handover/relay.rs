@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -34,7 +35,7 @@ const BUF: usize = (16 << 20) + 4096;
 
 /// A request the kernel waits on.
 struct Pending {
-    bytes: Vec<u8>,
+    bytes: Arc<[u8]>,
     /// Given to the server serving now (false: queued for the next one).
     sent: bool,
 }
@@ -46,7 +47,7 @@ struct State {
     init_answered: bool,
     inflight: BTreeMap<u64, Pending>,
     /// Requests without a reply (forgets) that found no server.
-    oneway: Vec<Vec<u8>>,
+    oneway: Vec<Arc<[u8]>>,
     server: Option<Arc<OwnedFd>>,
     /// The kernel dropped the connection (unmounted).
     gone: bool,
@@ -91,6 +92,10 @@ fn dismiss(sock: &OwnedFd) {
     }
 }
 
+/// Threads reading each direction of a connection: the kernel's requests
+/// and a server's replies are relayed in parallel, as fuser dispatches them.
+const RELAY_THREADS: usize = 1;
+
 /// Dispatch threads a server may have (`--threads`).
 const DISMISS_THREADS: u64 = 64;
 
@@ -110,11 +115,13 @@ impl Connection {
             }),
             changed: Condvar::new(),
         });
-        let reader = c.clone();
-        std::thread::Builder::new()
-            .name("regfs-relay-in".into())
-            .spawn(move || reader.read_kernel())
-            .expect("spawning a thread");
+        for _ in 0..RELAY_THREADS {
+            let reader = c.clone();
+            std::thread::Builder::new()
+                .name("regfs-relay-in".into())
+                .spawn(move || reader.read_kernel())
+                .expect("spawning a thread");
+        }
         c
     }
 
@@ -146,7 +153,7 @@ impl Connection {
             if n < IN_HEADER {
                 continue;
             }
-            let bytes = buf[..n].to_vec();
+            let bytes: Arc<[u8]> = buf[..n].into();
             let (opcode, unique) = (read_u32(&bytes, 4), read_u64(&bytes, 8));
             let oneway = matches!(
                 opcode,
@@ -155,7 +162,7 @@ impl Connection {
             let server = {
                 let mut s = self.state.lock().unwrap();
                 if opcode == FUSE_INIT && s.init.is_none() {
-                    s.init = Some(bytes.clone());
+                    s.init = Some(bytes.to_vec());
                 }
                 let server = s.server.clone();
                 if oneway {
@@ -195,18 +202,19 @@ impl Connection {
             let s = self.state.lock().unwrap();
             s.init.clone().filter(|_| s.init_answered)
         };
-        let swallow = match &init {
-            Some(init) => {
-                send(sock.as_raw_fd(), init, MsgFlags::MSG_NOSIGNAL)?;
-                Some(read_u64(init, 8))
-            }
-            None => None,
-        };
-        let replies = (self.clone(), sock.clone());
-        std::thread::Builder::new()
-            .name("regfs-relay-out".into())
-            .spawn(move || replies.0.read_server(&replies.1, swallow))?;
-        let resend: Vec<Vec<u8>> = {
+        // The unique of the replayed INIT, whose answer is not passed on (0: none).
+        let swallow = Arc::new(AtomicU64::new(0));
+        if let Some(init) = &init {
+            send(sock.as_raw_fd(), init, MsgFlags::MSG_NOSIGNAL)?;
+            swallow.store(read_u64(init, 8), Ordering::SeqCst);
+        }
+        for _ in 0..RELAY_THREADS {
+            let (me, sock, swallow) = (self.clone(), sock.clone(), swallow.clone());
+            std::thread::Builder::new()
+                .name("regfs-relay-out".into())
+                .spawn(move || me.read_server(&sock, &swallow))?;
+        }
+        let resend: Vec<Arc<[u8]>> = {
             let mut s = self.state.lock().unwrap();
             s.server = Some(sock.clone());
             let mut out = std::mem::take(&mut s.oneway);
@@ -222,7 +230,7 @@ impl Connection {
         Ok(())
     }
 
-    fn read_server(&self, sock: &Arc<OwnedFd>, mut swallow: Option<u64>) {
+    fn read_server(&self, sock: &Arc<OwnedFd>, swallow: &AtomicU64) {
         let mut buf = vec![0u8; BUF];
         loop {
             let n = match recv(sock.as_raw_fd(), &mut buf, MsgFlags::empty()) {
@@ -235,10 +243,13 @@ impl Connection {
                 continue;
             }
             let unique = read_u64(&buf, 8);
-            if swallow == Some(unique) {
+            if unique != 0
+                && swallow
+                    .compare_exchange(unique, 0, Ordering::SeqCst, Ordering::SeqCst)
+                    .is_ok()
+            {
                 // The new server's answer to the replayed INIT: the kernel
                 // had its answer long ago.
-                swallow = None;
                 continue;
             }
             if unique != 0 {
