@@ -243,7 +243,19 @@ impl Supervisor {
                 Ok(())
             });
         }
-        let mut child = cmd.spawn().context("starting the server")?;
+        // A binary just written (an upgrade) may still be open for writing
+        // in some process for a moment: ETXTBSY, worth a few retries.
+        let mut tries = 0;
+        let mut child = loop {
+            match cmd.spawn() {
+                Ok(c) => break c,
+                Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && tries < 50 => {
+                    tries += 1;
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(e) => return Err(anyhow::Error::new(e).context("starting the server")),
+            }
+        };
         drop(theirs);
         drop(ready);
         if let (Some(pw), Some(mut stdin)) = (&self.password, child.stdin.take()) {

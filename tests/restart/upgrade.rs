@@ -42,18 +42,33 @@ fn an_upgraded_binary_takes_over_and_an_incompatible_one_is_refused() {
     let mnt = tempdir(&format!("mnt-{}", std::process::id()));
     let cache = tempdir("cache");
     let log = cache.path().join("regfs.log");
-    let mut cmd = Command::new(&bin);
-    cmd.arg("mount")
-        .arg(reg.host_port())
-        .arg(mnt.path())
-        .arg("--cache-dir")
-        .arg(cache.path())
-        .args(["--plain-http", "--supervise", "--log-file"])
-        .arg(&log)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    let mut supervisor = spawn_tied(cmd).unwrap();
+    let command = || {
+        let mut cmd = Command::new(&bin);
+        cmd.arg("mount")
+            .arg(reg.host_port())
+            .arg(mnt.path())
+            .arg("--cache-dir")
+            .arg(cache.path())
+            .args(["--plain-http", "--supervise", "--log-file"])
+            .arg(&log)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        cmd
+    };
+    // The copy may be open for writing in a child another test thread is
+    // forking at this moment (ETXTBSY until that child execs).
+    let mut tries = 0;
+    let mut supervisor = loop {
+        match spawn_tied(command()) {
+            Ok(c) => break c,
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && tries < 100 => {
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => panic!("{}: {e}", bin.display()),
+        }
+    };
     let deadline = Instant::now() + Duration::from_secs(20);
     while mount_fstype(mnt.path()).is_none() {
         assert!(Instant::now() < deadline, "not mounted");
