@@ -327,7 +327,7 @@ pub struct MountArgs {
     /// Serve under a small supervisor process that holds the FUSE
     /// connections: if the server dies it starts another, and `regfs
     /// restart` replaces it (an upgraded binary too); readers and containers
-    /// see a pause, not an error. The export mount does not take part yet.
+    /// see a pause, not an error.
     #[arg(long)]
     pub supervise: bool,
     /// Write the log here instead of standard error (RUST_LOG sets the level).

@@ -161,10 +161,15 @@ async fn restart(ctx: &Context) -> regfs::Result<u32> {
             "this daemon runs without a supervisor: mount with --supervise to restart it in place",
         )
     })?;
-    if ctx.exporter.is_some() {
-        return Err(regfs::Error::invalid(
-            "the export mount's state does not survive a restart yet: unmount and mount again",
-        ));
+    if let Some(p) = ctx
+        .exporter
+        .as_ref()
+        .and_then(|e| e.in_flight().into_iter().next())
+    {
+        return Err(regfs::Error::invalid(format!(
+            "a commit of {} is in flight: restart when it is done",
+            p.entry
+        )));
     }
     regfs::blocking::run(move || link.restart().map_err(regfs::Error::Io)).await?;
     Ok(std::process::id())

@@ -33,6 +33,7 @@ pub fn start(
     platform: Platform,
     ctx: control::Context,
 ) -> anyhow::Result<Option<Export>> {
+    let link = ctx.link.clone();
     let Some(mountpoint) = args.export.clone() else {
         return Ok(None);
     };
@@ -55,20 +56,29 @@ pub fn start(
         source_date_epoch: args.source_date_epoch,
     };
     let exp = Arc::new(Exporter::new(staging, fs, platform, defaults));
-    unmount::clear_stale(&mountpoint)?;
-    std::fs::create_dir_all(&mountpoint)
-        .with_context(|| format!("export directory {}", mountpoint.display()))?;
+    let mountpoint = std::path::absolute(&mountpoint)?;
+    let resuming = match &link {
+        Some(l) => l.holds(&mountpoint)?,
+        None => false,
+    };
+    if !resuming {
+        unmount::clear_stale(&mountpoint)?;
+        std::fs::create_dir_all(&mountpoint)
+            .with_context(|| format!("export directory {}", mountpoint.display()))?;
+    }
     let _guard = rt.enter();
     let ctx = control::Context {
         exporter: Some(exp.clone()),
         ..ctx
     };
     control::serve(&socket, ctx, rt.handle())?;
-    let efs = Arc::new(ExportFs::new(
-        exp,
-        rt.handle().clone(),
-        Some(socket.clone()),
-    ));
+    let mut efs = ExportFs::new(exp, rt.handle().clone(), Some(socket.clone()));
+    if let Some(l) = &link {
+        efs = efs
+            .with_restart_state(l.state_dir(), l.generation())
+            .context("the export's inode journal")?;
+    }
+    let efs = Arc::new(efs);
     let session = ExportFuse::new(efs, rt.handle().clone())
         .mount(
             &mountpoint,
@@ -76,8 +86,7 @@ pub fn start(
                 allow_other: args.allow_other,
                 fs_name: "regfs-export".into(),
                 threads: args.threads,
-                // The export side's state does not survive a restart yet.
-                link: None,
+                link,
             },
         )
         .with_context(|| format!("mounting the export directory at {}", mountpoint.display()))?;
@@ -93,6 +102,11 @@ impl Export {
     /// The control socket.
     pub fn socket(&self) -> &std::path::Path {
         &self.socket
+    }
+
+    /// The next server took the export mount over: leave it mounted.
+    pub fn handed_over(self) {
+        self.session.detached();
     }
 
     /// Unmount the export directory and remove the socket.

@@ -381,7 +381,11 @@ pub fn run(args: MountArgs) -> anyhow::Result<()> {
         s.close();
     }
     if let Some(e) = export {
-        e.stop();
+        if handed_over {
+            e.handed_over();
+        } else {
+            e.stop();
+        }
     }
     if let Some(a) = als {
         if handed_over {

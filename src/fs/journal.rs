@@ -20,6 +20,7 @@ use serde::Serialize;
 pub const COMPACT_AT: u64 = 64 << 20;
 
 /// An open journal.
+#[derive(Debug)]
 pub struct Journal {
     path: PathBuf,
     file: File,

@@ -55,7 +55,7 @@ impl ExportFuse {
     /// Mount read-write at `mountpoint` and serve from background threads.
     pub fn mount(self, mountpoint: &Path, cfg: &MountConfig) -> std::io::Result<super::Mounted> {
         let config = super::session_config(cfg, MountOption::RW, "regfs-export", &[]);
-        fuser::spawn_mount(self, mountpoint, &config).map(super::Mounted::new)
+        super::session::spawn(self, mountpoint, config, cfg)
     }
 
     /// Answer operation `name` with `op` run on the blocking pool.
@@ -268,32 +268,38 @@ impl Filesystem for ExportFuse {
     fn read(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         size: u32,
-        _flags: OpenFlags,
+        flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        let op = move |fs: &ExportFs| fs.read(fh.0, offset, size);
+        let op = move |fs: &ExportFs| {
+            fs.ensure_handle(ino.0, fh.0, flags.0)?;
+            fs.read(fh.0, offset, size)
+        };
         self.run("read", op, glue::data(reply));
     }
 
     fn write(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         data: &[u8],
         _write_flags: WriteFlags,
-        _flags: OpenFlags,
+        flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
         let data = data.to_vec();
-        let op = move |fs: &ExportFs| fs.write(fh.0, offset, &data);
+        let op = move |fs: &ExportFs| {
+            fs.ensure_handle(ino.0, fh.0, flags.0)?;
+            fs.write(fh.0, offset, &data)
+        };
         self.run("write", op, |r| match r {
             Ok(n) => reply.written(n),
             Err(e) => reply.error(e),
@@ -303,14 +309,17 @@ impl Filesystem for ExportFuse {
     fn fallocate(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         length: u64,
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        let op = move |fs: &ExportFs| fs.fallocate(fh.0, offset, length, mode);
+        let op = move |fs: &ExportFs| {
+            fs.ensure_handle(ino.0, fh.0, libc::O_RDWR)?;
+            fs.fallocate(fh.0, offset, length, mode)
+        };
         self.run("fallocate", op, glue::empty(reply));
     }
 
@@ -345,12 +354,15 @@ impl Filesystem for ExportFuse {
     fn fsync(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         datasync: bool,
         reply: ReplyEmpty,
     ) {
-        let op = move |fs: &ExportFs| fs.fsync(fh.0, datasync);
+        let op = move |fs: &ExportFs| {
+            fs.ensure_handle(ino.0, fh.0, libc::O_RDONLY)?;
+            fs.fsync(fh.0, datasync)
+        };
         self.run("fsync", op, glue::empty(reply));
     }
 

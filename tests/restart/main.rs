@@ -7,6 +7,7 @@
 #[path = "../harness/mod.rs"]
 mod harness;
 
+mod export;
 mod readers;
 mod registry_down;
 mod upgrade;

@@ -9,6 +9,11 @@
 //! are dropped in bulk once there are many), not every path ever seen.
 
 use std::collections::HashMap;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::fs::journal::Journal;
 
 /// The root directory's inode.
 pub const ROOT: u64 = 1;
@@ -34,6 +39,42 @@ pub struct Inodes {
     /// Inodes allocated since the last sweep of unreferenced ones.
     since_sweep: u64,
     next: u64,
+    /// Where changes are recorded for the next server (see `crate::handover`).
+    journal: Option<Journal>,
+}
+
+/// A change to the table, as journaled.
+#[derive(Serialize, Deserialize)]
+enum Op {
+    #[serde(rename = "i")]
+    Ino(Vec<u8>, Option<Identity>),
+    #[serde(rename = "d")]
+    SetIdentity(u64, Identity),
+    #[serde(rename = "m")]
+    Remember(u64, Vec<u8>),
+    #[serde(rename = "f")]
+    Forget(u64, u64),
+    #[serde(rename = "r")]
+    Remove(Vec<u8>),
+    #[serde(rename = "n")]
+    Rename(Vec<u8>, Vec<u8>),
+    #[serde(rename = "s")]
+    Snapshot(Snapshot),
+}
+
+fn pairs<K: Clone, V: Clone>(m: &HashMap<K, V>) -> Vec<(K, V)> {
+    m.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+}
+
+#[derive(Serialize, Deserialize)]
+struct Snapshot {
+    by_path: Vec<(Vec<u8>, u64)>,
+    paths: Vec<(u64, Vec<Vec<u8>>)>,
+    by_identity: Vec<(Identity, u64)>,
+    identities: Vec<(u64, Vec<Identity>)>,
+    refs: Vec<(u64, u64)>,
+    since_sweep: u64,
+    next: u64,
 }
 
 /// Sweep inodes the kernel does not hold once this many were allocated.
@@ -49,6 +90,7 @@ impl Default for Inodes {
             refs: HashMap::new(),
             since_sweep: 0,
             next: ROOT + 1,
+            journal: None,
         };
         t.by_path.insert(Vec::new(), ROOT);
         t.paths.insert(ROOT, vec![Vec::new()]);
@@ -59,6 +101,12 @@ impl Default for Inodes {
 impl Inodes {
     /// The inode of `path`, allocated if new; `identity` for hard-linked objects.
     pub fn ino(&mut self, path: &[u8], identity: Option<Identity>) -> u64 {
+        let ino = self.ino_op(path, identity);
+        self.record(|| Op::Ino(path.to_vec(), identity));
+        ino
+    }
+
+    fn ino_op(&mut self, path: &[u8], identity: Option<Identity>) -> u64 {
         if let Some(id) = identity {
             if let Some(&ino) = self.by_identity.get(&id) {
                 if self.by_path.get(path) != Some(&ino) {
@@ -85,13 +133,18 @@ impl Inodes {
             }
         };
         if let Some(id) = identity {
-            self.set_identity(ino, id);
+            self.set_identity_op(ino, id);
         }
         ino
     }
 
     /// Give `ino` a new identity (a base node copied up becomes a real file).
     pub fn set_identity(&mut self, ino: u64, identity: Identity) {
+        self.set_identity_op(ino, identity);
+        self.record(|| Op::SetIdentity(ino, identity));
+    }
+
+    fn set_identity_op(&mut self, ino: u64, identity: Identity) {
         if self.by_identity.insert(identity, ino) != Some(ino) {
             self.identities.entry(ino).or_default().push(identity);
         }
@@ -100,6 +153,11 @@ impl Inodes {
     /// The kernel got a reference to `ino` (an entry reply for `path`). If
     /// `ino` was forgotten meanwhile, `path` names it again.
     pub fn remember(&mut self, ino: u64, path: &[u8]) {
+        self.remember_op(ino, path);
+        self.record(|| Op::Remember(ino, path.to_vec()));
+    }
+
+    fn remember_op(&mut self, ino: u64, path: &[u8]) {
         *self.refs.entry(ino).or_default() += 1;
         let paths = self.paths.entry(ino).or_default();
         if paths.is_empty() {
@@ -110,6 +168,11 @@ impl Inodes {
 
     /// The kernel dropped `nlookup` references to `ino`; at zero it leaves the table.
     pub fn forget(&mut self, ino: u64, nlookup: u64) {
+        self.forget_op(ino, nlookup);
+        self.record(|| Op::Forget(ino, nlookup));
+    }
+
+    fn forget_op(&mut self, ino: u64, nlookup: u64) {
         let Some(n) = self.refs.get_mut(&ino) else {
             return;
         };
@@ -189,6 +252,11 @@ impl Inodes {
     /// descriptors still reach it (the filesystem answers from them), and a
     /// new file at `path` gets a number of its own.
     pub fn remove(&mut self, path: &[u8]) {
+        self.remove_op(path);
+        self.record(|| Op::Remove(path.to_vec()));
+    }
+
+    fn remove_op(&mut self, path: &[u8]) {
         if let Some(ino) = self.by_path.remove(path) {
             if let Some(v) = self.paths.get_mut(&ino) {
                 v.retain(|p| p != path);
@@ -198,7 +266,76 @@ impl Inodes {
 
     /// `from` (and everything under it) is now `to`.
     pub fn rename(&mut self, from: &[u8], to: &[u8]) {
-        self.remove(to);
+        self.rename_op(from, to);
+        self.record(|| Op::Rename(from.to_vec(), to.to_vec()));
+    }
+
+    /// A table journaled at `path` for the next server of the mount, after
+    /// replaying what an earlier one recorded there (then compacted).
+    pub fn with_journal(path: &Path) -> std::io::Result<Inodes> {
+        let mut t = Inodes::default();
+        let (ops, mut journal) = Journal::open::<Op>(path)?;
+        let replayed = !ops.is_empty();
+        for op in ops {
+            t.apply(op);
+        }
+        if replayed {
+            journal.rewrite(&[t.snapshot()]);
+        }
+        t.journal = Some(journal);
+        Ok(t)
+    }
+
+    fn apply(&mut self, op: Op) {
+        match op {
+            Op::Ino(p, id) => {
+                self.ino_op(&p, id);
+            }
+            Op::SetIdentity(i, id) => self.set_identity_op(i, id),
+            Op::Remember(i, p) => self.remember_op(i, &p),
+            Op::Forget(i, n) => self.forget_op(i, n),
+            Op::Remove(p) => self.remove_op(&p),
+            Op::Rename(a, b) => self.rename_op(&a, &b),
+            Op::Snapshot(s) => {
+                self.by_path = s.by_path.into_iter().collect();
+                self.paths = s.paths.into_iter().collect();
+                self.by_identity = s.by_identity.into_iter().collect();
+                self.identities = s.identities.into_iter().collect();
+                self.refs = s.refs.into_iter().collect();
+                self.since_sweep = s.since_sweep;
+                self.next = s.next;
+            }
+        }
+    }
+
+    fn snapshot(&self) -> Op {
+        Op::Snapshot(Snapshot {
+            by_path: pairs(&self.by_path),
+            paths: pairs(&self.paths),
+            by_identity: pairs(&self.by_identity),
+            identities: pairs(&self.identities),
+            refs: pairs(&self.refs),
+            since_sweep: self.since_sweep,
+            next: self.next,
+        })
+    }
+
+    /// Journal the change `op` made (already applied).
+    fn record(&mut self, op: impl FnOnce() -> Op) {
+        let Some(j) = self.journal.as_mut() else {
+            return;
+        };
+        j.append(&op());
+        if j.wants_compaction() {
+            let snap = self.snapshot();
+            if let Some(j) = self.journal.as_mut() {
+                j.rewrite(&[snap]);
+            }
+        }
+    }
+
+    fn rename_op(&mut self, from: &[u8], to: &[u8]) {
+        self.remove_op(to);
         let under =
             |p: &[u8]| p == from || (p.starts_with(from) && p.get(from.len()) == Some(&b'/'));
         let moved: Vec<(Vec<u8>, u64)> = self

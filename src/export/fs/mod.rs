@@ -271,6 +271,35 @@ impl ExportFs {
         }
     }
 
+    /// Keep the inode table in a journal in `state_dir` (replaying what an
+    /// earlier server of this mount left there) and number file handles
+    /// apart from every earlier server's: see `crate::handover`.
+    pub fn with_restart_state(
+        mut self,
+        state_dir: &std::path::Path,
+        generation: u64,
+    ) -> io::Result<ExportFs> {
+        self.inodes = Mutex::new(Inodes::with_journal(&state_dir.join("export.journal"))?);
+        self.next_fh = AtomicU64::new((generation << 40) | 1);
+        Ok(self)
+    }
+
+    /// Make sure `fh` is open: a handle an earlier server of this mount gave
+    /// the kernel is opened again from `ino` with `flags` (less the ones
+    /// that act at open: `O_TRUNC`, `O_CREAT`, `O_EXCL`) under its number.
+    pub fn ensure_handle(&self, ino: u64, fh: u64, flags: i32) -> Result<()> {
+        if self.handles.lock().unwrap().contains_key(&fh) {
+            return Ok(());
+        }
+        let flags = flags & !(libc::O_TRUNC | libc::O_CREAT | libc::O_EXCL);
+        let fresh = self.open(ino, flags)?;
+        let mut handles = self.handles.lock().unwrap();
+        if let Some(h) = handles.remove(&fresh) {
+            handles.entry(fh).or_insert(h);
+        }
+        Ok(())
+    }
+
     /// The export service.
     pub fn exporter(&self) -> &Arc<Exporter> {
         &self.exp
