@@ -42,6 +42,7 @@ fn an_upgraded_binary_takes_over_and_an_incompatible_one_is_refused() {
     let mnt = tempdir(&format!("mnt-{}", std::process::id()));
     let cache = tempdir("cache");
     let log = cache.path().join("regfs.log");
+    let als = tempdir(&format!("als-{}", std::process::id()));
     let command = || {
         let mut cmd = Command::new(&bin);
         cmd.arg("mount")
@@ -51,6 +52,8 @@ fn an_upgraded_binary_takes_over_and_an_incompatible_one_is_refused() {
             .arg(cache.path())
             .args(["--plain-http", "--supervise", "--log-file"])
             .arg(&log)
+            .arg("--layer-store")
+            .arg(als.path())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
@@ -76,6 +79,17 @@ fn an_upgraded_binary_takes_over_and_an_incompatible_one_is_refused() {
     }
     let passwd = mnt.path().join("lab/busybox:latest/rootfs/etc/passwd");
     let want = std::fs::read(&passwd).unwrap();
+    // The layer store view (a second mount of the same daemon).
+    use base64::Engine;
+    let key = base64::engine::general_purpose::STANDARD
+        .encode(format!("{}/lab/busybox:latest", reg.host_port()));
+    let layer_dir = std::fs::read_dir(als.path().join(&key))
+        .expect("the layer store lists the image's layers")
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let info = std::fs::read(layer_dir.join("info")).unwrap();
     let first = status(mnt.path())["pid"].as_u64().unwrap();
     let first_exe = exe_ino(first);
 
@@ -94,6 +108,12 @@ fn an_upgraded_binary_takes_over_and_an_incompatible_one_is_refused() {
     assert_ne!(second, first);
     assert_ne!(exe_ino(second), first_exe, "the new binary runs");
     assert_eq!(std::fs::read(&passwd).unwrap(), want);
+    assert_eq!(std::fs::read(layer_dir.join("info")).unwrap(), info);
+    assert_eq!(
+        std::fs::read(layer_dir.join("diff/etc/passwd")).unwrap(),
+        want,
+        "the layer store serves on"
+    );
 
     // A state version the binary does not read: refused, old server serving.
     let state = cache
@@ -130,4 +150,8 @@ fn an_upgraded_binary_takes_over_and_an_incompatible_one_is_refused() {
         std::fs::read_to_string(&log).unwrap_or_default()
     );
     assert!(mount_fstype(mnt.path()).is_none());
+    assert!(
+        mount_fstype(als.path()).is_none(),
+        "the layer store went with it"
+    );
 }
