@@ -359,3 +359,51 @@ async fn artifacts_show_their_files_and_images_their_referrers() {
     let none = fs.lookup(art, b"referrers").await.unwrap().ino;
     assert!(names(&fs, none).await.is_empty());
 }
+
+/// The next server of a mount (a new `Fs` over the same state directory,
+/// see `crate::handover`) answers the numbers the kernel holds: the same
+/// inode for the same path, a file handle of the earlier server once the
+/// file is opened again under it, handles of its own that cannot collide,
+/// and the layers container runtimes still use.
+#[tokio::test]
+async fn a_restarted_server_keeps_inodes_handles_and_layer_uses() {
+    let (layer, blob) = gzip_layer(&[(b"etc/hostname", b"regfs\n")]);
+    let diff_id = layer.diff_id.clone();
+    let reg = Arc::new(MemoryRegistry::new("memory.test"));
+    reg.add_image("lab/demo", "1.0", &[layer]);
+    let (dir, state) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let store = Arc::new(Store::open(dir.path(), 1 << 30).unwrap());
+    let path = ["lab", "demo:1.0", "rootfs", "etc", "hostname"];
+    let desc = crate::image::BlobRef {
+        media_type: GZIP_LAYER.into(),
+        digest: blob.clone(),
+        size: 1,
+        urls: vec![],
+        annotations: Default::default(),
+    };
+    let (ino, fh) = {
+        let fs = fs_over(reg.clone(), store.clone())
+            .with_restart_state(state.path(), 0)
+            .unwrap();
+        let ino = walk(&fs, &path).await.unwrap();
+        fs.use_layer("lab/demo", &desc, &diff_id);
+        fs.use_layer("lab/demo", &desc, &diff_id);
+        assert!(fs.release_layer("lab/demo", &blob));
+        (ino, fs.open(ino).await.unwrap())
+    };
+    for generation in 1..3 {
+        let fs = fs_over(reg.clone(), store.clone())
+            .with_restart_state(state.path(), generation)
+            .unwrap();
+        let e = fs.read(fh, 0, 100).await.unwrap_err();
+        assert_eq!(e.errno(), libc::EBADF, "not open in this server yet");
+        fs.reopen(ino, fh).await.unwrap();
+        assert_eq!(fs.read(fh, 0, 100).await.unwrap(), b"regfs\n");
+        assert_eq!(walk(&fs, &path).await.unwrap(), ino, "the same number");
+        let own = fs.open(ino).await.unwrap();
+        assert_eq!(own >> 40, generation, "{own:#x}");
+        let used = fs.layers_in_use();
+        assert_eq!(used.len(), 1, "{used:?}");
+        assert_eq!(used[0].users, 1);
+    }
+}

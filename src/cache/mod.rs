@@ -31,7 +31,7 @@ use crate::digest::{Algorithm, Digest};
 use crate::error::{Error, Result};
 
 /// What a cached file holds; each kind is one directory.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum Section {
     /// Raw blobs by blob digest.
     Blob,

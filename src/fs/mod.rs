@@ -401,6 +401,7 @@ impl Fs {
     ) -> std::io::Result<Fs> {
         self.inodes = InodeTable::with_journal(&state_dir.join("inodes.journal"))?;
         self.next_fh = AtomicU64::new((generation << 40) | 1);
+        self.journal_layer_users(&state_dir.join("layer-users.journal"))?;
         Ok(self)
     }
 

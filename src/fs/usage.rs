@@ -7,6 +7,7 @@ use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
+use super::journal::Journal;
 use super::{Fs, TreeWhich};
 use crate::cache::Section;
 use crate::digest::Digest;
@@ -85,10 +86,21 @@ struct Users {
 }
 
 /// Layers in use by container runtimes, by repository and compressed digest.
-/// The count lives as long as the daemon: a restarted daemon starts from none.
+/// The count lives as long as the daemon, or, under a supervisor, as long as
+/// the mount: uses and releases are journaled for the next server.
 #[derive(Default)]
 pub(super) struct LayerUsers {
     by: Mutex<BTreeMap<(String, Digest), Users>>,
+    journal: Mutex<Option<Journal>>,
+}
+
+/// A use or release, as journaled.
+#[derive(Clone, Serialize, Deserialize)]
+enum UseOp {
+    #[serde(rename = "u")]
+    Use(String, Digest, Digest, Vec<(Section, Digest)>),
+    #[serde(rename = "r")]
+    Release(String, Digest),
 }
 
 /// The cache entries that hold layer `desc` (with `diff_id`) whole or serve
@@ -122,27 +134,85 @@ impl Fs {
     /// `diff_id`): its cache entries are pinned (never evicted) until every
     /// use is released.
     pub fn use_layer(&self, repo: &str, desc: &BlobRef, diff_id: &Digest) {
-        let mut by = self.layer_users.by.lock().unwrap();
-        let u = by
-            .entry((repo.to_string(), desc.digest.clone()))
-            .or_insert_with(|| {
-                let pinned = cache_entries(desc, diff_id);
-                for (section, d) in &pinned {
-                    self.content.store().pin(*section, d);
-                }
-                Users {
-                    diff_id: diff_id.clone(),
-                    count: 0,
-                    pinned,
-                }
-            });
-        u.count += 1;
-        tracing::info!(repo, layer = %desc.digest, users = u.count, "layer in use");
+        let op = UseOp::Use(
+            repo.to_string(),
+            desc.digest.clone(),
+            diff_id.clone(),
+            cache_entries(desc, diff_id),
+        );
+        self.apply_use(&op);
+        if let Some(j) = self.layer_users.journal.lock().unwrap().as_mut() {
+            j.append(&op);
+        }
+    }
+
+    fn apply_use(&self, op: &UseOp) {
+        match op {
+            UseOp::Use(repo, digest, diff_id, pinned) => {
+                let mut by = self.layer_users.by.lock().unwrap();
+                let u = by.entry((repo.clone(), digest.clone())).or_insert_with(|| {
+                    for (section, d) in pinned {
+                        self.content.store().pin(*section, d);
+                    }
+                    Users {
+                        diff_id: diff_id.clone(),
+                        count: 0,
+                        pinned: pinned.clone(),
+                    }
+                });
+                u.count += 1;
+                tracing::info!(repo, layer = %digest, users = u.count, "layer in use");
+            }
+            UseOp::Release(repo, digest) => {
+                self.release_layer_now(repo, digest);
+            }
+        }
+    }
+
+    /// Journal uses and releases in `path` for the next server, after
+    /// taking over those an earlier server recorded there.
+    pub(super) fn journal_layer_users(&self, path: &std::path::Path) -> std::io::Result<()> {
+        let (ops, mut journal) = Journal::open::<UseOp>(path)?;
+        for op in &ops {
+            self.apply_use(op);
+        }
+        if !ops.is_empty() {
+            // Compacted: one use record per use still held.
+            let held: Vec<UseOp> = self
+                .layer_users
+                .by
+                .lock()
+                .unwrap()
+                .iter()
+                .flat_map(|((repo, digest), u)| {
+                    let op = UseOp::Use(
+                        repo.clone(),
+                        digest.clone(),
+                        u.diff_id.clone(),
+                        u.pinned.clone(),
+                    );
+                    std::iter::repeat_with(move || op.clone()).take(u.count as usize)
+                })
+                .collect();
+            journal.rewrite(&held);
+        }
+        *self.layer_users.journal.lock().unwrap() = Some(journal);
+        Ok(())
     }
 
     /// A container runtime released one use of layer `digest` of `repo`;
     /// the last release unpins its cache entries. False if it was not in use.
     pub fn release_layer(&self, repo: &str, digest: &Digest) -> bool {
+        let released = self.release_layer_now(repo, digest);
+        if released {
+            if let Some(j) = self.layer_users.journal.lock().unwrap().as_mut() {
+                j.append(&UseOp::Release(repo.to_string(), digest.clone()));
+            }
+        }
+        released
+    }
+
+    fn release_layer_now(&self, repo: &str, digest: &Digest) -> bool {
         let mut by = self.layer_users.by.lock().unwrap();
         let key = (repo.to_string(), digest.clone());
         let Some(u) = by.get_mut(&key) else {
