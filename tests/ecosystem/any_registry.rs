@@ -35,7 +35,7 @@ fn one_mount_reads_two_registries_one_with_auth_one_mirrored() {
     private.push("busybox", "lab/busybox:latest");
     let public = Registry::start(RegistryKind::Plain);
     public.push("busybox-arm64", "lab/tools:1");
-    let mirror = ConfiguredRegistry::pull_through(&public);
+    let mirror = ConfiguredRegistry::pull_through(&public.url(""));
 
     // Credentials of the private registry only, in a podman auth file.
     let auth = base64::engine::general_purpose::STANDARD.encode(format!("{LAB_USER}:{LAB_PASS}"));

@@ -44,7 +44,7 @@ fn mirror_serves_then_registry_takes_over() {
     require_fuse!();
     let upstream = Registry::start(RegistryKind::Plain);
     upstream.push("busybox", "lab/busybox:latest");
-    let mirror = ConfiguredRegistry::pull_through(&upstream);
+    let mirror = ConfiguredRegistry::pull_through(&upstream.url(""));
     let m = Mount::with_args(
         &upstream.host_port(),
         [
@@ -97,7 +97,7 @@ fn hosts_toml_capabilities() {
     require_fuse!();
     let upstream = Registry::start(RegistryKind::Plain);
     upstream.push("busybox", "lab/busybox:latest");
-    let mirror = ConfiguredRegistry::pull_through(&upstream);
+    let mirror = ConfiguredRegistry::pull_through(&upstream.url(""));
     // The mirror may only serve content by digest ("pull"), not resolve tags.
     let dir = tempdir("hosts");
     let d = dir.path().join(upstream.host_port());

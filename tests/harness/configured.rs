@@ -20,9 +20,10 @@ pub struct ConfiguredRegistry {
 }
 
 impl ConfiguredRegistry {
-    /// A pull-through cache (`proxy.remoteurl`) of `upstream`, with its own storage.
-    pub fn pull_through(upstream: &super::registry::Registry) -> ConfiguredRegistry {
-        let up = upstream.url("");
+    /// A pull-through cache (`proxy.remoteurl`) of the registry at
+    /// `upstream` (its URL: `Registry::url("")`), with its own storage.
+    pub fn pull_through(upstream: &str) -> ConfiguredRegistry {
+        let up = upstream;
         ConfiguredRegistry::start(|port, dir| {
             format!(
                 "storage:\n  filesystem:\n    rootdirectory: {}/storage\nhttp:\n  addr: 127.0.0.1:{port}\n  secret: m-{port}\nproxy:\n  remoteurl: {up}\n",
