@@ -51,7 +51,8 @@ fn install_into_destdir() {
     );
     let unit = fs::read_to_string(d.join("usr/local/lib/systemd/system/regfs@.service")).unwrap();
     assert!(
-        unit.contains("ExecStart=/usr/local/bin/regfs mount ${REGISTRY} ${MOUNTPOINT} $OPTIONS"),
+        unit.contains("ExecStart=/usr/local/bin/regfs mount ${REGISTRY} ${MOUNTPOINT} $OPTIONS")
+            && unit.contains("ExecReload=/usr/local/bin/regfs restart ${MOUNTPOINT}"),
         "{unit}"
     );
     assert!(unit.contains("EnvironmentFile=/etc/regfs/%i.env"), "{unit}");
