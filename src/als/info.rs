@@ -58,13 +58,24 @@ pub fn toc_keys(desc: &BlobRef) -> Vec<Digest> {
         .collect()
 }
 
+/// Whether `desc` is a gzip layer without the uncompressed-size annotation
+/// (its `diff-size` can then come from the gzip trailer).
+pub fn needs_trailer_size(desc: &BlobRef) -> bool {
+    matches!(
+        Compression::from_media_type(&desc.media_type),
+        Ok(Compression::Gzip)
+    ) && !desc.annotations.contains_key(UNCOMPRESSED_SIZE_ANNOTATION)
+}
+
 /// The `info` of layer `desc` with `diff_id`, looked up by TOC digest
 /// `toc` or (`None`) by its compressed digest.
 ///
 /// `diff-size` is the first known of: eStargz's uncompressed-size
 /// annotation, `cached_tar` (the size of the layer's uncompressed tar when
-/// the cache holds it), and, as a stand-in, the compressed size. podman uses
-/// it only to report image sizes; nothing checks it against the content.
+/// the cache holds it, or a gzip layer's trailer says it), and, as a
+/// stand-in, the compressed size. podman reports image sizes with it and
+/// writes it into the tar headers of `podman save`, so it must be right
+/// wherever it can be.
 pub fn layer_info(
     desc: &BlobRef,
     diff_id: &Digest,

@@ -476,8 +476,13 @@ impl LayerStore {
         // layer's exact size before any layer byte is fetched.
         let content = self.fs.content();
         content.adopt_published_indexes(&f.repo, &f.image).await;
-        let cached_tar = content.known_tar_size(&f.diff_id);
-        let info = info::layer_info(&f.desc, &f.diff_id, f.toc.as_ref(), cached_tar);
+        let mut known_tar = content.known_tar_size(&f.diff_id);
+        if known_tar.is_none() && info::needs_trailer_size(&f.desc) {
+            // podman writes `diff-size` into the tar headers of `podman
+            // save`: a stand-in makes it fail ("write too long").
+            known_tar = content.gzip_trailer_size(&f.repo, &f.desc).await;
+        }
+        let info = info::layer_info(&f.desc, &f.diff_id, f.toc.as_ref(), known_tar);
         let bytes =
             Bytes::from(serde_json::to_vec(&info).map_err(|e| Error::invalid(e.to_string()))?);
         Ok(self

@@ -293,6 +293,25 @@ impl Content {
         fetch_once(&self.store, &self.in_flight, &kind).await
     }
 
+    /// The uncompressed size a single-member gzip blob states in its
+    /// trailer (ISIZE, the last 4 bytes: the size modulo 2^32), read with one
+    /// 4-byte Range request. A hint, not verified content: taken only when
+    /// it is a whole number of tar blocks (512 bytes) and at least the
+    /// compressed size (a stream of several members, or one past 4 GiB,
+    /// seldom passes both; a tar compresses). `None` otherwise.
+    pub async fn gzip_trailer_size(&self, repo: &str, desc: &BlobRef) -> Option<u64> {
+        if desc.size < 4 {
+            return None;
+        }
+        let b = self
+            .client()
+            .blob_range(repo, &desc.digest, desc.size - 4, 4)
+            .await
+            .ok()?;
+        let isize = u64::from(u32::from_le_bytes(b.get(..4)?.try_into().ok()?));
+        (isize % 512 == 0 && isize >= desc.size).then_some(isize)
+    }
+
     /// Whether the layer's tar and index are in memory or in the store.
     /// The size of layer `diff_id`'s uncompressed tar, when the store knows
     /// it without fetching anything: its cached tar, or its span index (the
