@@ -355,7 +355,70 @@ async fn artifacts_show_their_files_and_images_their_referrers() {
     let f = fs.lookup(files, b"signature-2").await.unwrap();
     assert_eq!(f.size, 4);
     assert_eq!(read_all(&fs, f.ino).await.unwrap(), b"sig2");
+    // Its digest, from the descriptor.
+    assert_eq!(
+        fs.getxattr(f.ino, crate::fs::DIGEST_XATTR).await.unwrap(),
+        Digest::sha256_of(b"sig2").to_string().into_bytes()
+    );
     // Nothing refers to the signature.
     let none = fs.lookup(art, b"referrers").await.unwrap().ino;
     assert!(names(&fs, none).await.is_empty());
+}
+
+/// `user.regfs.digest` of the file at `path`, or the errno.
+async fn digest_xattr(fs: &Fs, path: &[&str]) -> Result<String, i32> {
+    let ino = walk(fs, path).await.map_err(|e| e.errno())?;
+    fs.getxattr(ino, crate::fs::DIGEST_XATTR)
+        .await
+        .map(|v| String::from_utf8(v).unwrap())
+        .map_err(|e| e.errno())
+}
+
+/// Whether `listxattr` of the file at `path` names `user.regfs.digest`.
+async fn digest_listed(fs: &Fs, path: &[&str]) -> bool {
+    let ino = walk(fs, path).await.unwrap();
+    let names = fs.listxattr(ino).await.unwrap();
+    names.iter().any(|n| n == crate::fs::DIGEST_XATTR)
+}
+
+#[tokio::test]
+async fn digests_are_shown_where_known_without_reading() {
+    let mut w = TarW::new();
+    w.dir(b"etc", 0o755);
+    w.file(b"etc/hostname", b"regfs\n");
+    let tar = w.finish();
+    let esgz = LayerBlob::estargz(&tar);
+    let esgz_blob = Digest::sha256_of(&esgz.bytes);
+    let (gz, _) = gzip_layer(&[(b"etc/hostname", b"regfs\n")]);
+    let reg = Arc::new(MemoryRegistry::new("memory.test"));
+    reg.add_image("lab/demo", "esgz", &[esgz]);
+    reg.add_image("lab/demo", "gz", &[gz]);
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(dir.path(), 1 << 30).unwrap());
+    let fs = fs_over(reg.clone(), store);
+
+    let want = Digest::sha256_of(b"regfs\n").to_string();
+    let rootfs = ["lab", "demo:esgz", "rootfs", "etc", "hostname"];
+    assert_eq!(digest_xattr(&fs, &rootfs).await, Ok(want.clone()));
+    assert!(digest_listed(&fs, &rootfs).await);
+    // Known without a byte of the file: only the footer and TOC were read.
+    assert!(reg.blob_requests(&esgz_blob) <= 2, "footer + TOC only");
+    let layer = format!("1-{esgz_blob}");
+    let in_layer = ["lab", "demo:esgz", "layers", &layer, "etc", "hostname"];
+    assert_eq!(digest_xattr(&fs, &in_layer).await, Ok(want.clone()));
+    assert!(
+        !digest_listed(&fs, &in_layer).await,
+        "not listed where overlayfs would copy it up"
+    );
+    // A directory, and a file of a plain gzip layer: unknown.
+    let etc = ["lab", "demo:esgz", "rootfs", "etc"];
+    assert_eq!(digest_xattr(&fs, &etc).await, Err(libc::ENODATA));
+    let gz_file = ["lab", "demo:gz", "rootfs", "etc", "hostname"];
+    assert_eq!(digest_xattr(&fs, &gz_file).await, Err(libc::ENODATA));
+    assert!(!digest_listed(&fs, &gz_file).await);
+    // Blobs: their descriptor digest.
+    let blob_name = esgz_blob.to_string();
+    let blob = ["lab", "demo:esgz", "blobs", &blob_name];
+    assert_eq!(digest_xattr(&fs, &blob).await, Ok(blob_name.clone()));
+    assert!(digest_listed(&fs, &blob).await);
 }

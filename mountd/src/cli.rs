@@ -91,6 +91,14 @@ Examples:
   regfs mount localhost:5000 /mnt/reg --use-published-indexes"
     )]
     Index(IndexCommand),
+    /// List the paths added (A), deleted (D) and modified (M) between two
+    /// images, from layer metadata and digests: eStargz / zstd:chunked
+    /// layers by their TOCs alone, gzip layers streamed once into the cache.
+    #[command(after_help = "\
+Examples:
+  regfs diff localhost:5000/lab/python:3.11 localhost:5000/lab/app:1.0
+  regfs diff localhost:5000/lab/python:3.11-esgz lab/app:1.0-esgz --json   # second: the first's registry")]
+    Diff(DiffArgs),
     /// Print a shell completion script.
     #[command(after_help = "\
 Examples:
@@ -163,6 +171,39 @@ pub struct IndexImportArgs {
     /// The cache directory [default: as `regfs mount`].
     #[arg(long)]
     pub cache_dir: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct DiffArgs {
+    /// The first image: HOST[:PORT]/NAME:TAG or HOST[:PORT]/NAME@DIGEST.
+    pub from: String,
+    /// The second image (without a registry: the first's).
+    pub to: String,
+    /// Print JSON: the changes, with what differs for each modified path.
+    #[arg(long)]
+    pub json: bool,
+    /// Where verified layers and TOCs are kept [default: beside a mount's cache, regfs-diff].
+    #[arg(long)]
+    pub cache_dir: Option<PathBuf>,
+    /// Bound on that cache's size on disk (K, M, G, T suffixes).
+    #[arg(long, default_value = "10G", value_parser = crate::size::parse_size)]
+    pub cache_size: u64,
+    /// The platform a multi-arch tag resolves to [default: this host's].
+    #[arg(long)]
+    pub platform: Option<String>,
+    /// Talk plain HTTP (loopback registries use it without asking).
+    #[arg(long)]
+    pub plain_http: bool,
+    /// Trust this PEM CA certificate (repeatable).
+    #[arg(long)]
+    pub ca_cert: Vec<PathBuf>,
+    /// Serve gzip layers from indexes published next to the images
+    /// (`regfs index push`) instead of streaming them.
+    #[arg(long)]
+    pub use_published_indexes: bool,
+    /// Seconds a request may go without progress, retries included.
+    #[arg(long, default_value_t = 30)]
+    pub timeout: u64,
 }
 
 #[derive(Args, Debug)]

@@ -13,6 +13,7 @@
 mod artifacts;
 pub mod attr;
 pub mod inode;
+mod known_digest;
 #[cfg(test)]
 mod model_tests;
 mod namespace;
@@ -30,8 +31,10 @@ use bytes::Bytes;
 
 pub use attr::{Attr, FileKind, IMMUTABLE_TTL};
 pub use inode::{InodeTable, Key, TreeId, TreeWhich, ROOT_INO};
+pub use known_digest::DIGEST_XATTR;
 pub use paging::{PageEntry, REPLY_BUDGET};
 pub use trees::node_attr;
+pub(crate) use trees::LoadedTree;
 pub use usage::{ImageInUse, LayerInUse};
 
 use crate::content::{Content, ManifestInfo};
@@ -466,7 +469,13 @@ impl Fs {
     /// A name the file lacks is ENODATA, except the names in
     /// [`UNSUPPORTED_WHEN_ABSENT`], which are EOPNOTSUPP.
     pub async fn getxattr(&self, ino: u64, name: &[u8]) -> Result<Vec<u8>> {
-        if let Key::Node { tree, node } = self.key(ino)? {
+        let key = self.key(ino)?;
+        if name == DIGEST_XATTR {
+            if let Some((d, _)) = self.known_digest(&key).await? {
+                return Ok(d.to_string().into_bytes());
+            }
+        }
+        if let Key::Node { tree, node } = key {
             // Tree roots are synthetic (see `attr`): no xattrs, no layer fetch.
             if node != 0 {
                 let t = self.trees.load(self, &tree).await?;
@@ -485,20 +494,18 @@ impl Fs {
 
     /// The names of the extended attributes of `ino`.
     pub async fn listxattr(&self, ino: u64) -> Result<Vec<Vec<u8>>> {
-        if let Key::Node { tree, node } = self.key(ino)? {
-            if node == 0 {
-                return Ok(Vec::new());
+        let key = self.key(ino)?;
+        let mut names = Vec::new();
+        if let Key::Node { tree, node } = &key {
+            if *node != 0 {
+                let t = self.trees.load(self, tree).await?;
+                names.extend(t.tree.node(*node).xattrs.iter().map(|(k, _)| k.clone()));
             }
-            let t = self.trees.load(self, &tree).await?;
-            return Ok(t
-                .tree
-                .node(node)
-                .xattrs
-                .iter()
-                .map(|(k, _)| k.clone())
-                .collect());
         }
-        Ok(Vec::new())
+        if let Some((_, true)) = self.known_digest(&key).await? {
+            names.push(DIGEST_XATTR.to_vec());
+        }
+        Ok(names)
     }
 
     /// The key of `name` inside directory `parent`.

@@ -151,6 +151,11 @@ pub struct Node {
     pub xattrs: Vec<(Vec<u8>, Vec<u8>)>,
     /// Where the bytes are.
     pub content: FileData,
+    /// The digest of a regular file's whole content, when the layer's format
+    /// records it (an eStargz / zstd:chunked TOC entry's `digest`); `None`
+    /// when unknown (plain tar layers). Shown as `user.regfs.digest`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<crate::digest::Digest>,
     /// Directory entries sorted by name (directories only).
     pub children: Vec<(Vec<u8>, NodeId)>,
     /// An overlayfs-style whiteout (layer views only; never in a merged tree).
@@ -188,6 +193,7 @@ impl Node {
             link_target: None,
             xattrs: Vec::new(),
             content: FileData::None,
+            digest: None,
             children: Vec::new(),
             whiteout: false,
             opaque: false,

@@ -1,0 +1,55 @@
+//! `user.regfs.digest`: a file's content digest, shown as an extended
+//! attribute wherever regfs knows it without reading the file (issue 19).
+//!
+//! Known for `manifest.json`, `config.json`, `blobs/sha256:…` and an
+//! artifact's `files/` (their descriptors' digests), and for regular files
+//! of eStargz / zstd:chunked layers (the verified TOC's `digest` of the
+//! entry), in `layers/N-…/` and in `rootfs/`. Files of plain tar layers
+//! have none: the tar index records where a file's bytes are, not their
+//! digest.
+//!
+//! The attribute is listed (`listxattr`) everywhere it is known except in
+//! `layers/N-…/`: those directories are what podman's layer store and the
+//! containerd snapshotter hand overlayfs as lower layers, and overlayfs
+//! copies every listed attribute up with a file, where the digest would
+//! outlive a change of the file's content. `getxattr` answers it there too.
+
+use super::{Fs, Key, TreeWhich};
+use crate::digest::Digest;
+use crate::error::Result;
+use crate::layer::NodeKind;
+
+/// The name of the extended attribute.
+pub const DIGEST_XATTR: &[u8] = b"user.regfs.digest";
+
+impl Fs {
+    /// The content digest of `key` if known without reading it, and whether
+    /// `listxattr` shows it (see the module's doc).
+    pub(super) async fn known_digest(&self, key: &Key) -> Result<Option<(Digest, bool)>> {
+        let listed = |d: Digest| Some((d, true));
+        Ok(match key {
+            Key::ManifestFile { digest, .. } => listed(digest.clone()),
+            Key::ConfigFile { repo, digest } => {
+                listed(self.image_manifest(repo, digest).await?.config.digest)
+            }
+            Key::Blob { blob, .. } => listed(blob.clone()),
+            Key::ArtifactFile { repo, image, index } => self
+                .image_manifest(repo, image)
+                .await?
+                .layers
+                .get(*index)
+                .and_then(|d| listed(d.digest.clone())),
+            // A tree's root is synthetic: no layer is loaded for it.
+            Key::Node { tree, node } if *node != 0 => {
+                let t = self.trees.load(self, tree).await?;
+                let n = t.tree.node(*node);
+                let in_rootfs = tree.which == TreeWhich::Rootfs;
+                (n.kind == NodeKind::File)
+                    .then(|| n.digest.clone())
+                    .flatten()
+                    .map(|d| (d, in_rootfs))
+            }
+            _ => None,
+        })
+    }
+}
