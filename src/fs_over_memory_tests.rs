@@ -43,8 +43,19 @@ fn gzip_layer(files: &[(&[u8], &[u8])]) -> (LayerBlob, Digest) {
 }
 
 fn fs_over(registry: Arc<dyn RegistryApi>, store: Arc<Store>) -> Fs {
+    fs_of(Content::new(registry, store, 1_000_000, Limits::default()))
+}
+
+/// A filesystem with published indexes and chunk lists on (checked when the test says).
+fn fs_published(registry: Arc<dyn RegistryApi>, store: Arc<Store>) -> Fs {
+    let mut content = Content::new(registry, store, 1_000_000, Limits::default());
+    content.set_use_published_indexes(true, Duration::from_secs(3600));
+    fs_of(content)
+}
+
+fn fs_of(content: Content) -> Fs {
     Fs::new(
-        Content::new(registry, store, 1_000_000, Limits::default()),
+        content,
         FsConfig {
             platform: "linux/amd64".parse().unwrap(),
             tag_ttl: Duration::from_secs(60),
@@ -421,4 +432,104 @@ async fn digests_are_shown_where_known_without_reading() {
     let blob = ["lab", "demo:esgz", "blobs", &blob_name];
     assert_eq!(digest_xattr(&fs, &blob).await, Ok(blob_name.clone()));
     assert!(digest_listed(&fs, &blob).await);
+}
+
+/// Read `len` bytes at `offset` of the file at `ino`.
+async fn read_at(fs: &Fs, ino: u64, offset: u64, len: u32) -> crate::error::Result<Vec<u8>> {
+    let fh = fs.open(ino).await?;
+    let r = fs.read(fh, offset, len).await;
+    fs.release(fh);
+    r
+}
+
+#[tokio::test]
+async fn large_blobs_are_read_by_published_chunk_lists_and_checked() {
+    use crate::content::CHUNK_SIZE;
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let big: Vec<u8> = (0..5 * CHUNK_SIZE + 123)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    let (layer, _) = gzip_layer(&[(b"etc/hostname", b"regfs\n")]);
+    let reg = Arc::new(MemoryRegistry::new("memory.test"));
+    let image = reg.add_image("lab/demo", "1.0", &[layer]);
+    let art = push_artifact(
+        &reg,
+        "lab/demo",
+        "application/x.big",
+        &[("big.bin", &big)],
+        (&image, 100),
+    );
+    let blob = Digest::sha256_of(&big);
+    let path = format!("demo@{art}");
+    let file = ["lab", &path, "files", "big.bin"];
+
+    // Machine A streams the blob whole once, then publishes its chunk list.
+    let dir_a = tempfile::tempdir().unwrap();
+    let a = fs_over(
+        reg.clone(),
+        Arc::new(Store::open(dir_a.path(), 1 << 30).unwrap()),
+    );
+    assert_eq!(
+        read_all(&a, walk(&a, &file).await.unwrap()).await.unwrap(),
+        big
+    );
+    let p = a
+        .content()
+        .publish_chunk_lists("lab/demo", &art)
+        .await
+        .unwrap();
+    assert_eq!((p.layers, p.missing), (1, 0));
+
+    // Machine B: a fresh cache, published lists on.
+    let faulty = Arc::new(FaultyRegistry::new(reg.clone()));
+    let dir_b = tempfile::tempdir().unwrap();
+    let store_b = Arc::new(Store::open(dir_b.path(), 1 << 30).unwrap());
+    let b = fs_published(faulty.clone(), store_b.clone());
+    let ino = walk(&b, &file).await.unwrap();
+    let before = reg.stats().bytes_received;
+    let at = 2 * CHUNK_SIZE;
+    let got = read_at(&b, ino, at, CHUNK_SIZE as u32).await.unwrap();
+    assert_eq!(got, &big[at as usize..(at + CHUNK_SIZE) as usize]);
+    let fetched = reg.stats().bytes_received - before;
+    assert!(
+        fetched <= CHUNK_SIZE + (64 << 10),
+        "{fetched} bytes for a 1 MiB read (one chunk, the list, manifests)"
+    );
+    assert!(
+        store_b.get(Section::Blob, &blob).is_none(),
+        "not fetched whole"
+    );
+
+    // A flipped byte in chunk 4: EIO for reads it covers, bytes elsewhere.
+    faulty.inject(&blob, crate::registry::Fault::FlipByte(4 * CHUNK_SIZE + 10));
+    let e = read_at(&b, ino, 4 * CHUNK_SIZE, 100).await.unwrap_err();
+    assert_eq!(e.errno(), libc::EIO, "{e:?}");
+    let ok = read_at(&b, ino, CHUNK_SIZE / 2, 1000).await.unwrap();
+    assert_eq!(
+        ok,
+        &big[(CHUNK_SIZE / 2) as usize..(CHUNK_SIZE / 2 + 1000) as usize]
+    );
+
+    // The check streams the blob whole; it does not match: the list is
+    // revoked, and nothing is served through it any more.
+    let (checked, revoked) = b.content().check_published().await;
+    assert_eq!((checked, revoked), (1, 1));
+    let e = read_at(&b, ino, CHUNK_SIZE / 2, 1000).await.unwrap_err();
+    assert_eq!(e.errno(), libc::EIO, "{e:?}");
+
+    // With the registry honest again, the check of a fresh machine passes.
+    faulty.clear(&blob);
+    let dir_c = tempfile::tempdir().unwrap();
+    let c = fs_published(
+        faulty.clone(),
+        Arc::new(Store::open(dir_c.path(), 1 << 30).unwrap()),
+    );
+    let ino = walk(&c, &file).await.unwrap();
+    assert_eq!(read_at(&c, ino, 0, 10).await.unwrap(), &big[..10]);
+    assert_eq!(c.content().check_published().await, (1, 0));
 }

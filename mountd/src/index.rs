@@ -74,22 +74,30 @@ pub fn push(args: IndexPushArgs) -> anyhow::Result<()> {
         Some(t) => format!("listed under the referrers tag {t}"),
         None => "found through the registry's referrers API".to_string(),
     };
-    println!(
-        "{} {}: layer indexes of {} gzip layer(s) in artifact {}, {how}{}",
-        if r.already {
-            "already published for"
-        } else {
-            "published for"
-        },
-        args.reference,
-        r.layers,
-        r.artifact,
-        match r.missing {
-            0 => String::new(),
-            n => format!(
-                "; {n} gzip layer(s) not indexed in this cache (read the rootfs once first)"
-            ),
-        }
-    );
+    let verb = if r.already {
+        "already published for"
+    } else {
+        "published for"
+    };
+    if r.layers > 0 {
+        println!(
+            "{verb} {}: layer indexes of {} gzip layer(s) in artifact {}, {how}{}",
+            args.reference,
+            r.layers,
+            r.artifact,
+            match r.missing {
+                0 => String::new(),
+                n => format!(
+                    "; {n} gzip layer(s) not indexed in this cache (read the rootfs once first)"
+                ),
+            }
+        );
+    }
+    if let Some(a) = &r.chunk_artifact {
+        println!(
+            "{verb} {}: chunk lists of {} large blob(s) in artifact {a}, {how}",
+            args.reference, r.chunk_lists
+        );
+    }
     Ok(())
 }

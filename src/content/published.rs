@@ -163,6 +163,11 @@ impl Content {
         }
     }
 
+    /// Wake the checker of adopted indexes and lists.
+    pub(super) fn wake_published_check(&self) {
+        self.published.wake.notify_one();
+    }
+
     /// Whether the published index of layer `diff_id` was found wrong.
     pub fn index_revoked(&self, diff_id: &Digest) -> bool {
         self.published.revoked.lock().unwrap().contains(diff_id)
@@ -211,6 +216,31 @@ impl Content {
                 "no gzip layer of {repo}@{image} is indexed in this cache: read its rootfs once first"
             )));
         }
+        let mut out = self
+            .push_referrer(
+                repo,
+                image,
+                &info.bytes,
+                INDEX_ARTIFACT_TYPE,
+                files_of(files),
+            )
+            .await?;
+        out.missing = missing;
+        Ok(out)
+    }
+
+    /// Push `files` (media type, bytes, annotations) as one artifact of
+    /// `artifact_type` whose subject is `repo@image` (manifest bytes
+    /// `image_bytes`), and list it as a referrer (through the tag schema
+    /// where the registry has no referrers API). Pushing twice changes nothing.
+    pub(super) async fn push_referrer(
+        &self,
+        repo: &str,
+        image: &Digest,
+        image_bytes: &[u8],
+        artifact_type: &str,
+        files: Vec<(&str, Bytes, Value)>,
+    ) -> Result<PublishReport> {
         let client = &self.client;
         let push = |bytes: Bytes| async move {
             let digest = Digest::sha256_of(&bytes);
@@ -221,29 +251,26 @@ impl Content {
         };
         let (empty, empty_size) = push(Bytes::from_static(b"{}")).await?;
         let mut descs = Vec::new();
-        for (blob, diff_id, bytes) in files {
+        for (media_type, bytes, annotations) in files {
             let (digest, size) = push(bytes).await?;
             descs.push(json!({
-                "mediaType": INDEX_FILE_MEDIA_TYPE,
+                "mediaType": media_type,
                 "digest": digest.to_string(),
                 "size": size,
-                "annotations": {
-                    ANNOTATION_LAYER: blob.to_string(),
-                    ANNOTATION_DIFF_ID: diff_id.to_string(),
-                },
+                "annotations": annotations,
             }));
         }
         let layers_n = descs.len();
         let manifest = json!({
             "schemaVersion": 2,
             "mediaType": OCI_MANIFEST,
-            "artifactType": INDEX_ARTIFACT_TYPE,
+            "artifactType": artifact_type,
             "config": {"mediaType": EMPTY_MEDIA_TYPE, "digest": empty.to_string(), "size": empty_size},
             "layers": descs,
             "subject": {
-                "mediaType": media_type_of(&info.bytes).unwrap_or_else(|| OCI_MANIFEST.to_string()),
+                "mediaType": media_type_of(image_bytes).unwrap_or_else(|| OCI_MANIFEST.to_string()),
                 "digest": image.to_string(),
-                "size": info.bytes.len(),
+                "size": image_bytes.len(),
             },
         });
         let bytes = Bytes::from(serde_json::to_vec(&manifest).expect("JSON"));
@@ -260,7 +287,7 @@ impl Content {
         let mut out = PublishReport {
             artifact: artifact.clone(),
             layers: layers_n,
-            missing,
+            missing: 0,
             fallback_tag: None,
             already: false,
         };
@@ -293,7 +320,7 @@ impl Content {
             "mediaType": OCI_MANIFEST,
             "digest": artifact.to_string(),
             "size": size,
-            "artifactType": INDEX_ARTIFACT_TYPE,
+            "artifactType": artifact_type,
         }));
         let bytes = Bytes::from(serde_json::to_vec(&index).expect("JSON"));
         self.client
@@ -432,7 +459,8 @@ impl Content {
     }
 
     /// Check every adopted index against its layer, streamed once and
-    /// verified (see the module docs); returns (checked, revoked).
+    /// verified (see the module docs), and every adopted chunk list against
+    /// its blob ([`super::published_chunks`]); returns (checked, revoked).
     pub async fn check_published(&self) -> (usize, usize) {
         let pending: Vec<(Digest, Pending)> =
             self.published.pending.lock().unwrap().drain().collect();
@@ -464,7 +492,8 @@ impl Content {
                 }
             }
         }
-        (checked, revoked)
+        let (lists_checked, lists_revoked) = self.check_chunk_lists().await;
+        (checked + lists_checked, revoked + lists_revoked)
     }
 
     async fn check_one(&self, diff_id: &Digest, p: &Pending) -> Result<()> {
@@ -509,12 +538,26 @@ impl Content {
             tokio::time::sleep(self.published.check_delay).await;
             let (checked, revoked) = self.check_published().await;
             tracing::debug!(checked, revoked, "published index check round");
-            if !self.published.pending.lock().unwrap().is_empty() {
+            if !self.published.pending.lock().unwrap().is_empty() || self.chunk_lists_pending() {
                 tokio::time::sleep(std::time::Duration::from_secs(30)).await;
                 self.published.wake.notify_one();
             }
         }
     }
+}
+
+/// Layer index files as artifact files: media type, bytes, annotations.
+fn files_of(files: Vec<(Digest, Digest, Bytes)>) -> Vec<(&'static str, Bytes, Value)> {
+    files
+        .into_iter()
+        .map(|(blob, diff_id, bytes)| {
+            let annotations = json!({
+                ANNOTATION_LAYER: blob.to_string(),
+                ANNOTATION_DIFF_ID: diff_id.to_string(),
+            });
+            (INDEX_FILE_MEDIA_TYPE, bytes, annotations)
+        })
+        .collect()
 }
 
 /// The `mediaType` a manifest's JSON declares.

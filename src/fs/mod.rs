@@ -88,6 +88,8 @@ enum Handle {
     File(Arc<File>),
     /// A file inside a layer tree or the rootfs.
     Tree(Arc<trees::LoadedTree>, NodeId),
+    /// A large blob read by verified chunks (its chunk list is known).
+    Chunked(Arc<crate::content::ChunkedBlob>),
 }
 
 /// A directory entry before it has an inode number.
@@ -390,7 +392,7 @@ impl Fs {
                     .find(|d| d.digest == blob)
                     .ok_or_else(|| Error::NotFound(format!("blob {blob}")))?
                     .clone();
-                Handle::File(Arc::new(self.content.blob(&repo, &desc).await?))
+                self.open_blob(&repo, &image, &desc).await?
             }
             Key::ArtifactFile { repo, image, index } => {
                 let m = self.image_manifest(&repo, &image).await?;
@@ -398,7 +400,7 @@ impl Fs {
                     .layers
                     .get(index)
                     .ok_or_else(|| Error::NotFound(format!("file {index} of {image}")))?;
-                Handle::File(Arc::new(self.content.blob(&repo, desc).await?))
+                self.open_blob(&repo, &image, desc).await?
             }
             Key::Node { tree, node } => {
                 let t = self.trees.load(self, &tree).await?;
@@ -433,11 +435,13 @@ impl Fs {
             Bytes(Bytes),
             File(Arc<File>),
             Tree(Arc<trees::LoadedTree>, NodeId),
+            Chunked(Arc<crate::content::ChunkedBlob>),
         }
         let src = match self.handles.lock().unwrap().get(&fh) {
             Some(Handle::Bytes(b)) => Src::Bytes(b.clone()),
             Some(Handle::File(f)) => Src::File(f.clone()),
             Some(Handle::Tree(t, n)) => Src::Tree(t.clone(), *n),
+            Some(Handle::Chunked(c)) => Src::Chunked(c.clone()),
             None => return Err(Error::Io(std::io::Error::from_raw_os_error(libc::EBADF))),
         };
         match src {
@@ -456,7 +460,22 @@ impl Fs {
                 .await
             }
             Src::Tree(t, node) => t.read(&self.content, node, offset, size).await,
+            Src::Chunked(c) => self.content.read_blob_range(&c, offset, size).await,
         }
+    }
+
+    /// Open blob `desc` of manifest `repo@image`: by verified chunks when
+    /// its chunk list is known and it is not in the store, else whole.
+    async fn open_blob(
+        &self,
+        repo: &str,
+        image: &Digest,
+        desc: &crate::image::BlobRef,
+    ) -> Result<Handle> {
+        Ok(match self.content.chunked_blob(repo, image, desc).await {
+            Some(c) => Handle::Chunked(c),
+            None => Handle::File(Arc::new(self.content.blob(repo, desc).await?)),
+        })
     }
 
     /// Forget open file `fh`.
