@@ -19,7 +19,8 @@ use regfs::registry::{Client, ClientOptions};
 const MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 const INDEX: &str = "application/vnd.oci.image.index.v1+json";
 
-fn client(reg: &Registry) -> Client {
+/// A client of `reg` (plain HTTP, no docker config).
+pub(crate) fn client(reg: &Registry) -> Client {
     let (name, _) = RegName::parse(&reg.host_port()).unwrap();
     let mut o = ClientOptions::new(name);
     o.plain_http = true;
@@ -28,7 +29,7 @@ fn client(reg: &Registry) -> Client {
     Client::new(o).unwrap()
 }
 
-async fn push_blob(c: &Client, repo: &str, data: Vec<u8>) -> (Digest, usize) {
+pub(crate) async fn push_blob(c: &Client, repo: &str, data: Vec<u8>) -> (Digest, usize) {
     let d = Digest::sha256_of(&data);
     let n = data.len();
     let body = futures_util::stream::once(async move { Ok(Bytes::from(data)) }).boxed();
@@ -38,7 +39,7 @@ async fn push_blob(c: &Client, repo: &str, data: Vec<u8>) -> (Digest, usize) {
 
 /// Push an artifact of `files` (title, bytes) referring to `subject`
 /// (digest, size), and add it to the subject's fallback tag.
-async fn push_artifact(
+pub(crate) async fn push_artifact(
     c: &Client,
     repo: &str,
     artifact_type: &str,
