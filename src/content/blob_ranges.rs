@@ -12,7 +12,7 @@ use std::time::Instant;
 use futures_util::future::BoxFuture;
 
 use super::chunk_list::{ChunkList, MIN_LISTED_BLOB};
-use super::pieces::{self, PieceKind, Verified};
+use super::pieces::{PieceKind, Verified};
 use super::Content;
 use crate::cache::Section;
 use crate::digest::Digest;
@@ -154,15 +154,7 @@ impl Content {
             blob,
         };
         let wanted: Vec<usize> = (first..=last).collect();
-        let data = pieces::get(
-            &self.store,
-            &self.in_flight,
-            &kind,
-            &wanted,
-            MAX_RUN_CHUNKS,
-            |_, _, _| {},
-        )
-        .await?;
+        let data = self.pieces(&kind, &wanted, MAX_RUN_CHUNKS).await?;
         let list = blob.list.clone();
         crate::blocking::run(move || {
             let mut out = vec![0u8; (end - offset) as usize];

@@ -361,49 +361,24 @@ impl Content {
         if wanted.is_empty() {
             return Ok(0);
         }
-        let Some(artifact) = self
-            .referrers(repo, image)
+        let Some((digest, files)) = self
+            .published_files(
+                repo,
+                image,
+                INDEX_ARTIFACT_TYPE,
+                ANNOTATION_LAYER,
+                MAX_INDEX_FILE,
+            )
             .await?
-            .into_iter()
-            .find(|r| r.artifact_type == INDEX_ARTIFACT_TYPE)
         else {
             tracing::debug!(%repo, %image, "no published layer index");
             return Ok(0);
         };
-        let digest = artifact.digest;
-        // By digest: the bytes are checked against it.
-        let m = self
-            .client
-            .manifest(repo, &Selector::Digest(digest.clone()))
-            .await?;
-        let v: Value = serde_json::from_slice(&m.bytes)
-            .map_err(|e| bad(format!("index artifact {digest}: {e}")))?;
-        if v["subject"]["digest"] != image.to_string() {
-            return Err(bad(format!("index artifact {digest} is for another image")));
-        }
         let mut adopted = 0;
-        for d in v["layers"].as_array().cloned().unwrap_or_default() {
-            let (Some(layer), Some(file)) = (
-                d["annotations"][ANNOTATION_LAYER].as_str(),
-                d["digest"].as_str(),
-            ) else {
-                continue;
-            };
+        for (layer, file_ref) in files {
             let Some((desc, diff_id)) = wanted.iter().find(|(b, _)| b.digest.to_string() == layer)
             else {
                 continue;
-            };
-            let size = d["size"].as_u64().unwrap_or(u64::MAX);
-            if size > MAX_INDEX_FILE {
-                tracing::warn!(%layer, size, "published layer index too large; not used");
-                continue;
-            }
-            let file_ref = BlobRef {
-                media_type: INDEX_FILE_MEDIA_TYPE.to_string(),
-                digest: file.parse().map_err(|_| bad("index file digest"))?,
-                size,
-                urls: Vec::new(),
-                annotations: Default::default(),
             };
             match self.adopt_one(repo, desc, diff_id, &file_ref).await {
                 Ok(()) => adopted += 1,
@@ -426,13 +401,7 @@ impl Content {
         diff_id: &Digest,
         file: &BlobRef,
     ) -> Result<()> {
-        let f = self.blob(repo, file).await?;
-        let bytes = crate::blocking::run(move || {
-            let mut v = Vec::new();
-            std::io::Read::read_to_end(&mut &f, &mut v)?;
-            Ok(v)
-        })
-        .await?;
+        let bytes = self.small_blob(repo, file).await?;
         let ix = index_file::parse_export(&bytes)?;
         if ix.blob != desc.digest {
             return Err(bad(format!(
@@ -456,6 +425,77 @@ impl Content {
             },
         );
         Ok(())
+    }
+
+    /// The files of `repo@subject`'s referrer of `artifact_type` (fetched
+    /// by digest, so verified, and checked to name `subject`): for each, the
+    /// value of its annotation `names` (what it is for) and its descriptor,
+    /// those over `max` bytes left out with a warning. `None`: no referrer
+    /// of that type.
+    pub(super) async fn published_files(
+        &self,
+        repo: &str,
+        subject: &Digest,
+        artifact_type: &str,
+        names: &str,
+        max: u64,
+    ) -> Result<Option<(Digest, Vec<(String, BlobRef)>)>> {
+        let Some(artifact) = self
+            .referrers(repo, subject)
+            .await?
+            .into_iter()
+            .find(|r| r.artifact_type == artifact_type)
+        else {
+            return Ok(None);
+        };
+        let digest = artifact.digest;
+        // By digest: the bytes are checked against it.
+        let m = self
+            .client
+            .manifest(repo, &Selector::Digest(digest.clone()))
+            .await?;
+        let v: Value = serde_json::from_slice(&m.bytes)
+            .map_err(|e| bad(format!("{artifact_type} artifact {digest}: {e}")))?;
+        if v["subject"]["digest"] != subject.to_string() {
+            return Err(bad(format!(
+                "{artifact_type} artifact {digest} is for another manifest"
+            )));
+        }
+        let mut out = Vec::new();
+        for d in v["layers"].as_array().cloned().unwrap_or_default() {
+            let (Some(name), Some(file), Some(media_type)) = (
+                d["annotations"][names].as_str(),
+                d["digest"].as_str().and_then(|f| f.parse::<Digest>().ok()),
+                d["mediaType"].as_str(),
+            ) else {
+                continue;
+            };
+            let size = d["size"].as_u64().unwrap_or(u64::MAX);
+            if size > max {
+                tracing::warn!(%name, size, "a published {artifact_type} file too large; not used");
+                continue;
+            }
+            let desc = BlobRef {
+                media_type: media_type.to_string(),
+                digest: file,
+                size,
+                urls: Vec::new(),
+                annotations: Default::default(),
+            };
+            out.push((name.to_string(), desc));
+        }
+        Ok(Some((digest, out)))
+    }
+
+    /// The bytes of small blob `desc` (verified, through the store).
+    pub(super) async fn small_blob(&self, repo: &str, desc: &BlobRef) -> Result<Vec<u8>> {
+        let f = self.blob(repo, desc).await?;
+        crate::blocking::run(move || {
+            let mut v = Vec::new();
+            std::io::Read::read_to_end(&mut &f, &mut v)?;
+            Ok(v)
+        })
+        .await
     }
 
     /// Check every adopted index against its layer, streamed once and

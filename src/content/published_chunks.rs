@@ -18,7 +18,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use serde_json::{json, Value};
+use serde_json::json;
 
 use super::chunk_list::{ChunkList, MIN_LISTED_BLOB};
 use super::{Content, PublishReport};
@@ -26,7 +26,6 @@ use crate::cache::Section;
 use crate::digest::{Algorithm, Digest, Hasher};
 use crate::error::{Error, Result};
 use crate::image::{BlobRef, ImageManifest, Manifest};
-use crate::reference::Selector;
 
 /// The `artifactType` of a published chunk-list artifact.
 pub const CHUNKS_ARTIFACT_TYPE: &str = "application/vnd.regfs.blob-chunks.v1";
@@ -141,49 +140,22 @@ impl Content {
         let Manifest::Image(m) = &info.manifest else {
             return Ok(0);
         };
-        let Some(artifact) = self
-            .referrers(repo, manifest)
+        let Some((_, files)) = self
+            .published_files(
+                repo,
+                manifest,
+                CHUNKS_ARTIFACT_TYPE,
+                ANNOTATION_BLOB,
+                MAX_LIST_FILE,
+            )
             .await?
-            .into_iter()
-            .find(|r| r.artifact_type == CHUNKS_ARTIFACT_TYPE)
         else {
             return Ok(0);
         };
-        // By digest: the bytes are checked against it.
-        let a = self
-            .client
-            .manifest(repo, &Selector::Digest(artifact.digest.clone()))
-            .await?;
-        let v: Value = serde_json::from_slice(&a.bytes)
-            .map_err(|e| Error::invalid(format!("chunk-list artifact {}: {e}", artifact.digest)))?;
-        if v["subject"]["digest"] != manifest.to_string() {
-            return Err(Error::invalid(format!(
-                "chunk-list artifact {} is for another manifest",
-                artifact.digest
-            )));
-        }
         let mut adopted = 0;
-        for d in v["layers"].as_array().cloned().unwrap_or_default() {
-            let (Some(blob), Some(file)) = (
-                d["annotations"][ANNOTATION_BLOB].as_str(),
-                d["digest"].as_str().and_then(|f| f.parse::<Digest>().ok()),
-            ) else {
-                continue;
-            };
+        for (blob, file) in files {
             let Some(desc) = large_blobs(m).find(|b| b.digest.to_string() == blob) else {
                 continue;
-            };
-            let size = d["size"].as_u64().unwrap_or(u64::MAX);
-            if size > MAX_LIST_FILE {
-                tracing::warn!(%blob, size, "published chunk list too large; not used");
-                continue;
-            }
-            let file = BlobRef {
-                media_type: CHUNKS_MEDIA_TYPE.to_string(),
-                digest: file,
-                size,
-                urls: Vec::new(),
-                annotations: Default::default(),
             };
             match self.adopt_list(repo, desc, &file).await {
                 Ok(()) => adopted += 1,
@@ -196,14 +168,7 @@ impl Content {
     }
 
     async fn adopt_list(&self, repo: &str, desc: &BlobRef, file: &BlobRef) -> Result<()> {
-        let f = self.blob(repo, file).await?;
-        let bytes = crate::blocking::run(move || {
-            let mut v = Vec::new();
-            std::io::Read::read_to_end(&mut &f, &mut v)?;
-            Ok(v)
-        })
-        .await?;
-        let list = ChunkList::decode(&bytes)?;
+        let list = ChunkList::decode(&self.small_blob(repo, file).await?)?;
         if list.blob != desc.digest || list.size != desc.size {
             return Err(Error::invalid(format!(
                 "it lists blob {} ({} bytes), not {} ({} bytes)",

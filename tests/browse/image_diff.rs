@@ -59,7 +59,10 @@ fn regfs_diff(reg: &Registry, a: &str, b: &str) -> (Vec<String>, String) {
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(out.status.success(), "regfs diff failed: {stderr}");
-    print!("regfs diff {a} {b}:\n{}{stderr}", String::from_utf8_lossy(&out.stdout));
+    print!(
+        "regfs diff {a} {b}:\n{}{stderr}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     let lines = String::from_utf8(out.stdout)
         .unwrap()
         .lines()
