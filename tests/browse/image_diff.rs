@@ -48,12 +48,15 @@ fn derive(reg: &Registry, base: &str, name: &str, extra: &[&str]) {
     em.commit(name);
 }
 
-/// `regfs diff` of two references of `reg` (fresh cache): its lines and stderr.
-fn regfs_diff(reg: &Registry, a: &str, b: &str) -> (Vec<String>, String) {
+/// `regfs diff` of two references of `reg` (fresh cache) with `extra`
+/// flags: its lines and stderr.
+fn regfs_diff(reg: &Registry, a: &str, b: &str, extra: &[&str]) -> (Vec<String>, String) {
     let cache = tempdir("diff-cache");
     let host = reg.host_port();
     let out = Command::new(regfs_bin())
-        .args(["diff", &format!("{host}/{a}"), b, "--cache-dir"])
+        .args(["diff", &format!("{host}/{a}"), b])
+        .args(extra)
+        .arg("--cache-dir")
         .arg(cache.path())
         .output()
         .unwrap();
@@ -99,10 +102,27 @@ fn diff_of_a_gzip_image_and_one_made_from_it() {
     let reg = Registry::start(RegistryKind::Plain);
     reg.push("python-3.11", "lab/python:3.11");
     derive(&reg, "lab/python:3.11", "lab/python:changed", &[]);
-    let (lines, stderr) = regfs_diff(&reg, "lab/python:3.11", "lab/python:changed");
+    let (lines, stderr) = regfs_diff(&reg, "lab/python:3.11", "lab/python:changed", &[]);
     assert_known_changes(&lines);
     // Only files whose layers differ and whose sizes agree were read.
     assert!(stderr.contains("compared by reading"), "{stderr}");
+    // --json says what differs.
+    let (json, _) = regfs_diff(&reg, "lab/python:3.11", "lab/python:changed", &["--json"]);
+    let v: serde_json::Value = serde_json::from_str(&json.join("\n")).unwrap();
+    let what = |path: &str| {
+        let c = v["changes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["path"] == path);
+        c.map(|c| c["what"].clone())
+    };
+    assert_eq!(what("/etc/hostname"), Some(serde_json::json!(["mode"])));
+    let rewritten = what("/etc/debian_version").unwrap();
+    assert!(
+        rewritten.as_array().unwrap().contains(&"content".into()),
+        "{rewritten}"
+    );
 }
 
 #[test]
@@ -117,7 +137,7 @@ fn diff_of_estargz_images_reads_only_tocs() {
         &["--compression", "estargz"],
     );
     let before = reg.requests().len();
-    let (lines, stderr) = regfs_diff(&reg, "lab/python:3.11-esgz", "lab/python:changed-esgz");
+    let (lines, stderr) = regfs_diff(&reg, "lab/python:3.11-esgz", "lab/python:changed-esgz", &[]);
     assert_known_changes(&lines);
     assert!(!stderr.contains("compared by reading"), "{stderr}");
     // The diff's own requests: layer blobs only by Range (footer, TOC), no
