@@ -233,12 +233,27 @@ fn push_artifact(
     files: &[(&str, &[u8])],
     subject: (&Digest, usize),
 ) -> Digest {
+    let typed: Vec<(&str, &str, &[u8])> = files
+        .iter()
+        .map(|(t, d)| (*t, "application/octet-stream", *d))
+        .collect();
+    push_typed_artifact(reg, repo, artifact_type, &typed, subject)
+}
+
+/// [`push_artifact`] with each file's media type: (title, media type, bytes).
+fn push_typed_artifact(
+    reg: &MemoryRegistry,
+    repo: &str,
+    artifact_type: &str,
+    files: &[(&str, &str, &[u8])],
+    subject: (&Digest, usize),
+) -> Digest {
     let config = reg.add_blob(repo, &b"{}"[..]);
     let layers: Vec<serde_json::Value> = files
         .iter()
-        .map(|(title, data)| {
+        .map(|(title, media_type, data)| {
             let d = reg.add_blob(repo, data.to_vec());
-            serde_json::json!({"mediaType": "application/octet-stream", "digest": d.to_string(),
+            serde_json::json!({"mediaType": media_type, "digest": d.to_string(),
                 "size": data.len(), "annotations": {"org.opencontainers.image.title": title}})
         })
         .collect();
@@ -532,4 +547,96 @@ async fn large_blobs_are_read_by_published_chunk_lists_and_checked() {
     let ino = walk(&c, &file).await.unwrap();
     assert_eq!(read_at(&c, ino, 0, 10).await.unwrap(), &big[..10]);
     assert_eq!(c.content().check_published().await, (1, 0));
+}
+
+#[tokio::test]
+async fn tar_layers_of_artifacts_are_browsable_unpacked_and_verified() {
+    let mut w = TarW::new();
+    w.dir(b"chart", 0o755)
+        .file(b"chart/Chart.yaml", b"name: chart\nversion: 0.1.0\n")
+        .dir(b"chart/templates", 0o755)
+        .file(b"chart/templates/svc.yaml", b"kind: Service\n");
+    let tar = w.finish();
+    let tgz = LayerBlob::gzip(&tar).bytes.to_vec();
+    let zst = zstd::encode_all(&tar[..], 3).unwrap();
+    let (layer, _) = gzip_layer(&[(b"etc/hostname", b"regfs\n")]);
+    let mem = Arc::new(MemoryRegistry::new("memory.test"));
+    let image = mem.add_image("lab/demo", "1.0", &[layer]);
+    let art = push_typed_artifact(
+        &mem,
+        "lab/demo",
+        "application/vnd.cncf.helm.config.v1+json",
+        &[
+            (
+                "chart-0.1.0.tgz",
+                "application/vnd.cncf.helm.chart.content.v1.tar+gzip",
+                &tgz,
+            ),
+            (
+                "data.tar.zst",
+                "application/vnd.example.data.tar+zstd",
+                &zst,
+            ),
+            ("plain.tar", "application/x-tar", &tar),
+            ("README", "text/plain", b"hi\n"),
+        ],
+        (&image, 100),
+    );
+    let faulty = Arc::new(FaultyRegistry::new(mem.clone()));
+    let dir = tempfile::tempdir().unwrap();
+    let fs = fs_over(
+        faulty.clone(),
+        Arc::new(Store::open(dir.path(), 1 << 30).unwrap()),
+    );
+    let dir_name = format!("demo@{art}");
+    let a = walk(&fs, &["lab", &dir_name]).await.unwrap();
+    assert!(names(&fs, a).await.contains(&"unpacked".to_string()));
+    let unpacked = fs.lookup(a, b"unpacked").await.unwrap().ino;
+    assert_eq!(
+        names(&fs, unpacked).await,
+        ["chart-0.1.0.tgz", "data.tar.zst", "plain.tar"],
+        "tars only, named as in files/"
+    );
+    for top in ["chart-0.1.0.tgz", "data.tar.zst", "plain.tar"] {
+        let path = [
+            "lab",
+            &dir_name,
+            "unpacked",
+            top,
+            "chart",
+            "templates",
+            "svc.yaml",
+        ];
+        let ino = walk(&fs, &path).await.unwrap();
+        assert_eq!(
+            read_all(&fs, ino).await.unwrap(),
+            b"kind: Service\n",
+            "{top}"
+        );
+    }
+    // files/ still has the raw blob.
+    let raw = walk(&fs, &["lab", &dir_name, "files", "chart-0.1.0.tgz"])
+        .await
+        .unwrap();
+    assert_eq!(read_all(&fs, raw).await.unwrap(), tgz);
+    // A flipped byte: the tar is refused, nothing of it is served.
+    let dir2 = tempfile::tempdir().unwrap();
+    let fs2 = fs_over(
+        faulty.clone(),
+        Arc::new(Store::open(dir2.path(), 1 << 30).unwrap()),
+    );
+    faulty.inject(
+        &Digest::sha256_of(&zst),
+        crate::registry::Fault::FlipByte(20),
+    );
+    let path = [
+        "lab",
+        &dir_name,
+        "unpacked",
+        "data.tar.zst",
+        "chart",
+        "Chart.yaml",
+    ];
+    let e = walk(&fs2, &path).await.unwrap_err();
+    assert_eq!(e.errno(), libc::EIO, "{e:?}");
 }

@@ -4,6 +4,7 @@
 //! then stored. Every kind goes through one fetch-once path (`once` for one
 //! key, `pieces` for chunks and spans). Knows nothing of inodes.
 
+mod artifact_tars;
 mod background;
 mod blob_ranges;
 mod blobs;
@@ -28,6 +29,7 @@ mod toc;
 
 use std::sync::Arc;
 
+pub use artifact_tars::tar_compression;
 pub use blob_ranges::{ChunkedBlob, MAX_RUN_CHUNKS};
 pub use blobs::ManifestInfo;
 pub use chunk_list::{ChunkList, CHUNK_SIZE, MIN_LISTED_BLOB};
@@ -61,6 +63,8 @@ pub struct Content {
     in_flight: InFlight,
     published: published::Published,
     published_chunks: published_chunks::PublishedChunks,
+    /// Uncompressed digests computed for artifact tars, by blob digest.
+    artifact_diff_ids: quick_cache::sync::Cache<Digest, Digest>,
 }
 
 impl Content {
@@ -86,6 +90,7 @@ impl Content {
             in_flight: InFlight::default(),
             published: published::Published::default(),
             published_chunks: Default::default(),
+            artifact_diff_ids: quick_cache::sync::Cache::new(1024),
         }
     }
 

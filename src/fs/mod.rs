@@ -316,12 +316,11 @@ impl Fs {
             } => self.list_referrers(&repo, &digest, &prefix).await?,
             Key::LayersDir { repo, digest } => {
                 let m = self.image_manifest(&repo, &digest).await?;
-                m.layers
-                    .iter()
-                    .enumerate()
-                    .map(|(i, l)| {
+                layer_dir_names(&m)
+                    .into_iter()
+                    .map(|(i, name)| {
                         let key = self.tree_root(&repo, &digest, TreeWhich::Layer(i));
-                        listed(key, format!("{}-{}", i + 1, l.digest), FileKind::Dir)
+                        listed(key, name, FileKind::Dir)
                     })
                     .collect()
             }
@@ -547,6 +546,11 @@ impl Fs {
                 let artifact = matches!(&info.manifest, Manifest::Image(m) if m.is_artifact());
                 match (&info.manifest, name) {
                     (Manifest::Image(_), "files") if artifact => Ok(Key::FilesDir { repo, digest }),
+                    (Manifest::Image(m), "unpacked")
+                        if artifact && !artifacts::unpacked_names(m).is_empty() =>
+                    {
+                        Ok(Key::LayersDir { repo, digest })
+                    }
                     (Manifest::Image(_), "layers" | "rootfs") if artifact => Err(not_found()),
                     (Manifest::Image(_), "manifest.json")
                     | (Manifest::Index { .. }, "index.json") => {
@@ -591,11 +595,9 @@ impl Fs {
             } => self.referrers_child(repo, digest, prefix, name).await,
             Key::LayersDir { repo, digest } => {
                 let m = self.image_manifest(repo, digest).await?;
-                let name = std::str::from_utf8(name).map_err(|_| not_found())?;
-                m.layers
-                    .iter()
-                    .enumerate()
-                    .find(|(i, l)| format!("{}-{}", i + 1, l.digest) == name)
+                layer_dir_names(&m)
+                    .into_iter()
+                    .find(|(_, n)| n.as_bytes() == name)
                     .map(|(i, _)| self.tree_root(repo, digest, TreeWhich::Layer(i)))
                     .ok_or_else(not_found)
             }
@@ -780,6 +782,16 @@ impl Fs {
                         "files",
                         FileKind::Dir,
                     );
+                    if !artifacts::unpacked_names(m).is_empty() {
+                        add(
+                            Key::LayersDir {
+                                repo: r.clone(),
+                                digest: d.clone(),
+                            },
+                            "unpacked",
+                            FileKind::Dir,
+                        );
+                    }
                 } else {
                     add(
                         Key::LayersDir {
@@ -845,6 +857,17 @@ impl Fs {
 /// The last path component of a repository.
 fn leaf(repo: &str) -> &str {
     repo.rsplit('/').next().unwrap_or(repo)
+}
+
+/// The directories of `layers/` (`N-<digest>`), or of an artifact's
+/// `unpacked/` (its tar layers, named as in `files/`), with their layer numbers.
+fn layer_dir_names(m: &ImageManifest) -> Vec<(usize, String)> {
+    if m.is_artifact() {
+        return artifacts::unpacked_names(m);
+    }
+    (m.layers.iter().enumerate())
+        .map(|(i, l)| (i, format!("{}-{}", i + 1, l.digest)))
+        .collect()
 }
 
 /// `blobs/` entries: the config and each layer, once each.
