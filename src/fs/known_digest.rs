@@ -8,13 +8,14 @@
 //! have none: the tar index records where a file's bytes are, not their
 //! digest.
 //!
-//! The attribute is listed (`listxattr`) everywhere it is known except in
-//! `layers/N-…/`: those directories are what podman's layer store and the
-//! containerd snapshotter hand overlayfs as lower layers, and overlayfs
-//! copies every listed attribute up with a file, where the digest would
-//! outlive a change of the file's content. `getxattr` answers it there too.
+//! The attribute is listed (`listxattr`) for those blobs and files, not for
+//! files of layer trees: `cp -a rootfs/. DIR` (the export directory's
+//! workflow), `rsync -X` and `tar --xattrs` copy every listed attribute, and
+//! overlayfs copies them up from `layers/N-…/` when a container writes a
+//! file, so a listed digest would be baked into new images and outlive
+//! changes of the content. `getfattr -n user.regfs.digest` answers there.
 
-use super::{Fs, Key, TreeWhich};
+use super::{Fs, Key};
 use crate::digest::Digest;
 use crate::error::Result;
 use crate::layer::NodeKind;
@@ -43,11 +44,10 @@ impl Fs {
             Key::Node { tree, node } if *node != 0 => {
                 let t = self.trees.load(self, tree).await?;
                 let n = t.tree.node(*node);
-                let in_rootfs = tree.which == TreeWhich::Rootfs;
                 (n.kind == NodeKind::File)
                     .then(|| n.digest.clone())
                     .flatten()
-                    .map(|d| (d, in_rootfs))
+                    .map(|d| (d, false))
             }
             _ => None,
         })
