@@ -20,8 +20,7 @@ use crate::digest::Digest;
 use crate::error::Result;
 use crate::layer::NodeKind;
 
-/// The name of the extended attribute.
-pub const DIGEST_XATTR: &[u8] = b"user.regfs.digest";
+pub use crate::layer::DIGEST_XATTR;
 
 impl Fs {
     /// The content digest of `key` if known without reading it, and whether

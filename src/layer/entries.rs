@@ -46,8 +46,8 @@
 //!   directory it is made opaque, so that the lower directory's children
 //!   stay hidden as the whiteout asked.
 //! - **Xattrs**: `trusted.overlay.*` and `user.overlay.*` from the layer itself are dropped (only
-//!   the whiteout markers decide opacity), and so is `user.regfs.*` (regfs
-//!   answers `user.regfs.digest` itself); the rest are sorted by name, and
+//!   the whiteout markers decide opacity), and so is `user.regfs.digest`
+//!   (regfs answers it itself); the rest are sorted by name, and
 //!   for a repeated name the last wins.
 //! - **Owners** that do not fit 32 bits are 65534 (nobody), with a warning.
 //! - A symlink with an empty target is kept, with a warning.
@@ -344,12 +344,12 @@ impl<'l> TreeBuilder<'l> {
             )));
         }
         x.retain(|(n, _)| {
-            // regfs's own names (`user.regfs.digest`) are regfs's to answer.
+            // `user.regfs.digest` is regfs's to answer, not the layer's.
             let overlay = n.starts_with(b"trusted.overlay.")
                 || n.starts_with(b"user.overlay.")
-                || n.starts_with(b"user.regfs.");
+                || n == crate::layer::tree::DIGEST_XATTR;
             if overlay {
-                tracing::debug!(path = %lossy(path), "dropping an overlay or regfs xattr of the layer");
+                tracing::debug!(path = %lossy(path), "dropping an overlay or regfs digest xattr of the layer");
             }
             !overlay
         });

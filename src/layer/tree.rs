@@ -22,6 +22,10 @@ pub const OPAQUE_XATTR: &[u8] = b"trusted.overlay.opaque";
 /// when mounted with `userxattr` (rootless podman, unprivileged overlay).
 pub const USER_OPAQUE_XATTR: &[u8] = b"user.overlay.opaque";
 
+/// The xattr regfs answers with a file's content digest where it knows it
+/// ([`Node::digest`]); a layer's own value of it is dropped.
+pub const DIGEST_XATTR: &[u8] = b"user.regfs.digest";
+
 /// What a node is. Hard links are not a kind: they are shared `NodeId`s.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum NodeKind {
