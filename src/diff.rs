@@ -85,8 +85,8 @@ pub struct Report {
     pub files_read: u64,
 }
 
-/// The image manifest digest `sel` of `repo` names: an index's entry for
-/// `platform`.
+/// The manifest digest `sel` of `repo` names (an image or an artifact): for
+/// an index, its entry for `platform`.
 pub async fn resolve_image(
     content: &Content,
     repo: &str,
@@ -95,10 +95,6 @@ pub async fn resolve_image(
 ) -> Result<Digest> {
     let info = content.resolve(repo, sel).await?;
     match &info.manifest {
-        Manifest::Image(m) if m.is_artifact() => Err(Error::invalid(format!(
-            "{repo}@{}: an artifact, not an image",
-            info.digest
-        ))),
         Manifest::Image(_) => Ok(info.digest.clone()),
         Manifest::Index { entries, .. } => Manifest::select_platform(entries, platform)
             .map(|e| e.manifest.digest.clone())
@@ -119,6 +115,12 @@ async fn open(content: &Content, image: &ImageAt) -> Result<Opened> {
     let Manifest::Image(m) = &info.manifest else {
         return Err(Error::invalid(format!("{} is an index", image.digest)));
     };
+    if m.is_artifact() {
+        return Err(Error::invalid(format!(
+            "{}@{} is an artifact, not an image: it has no tree to compare",
+            image.repo, image.digest
+        )));
+    }
     let config = content.config(&image.repo, &m.config).await?;
     content
         .adopt_published_indexes(&image.repo, &image.digest)
