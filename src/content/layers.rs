@@ -323,13 +323,24 @@ impl Content {
         diff_id: &Digest,
         urgency: Urgency,
     ) -> Result<Arc<LoadedLayer>> {
+        self.fetch_layer(repo, desc, diff_id, urgency, None).await
+    }
+
+    async fn fetch_layer(
+        &self,
+        repo: &str,
+        desc: &BlobRef,
+        diff_id: &Digest,
+        urgency: Urgency,
+        local: Option<Arc<File>>,
+    ) -> Result<Arc<LoadedLayer>> {
         let kind = LayerKind {
             content: self,
             repo,
             desc,
             diff_id,
             urgency,
-            local: None,
+            local,
         };
         fetch_once(&self.store, &self.in_flight, &kind).await
     }
@@ -343,15 +354,8 @@ impl Content {
         diff_id: &Digest,
         local: Arc<File>,
     ) -> Result<Arc<LoadedLayer>> {
-        let kind = LayerKind {
-            content: self,
-            repo,
-            desc,
-            diff_id,
-            urgency: Urgency::Critical,
-            local: Some(local),
-        };
-        fetch_once(&self.store, &self.in_flight, &kind).await
+        self.fetch_layer(repo, desc, diff_id, Urgency::Critical, Some(local))
+            .await
     }
 
     /// Whether the layer's tar and index are in memory or in the store.
