@@ -131,10 +131,12 @@ pub struct PrefetchArgs {
 #[derive(Subcommand, Debug)]
 pub enum IndexCommand {
     /// Write the tar index and span index of a cached gzip layer (by diff_id
-    /// or blob digest) to FILE, with the blob digest and diff_id.
+    /// or blob digest) to FILE, with the blob digest and diff_id; or the
+    /// chunk list of a large blob read whole here (by blob digest).
     Export(IndexExportArgs),
-    /// Check an exported index file and store it in the cache. Trusted for
-    /// where bytes are; every span is still verified against its digest.
+    /// Check an exported index file or chunk list and store it in the cache.
+    /// Trusted for where bytes are; every span or chunk is still verified
+    /// against its digest.
     Import(IndexImportArgs),
     /// Publish the indexes of an image's gzip layers that a mount's cache
     /// holds, as an artifact referring to the image, for mounts with
@@ -155,7 +157,7 @@ pub struct IndexPushArgs {
 
 #[derive(Args, Debug)]
 pub struct IndexExportArgs {
-    /// The layer's diff_id or blob digest (sha256:…).
+    /// The layer's diff_id or blob digest, or a large blob's digest (sha256:…).
     pub digest: String,
     /// Where to write the index ("-": standard output).
     pub file: PathBuf,
@@ -166,7 +168,7 @@ pub struct IndexExportArgs {
 
 #[derive(Args, Debug)]
 pub struct IndexImportArgs {
-    /// An index file written by `regfs index export` ("-": standard input).
+    /// An index file or chunk list written by `regfs index export` ("-": standard input).
     pub file: PathBuf,
     /// The cache directory [default: as `regfs mount`].
     #[arg(long)]

@@ -10,6 +10,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::cache::{Section, Store};
 use crate::digest::{Algorithm, Digest, Hasher};
 use crate::error::{Error, Result};
 
@@ -106,6 +107,31 @@ impl ChunkList {
     }
 }
 
+/// The chunk list this cache recorded for blob `digest`, as its file
+/// (`regfs index export`; the same bytes `regfs index push` publishes).
+pub fn export_chunk_list(store: &Store, digest: &Digest) -> Result<Vec<u8>> {
+    let bytes = store
+        .read(Section::ChunkList, digest)
+        .ok_or_else(|| Error::NotFound(format!("no chunk list for blob {digest} in the cache")))?;
+    let list = ChunkList::decode(&bytes)?;
+    if &list.blob != digest {
+        return Err(Error::invalid(format!(
+            "the cached chunk list of {digest} names {}",
+            list.blob
+        )));
+    }
+    Ok(bytes)
+}
+
+/// Check a chunk-list file and store it (`regfs index import`). Trusted
+/// like a list this cache recorded: each chunk read is still checked
+/// against it, but nothing checks the list against the blob.
+pub fn import_chunk_list(store: &Store, bytes: &[u8]) -> Result<ChunkList> {
+    let list = ChunkList::decode(bytes)?;
+    store.put(Section::ChunkList, &list.blob, &list.encode())?;
+    Ok(list)
+}
+
 /// Records a [`ChunkList`] of bytes fed in order.
 pub struct ChunkRecorder {
     chunk_size: u64,
@@ -190,5 +216,20 @@ mod tests {
         bad.chunk_size = 1;
         assert!(ChunkList::decode(&bad.encode()).is_err());
         assert!(ChunkList::decode(b"{\"version\":2}").is_err());
+        // Exported from one cache, imported into another.
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (a, b) = (
+            Store::open(a.path(), 1 << 30).unwrap(),
+            Store::open(b.path(), 1 << 30).unwrap(),
+        );
+        assert!(matches!(
+            export_chunk_list(&a, &blob),
+            Err(Error::NotFound(_))
+        ));
+        a.put(Section::ChunkList, &blob, &list.encode()).unwrap();
+        let file = export_chunk_list(&a, &blob).unwrap();
+        assert_eq!(import_chunk_list(&b, &file).unwrap(), list);
+        assert_eq!(export_chunk_list(&b, &blob).unwrap(), file);
+        assert!(import_chunk_list(&b, b"RGFSIDX1 not a list").is_err());
     }
 }

@@ -32,7 +32,9 @@ use std::sync::Arc;
 pub use artifact_tars::tar_compression;
 pub use blob_ranges::{ChunkedBlob, MAX_RUN_CHUNKS};
 pub use blobs::ManifestInfo;
-pub use chunk_list::{ChunkList, CHUNK_SIZE, MIN_LISTED_BLOB};
+pub use chunk_list::{
+    export_chunk_list, import_chunk_list, ChunkList, CHUNK_SIZE, MIN_LISTED_BLOB,
+};
 pub use chunks::RemoteLayer;
 pub use index_file::{check_tree, export_index, import_index, ImportedIndex};
 pub use layers::{LoadedLayer, Urgency};

@@ -1,8 +1,9 @@
 //! Issue 19: a 256 MiB random blob artifact read lazily, still verified.
 //! Machine A streams it whole once and publishes its chunk list
 //! (`regfs index push`); machine B (fresh cache, `--use-published-indexes`)
-//! reads 1 MiB from the middle with about 1 MiB fetched; a byte flipped in
-//! the registry's storage is EIO for its chunk only. Also
+//! reads 1 MiB from the middle with about 1 MiB fetched; machine C reads by
+//! the list exported from A's cache and imported into its own; a byte
+//! flipped in the registry's storage is EIO for its chunk only. Also
 //! `user.regfs.digest` on the artifact's file.
 
 use crate::harness;
@@ -88,6 +89,21 @@ fn a_large_blob_is_read_by_published_verified_chunks() {
         "{said}{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // The list as a file, for a machine that is not to look for published ones.
+    let keep = harness::tempdir("chunk-list");
+    let list_file = keep.path().join("big.chunks");
+    let out = Command::new(regfs_bin())
+        .args(["index", "export", &blob])
+        .arg(&list_file)
+        .arg("--cache-dir")
+        .arg(a.cache_dir())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     drop(a);
 
     // Machine B: a fresh cache; the check (which streams the blob) much later.
@@ -115,6 +131,33 @@ fn a_large_blob_is_read_by_published_verified_chunks() {
         fetched <= 2 * MIB,
         "{fetched} blob bytes for a 1 MiB read (one chunk, two at most with read-ahead)"
     );
+
+    // Machine C: the list imported into its cache, published lists off.
+    let mut c3 = Mount::new(&reg, &[]);
+    let out = Command::new(regfs_bin())
+        .args(["index", "import"])
+        .arg(&list_file)
+        .arg("--cache-dir")
+        .arg(c3.cache_dir())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    c3.remount();
+    let (_, before, whole_before) = reg.blob_traffic(&blob);
+    let at = 32 * MIB;
+    let got = pread(&c3.path().join(&rel), at, MIB as usize).unwrap();
+    assert!(got == data[at as usize..(at + MIB) as usize]);
+    let (_, after, whole_after) = reg.blob_traffic(&blob);
+    assert_eq!(
+        whole_after, whole_before,
+        "no whole-blob GET with an imported list"
+    );
+    assert!(after - before <= 2 * MIB, "{} bytes", after - before);
+    drop(c3);
 
     // A byte flipped in the registry's storage: EIO for its chunk only.
     let flip_at = 200 * MIB + 12345;
