@@ -355,9 +355,10 @@ pub struct MountArgs {
     /// Bandwidth cap of background fetches and prefetches, bytes per second (0: none).
     #[arg(long, default_value = "32M", value_parser = crate::size::parse_size)]
     pub background_bandwidth: u64,
-    /// Look for layer indexes published next to an image (`regfs index push`)
-    /// and serve its plain gzip layers by spans from the first read; each is
-    /// checked against its layer in the background afterwards.
+    /// Look for layer indexes and chunk lists published next to an image or
+    /// artifact (`regfs index push`) and serve its plain gzip layers by spans,
+    /// its large blobs by chunks, from the first read; each is checked against
+    /// its layer or blob in the background afterwards.
     #[arg(long)]
     pub use_published_indexes: bool,
     /// Publish the layer indexes of every gzip image whose rootfs this mount
@@ -365,8 +366,8 @@ pub struct MountArgs {
     /// --use-published-indexes.
     #[arg(long)]
     pub publish_indexes: bool,
-    /// Seconds between adopting a published index and checking it against
-    /// its layer (the check streams the whole layer once).
+    /// Seconds between adopting a published index (or chunk list) and
+    /// checking it against its layer (or blob): the check streams it whole once.
     #[arg(long, default_value_t = 10, requires = "use_published_indexes")]
     pub published_index_check_delay: u64,
     /// Also serve the layers as a containers/storage additional layer store
