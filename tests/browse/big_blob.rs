@@ -10,9 +10,8 @@ use crate::harness;
 
 use std::fs::{self, File};
 use std::os::unix::fs::FileExt;
-use std::process::Command;
 
-use harness::{regfs_bin, Mount, Registry, RegistryKind};
+use harness::{run_regfs as regfs, Mount, Registry, RegistryKind};
 use regfs::digest::Digest;
 use regfs::reference::Selector;
 
@@ -77,33 +76,24 @@ fn a_large_blob_is_read_by_published_verified_chunks() {
         Digest::sha256_of(&fs::read(&file_a).unwrap()).to_string(),
         blob
     );
-    let out = Command::new(regfs_bin())
-        .args(["index", "push"])
-        .arg(a.path())
-        .arg(format!("lab/busybox@{art}"))
-        .output()
-        .unwrap();
-    let said = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && said.contains("chunk lists of 1 large blob(s)"),
-        "{said}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let said = regfs(&[
+        "index".as_ref(),
+        "push".as_ref(),
+        a.path().as_os_str(),
+        format!("lab/busybox@{art}").as_ref(),
+    ]);
+    assert!(said.contains("chunk lists of 1 large blob(s)"), "{said}");
     // The list as a file, for a machine that is not to look for published ones.
     let keep = harness::tempdir("chunk-list");
     let list_file = keep.path().join("big.chunks");
-    let out = Command::new(regfs_bin())
-        .args(["index", "export", &blob])
-        .arg(&list_file)
-        .arg("--cache-dir")
-        .arg(a.cache_dir())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    regfs(&[
+        "index".as_ref(),
+        "export".as_ref(),
+        blob.as_ref(),
+        list_file.as_os_str(),
+        "--cache-dir".as_ref(),
+        a.cache_dir().as_os_str(),
+    ]);
     drop(a);
 
     // Machine B: a fresh cache; the check (which streams the blob) much later.
@@ -134,18 +124,13 @@ fn a_large_blob_is_read_by_published_verified_chunks() {
 
     // Machine C: the list imported into its cache, published lists off.
     let mut c3 = Mount::new(&reg, &[]);
-    let out = Command::new(regfs_bin())
-        .args(["index", "import"])
-        .arg(&list_file)
-        .arg("--cache-dir")
-        .arg(c3.cache_dir())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    regfs(&[
+        "index".as_ref(),
+        "import".as_ref(),
+        list_file.as_os_str(),
+        "--cache-dir".as_ref(),
+        c3.cache_dir().as_os_str(),
+    ]);
     c3.remount();
     let (_, before, whole_before) = reg.blob_traffic(&blob);
     let at = 32 * MIB;
