@@ -43,8 +43,19 @@ fn gzip_layer(files: &[(&[u8], &[u8])]) -> (LayerBlob, Digest) {
 }
 
 fn fs_over(registry: Arc<dyn RegistryApi>, store: Arc<Store>) -> Fs {
+    fs_of(Content::new(registry, store, 1_000_000, Limits::default()))
+}
+
+/// A filesystem with published indexes and chunk lists on (checked when the test says).
+fn fs_published(registry: Arc<dyn RegistryApi>, store: Arc<Store>) -> Fs {
+    let mut content = Content::new(registry, store, 1_000_000, Limits::default());
+    content.set_use_published_indexes(true, Duration::from_secs(3600));
+    fs_of(content)
+}
+
+fn fs_of(content: Content) -> Fs {
     Fs::new(
-        Content::new(registry, store, 1_000_000, Limits::default()),
+        content,
         FsConfig {
             platform: "linux/amd64".parse().unwrap(),
             tag_ttl: Duration::from_secs(60),
@@ -222,12 +233,27 @@ fn push_artifact(
     files: &[(&str, &[u8])],
     subject: (&Digest, usize),
 ) -> Digest {
+    let typed: Vec<(&str, &str, &[u8])> = files
+        .iter()
+        .map(|(t, d)| (*t, "application/octet-stream", *d))
+        .collect();
+    push_typed_artifact(reg, repo, artifact_type, &typed, subject)
+}
+
+/// [`push_artifact`] with each file's media type: (title, media type, bytes).
+fn push_typed_artifact(
+    reg: &MemoryRegistry,
+    repo: &str,
+    artifact_type: &str,
+    files: &[(&str, &str, &[u8])],
+    subject: (&Digest, usize),
+) -> Digest {
     let config = reg.add_blob(repo, &b"{}"[..]);
     let layers: Vec<serde_json::Value> = files
         .iter()
-        .map(|(title, data)| {
+        .map(|(title, media_type, data)| {
             let d = reg.add_blob(repo, data.to_vec());
-            serde_json::json!({"mediaType": "application/octet-stream", "digest": d.to_string(),
+            serde_json::json!({"mediaType": media_type, "digest": d.to_string(),
                 "size": data.len(), "annotations": {"org.opencontainers.image.title": title}})
         })
         .collect();
@@ -355,6 +381,11 @@ async fn artifacts_show_their_files_and_images_their_referrers() {
     let f = fs.lookup(files, b"signature-2").await.unwrap();
     assert_eq!(f.size, 4);
     assert_eq!(read_all(&fs, f.ino).await.unwrap(), b"sig2");
+    // Its digest, from the descriptor.
+    assert_eq!(
+        fs.getxattr(f.ino, crate::fs::DIGEST_XATTR).await.unwrap(),
+        Digest::sha256_of(b"sig2").to_string().into_bytes()
+    );
     // Nothing refers to the signature.
     let none = fs.lookup(art, b"referrers").await.unwrap().ino;
     assert!(names(&fs, none).await.is_empty());
@@ -406,4 +437,254 @@ async fn a_restarted_server_keeps_inodes_handles_and_layer_uses() {
         assert_eq!(used.len(), 1, "{used:?}");
         assert_eq!(used[0].users, 1);
     }
+}
+
+/// `user.regfs.digest` of the file at `path`, or the errno.
+async fn digest_xattr(fs: &Fs, path: &[&str]) -> Result<String, i32> {
+    let ino = walk(fs, path).await.map_err(|e| e.errno())?;
+    fs.getxattr(ino, crate::fs::DIGEST_XATTR)
+        .await
+        .map(|v| String::from_utf8(v).unwrap())
+        .map_err(|e| e.errno())
+}
+
+/// Whether `listxattr` of the file at `path` names `user.regfs.digest`.
+async fn digest_listed(fs: &Fs, path: &[&str]) -> bool {
+    let ino = walk(fs, path).await.unwrap();
+    let names = fs.listxattr(ino).await.unwrap();
+    names.iter().any(|n| n == crate::fs::DIGEST_XATTR)
+}
+
+#[tokio::test]
+async fn digests_are_shown_where_known_without_reading() {
+    let mut w = TarW::new();
+    w.dir(b"etc", 0o755);
+    w.file(b"etc/hostname", b"regfs\n");
+    let tar = w.finish();
+    let esgz = LayerBlob::estargz(&tar);
+    let esgz_blob = Digest::sha256_of(&esgz.bytes);
+    let (gz, _) = gzip_layer(&[(b"etc/hostname", b"regfs\n")]);
+    let reg = Arc::new(MemoryRegistry::new("memory.test"));
+    reg.add_image("lab/demo", "esgz", &[esgz]);
+    reg.add_image("lab/demo", "gz", &[gz]);
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(dir.path(), 1 << 30).unwrap());
+    let fs = fs_over(reg.clone(), store);
+
+    let want = Digest::sha256_of(b"regfs\n").to_string();
+    let rootfs = ["lab", "demo:esgz", "rootfs", "etc", "hostname"];
+    assert_eq!(digest_xattr(&fs, &rootfs).await, Ok(want.clone()));
+    assert!(
+        !digest_listed(&fs, &rootfs).await,
+        "not listed in trees: cp -a and overlayfs would copy it"
+    );
+    // Known without a byte of the file: only the footer and TOC were read.
+    assert!(reg.blob_requests(&esgz_blob) <= 2, "footer + TOC only");
+    let layer = format!("1-{esgz_blob}");
+    let in_layer = ["lab", "demo:esgz", "layers", &layer, "etc", "hostname"];
+    assert_eq!(digest_xattr(&fs, &in_layer).await, Ok(want.clone()));
+    assert!(!digest_listed(&fs, &in_layer).await);
+    // A directory, and a file of a plain gzip layer: unknown.
+    let etc = ["lab", "demo:esgz", "rootfs", "etc"];
+    assert_eq!(digest_xattr(&fs, &etc).await, Err(libc::ENODATA));
+    let gz_file = ["lab", "demo:gz", "rootfs", "etc", "hostname"];
+    assert_eq!(digest_xattr(&fs, &gz_file).await, Err(libc::ENODATA));
+    assert!(!digest_listed(&fs, &gz_file).await);
+    // Blobs: their descriptor digest.
+    let blob_name = esgz_blob.to_string();
+    let blob = ["lab", "demo:esgz", "blobs", &blob_name];
+    assert_eq!(digest_xattr(&fs, &blob).await, Ok(blob_name.clone()));
+    assert!(digest_listed(&fs, &blob).await);
+}
+
+/// Read `len` bytes at `offset` of the file at `ino`.
+async fn read_at(fs: &Fs, ino: u64, offset: u64, len: u32) -> crate::error::Result<Vec<u8>> {
+    let fh = fs.open(ino).await?;
+    let r = fs.read(fh, offset, len).await;
+    fs.release(fh);
+    r
+}
+
+#[tokio::test]
+async fn large_blobs_are_read_by_published_chunk_lists_and_checked() {
+    use crate::content::CHUNK_SIZE;
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let big: Vec<u8> = (0..5 * CHUNK_SIZE + 123)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    let (layer, _) = gzip_layer(&[(b"etc/hostname", b"regfs\n")]);
+    let reg = Arc::new(MemoryRegistry::new("memory.test"));
+    let image = reg.add_image("lab/demo", "1.0", &[layer]);
+    let art = push_artifact(
+        &reg,
+        "lab/demo",
+        "application/x.big",
+        &[("big.bin", &big)],
+        (&image, 100),
+    );
+    let blob = Digest::sha256_of(&big);
+    let path = format!("demo@{art}");
+    let file = ["lab", &path, "files", "big.bin"];
+
+    // Machine A streams the blob whole once, then publishes its chunk list.
+    let dir_a = tempfile::tempdir().unwrap();
+    let a = fs_over(
+        reg.clone(),
+        Arc::new(Store::open(dir_a.path(), 1 << 30).unwrap()),
+    );
+    assert_eq!(
+        read_all(&a, walk(&a, &file).await.unwrap()).await.unwrap(),
+        big
+    );
+    let p = a
+        .content()
+        .publish_chunk_lists("lab/demo", &art)
+        .await
+        .unwrap();
+    assert_eq!((p.layers, p.missing), (1, 0));
+
+    // Machine B: a fresh cache, published lists on.
+    let faulty = Arc::new(FaultyRegistry::new(reg.clone()));
+    let dir_b = tempfile::tempdir().unwrap();
+    let store_b = Arc::new(Store::open(dir_b.path(), 1 << 30).unwrap());
+    let b = fs_published(faulty.clone(), store_b.clone());
+    let ino = walk(&b, &file).await.unwrap();
+    let before = reg.stats().bytes_received;
+    let at = 2 * CHUNK_SIZE;
+    let got = read_at(&b, ino, at, CHUNK_SIZE as u32).await.unwrap();
+    assert_eq!(got, &big[at as usize..(at + CHUNK_SIZE) as usize]);
+    let fetched = reg.stats().bytes_received - before;
+    assert!(
+        fetched <= CHUNK_SIZE + (64 << 10),
+        "{fetched} bytes for a 1 MiB read (one chunk, the list, manifests)"
+    );
+    assert!(
+        store_b.get(Section::Blob, &blob).is_none(),
+        "not fetched whole"
+    );
+
+    // A flipped byte in chunk 4: EIO for reads it covers, bytes elsewhere.
+    faulty.inject(&blob, crate::registry::Fault::FlipByte(4 * CHUNK_SIZE + 10));
+    let e = read_at(&b, ino, 4 * CHUNK_SIZE, 100).await.unwrap_err();
+    assert_eq!(e.errno(), libc::EIO, "{e:?}");
+    let ok = read_at(&b, ino, CHUNK_SIZE / 2, 1000).await.unwrap();
+    assert_eq!(
+        ok,
+        &big[(CHUNK_SIZE / 2) as usize..(CHUNK_SIZE / 2 + 1000) as usize]
+    );
+
+    // The check streams the blob whole; it does not match: the list is
+    // revoked, and nothing is served through it any more.
+    let (checked, revoked) = b.content().check_published().await;
+    assert_eq!((checked, revoked), (1, 1));
+    let e = read_at(&b, ino, CHUNK_SIZE / 2, 1000).await.unwrap_err();
+    assert_eq!(e.errno(), libc::EIO, "{e:?}");
+
+    // With the registry honest again, the check of a fresh machine passes.
+    faulty.clear(&blob);
+    let dir_c = tempfile::tempdir().unwrap();
+    let c = fs_published(
+        faulty.clone(),
+        Arc::new(Store::open(dir_c.path(), 1 << 30).unwrap()),
+    );
+    let ino = walk(&c, &file).await.unwrap();
+    assert_eq!(read_at(&c, ino, 0, 10).await.unwrap(), &big[..10]);
+    assert_eq!(c.content().check_published().await, (1, 0));
+}
+
+#[tokio::test]
+async fn tar_layers_of_artifacts_are_browsable_unpacked_and_verified() {
+    let mut w = TarW::new();
+    w.dir(b"chart", 0o755)
+        .file(b"chart/Chart.yaml", b"name: chart\nversion: 0.1.0\n")
+        .dir(b"chart/templates", 0o755)
+        .file(b"chart/templates/svc.yaml", b"kind: Service\n");
+    let tar = w.finish();
+    let tgz = LayerBlob::gzip(&tar).bytes.to_vec();
+    let zst = zstd::encode_all(&tar[..], 3).unwrap();
+    let (layer, _) = gzip_layer(&[(b"etc/hostname", b"regfs\n")]);
+    let mem = Arc::new(MemoryRegistry::new("memory.test"));
+    let image = mem.add_image("lab/demo", "1.0", &[layer]);
+    let art = push_typed_artifact(
+        &mem,
+        "lab/demo",
+        "application/vnd.cncf.helm.config.v1+json",
+        &[
+            (
+                "chart-0.1.0.tgz",
+                "application/vnd.cncf.helm.chart.content.v1.tar+gzip",
+                &tgz,
+            ),
+            (
+                "data.tar.zst",
+                "application/vnd.example.data.tar+zstd",
+                &zst,
+            ),
+            ("plain.tar", "application/x-tar", &tar),
+            ("README", "text/plain", b"hi\n"),
+        ],
+        (&image, 100),
+    );
+    let faulty = Arc::new(FaultyRegistry::new(mem.clone()));
+    let dir = tempfile::tempdir().unwrap();
+    let fs = fs_over(
+        faulty.clone(),
+        Arc::new(Store::open(dir.path(), 1 << 30).unwrap()),
+    );
+    let dir_name = format!("demo@{art}");
+    let a = walk(&fs, &["lab", &dir_name]).await.unwrap();
+    assert!(names(&fs, a).await.contains(&"unpacked".to_string()));
+    let unpacked = fs.lookup(a, b"unpacked").await.unwrap().ino;
+    assert_eq!(
+        names(&fs, unpacked).await,
+        ["chart-0.1.0.tgz", "data.tar.zst", "plain.tar"],
+        "tars only, named as in files/"
+    );
+    for top in ["chart-0.1.0.tgz", "data.tar.zst", "plain.tar"] {
+        let path = [
+            "lab",
+            &dir_name,
+            "unpacked",
+            top,
+            "chart",
+            "templates",
+            "svc.yaml",
+        ];
+        let ino = walk(&fs, &path).await.unwrap();
+        assert_eq!(
+            read_all(&fs, ino).await.unwrap(),
+            b"kind: Service\n",
+            "{top}"
+        );
+    }
+    // files/ still has the raw blob.
+    let raw = walk(&fs, &["lab", &dir_name, "files", "chart-0.1.0.tgz"])
+        .await
+        .unwrap();
+    assert_eq!(read_all(&fs, raw).await.unwrap(), tgz);
+    // A flipped byte: the tar is refused, nothing of it is served.
+    let dir2 = tempfile::tempdir().unwrap();
+    let fs2 = fs_over(
+        faulty.clone(),
+        Arc::new(Store::open(dir2.path(), 1 << 30).unwrap()),
+    );
+    faulty.inject(
+        &Digest::sha256_of(&zst),
+        crate::registry::Fault::FlipByte(20),
+    );
+    let path = [
+        "lab",
+        &dir_name,
+        "unpacked",
+        "data.tar.zst",
+        "chart",
+        "Chart.yaml",
+    ];
+    let e = walk(&fs2, &path).await.unwrap_err();
+    assert_eq!(e.errno(), libc::EIO, "{e:?}");
 }

@@ -102,6 +102,14 @@ Examples:
   regfs mount localhost:5000 /mnt/reg --use-published-indexes"
     )]
     Index(IndexCommand),
+    /// List the paths added (A), deleted (D) and modified (M) between two
+    /// images, from layer metadata and digests: eStargz / zstd:chunked
+    /// layers by their TOCs alone, gzip layers streamed once into the cache.
+    #[command(after_help = "\
+Examples:
+  regfs diff localhost:5000/lab/python:3.11 localhost:5000/lab/app:1.0
+  regfs diff localhost:5000/lab/python:3.11-esgz lab/app:1.0-esgz --json   # second: the first's registry")]
+    Diff(DiffArgs),
     /// Print a shell completion script.
     #[command(after_help = "\
 Examples:
@@ -134,10 +142,12 @@ pub struct PrefetchArgs {
 #[derive(Subcommand, Debug)]
 pub enum IndexCommand {
     /// Write the tar index and span index of a cached gzip layer (by diff_id
-    /// or blob digest) to FILE, with the blob digest and diff_id.
+    /// or blob digest) to FILE, with the blob digest and diff_id; or the
+    /// chunk list of a large blob read whole here (by blob digest).
     Export(IndexExportArgs),
-    /// Check an exported index file and store it in the cache. Trusted for
-    /// where bytes are; every span is still verified against its digest.
+    /// Check an exported index file or chunk list and store it in the cache.
+    /// Trusted for where bytes are; every span or chunk is still verified
+    /// against its digest.
     Import(IndexImportArgs),
     /// Publish the indexes of an image's gzip layers that a mount's cache
     /// holds, as an artifact referring to the image, for mounts with
@@ -158,7 +168,7 @@ pub struct IndexPushArgs {
 
 #[derive(Args, Debug)]
 pub struct IndexExportArgs {
-    /// The layer's diff_id or blob digest (sha256:…).
+    /// The layer's diff_id or blob digest, or a large blob's digest (sha256:…).
     pub digest: String,
     /// Where to write the index ("-": standard output).
     pub file: PathBuf,
@@ -169,11 +179,44 @@ pub struct IndexExportArgs {
 
 #[derive(Args, Debug)]
 pub struct IndexImportArgs {
-    /// An index file written by `regfs index export` ("-": standard input).
+    /// An index file or chunk list written by `regfs index export` ("-": standard input).
     pub file: PathBuf,
     /// The cache directory [default: as `regfs mount`].
     #[arg(long)]
     pub cache_dir: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct DiffArgs {
+    /// The first image: HOST[:PORT]/NAME:TAG or HOST[:PORT]/NAME@DIGEST.
+    pub from: String,
+    /// The second image (without a registry: the first's).
+    pub to: String,
+    /// Print JSON: the changes, with what differs for each modified path.
+    #[arg(long)]
+    pub json: bool,
+    /// Where verified layers and TOCs are kept [default: beside a mount's cache, regfs-diff].
+    #[arg(long)]
+    pub cache_dir: Option<PathBuf>,
+    /// Bound on that cache's size on disk (K, M, G, T suffixes).
+    #[arg(long, default_value = "10G", value_parser = crate::size::parse_size)]
+    pub cache_size: u64,
+    /// The platform a multi-arch tag resolves to [default: this host's].
+    #[arg(long)]
+    pub platform: Option<String>,
+    /// Talk plain HTTP (loopback registries use it without asking).
+    #[arg(long)]
+    pub plain_http: bool,
+    /// Trust this PEM CA certificate (repeatable).
+    #[arg(long)]
+    pub ca_cert: Vec<PathBuf>,
+    /// Serve gzip layers from indexes published next to the images
+    /// (`regfs index push`) instead of streaming them.
+    #[arg(long)]
+    pub use_published_indexes: bool,
+    /// Seconds a request may go without progress, retries included.
+    #[arg(long, default_value_t = 30)]
+    pub timeout: u64,
 }
 
 #[derive(Args, Debug)]
@@ -346,9 +389,10 @@ pub struct MountArgs {
     /// Bandwidth cap of background fetches and prefetches, bytes per second (0: none).
     #[arg(long, default_value = "32M", value_parser = crate::size::parse_size)]
     pub background_bandwidth: u64,
-    /// Look for layer indexes published next to an image (`regfs index push`)
-    /// and serve its plain gzip layers by spans from the first read; each is
-    /// checked against its layer in the background afterwards.
+    /// Look for layer indexes and chunk lists published next to an image or
+    /// artifact (`regfs index push`) and serve its plain gzip layers by spans,
+    /// its large blobs by chunks, from the first read; each is checked against
+    /// its layer or blob in the background afterwards.
     #[arg(long)]
     pub use_published_indexes: bool,
     /// Publish the layer indexes of every gzip image whose rootfs this mount
@@ -356,8 +400,8 @@ pub struct MountArgs {
     /// --use-published-indexes.
     #[arg(long)]
     pub publish_indexes: bool,
-    /// Seconds between adopting a published index and checking it against
-    /// its layer (the check streams the whole layer once).
+    /// Seconds between adopting a published index (or chunk list) and
+    /// checking it against its layer (or blob): the check streams it whole once.
     #[arg(long, default_value_t = 10, requires = "use_published_indexes")]
     pub published_index_check_delay: u64,
     /// Also serve the layers as a containers/storage additional layer store

@@ -311,14 +311,40 @@ async fn index_push(ctx: &Arc<Context>, reference: &str) -> regfs::Result<IndexP
                 .clone()
         }
     };
-    let p = content.publish_indexes(&r.repository, &digest).await?;
+    // Layer indexes of an image's gzip layers; chunk lists of any large
+    // blob (an artifact has only those).
+    let artifact = match &content.manifest(&r.repository, &digest).await?.manifest {
+        regfs::image::Manifest::Image(m) => m.is_artifact(),
+        regfs::image::Manifest::Index { .. } => false,
+    };
+    let layers = match artifact {
+        true => Err(regfs::Error::NotFound("an artifact has no layers".into())),
+        false => content.publish_indexes(&r.repository, &digest).await,
+    };
+    let chunks = content.publish_chunk_lists(&r.repository, &digest).await;
+    let (p, c) = match (layers, chunks) {
+        (Err(e @ regfs::Error::NotFound(_)), Err(regfs::Error::NotFound(c))) => {
+            return Err(regfs::Error::NotFound(format!("{e}; {c}")))
+        }
+        (Err(e), _) if !matches!(e, regfs::Error::NotFound(_)) => return Err(e),
+        (_, Err(e)) if !matches!(e, regfs::Error::NotFound(_)) => return Err(e),
+        (p, c) => (p.ok(), c.ok()),
+    };
     Ok(IndexPushed {
         image: digest.to_string(),
-        artifact: p.artifact.to_string(),
-        layers: p.layers as u64,
-        missing: p.missing as u64,
-        fallback_tag: p.fallback_tag,
-        already: p.already,
+        artifact: p
+            .as_ref()
+            .map(|p| p.artifact.to_string())
+            .unwrap_or_default(),
+        layers: p.as_ref().map_or(0, |p| p.layers as u64),
+        missing: p.as_ref().map_or(0, |p| p.missing as u64),
+        fallback_tag: p
+            .as_ref()
+            .or(c.as_ref())
+            .and_then(|p| p.fallback_tag.clone()),
+        already: p.as_ref().is_none_or(|p| p.already) && c.as_ref().is_none_or(|c| c.already),
+        chunk_artifact: c.as_ref().map(|c| c.artifact.to_string()),
+        chunk_lists: c.as_ref().map_or(0, |c| c.layers as u64),
     })
 }
 

@@ -7,6 +7,7 @@ mod client;
 mod config;
 mod control;
 mod daemon;
+mod diff;
 mod docs;
 mod endpoints;
 mod export;
@@ -52,6 +53,7 @@ fn main() {
         cli::Command::Index(cli::IndexCommand::Export(args)) => index::export(args),
         cli::Command::Index(cli::IndexCommand::Import(args)) => index::import(args),
         cli::Command::Index(cli::IndexCommand::Push(args)) => index::push(args),
+        cli::Command::Diff(args) => diff::run(args),
         cli::Command::Completions(args) => docs::completions(args.shell),
         cli::Command::Manpage => docs::manpage(),
     };

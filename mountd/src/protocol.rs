@@ -153,6 +153,12 @@ pub struct IndexPushed {
     pub fallback_tag: Option<String>,
     /// It was already published.
     pub already: bool,
+    /// The chunk-list artifact's manifest digest, if large blobs had lists.
+    #[serde(default)]
+    pub chunk_artifact: Option<String>,
+    /// Large blobs whose chunk list it holds.
+    #[serde(default)]
+    pub chunk_lists: u64,
 }
 
 /// What a prefetch did.

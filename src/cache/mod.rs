@@ -12,6 +12,7 @@
 //! chunks/blake3/<hex>    verified uncompressed spans of gzip layers, by span digest
 //! toc/sha256/<hex>       the index of a lazy layer, named by its verified TOC's anchor digest
 //! spans/sha256/<hex>     the span index of a gzip layer (zlib checkpoints, span digests), by diff_id
+//! chunklists/sha256/<hex> a blob's chunk-digest list, recorded when it was streamed whole, by blob digest
 //! tmp/                   downloads in progress; emptied at start
 //! ```
 
@@ -48,6 +49,9 @@ pub enum Section {
     /// Span indexes of gzip layers (checkpoints to inflate from and a digest
     /// per span), by diff_id: what serves an evicted layer by Range requests.
     Span,
+    /// Chunk-digest lists of blobs streamed whole (a SHA-256 per 1 MiB), by
+    /// blob digest: what serves a large blob by ranges on another machine.
+    ChunkList,
 }
 
 impl Section {
@@ -59,15 +63,17 @@ impl Section {
             Section::Chunk => "chunks",
             Section::Toc => "toc",
             Section::Span => "spans",
+            Section::ChunkList => "chunklists",
         }
     }
-    const ALL: [Section; 6] = [
+    const ALL: [Section; 7] = [
         Section::Blob,
         Section::Layer,
         Section::Index,
         Section::Chunk,
         Section::Toc,
         Section::Span,
+        Section::ChunkList,
     ];
 }
 

@@ -9,6 +9,7 @@ use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use tokio::io::AsyncWriteExt;
 
+use super::chunk_list::ChunkRecorder;
 use super::once::{fetch_fresh, fetch_once, Fetchable};
 use super::Content;
 use crate::cache::{Section, TempFile};
@@ -124,7 +125,7 @@ struct BlobKind<'a> {
 
 impl Fetchable for BlobKind<'_> {
     type Value = File;
-    type Verified = (TempFile, u64, Instant);
+    type Verified = (TempFile, u64, Instant, Option<ChunkRecorder>);
 
     fn flight_key(&self) -> String {
         format!("blob {}", self.desc.digest)
@@ -135,10 +136,13 @@ impl Fetchable for BlobKind<'_> {
         File::open(self.content.store.get(Section::Blob, &self.desc.digest)?).ok()
     }
 
-    fn fetch_verified(&self) -> BoxFuture<'_, Result<(TempFile, u64, Instant)>> {
+    fn fetch_verified(&self) -> BoxFuture<'_, Result<Self::Verified>> {
         Box::pin(async move {
             let started = Instant::now();
             let desc = self.desc;
+            // A large blob's chunk digests, kept once the whole blob verified.
+            let mut chunks =
+                (desc.size >= super::chunk_list::MIN_LISTED_BLOB).then(ChunkRecorder::default);
             let mut stream = self
                 .content
                 .client
@@ -147,25 +151,31 @@ impl Fetchable for BlobKind<'_> {
             let tmp = self.content.store.temp()?;
             let mut out = tokio::fs::File::from_std(tmp.file.try_clone()?);
             while let Some(chunk) = stream.next_chunk().await? {
+                if let Some(c) = &mut chunks {
+                    c.update(&chunk);
+                }
                 out.write_all(&chunk).await?;
             }
             out.flush().await?;
             // next_chunk returned None: size and digest matched.
-            Ok((tmp, stream.received(), started))
+            Ok((tmp, stream.received(), started, chunks))
         })
     }
 
     fn commit(
         &self,
-        (tmp, received, started): (TempFile, u64, Instant),
+        (tmp, received, started, chunks): Self::Verified,
     ) -> BoxFuture<'_, Result<File>> {
         Box::pin(async move {
             let mut file = tmp.file.try_clone()?;
             // The clone shares the write offset: rewind for readers that read sequentially.
             std::io::Seek::rewind(&mut file)?;
-            self.content
-                .store
-                .commit(tmp, Section::Blob, &self.desc.digest)?;
+            let store = &self.content.store;
+            store.commit(tmp, Section::Blob, &self.desc.digest)?;
+            if let Some(c) = chunks {
+                let list = c.finish(self.desc.digest.clone());
+                store.put(Section::ChunkList, &self.desc.digest, &list.encode())?;
+            }
             tracing::info!(
                 digest = %self.desc.digest, bytes = received, ms = started.elapsed().as_millis() as u64,
                 cache = "miss", "fetched blob"

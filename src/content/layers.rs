@@ -66,6 +66,21 @@ impl Drop for Niced {
     }
 }
 
+/// Reads a file from `at` on with `pread`, leaving the descriptor's shared
+/// offset alone.
+pub(super) struct PositionedReader {
+    pub(super) file: Arc<File>,
+    pub(super) at: u64,
+}
+
+impl std::io::Read for PositionedReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = std::os::unix::fs::FileExt::read_at(&*self.file, buf, self.at)?;
+        self.at += n as u64;
+        Ok(n)
+    }
+}
+
 /// A layer ready to serve: its index and its uncompressed tar.
 pub struct LoadedLayer {
     /// The layer's tree (content offsets point into `file`, layer number 0).
@@ -92,6 +107,9 @@ struct LayerKind<'a> {
     desc: &'a BlobRef,
     diff_id: &'a Digest,
     urgency: Urgency,
+    /// The blob, already verified in the store (an artifact's tar read whole
+    /// first): ingested from here, hashed again, instead of from the registry.
+    local: Option<Arc<File>>,
 }
 
 /// A layer streamed, indexed and verified, not yet committed.
@@ -154,32 +172,54 @@ impl Fetchable for LayerKind<'_> {
                 tracing::debug!(digest = %desc.digest, "non-distributable layer: trying the registry first");
             }
             let started = Instant::now();
-            let stream = self
-                .content
-                .client
-                .blob(self.repo, &desc.digest, Some(desc.size))
-                .await?;
-            let mut reader = bridge::reader(stream);
             let tmp = self.content.store.temp()?;
             let limits = self.content.limits.clone();
             let (blob, diff) = (desc.digest.clone(), diff_id.clone());
-            let (result, tmp, reader_err) = tokio::task::spawn_blocking(move || {
-                let _niced = (urgency == Urgency::Slack).then(Niced::lower);
-                let mut tmp = tmp;
-                // The blob body verifies the digest before it ends.
-                let r = layer::ingest_spans(
-                    &mut reader,
-                    compression,
-                    layer::BlobCheck::BySource(&blob),
-                    &diff,
-                    0,
-                    &mut tmp.file,
-                    &limits,
-                    Some(layer::span::DEFAULT_SPAN),
-                );
-                (r, tmp, reader.take_error())
-            })
-            .await
+            let ingest =
+                move |reader: &mut (dyn std::io::Read + Send), check: bool, mut tmp: TempFile| {
+                    let _niced = (urgency == Urgency::Slack).then(Niced::lower);
+                    let check = match check {
+                        true => layer::BlobCheck::Hash(&blob),
+                        false => layer::BlobCheck::BySource(&blob),
+                    };
+                    let r = layer::ingest_spans(
+                        reader,
+                        compression,
+                        check,
+                        &diff,
+                        0,
+                        &mut tmp.file,
+                        &limits,
+                        Some(layer::span::DEFAULT_SPAN),
+                    );
+                    (r, tmp)
+                };
+            let local = self.local.clone();
+            let (result, tmp, reader_err) = match local {
+                Some(file) => {
+                    tokio::task::spawn_blocking(move || {
+                        // From its start: the store's file is shared, offset and all.
+                        let mut from = std::io::BufReader::new(PositionedReader { file, at: 0 });
+                        let (r, tmp) = ingest(&mut from, true, tmp);
+                        (r, tmp, None)
+                    })
+                    .await
+                }
+                None => {
+                    let stream = self
+                        .content
+                        .client
+                        .blob(self.repo, &desc.digest, Some(desc.size))
+                        .await?;
+                    let mut reader = bridge::reader(stream);
+                    tokio::task::spawn_blocking(move || {
+                        // The blob body verifies the digest before it ends.
+                        let (r, tmp) = ingest(&mut reader, false, tmp);
+                        (r, tmp, reader.take_error())
+                    })
+                    .await
+                }
+            }
             .map_err(|e| Error::Io(std::io::Error::other(e)))?;
             match (result, reader_err) {
                 (Ok((tree, stats, spans)), _) => Ok(IngestedLayer {
@@ -283,12 +323,24 @@ impl Content {
         diff_id: &Digest,
         urgency: Urgency,
     ) -> Result<Arc<LoadedLayer>> {
+        self.fetch_layer(repo, desc, diff_id, urgency, None).await
+    }
+
+    async fn fetch_layer(
+        &self,
+        repo: &str,
+        desc: &BlobRef,
+        diff_id: &Digest,
+        urgency: Urgency,
+        local: Option<Arc<File>>,
+    ) -> Result<Arc<LoadedLayer>> {
         let kind = LayerKind {
             content: self,
             repo,
             desc,
             diff_id,
             urgency,
+            local,
         };
         fetch_once(&self.store, &self.in_flight, &kind).await
     }
@@ -310,6 +362,19 @@ impl Content {
             .ok()?;
         let isize = u64::from(u32::from_le_bytes(b.get(..4)?.try_into().ok()?));
         (isize % 512 == 0 && isize >= desc.size).then_some(isize)
+    }
+
+    /// [`Content::layer`], ingested from `local`, the blob already in the
+    /// store (hashed again on the way), instead of from the registry.
+    pub(super) async fn layer_from_local(
+        &self,
+        repo: &str,
+        desc: &BlobRef,
+        diff_id: &Digest,
+        local: Arc<File>,
+    ) -> Result<Arc<LoadedLayer>> {
+        self.fetch_layer(repo, desc, diff_id, Urgency::Critical, Some(local))
+            .await
     }
 
     /// Whether the layer's tar and index are in memory or in the store.

@@ -4,9 +4,12 @@
 //! then stored. Every kind goes through one fetch-once path (`once` for one
 //! key, `pieces` for chunks and spans). Knows nothing of inodes.
 
+mod artifact_tars;
 mod background;
+mod blob_ranges;
 mod blobs;
 mod bridge;
+mod chunk_list;
 mod chunks;
 mod index_file;
 mod layers;
@@ -15,6 +18,7 @@ mod once;
 mod pieces;
 mod prefetch;
 mod published;
+mod published_chunks;
 #[cfg(test)]
 mod published_tests;
 mod referrers;
@@ -25,13 +29,19 @@ mod toc;
 
 use std::sync::Arc;
 
+pub use artifact_tars::tar_compression;
+pub use blob_ranges::{ChunkedBlob, MAX_RUN_CHUNKS};
 pub use blobs::ManifestInfo;
+pub use chunk_list::{
+    export_chunk_list, import_chunk_list, ChunkList, CHUNK_SIZE, MIN_LISTED_BLOB,
+};
 pub use chunks::RemoteLayer;
 pub use index_file::{check_tree, export_index, import_index, ImportedIndex};
 pub use layers::{LoadedLayer, Urgency};
 pub use lazy::{LayerSource, LazyOptions, OpenedLayer};
 pub use prefetch::{PrefetchProgress, PrefetchReport, PrefetchSnapshot};
 pub use published::{PublishReport, INDEX_ARTIFACT_TYPE};
+pub use published_chunks::{CHUNKS_ARTIFACT_TYPE, CHUNKS_MEDIA_TYPE};
 pub use referrers::{fallback_tag, Referrer};
 pub use spans::{tar_range, SpanLayer, SpanView};
 
@@ -54,6 +64,9 @@ pub struct Content {
     max_nodes: u64,
     in_flight: InFlight,
     published: published::Published,
+    published_chunks: published_chunks::PublishedChunks,
+    /// Uncompressed digests computed for artifact tars, by blob digest.
+    artifact_diff_ids: quick_cache::sync::Cache<Digest, Digest>,
 }
 
 impl Content {
@@ -78,6 +91,8 @@ impl Content {
             max_nodes,
             in_flight: InFlight::default(),
             published: published::Published::default(),
+            published_chunks: Default::default(),
+            artifact_diff_ids: quick_cache::sync::Cache::new(1024),
         }
     }
 

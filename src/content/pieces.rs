@@ -148,6 +148,26 @@ pub(super) async fn get<K: PieceKind>(
         .collect())
 }
 
+impl super::Content {
+    /// [`get`] with this content's store and fetch counter, no hit logging.
+    pub(super) async fn pieces<K: PieceKind>(
+        &self,
+        kind: &K,
+        wanted: &[K::Piece],
+        max_run: u64,
+    ) -> Result<Vec<PieceData>> {
+        get(
+            &self.store,
+            &self.in_flight,
+            kind,
+            wanted,
+            max_run,
+            |_, _, _| {},
+        )
+        .await
+    }
+}
+
 /// Commit verified pieces to the chunk cache (off the async workers).
 async fn commit(
     store: &Arc<Store>,

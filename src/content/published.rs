@@ -163,6 +163,11 @@ impl Content {
         }
     }
 
+    /// Wake the checker of adopted indexes and lists.
+    pub(super) fn wake_published_check(&self) {
+        self.published.wake.notify_one();
+    }
+
     /// Whether the published index of layer `diff_id` was found wrong.
     pub fn index_revoked(&self, diff_id: &Digest) -> bool {
         self.published.revoked.lock().unwrap().contains(diff_id)
@@ -211,6 +216,31 @@ impl Content {
                 "no gzip layer of {repo}@{image} is indexed in this cache: read its rootfs once first"
             )));
         }
+        let mut out = self
+            .push_referrer(
+                repo,
+                image,
+                &info.bytes,
+                INDEX_ARTIFACT_TYPE,
+                files_of(files),
+            )
+            .await?;
+        out.missing = missing;
+        Ok(out)
+    }
+
+    /// Push `files` (media type, bytes, annotations) as one artifact of
+    /// `artifact_type` whose subject is `repo@image` (manifest bytes
+    /// `image_bytes`), and list it as a referrer (through the tag schema
+    /// where the registry has no referrers API). Pushing twice changes nothing.
+    pub(super) async fn push_referrer(
+        &self,
+        repo: &str,
+        image: &Digest,
+        image_bytes: &[u8],
+        artifact_type: &str,
+        files: Vec<(&str, Bytes, Value)>,
+    ) -> Result<PublishReport> {
         let client = &self.client;
         let push = |bytes: Bytes| async move {
             let digest = Digest::sha256_of(&bytes);
@@ -221,29 +251,26 @@ impl Content {
         };
         let (empty, empty_size) = push(Bytes::from_static(b"{}")).await?;
         let mut descs = Vec::new();
-        for (blob, diff_id, bytes) in files {
+        for (media_type, bytes, annotations) in files {
             let (digest, size) = push(bytes).await?;
             descs.push(json!({
-                "mediaType": INDEX_FILE_MEDIA_TYPE,
+                "mediaType": media_type,
                 "digest": digest.to_string(),
                 "size": size,
-                "annotations": {
-                    ANNOTATION_LAYER: blob.to_string(),
-                    ANNOTATION_DIFF_ID: diff_id.to_string(),
-                },
+                "annotations": annotations,
             }));
         }
         let layers_n = descs.len();
         let manifest = json!({
             "schemaVersion": 2,
             "mediaType": OCI_MANIFEST,
-            "artifactType": INDEX_ARTIFACT_TYPE,
+            "artifactType": artifact_type,
             "config": {"mediaType": EMPTY_MEDIA_TYPE, "digest": empty.to_string(), "size": empty_size},
             "layers": descs,
             "subject": {
-                "mediaType": media_type_of(&info.bytes).unwrap_or_else(|| OCI_MANIFEST.to_string()),
+                "mediaType": media_type_of(image_bytes).unwrap_or_else(|| OCI_MANIFEST.to_string()),
                 "digest": image.to_string(),
-                "size": info.bytes.len(),
+                "size": image_bytes.len(),
             },
         });
         let bytes = Bytes::from(serde_json::to_vec(&manifest).expect("JSON"));
@@ -260,7 +287,7 @@ impl Content {
         let mut out = PublishReport {
             artifact: artifact.clone(),
             layers: layers_n,
-            missing,
+            missing: 0,
             fallback_tag: None,
             already: false,
         };
@@ -293,7 +320,7 @@ impl Content {
             "mediaType": OCI_MANIFEST,
             "digest": artifact.to_string(),
             "size": size,
-            "artifactType": INDEX_ARTIFACT_TYPE,
+            "artifactType": artifact_type,
         }));
         let bytes = Bytes::from(serde_json::to_vec(&index).expect("JSON"));
         self.client
@@ -334,49 +361,24 @@ impl Content {
         if wanted.is_empty() {
             return Ok(0);
         }
-        let Some(artifact) = self
-            .referrers(repo, image)
+        let Some((digest, files)) = self
+            .published_files(
+                repo,
+                image,
+                INDEX_ARTIFACT_TYPE,
+                ANNOTATION_LAYER,
+                MAX_INDEX_FILE,
+            )
             .await?
-            .into_iter()
-            .find(|r| r.artifact_type == INDEX_ARTIFACT_TYPE)
         else {
             tracing::debug!(%repo, %image, "no published layer index");
             return Ok(0);
         };
-        let digest = artifact.digest;
-        // By digest: the bytes are checked against it.
-        let m = self
-            .client
-            .manifest(repo, &Selector::Digest(digest.clone()))
-            .await?;
-        let v: Value = serde_json::from_slice(&m.bytes)
-            .map_err(|e| bad(format!("index artifact {digest}: {e}")))?;
-        if v["subject"]["digest"] != image.to_string() {
-            return Err(bad(format!("index artifact {digest} is for another image")));
-        }
         let mut adopted = 0;
-        for d in v["layers"].as_array().cloned().unwrap_or_default() {
-            let (Some(layer), Some(file)) = (
-                d["annotations"][ANNOTATION_LAYER].as_str(),
-                d["digest"].as_str(),
-            ) else {
-                continue;
-            };
+        for (layer, file_ref) in files {
             let Some((desc, diff_id)) = wanted.iter().find(|(b, _)| b.digest.to_string() == layer)
             else {
                 continue;
-            };
-            let size = d["size"].as_u64().unwrap_or(u64::MAX);
-            if size > MAX_INDEX_FILE {
-                tracing::warn!(%layer, size, "published layer index too large; not used");
-                continue;
-            }
-            let file_ref = BlobRef {
-                media_type: INDEX_FILE_MEDIA_TYPE.to_string(),
-                digest: file.parse().map_err(|_| bad("index file digest"))?,
-                size,
-                urls: Vec::new(),
-                annotations: Default::default(),
             };
             match self.adopt_one(repo, desc, diff_id, &file_ref).await {
                 Ok(()) => adopted += 1,
@@ -399,13 +401,7 @@ impl Content {
         diff_id: &Digest,
         file: &BlobRef,
     ) -> Result<()> {
-        let f = self.blob(repo, file).await?;
-        let bytes = crate::blocking::run(move || {
-            let mut v = Vec::new();
-            std::io::Read::read_to_end(&mut &f, &mut v)?;
-            Ok(v)
-        })
-        .await?;
+        let bytes = self.small_blob(repo, file).await?;
         let ix = index_file::parse_export(&bytes)?;
         if ix.blob != desc.digest {
             return Err(bad(format!(
@@ -431,8 +427,80 @@ impl Content {
         Ok(())
     }
 
+    /// The files of `repo@subject`'s referrer of `artifact_type` (fetched
+    /// by digest, so verified, and checked to name `subject`): for each, the
+    /// value of its annotation `names` (what it is for) and its descriptor,
+    /// those over `max` bytes left out with a warning. `None`: no referrer
+    /// of that type.
+    pub(super) async fn published_files(
+        &self,
+        repo: &str,
+        subject: &Digest,
+        artifact_type: &str,
+        names: &str,
+        max: u64,
+    ) -> Result<Option<(Digest, Vec<(String, BlobRef)>)>> {
+        let Some(artifact) = self
+            .referrers(repo, subject)
+            .await?
+            .into_iter()
+            .find(|r| r.artifact_type == artifact_type)
+        else {
+            return Ok(None);
+        };
+        let digest = artifact.digest;
+        // By digest: the bytes are checked against it.
+        let m = self
+            .client
+            .manifest(repo, &Selector::Digest(digest.clone()))
+            .await?;
+        let v: Value = serde_json::from_slice(&m.bytes)
+            .map_err(|e| bad(format!("{artifact_type} artifact {digest}: {e}")))?;
+        if v["subject"]["digest"] != subject.to_string() {
+            return Err(bad(format!(
+                "{artifact_type} artifact {digest} is for another manifest"
+            )));
+        }
+        let mut out = Vec::new();
+        for d in v["layers"].as_array().cloned().unwrap_or_default() {
+            let (Some(name), Some(file), Some(media_type)) = (
+                d["annotations"][names].as_str(),
+                d["digest"].as_str().and_then(|f| f.parse::<Digest>().ok()),
+                d["mediaType"].as_str(),
+            ) else {
+                continue;
+            };
+            let size = d["size"].as_u64().unwrap_or(u64::MAX);
+            if size > max {
+                tracing::warn!(%name, size, "a published {artifact_type} file too large; not used");
+                continue;
+            }
+            let desc = BlobRef {
+                media_type: media_type.to_string(),
+                digest: file,
+                size,
+                urls: Vec::new(),
+                annotations: Default::default(),
+            };
+            out.push((name.to_string(), desc));
+        }
+        Ok(Some((digest, out)))
+    }
+
+    /// The bytes of small blob `desc` (verified, through the store).
+    pub(super) async fn small_blob(&self, repo: &str, desc: &BlobRef) -> Result<Vec<u8>> {
+        let f = self.blob(repo, desc).await?;
+        crate::blocking::run(move || {
+            let mut v = Vec::new();
+            std::io::Read::read_to_end(&mut &f, &mut v)?;
+            Ok(v)
+        })
+        .await
+    }
+
     /// Check every adopted index against its layer, streamed once and
-    /// verified (see the module docs); returns (checked, revoked).
+    /// verified (see the module docs), and every adopted chunk list against
+    /// its blob ([`super::published_chunks`]); returns (checked, revoked).
     pub async fn check_published(&self) -> (usize, usize) {
         let pending: Vec<(Digest, Pending)> =
             self.published.pending.lock().unwrap().drain().collect();
@@ -464,7 +532,8 @@ impl Content {
                 }
             }
         }
-        (checked, revoked)
+        let (lists_checked, lists_revoked) = self.check_chunk_lists().await;
+        (checked + lists_checked, revoked + lists_revoked)
     }
 
     async fn check_one(&self, diff_id: &Digest, p: &Pending) -> Result<()> {
@@ -509,12 +578,26 @@ impl Content {
             tokio::time::sleep(self.published.check_delay).await;
             let (checked, revoked) = self.check_published().await;
             tracing::debug!(checked, revoked, "published index check round");
-            if !self.published.pending.lock().unwrap().is_empty() {
+            if !self.published.pending.lock().unwrap().is_empty() || self.chunk_lists_pending() {
                 tokio::time::sleep(std::time::Duration::from_secs(30)).await;
                 self.published.wake.notify_one();
             }
         }
     }
+}
+
+/// Layer index files as artifact files: media type, bytes, annotations.
+fn files_of(files: Vec<(Digest, Digest, Bytes)>) -> Vec<(&'static str, Bytes, Value)> {
+    files
+        .into_iter()
+        .map(|(blob, diff_id, bytes)| {
+            let annotations = json!({
+                ANNOTATION_LAYER: blob.to_string(),
+                ANNOTATION_DIFF_ID: diff_id.to_string(),
+            });
+            (INDEX_FILE_MEDIA_TYPE, bytes, annotations)
+        })
+        .collect()
 }
 
 /// The `mediaType` a manifest's JSON declares.

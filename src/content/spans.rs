@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use futures_util::future::BoxFuture;
 
-use super::pieces::{self, PieceData, PieceKind, Verified};
+use super::pieces::{PieceData, PieceKind, Verified};
 use super::{index_file, Content};
 use crate::cache::Section;
 use crate::digest::Digest;
@@ -185,15 +185,7 @@ impl Content {
             layer,
         };
         let wanted: Vec<usize> = (first..=last).collect();
-        let data = pieces::get(
-            &self.store,
-            &self.in_flight,
-            &kind,
-            &wanted,
-            MAX_RUN_SPANS,
-            |_, _, _| {},
-        )
-        .await?;
+        let data = self.pieces(&kind, &wanted, MAX_RUN_SPANS).await?;
         Ok(SpanView {
             parts: wanted
                 .into_iter()

@@ -286,6 +286,11 @@ fn entry<'t>(
             0
         },
         content,
+        // The TOC's claim for the whole file (the TOC itself is verified);
+        // a malformed one is just unknown, never an error.
+        digest: (ty == EntryKind::Node(NodeKind::File))
+            .then(|| e.digest.parse::<Digest>().ok())
+            .flatten(),
         link: e.link_name.as_bytes(),
         rdev: (dev(e.dev_major), dev(e.dev_minor)),
         xattrs,

@@ -2,7 +2,8 @@
 //! (a manifest with an `artifactType` or a non-image config: ORAS files, a
 //! Helm chart, an SBOM, a signature) has `files/`, each layer under its
 //! `org.opencontainers.image.title` (the ORAS convention; untitled layers
-//! by digest). Every image, artifact and index directory has `referrers/`:
+//! by digest), and `unpacked/` with each layer that is a tar (any media
+//! type) as a directory of the same name. Every image, artifact and index directory has `referrers/`:
 //! what refers to it (OCI 1.1), grouped by artifact type as a path
 //! (`referrers/application/spdx+json/`), each referrer a symlink named by its
 //! digest to its own directory.
@@ -33,6 +34,16 @@ pub(super) fn file_names(m: &ImageManifest) -> Vec<String> {
             .cloned()
             .unwrap_or_else(|| l.digest.to_string())
     }))
+}
+
+/// The layers of artifact `m` that are tars (of any media type: a Helm
+/// chart, an ORAS directory), with their `files/` names: `unpacked/NAME/`.
+pub(super) fn unpacked_names(m: &ImageManifest) -> Vec<(usize, String)> {
+    file_names(m)
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| crate::content::tar_compression(&m.layers[*i].media_type).is_some())
+        .collect()
 }
 
 /// The path components of a referrer's artifact type.

@@ -14,6 +14,7 @@ mod artifacts;
 pub mod attr;
 pub mod inode;
 pub mod journal;
+mod known_digest;
 #[cfg(test)]
 mod model_tests;
 mod namespace;
@@ -31,8 +32,10 @@ use bytes::Bytes;
 
 pub use attr::{Attr, FileKind, IMMUTABLE_TTL};
 pub use inode::{InodeTable, Key, TreeId, TreeWhich, ROOT_INO};
+pub use known_digest::DIGEST_XATTR;
 pub use paging::{PageEntry, REPLY_BUDGET};
 pub use trees::node_attr;
+pub(crate) use trees::LoadedTree;
 pub use usage::{ImageInUse, LayerInUse};
 
 use crate::content::{Content, ManifestInfo};
@@ -86,6 +89,8 @@ enum Handle {
     File(Arc<File>),
     /// A file inside a layer tree or the rootfs.
     Tree(Arc<trees::LoadedTree>, NodeId),
+    /// A large blob read by verified chunks (its chunk list is known).
+    Chunked(Arc<crate::content::ChunkedBlob>),
 }
 
 /// A directory entry before it has an inode number.
@@ -312,12 +317,11 @@ impl Fs {
             } => self.list_referrers(&repo, &digest, &prefix).await?,
             Key::LayersDir { repo, digest } => {
                 let m = self.image_manifest(&repo, &digest).await?;
-                m.layers
-                    .iter()
-                    .enumerate()
-                    .map(|(i, l)| {
+                layer_dir_names(&m)
+                    .into_iter()
+                    .map(|(i, name)| {
                         let key = self.tree_root(&repo, &digest, TreeWhich::Layer(i));
-                        listed(key, format!("{}-{}", i + 1, l.digest), FileKind::Dir)
+                        listed(key, name, FileKind::Dir)
                     })
                     .collect()
             }
@@ -421,7 +425,7 @@ impl Fs {
                     .find(|d| d.digest == blob)
                     .ok_or_else(|| Error::NotFound(format!("blob {blob}")))?
                     .clone();
-                Handle::File(Arc::new(self.content.blob(&repo, &desc).await?))
+                self.open_blob(&repo, &image, &desc).await?
             }
             Key::ArtifactFile { repo, image, index } => {
                 let m = self.image_manifest(&repo, &image).await?;
@@ -429,7 +433,7 @@ impl Fs {
                     .layers
                     .get(index)
                     .ok_or_else(|| Error::NotFound(format!("file {index} of {image}")))?;
-                Handle::File(Arc::new(self.content.blob(&repo, desc).await?))
+                self.open_blob(&repo, &image, desc).await?
             }
             Key::Node { tree, node } => {
                 let t = self.trees.load(self, &tree).await?;
@@ -461,11 +465,13 @@ impl Fs {
             Bytes(Bytes),
             File(Arc<File>),
             Tree(Arc<trees::LoadedTree>, NodeId),
+            Chunked(Arc<crate::content::ChunkedBlob>),
         }
         let src = match self.handles.lock().unwrap().get(&fh) {
             Some(Handle::Bytes(b)) => Src::Bytes(b.clone()),
             Some(Handle::File(f)) => Src::File(f.clone()),
             Some(Handle::Tree(t, n)) => Src::Tree(t.clone(), *n),
+            Some(Handle::Chunked(c)) => Src::Chunked(c.clone()),
             None => return Err(Error::Io(std::io::Error::from_raw_os_error(libc::EBADF))),
         };
         match src {
@@ -484,7 +490,22 @@ impl Fs {
                 .await
             }
             Src::Tree(t, node) => t.read(&self.content, node, offset, size).await,
+            Src::Chunked(c) => self.content.read_blob_range(&c, offset, size).await,
         }
+    }
+
+    /// Open blob `desc` of manifest `repo@image`: by verified chunks when
+    /// its chunk list is known and it is not in the store, else whole.
+    async fn open_blob(
+        &self,
+        repo: &str,
+        image: &Digest,
+        desc: &crate::image::BlobRef,
+    ) -> Result<Handle> {
+        Ok(match self.content.chunked_blob(repo, image, desc).await {
+            Some(c) => Handle::Chunked(c),
+            None => Handle::File(Arc::new(self.content.blob(repo, desc).await?)),
+        })
     }
 
     /// Forget open file `fh`.
@@ -497,7 +518,13 @@ impl Fs {
     /// A name the file lacks is ENODATA, except the names in
     /// [`UNSUPPORTED_WHEN_ABSENT`], which are EOPNOTSUPP.
     pub async fn getxattr(&self, ino: u64, name: &[u8]) -> Result<Vec<u8>> {
-        if let Key::Node { tree, node } = self.key(ino)? {
+        let key = self.key(ino)?;
+        if name == DIGEST_XATTR {
+            if let Some((d, _)) = self.known_digest(&key).await? {
+                return Ok(d.to_string().into_bytes());
+            }
+        }
+        if let Key::Node { tree, node } = key {
             // Tree roots are synthetic (see `attr`): no xattrs, no layer fetch.
             if node != 0 {
                 let t = self.trees.load(self, &tree).await?;
@@ -516,20 +543,18 @@ impl Fs {
 
     /// The names of the extended attributes of `ino`.
     pub async fn listxattr(&self, ino: u64) -> Result<Vec<Vec<u8>>> {
-        if let Key::Node { tree, node } = self.key(ino)? {
-            if node == 0 {
-                return Ok(Vec::new());
+        let key = self.key(ino)?;
+        let mut names = Vec::new();
+        if let Key::Node { tree, node } = &key {
+            if *node != 0 {
+                let t = self.trees.load(self, tree).await?;
+                names.extend(t.tree.node(*node).xattrs.iter().map(|(k, _)| k.clone()));
             }
-            let t = self.trees.load(self, &tree).await?;
-            return Ok(t
-                .tree
-                .node(node)
-                .xattrs
-                .iter()
-                .map(|(k, _)| k.clone())
-                .collect());
         }
-        Ok(Vec::new())
+        if let Some((_, true)) = self.known_digest(&key).await? {
+            names.push(DIGEST_XATTR.to_vec());
+        }
+        Ok(names)
     }
 
     /// The key of `name` inside directory `parent`.
@@ -552,6 +577,11 @@ impl Fs {
                 let artifact = matches!(&info.manifest, Manifest::Image(m) if m.is_artifact());
                 match (&info.manifest, name) {
                     (Manifest::Image(_), "files") if artifact => Ok(Key::FilesDir { repo, digest }),
+                    (Manifest::Image(m), "unpacked")
+                        if artifact && !artifacts::unpacked_names(m).is_empty() =>
+                    {
+                        Ok(Key::LayersDir { repo, digest })
+                    }
                     (Manifest::Image(_), "layers" | "rootfs") if artifact => Err(not_found()),
                     (Manifest::Image(_), "manifest.json")
                     | (Manifest::Index { .. }, "index.json") => {
@@ -596,11 +626,9 @@ impl Fs {
             } => self.referrers_child(repo, digest, prefix, name).await,
             Key::LayersDir { repo, digest } => {
                 let m = self.image_manifest(repo, digest).await?;
-                let name = std::str::from_utf8(name).map_err(|_| not_found())?;
-                m.layers
-                    .iter()
-                    .enumerate()
-                    .find(|(i, l)| format!("{}-{}", i + 1, l.digest) == name)
+                layer_dir_names(&m)
+                    .into_iter()
+                    .find(|(_, n)| n.as_bytes() == name)
                     .map(|(i, _)| self.tree_root(repo, digest, TreeWhich::Layer(i)))
                     .ok_or_else(not_found)
             }
@@ -785,6 +813,16 @@ impl Fs {
                         "files",
                         FileKind::Dir,
                     );
+                    if !artifacts::unpacked_names(m).is_empty() {
+                        add(
+                            Key::LayersDir {
+                                repo: r.clone(),
+                                digest: d.clone(),
+                            },
+                            "unpacked",
+                            FileKind::Dir,
+                        );
+                    }
                 } else {
                     add(
                         Key::LayersDir {
@@ -850,6 +888,17 @@ impl Fs {
 /// The last path component of a repository.
 fn leaf(repo: &str) -> &str {
     repo.rsplit('/').next().unwrap_or(repo)
+}
+
+/// The directories of `layers/` (`N-<digest>`), or of an artifact's
+/// `unpacked/` (its tar layers, named as in `files/`), with their layer numbers.
+fn layer_dir_names(m: &ImageManifest) -> Vec<(usize, String)> {
+    if m.is_artifact() {
+        return artifacts::unpacked_names(m);
+    }
+    (m.layers.iter().enumerate())
+        .map(|(i, l)| (i, format!("{}-{}", i + 1, l.digest)))
+        .collect()
 }
 
 /// `blobs/` entries: the config and each layer, once each.

@@ -114,6 +114,23 @@ impl Trees {
         let Manifest::Image(m) = &info.manifest else {
             return Err(Error::invalid(format!("{} is an index", id.image)));
         };
+        if m.is_artifact() {
+            // An artifact's tar layer, unpacked (`unpacked/NAME/`).
+            let TreeWhich::Layer(i) = id.which else {
+                return Err(Error::NotFound("an artifact has no rootfs".into()));
+            };
+            let desc = m
+                .layers
+                .get(i)
+                .ok_or_else(|| Error::NotFound("layer".into()))?;
+            let l = fs.content.open_artifact_tar(&id.repo, desc).await?;
+            let loaded = Arc::new(LoadedTree {
+                tree: l.tree,
+                sources: vec![l.source],
+            });
+            self.cache.insert(id.clone(), loaded.clone());
+            return Ok(loaded);
+        }
         let config = fs.content.config(&id.repo, &m.config).await?;
         // Before any layer is opened: a published index makes a gzip layer lazy.
         fs.content

@@ -46,7 +46,8 @@
 //!   directory it is made opaque, so that the lower directory's children
 //!   stay hidden as the whiteout asked.
 //! - **Xattrs**: `trusted.overlay.*` and `user.overlay.*` from the layer itself are dropped (only
-//!   the whiteout markers decide opacity); the rest are sorted by name, and
+//!   the whiteout markers decide opacity), and so is `user.regfs.digest`
+//!   (regfs answers it itself); the rest are sorted by name, and
 //!   for a repeated name the last wins.
 //! - **Owners** that do not fit 32 bits are 65534 (nobody), with a warning.
 //! - A symlink with an empty target is kept, with a warning.
@@ -115,6 +116,8 @@ pub struct Entry<'a> {
     pub size: u64,
     /// Where a regular file's bytes are (in the format's terms).
     pub content: FileData,
+    /// The digest of a regular file's whole content, if the format records it.
+    pub digest: Option<crate::digest::Digest>,
     /// Symlink target or hard link target, as stored.
     pub link: &'a [u8],
     /// Device major and minor.
@@ -136,6 +139,7 @@ impl<'a> Entry<'a> {
             mtime_nsec: 0,
             size: 0,
             content: FileData::None,
+            digest: None,
             link: b"",
             rdev: (0, 0),
             xattrs: Vec::new(),
@@ -262,6 +266,7 @@ impl<'l> TreeBuilder<'l> {
                 node.size = e.size;
                 bytes += content_bytes(&e.content);
                 node.content = e.content;
+                node.digest = e.digest;
             }
             NodeKind::Symlink => {
                 if e.link.is_empty() {
@@ -339,9 +344,12 @@ impl<'l> TreeBuilder<'l> {
             )));
         }
         x.retain(|(n, _)| {
-            let overlay = n.starts_with(b"trusted.overlay.") || n.starts_with(b"user.overlay.");
+            // `user.regfs.digest` is regfs's to answer, not the layer's.
+            let overlay = n.starts_with(b"trusted.overlay.")
+                || n.starts_with(b"user.overlay.")
+                || n == crate::layer::tree::DIGEST_XATTR;
             if overlay {
-                tracing::debug!(path = %lossy(path), "dropping an overlay xattr of the layer");
+                tracing::debug!(path = %lossy(path), "dropping an overlay or regfs digest xattr of the layer");
             }
             !overlay
         });

@@ -33,7 +33,7 @@ pub use ingest::{ingest, ingest_spans, BlobCheck, IngestStats};
 pub use merge::merge;
 pub use tree::{
     normalize, read_content, read_full_at, Chunk, FileData, Node, NodeId, NodeKind, ReadAt,
-    Segment, Tree, OPAQUE_XATTR, USER_OPAQUE_XATTR,
+    Segment, Tree, DIGEST_XATTR, OPAQUE_XATTR, USER_OPAQUE_XATTR,
 };
 
 #[cfg(test)]

@@ -22,6 +22,10 @@ pub const OPAQUE_XATTR: &[u8] = b"trusted.overlay.opaque";
 /// when mounted with `userxattr` (rootless podman, unprivileged overlay).
 pub const USER_OPAQUE_XATTR: &[u8] = b"user.overlay.opaque";
 
+/// The xattr regfs answers with a file's content digest where it knows it
+/// ([`Node::digest`]); a layer's own value of it is dropped.
+pub const DIGEST_XATTR: &[u8] = b"user.regfs.digest";
+
 /// What a node is. Hard links are not a kind: they are shared `NodeId`s.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum NodeKind {
@@ -151,6 +155,11 @@ pub struct Node {
     pub xattrs: Vec<(Vec<u8>, Vec<u8>)>,
     /// Where the bytes are.
     pub content: FileData,
+    /// The digest of a regular file's whole content, when the layer's format
+    /// records it (an eStargz / zstd:chunked TOC entry's `digest`); `None`
+    /// when unknown (plain tar layers). Shown as `user.regfs.digest`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<crate::digest::Digest>,
     /// Directory entries sorted by name (directories only).
     pub children: Vec<(Vec<u8>, NodeId)>,
     /// An overlayfs-style whiteout (layer views only; never in a merged tree).
@@ -188,6 +197,7 @@ impl Node {
             link_target: None,
             xattrs: Vec::new(),
             content: FileData::None,
+            digest: None,
             children: Vec::new(),
             whiteout: false,
             opaque: false,

@@ -52,6 +52,38 @@ pub struct LayerBlob {
     pub annotations: BTreeMap<String, String>,
 }
 
+#[cfg(test)]
+impl LayerBlob {
+    /// `tar` as a gzip layer.
+    pub(crate) fn gzip(tar: &[u8]) -> LayerBlob {
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut e, tar).expect("in memory");
+        LayerBlob {
+            media_type: "application/vnd.oci.image.layer.v1.tar+gzip".into(),
+            bytes: e.finish().expect("in memory").into(),
+            diff_id: Digest::sha256_of(tar),
+            annotations: BTreeMap::new(),
+        }
+    }
+
+    /// `tar` as an eStargz layer (the export's writer), with its TOC annotation.
+    pub(crate) fn estargz(tar: &[u8]) -> LayerBlob {
+        let lazy = crate::estargz::testutil::estargz(tar);
+        let mut diff = Vec::new();
+        std::io::Read::read_to_end(
+            &mut flate2::read::MultiGzDecoder::new(&lazy.blob[..]),
+            &mut diff,
+        )
+        .expect("in memory");
+        LayerBlob {
+            media_type: "application/vnd.oci.image.layer.v1.tar+gzip".into(),
+            bytes: lazy.blob.into(),
+            diff_id: Digest::sha256_of(&diff),
+            annotations: lazy.annotations,
+        }
+    }
+}
+
 /// A registry held in memory; see the module documentation.
 pub struct MemoryRegistry {
     registry: Registry,

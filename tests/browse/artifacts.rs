@@ -19,7 +19,8 @@ use regfs::registry::{Client, ClientOptions};
 const MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 const INDEX: &str = "application/vnd.oci.image.index.v1+json";
 
-fn client(reg: &Registry) -> Client {
+/// A client of `reg` (plain HTTP, no docker config).
+pub(crate) fn client(reg: &Registry) -> Client {
     let (name, _) = RegName::parse(&reg.host_port()).unwrap();
     let mut o = ClientOptions::new(name);
     o.plain_http = true;
@@ -28,7 +29,7 @@ fn client(reg: &Registry) -> Client {
     Client::new(o).unwrap()
 }
 
-async fn push_blob(c: &Client, repo: &str, data: Vec<u8>) -> (Digest, usize) {
+pub(crate) async fn push_blob(c: &Client, repo: &str, data: Vec<u8>) -> (Digest, usize) {
     let d = Digest::sha256_of(&data);
     let n = data.len();
     let body = futures_util::stream::once(async move { Ok(Bytes::from(data)) }).boxed();
@@ -38,7 +39,7 @@ async fn push_blob(c: &Client, repo: &str, data: Vec<u8>) -> (Digest, usize) {
 
 /// Push an artifact of `files` (title, bytes) referring to `subject`
 /// (digest, size), and add it to the subject's fallback tag.
-async fn push_artifact(
+pub(crate) async fn push_artifact(
     c: &Client,
     repo: &str,
     artifact_type: &str,
@@ -175,4 +176,69 @@ fn artifacts_have_files_and_images_list_their_referrers() {
     )
     .unwrap_err();
     assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+}
+
+/// A Helm-style chart directory as a tar.gz: (tar.gz bytes, Chart.yaml).
+fn chart_tgz() -> (Vec<u8>, Vec<u8>) {
+    let chart_yaml = b"apiVersion: v2\nname: demo\nversion: 0.1.0\n".to_vec();
+    let mut b = tar::Builder::new(Vec::new());
+    for (path, data) in [
+        ("demo/Chart.yaml", &chart_yaml[..]),
+        ("demo/templates/service.yaml", &b"kind: Service\n"[..]),
+    ] {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_mtime(1_700_000_000);
+        b.append_data(&mut h, path, data).unwrap();
+    }
+    let tar = b.into_inner().unwrap();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    std::io::Write::write_all(&mut gz, &tar).unwrap();
+    (gz.finish().unwrap(), chart_yaml)
+}
+
+#[test]
+fn a_chart_artifact_is_browsable_unpacked() {
+    require_fuse!();
+    let reg = Registry::start(RegistryKind::Plain);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let c = client(&reg);
+    let (tgz, chart_yaml) = chart_tgz();
+    let (config, _) = rt.block_on(push_blob(&c, "lab/charts", b"{}".to_vec()));
+    let (layer, n) = rt.block_on(push_blob(&c, "lab/charts", tgz.clone()));
+    let m = serde_json::json!({"schemaVersion": 2, "mediaType": MANIFEST,
+        "config": {"mediaType": "application/vnd.cncf.helm.config.v1+json", "digest": config.to_string(), "size": 2},
+        "layers": [{"mediaType": "application/vnd.cncf.helm.chart.content.v1.tar+gzip",
+            "digest": layer.to_string(), "size": n,
+            "annotations": {"org.opencontainers.image.title": "demo-0.1.0.tgz"}}]});
+    rt.block_on(c.put_manifest(
+        "lab/charts",
+        &Selector::Tag("demo-0.1.0".into()),
+        MANIFEST,
+        Bytes::from(serde_json::to_vec(&m).unwrap()),
+    ))
+    .unwrap();
+
+    let mnt = Mount::new(&reg, &[]);
+    let chart = mnt.path().join("lab/charts:demo-0.1.0");
+    assert_eq!(
+        dir_names(&chart),
+        [
+            "blobs",
+            "config.json",
+            "files",
+            "manifest.json",
+            "referrers",
+            "unpacked"
+        ]
+    );
+    assert_eq!(dir_names(&chart.join("unpacked")), ["demo-0.1.0.tgz"]);
+    let root = chart.join("unpacked/demo-0.1.0.tgz");
+    assert_eq!(fs::read(root.join("demo/Chart.yaml")).unwrap(), chart_yaml);
+    assert_eq!(
+        fs::read(root.join("demo/templates/service.yaml")).unwrap(),
+        b"kind: Service\n"
+    );
+    assert_eq!(fs::read(chart.join("files/demo-0.1.0.tgz")).unwrap(), tgz);
 }

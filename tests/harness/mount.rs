@@ -81,6 +81,20 @@ pub fn regfs_bin() -> PathBuf {
     bin
 }
 
+/// `regfs ARGS`, which must succeed: its standard output.
+pub fn run_regfs(args: &[&std::ffi::OsStr]) -> String {
+    let out = std::process::Command::new(regfs_bin())
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "regfs {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// The filesystem type of the mount at `path`, from /proc/self/mountinfo.
 pub fn mount_fstype(path: &Path) -> Option<String> {
     let info = fs::read_to_string("/proc/self/mountinfo").ok()?;

@@ -9,25 +9,13 @@
 
 use crate::harness;
 
-use std::ffi::OsStr;
 use std::fs;
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use harness::{
-    assert_same_tree, regfs_bin, snapshot, umoci_snapshot, Mount, Registry, RegistryKind,
+    assert_same_tree, run_regfs as regfs, snapshot, umoci_snapshot, Mount, Registry, RegistryKind,
 };
-
-fn regfs(args: &[&OsStr]) -> String {
-    let out = Command::new(regfs_bin()).args(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "regfs {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 /// Whole-blob (200) GETs of the layer blobs, and the bytes of all their GETs.
 fn layer_gets(reg: &Registry, layers: &[String]) -> (usize, u64) {

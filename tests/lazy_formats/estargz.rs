@@ -31,6 +31,23 @@ fn esgz_registry() -> Registry {
     reg
 }
 
+/// `user.regfs.digest` of `path` (`getfattr -n`), if it has one.
+fn digest_xattr(path: &Path) -> Option<String> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+    let mut buf = [0u8; 128];
+    // SAFETY: both strings are NUL-terminated; buf is writable for its length.
+    let n = unsafe {
+        libc::getxattr(
+            c.as_ptr(),
+            c"user.regfs.digest".as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    (n > 0).then(|| String::from_utf8_lossy(&buf[..n as usize]).into_owned())
+}
+
 fn manifest(img: &Path) -> serde_json::Value {
     serde_json::from_slice(&fs::read(img.join("manifest.json")).unwrap()).unwrap()
 }
@@ -113,11 +130,16 @@ fn ls_fetches_tocs_cat_fetches_one_chunk_and_the_chunk_cache_persists() {
             "ls -lR fetched {bytes} of {size} bytes of {d}"
         );
     }
-    // One small file in the large first layer.
+    // One small file in the large first layer: its digest from the TOC
+    // first (nothing fetched), then its bytes.
     let (big, big_size) = layers(&img)[0].clone();
+    let digest = digest_xattr(&img.join("rootfs/etc/debian_version"));
+    assert_eq!(reg.blob_traffic(&big), ls_traffic[0], "getxattr fetched");
     let want = fs::read(umoci_unpack("python-3.11").join("etc/debian_version")).unwrap();
     let got = fs::read(img.join("rootfs/etc/debian_version")).unwrap();
     assert_eq!(got, want);
+    let sha = regfs::digest::Digest::sha256_of(&got).to_string();
+    assert_eq!(digest.as_deref(), Some(sha.as_str()), "user.regfs.digest");
     let (n, bytes, whole) = reg.blob_traffic(&big);
     let cat_bytes = bytes - ls_traffic[0].1;
     assert_eq!((n, whole), (3, 0), "one chunk Range GET for the cat");
@@ -127,6 +149,10 @@ fn ls_fetches_tocs_cat_fetches_one_chunk_and_the_chunk_cache_persists() {
     );
     // The same file of the zstd:chunked twin: same chunk digest, so only its TOC is fetched.
     let zimg = m.path().join("lab").join(ZCHUNKED);
+    assert_eq!(
+        digest_xattr(&zimg.join("rootfs/etc/debian_version")),
+        digest
+    );
     assert_eq!(
         fs::read(zimg.join("rootfs/etc/debian_version")).unwrap(),
         want

@@ -552,6 +552,19 @@ async fn run(w: &mut World, ops: &[Op]) -> Result<(), TestCaseError> {
                     continue;
                 };
                 let names = w.fs.listxattr(a.ino).await;
+                // A file of an eStargz / zstd:chunked layer answers its
+                // content digest (from the TOC): the model's bytes' digest.
+                if let Some(MKind::File { data, .. }) = w.images[i].model.paths.get(p.as_str()) {
+                    let got = w.fs.getxattr(a.ino, crate::fs::DIGEST_XATTR).await;
+                    let want = crate::digest::Digest::sha256_of(data).to_string();
+                    prop_assert!(
+                        matches!(&got, Err(e) if e.errno() == libc::ENODATA)
+                            || got.as_deref().ok() == Some(want.as_bytes()),
+                        "digest of {:?}: {:?}",
+                        p,
+                        got.map(String::from_utf8)
+                    );
+                }
                 prop_assert!(
                     matches!(&names, Ok(n) if n.is_empty()),
                     "xattrs of {:?}: {:?}",
