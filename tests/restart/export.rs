@@ -115,3 +115,74 @@ fn writes_to_the_export_survive_restarts_and_kills() {
         format!("round {last}\n").repeat(100)
     );
 }
+
+/// A commit in flight when the server is killed fails with an error (no
+/// hang), nothing staged is lost, and the same commit run again on the next
+/// server pushes the entry; `regfs restart` refuses while a commit runs.
+#[test]
+fn a_commit_cut_by_a_kill_fails_cleanly_and_runs_again() {
+    require_fuse!();
+    let reg = Registry::start(RegistryKind::Plain);
+    let em = ExportMount::new(&reg, &["--supervise"]);
+    let entry = em.entry("cut:1");
+    std::fs::create_dir(&entry).unwrap();
+    // Enough incompressible bytes that the commit takes a while.
+    let mut big = vec![0u8; 48 << 20];
+    let mut x = 0x9e3779b97f4a7c15u64;
+    for b in big.iter_mut() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        *b = x as u8;
+    }
+    std::fs::write(entry.join("big.bin"), &big).unwrap();
+    let mnt = em.mount.path().to_path_buf();
+    let old = server_pid(&mnt).unwrap();
+    let commit = Command::new(regfs_bin())
+        .args(["commit", "-q"])
+        .arg(&entry)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until the commit is under way, then try a restart and kill.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = em.regfs(&["status", "--json", mnt.to_str().unwrap()]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        if v["in_flight"].as_array().is_some_and(|a| !a.is_empty()) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the commit never showed as in flight"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let refused = em.regfs(&["restart", mnt.to_str().unwrap()]);
+    assert!(!refused.status.success(), "{refused:?}");
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("in flight"),
+        "{refused:?}"
+    );
+    // SAFETY: a plain kill(2).
+    unsafe { libc::kill(old as i32, libc::SIGKILL) };
+    let out = commit.wait_with_output().unwrap();
+    assert!(
+        !out.status.success(),
+        "the cut commit says it failed: {out:?}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while server_pid(&mnt).is_none_or(|p| p == old) {
+        assert!(Instant::now() < deadline, "no new server");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        std::fs::read(entry.join("big.bin")).unwrap(),
+        big,
+        "nothing staged lost"
+    );
+    em.commit("cut:1");
+    let (_keep, rootfs) = pull_unpack(&reg, "cut:1");
+    assert_eq!(std::fs::read(rootfs.join("big.bin")).unwrap(), big);
+}
