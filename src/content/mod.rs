@@ -22,6 +22,8 @@ mod spans;
 #[cfg(test)]
 mod tests;
 mod toc;
+#[cfg(test)]
+mod toc_tests;
 
 use std::sync::Arc;
 

@@ -1,22 +1,26 @@
 //! The TOC of a lazy layer (eStargz, zstd:chunked), fetched by Range
-//! requests (footer, then TOC), verified against the manifest's annotation,
-//! turned into a tree and kept in the store so that a restart needs no
-//! network for metadata. A [`Fetchable`] kind of the fetch-once path.
+//! requests (footer and TOC in one request when the TOC fits the guessed
+//! tail), verified against the manifest's annotation, turned into a tree and
+//! kept in the store so that a restart needs no network for metadata. A
+//! [`Fetchable`] kind of the fetch-once path; [`Content::start_tocs`] fetches
+//! an image's TOCs side by side, each in its own task.
 
 use std::sync::Arc;
 use std::time::Instant;
 
+use bytes::{Bytes, BytesMut};
 use futures_util::future::BoxFuture;
 
 use super::once::{fetch_once, Fetchable};
 use super::Content;
 use crate::blocking;
-use crate::cache::Section;
+use crate::cache::{Section, Store};
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::estargz::{self, LazyIndex, LazySpec, Toc};
 use crate::image::BlobRef;
-use crate::layer::Tree;
+use crate::layer::{Limits, Tree};
+use crate::registry::RegistryApi;
 
 /// A lazy layer's verified index as held in memory.
 pub(crate) struct LazyLayer {
@@ -36,21 +40,84 @@ impl quick_cache::Weighter<Digest, Arc<LazyLayer>> for LazyWeighter {
     }
 }
 
-/// The TOC of one lazy layer blob, kept by its anchor digest.
-struct TocKind<'a> {
-    content: &'a Content,
-    repo: &'a str,
-    desc: &'a BlobRef,
-    spec: &'a LazySpec,
+/// Verified lazy indexes in memory, by anchor digest.
+pub(crate) type Indexes = quick_cache::sync::Cache<Digest, Arc<LazyLayer>, LazyWeighter>;
+
+/// The TOC of one lazy layer blob, kept by its anchor digest. Owns what it
+/// needs, so that a fetch can run in a task of its own.
+struct TocKind {
+    client: Arc<dyn RegistryApi>,
+    store: Arc<Store>,
+    indexes: Arc<Indexes>,
+    limits: Limits,
+    repo: String,
+    desc: BlobRef,
+    spec: LazySpec,
 }
 
-impl TocKind<'_> {
+impl TocKind {
+    fn new(content: &Content, repo: &str, desc: &BlobRef, spec: LazySpec) -> TocKind {
+        TocKind {
+            client: content.client.clone(),
+            store: content.store.clone(),
+            indexes: content.lazy.indexes.clone(),
+            limits: content.limits.clone(),
+            repo: repo.to_string(),
+            desc: desc.clone(),
+            spec,
+        }
+    }
+
     fn anchor(&self) -> &Digest {
         self.spec.anchor()
     }
+
+    /// The eStargz TOC member (a gzip member) and its blob offset: the
+    /// guessed tail of the blob in one request, holding the footer and, when
+    /// the guess was large enough, the whole TOC; else the part before the
+    /// tail in a second request. Also the bytes fetched.
+    async fn estargz_member(&self) -> Result<(Bytes, u64, usize)> {
+        let desc = &self.desc;
+        let n = estargz::tail_fetch_size(desc.size);
+        let tail_start = desc.size - n;
+        let tail = self
+            .client
+            .blob_range(&self.repo, &desc.digest, tail_start, n)
+            .await?;
+        if tail.len() as u64 != n {
+            return Err(Error::invalid(format!(
+                "eStargz {}: blob shorter than its descriptor's size",
+                desc.digest
+            )));
+        }
+        let (toc_off, footer) = estargz::parse_footer(&tail)?;
+        let end = desc.size - footer;
+        if toc_off >= end || end - toc_off > estargz::MAX_TOC_SIZE {
+            return Err(Error::invalid(format!(
+                "eStargz {}: TOC offset {toc_off} out of range",
+                desc.digest
+            )));
+        }
+        let in_tail = (end - tail_start) as usize;
+        if toc_off >= tail_start {
+            return Ok((
+                tail.slice((toc_off - tail_start) as usize..in_tail),
+                toc_off,
+                tail.len(),
+            ));
+        }
+        let head = self
+            .client
+            .blob_range(&self.repo, &desc.digest, toc_off, tail_start - toc_off)
+            .await?;
+        let mut member = BytesMut::with_capacity(head.len() + in_tail);
+        member.extend_from_slice(&head);
+        member.extend_from_slice(&tail[..in_tail]);
+        Ok((member.freeze(), toc_off, head.len() + tail.len()))
+    }
 }
 
-impl Fetchable for TocKind<'_> {
+impl Fetchable for TocKind {
     type Value = Arc<LazyLayer>;
     type Verified = LazyIndex;
 
@@ -59,14 +126,13 @@ impl Fetchable for TocKind<'_> {
     }
 
     fn at_hand(&self) -> Option<Arc<LazyLayer>> {
-        self.content.lazy.indexes.get(self.anchor())
+        self.indexes.get(self.anchor())
     }
 
     fn load(&self) -> BoxFuture<'_, Result<Option<Arc<LazyLayer>>>> {
         Box::pin(async move {
             let anchor = self.anchor();
             match self
-                .content
                 .store
                 .read(Section::Toc, anchor)
                 .map(|b| serde_json::from_slice::<LazyIndex>(&b))
@@ -84,24 +150,11 @@ impl Fetchable for TocKind<'_> {
     /// Footer and TOC by Range requests, verified, as an index.
     fn fetch_verified(&self) -> BoxFuture<'_, Result<LazyIndex>> {
         Box::pin(async move {
-            let (desc, spec) = (self.desc, self.spec);
+            let (desc, spec) = (&self.desc, &self.spec);
             let started = Instant::now();
-            let client = &self.content.client;
-            let range = |off: u64, len: u64| client.blob_range(self.repo, &desc.digest, off, len);
             let (json, data_end, fetched) = match spec {
                 LazySpec::Estargz { toc_digest } => {
-                    let n = estargz::FOOTER_SIZE.min(desc.size);
-                    let tail = range(desc.size - n, n).await?;
-                    let (toc_off, footer) = estargz::parse_footer(&tail)?;
-                    let end = desc.size - footer;
-                    if toc_off >= end || end - toc_off > estargz::MAX_TOC_SIZE {
-                        return Err(Error::invalid(format!(
-                            "eStargz {}: TOC offset {toc_off} out of range",
-                            desc.digest
-                        )));
-                    }
-                    let member = range(toc_off, end - toc_off).await?;
-                    let fetched = tail.len() + member.len();
+                    let (member, toc_off, fetched) = self.estargz_member().await?;
                     let json =
                         blocking::run(move || estargz::toc::estargz_toc_json(&member)).await?;
                     toc_digest.verify(&json, &format!("eStargz TOC of {}", desc.digest))?;
@@ -114,7 +167,10 @@ impl Fetchable for TocKind<'_> {
                     checksum,
                     toc_digest,
                 } => {
-                    let bytes = range(*offset, *length).await?;
+                    let bytes = self
+                        .client
+                        .blob_range(&self.repo, &desc.digest, *offset, *length)
+                        .await?;
                     checksum
                         .verify(&bytes, &format!("zstd:chunked manifest of {}", desc.digest))?;
                     let fetched = bytes.len();
@@ -128,8 +184,9 @@ impl Fetchable for TocKind<'_> {
                     (json, offset.saturating_sub(8), fetched)
                 }
             };
+            let fetched_ms = started.elapsed().as_millis() as u64;
             let format = spec.format();
-            let limits = self.content.limits.clone();
+            let limits = self.limits.clone();
             let index = blocking::run(move || {
                 let toc = Toc::parse(&json)?;
                 estargz::toc_to_tree(&toc, format, data_end, 0, &limits)
@@ -137,7 +194,8 @@ impl Fetchable for TocKind<'_> {
             .await?;
             tracing::info!(
                 digest = %desc.digest, ?format, bytes = fetched, nodes = index.tree.len(),
-                ms = started.elapsed().as_millis() as u64, "fetched and verified TOC"
+                fetch_ms = fetched_ms, ms = started.elapsed().as_millis() as u64,
+                "fetched and verified TOC"
             );
             Ok(index)
         })
@@ -147,18 +205,13 @@ impl Fetchable for TocKind<'_> {
         Box::pin(async move {
             let bytes =
                 serde_json::to_vec(&index).map_err(|e| Error::Io(std::io::Error::other(e)))?;
-            self.content
-                .store
-                .put(Section::Toc, self.anchor(), &bytes)?;
+            self.store.put(Section::Toc, self.anchor(), &bytes)?;
             Ok(layer_of(index))
         })
     }
 
     fn remember(&self, l: &Arc<LazyLayer>) {
-        self.content
-            .lazy
-            .indexes
-            .insert(self.anchor().clone(), l.clone());
+        self.indexes.insert(self.anchor().clone(), l.clone());
     }
 
     /// A TOC hit is not logged (it is one of a layer's hits).
@@ -181,12 +234,35 @@ impl Content {
         desc: &BlobRef,
         spec: &LazySpec,
     ) -> Result<Arc<LazyLayer>> {
-        let kind = TocKind {
-            content: self,
-            repo,
-            desc,
-            spec,
-        };
+        let kind = TocKind::new(self, repo, desc, spec.clone());
         fetch_once(&self.store, &self.in_flight, &kind).await
+    }
+
+    /// Start fetching the TOC of every lazy layer of `layers` that is not in
+    /// memory, each in a task of its own (one request each when the TOC fits
+    /// the guessed tail), so that an image's TOCs travel side by side, and
+    /// beside its config, the first time any of its trees is needed. Whoever
+    /// then opens a layer joins its fetch (single flight) or finds it done;
+    /// a failure is only logged here (the opener fetches again and decides).
+    pub fn start_tocs(&self, repo: &str, layers: &[BlobRef]) {
+        if !self.lazy.opts.enabled || tokio::runtime::Handle::try_current().is_err() {
+            return;
+        }
+        for desc in layers {
+            let Some(spec) = LazySpec::from_descriptor(desc) else {
+                continue;
+            };
+            if self.lazy.indexes.get(spec.anchor()).is_some() {
+                continue;
+            }
+            let kind = TocKind::new(self, repo, desc, spec);
+            let in_flight = self.in_flight.clone();
+            tokio::spawn(async move {
+                let store = kind.store.clone();
+                if let Err(e) = fetch_once(&store, &in_flight, &kind).await {
+                    tracing::debug!(digest = %kind.desc.digest, error = %e, "early TOC fetch failed");
+                }
+            });
+        }
     }
 }

@@ -114,6 +114,8 @@ impl Trees {
         let Manifest::Image(m) = &info.manifest else {
             return Err(Error::invalid(format!("{} is an index", id.image)));
         };
+        // Every lazy layer's footer and TOC at once, beside the config.
+        fs.content.start_tocs(&id.repo, &m.layers);
         let config = fs.content.config(&id.repo, &m.config).await?;
         // Before any layer is opened: a published index makes a gzip layer lazy.
         fs.content
