@@ -147,18 +147,34 @@ impl Fetchable for TocKind {
         })
     }
 
-    /// Footer and TOC by Range requests, verified, as an index.
+    /// Footer and TOC by Range requests, verified, as an index. The
+    /// decoding, hashing, parsing and tree building run in one blocking
+    /// task; each step's time is logged (the breakdown in the README).
     fn fetch_verified(&self) -> BoxFuture<'_, Result<LazyIndex>> {
         Box::pin(async move {
             let (desc, spec) = (&self.desc, &self.spec);
             let started = Instant::now();
-            let (json, data_end, fetched) = match spec {
+            let what = desc.digest.to_string();
+            let limits = self.limits.clone();
+            let format = spec.format();
+            let (index, fetched, fetch_ms, t) = match spec {
                 LazySpec::Estargz { toc_digest } => {
                     let (member, toc_off, fetched) = self.estargz_member().await?;
-                    let json =
-                        blocking::run(move || estargz::toc::estargz_toc_json(&member)).await?;
-                    toc_digest.verify(&json, &format!("eStargz TOC of {}", desc.digest))?;
-                    (json, toc_off, fetched)
+                    let fetch_ms = started.elapsed().as_millis();
+                    let d = toc_digest.clone();
+                    let (index, t) = blocking::run(move || {
+                        let mut t = Steps::default();
+                        let json = t.time(0, || estargz::toc::estargz_toc_json(&member))?;
+                        t.time(1, || d.verify(&json, &format!("eStargz TOC of {what}")))?;
+                        let toc = t.time(2, || Toc::parse(&json))?;
+                        drop(json);
+                        let ix = t.time(3, || {
+                            estargz::toc_to_tree(&toc, format, toc_off, 0, &limits)
+                        })?;
+                        Ok((ix, t))
+                    })
+                    .await?;
+                    (index, fetched, fetch_ms, t)
                 }
                 LazySpec::ZstdChunked {
                     offset,
@@ -171,42 +187,76 @@ impl Fetchable for TocKind {
                         .client
                         .blob_range(&self.repo, &desc.digest, *offset, *length)
                         .await?;
-                    checksum
-                        .verify(&bytes, &format!("zstd:chunked manifest of {}", desc.digest))?;
+                    let fetch_ms = started.elapsed().as_millis();
                     let fetched = bytes.len();
-                    let ulen = *length_uncompressed;
-                    let json =
-                        blocking::run(move || estargz::toc::zstd_toc_json(&bytes, ulen)).await?;
-                    if let Some(d) = toc_digest {
-                        d.verify(&json, &format!("zstd:chunked TOC of {}", desc.digest))?;
-                    }
+                    let (ulen, checksum, toc_digest) =
+                        (*length_uncompressed, checksum.clone(), toc_digest.clone());
                     // The TOC sits in a skippable frame: 8 bytes of frame header before it.
-                    (json, offset.saturating_sub(8), fetched)
+                    let data_end = offset.saturating_sub(8);
+                    let (index, t) = blocking::run(move || {
+                        let mut t = Steps::default();
+                        t.time(1, || {
+                            checksum.verify(&bytes, &format!("zstd:chunked manifest of {what}"))
+                        })?;
+                        let json = t.time(0, || estargz::toc::zstd_toc_json(&bytes, ulen))?;
+                        if let Some(d) = toc_digest {
+                            t.time(1, || {
+                                d.verify(&json, &format!("zstd:chunked TOC of {what}"))
+                            })?;
+                        }
+                        let toc = t.time(2, || Toc::parse(&json))?;
+                        drop(json);
+                        let ix = t.time(3, || {
+                            estargz::toc_to_tree(&toc, format, data_end, 0, &limits)
+                        })?;
+                        Ok((ix, t))
+                    })
+                    .await?;
+                    (index, fetched, fetch_ms, t)
                 }
             };
-            let fetched_ms = started.elapsed().as_millis() as u64;
-            let format = spec.format();
-            let limits = self.limits.clone();
-            let index = blocking::run(move || {
-                let toc = Toc::parse(&json)?;
-                estargz::toc_to_tree(&toc, format, data_end, 0, &limits)
-            })
-            .await?;
             tracing::info!(
                 digest = %desc.digest, ?format, bytes = fetched, nodes = index.tree.len(),
-                fetch_ms = fetched_ms, ms = started.elapsed().as_millis() as u64,
+                fetch_ms = fetch_ms as u64, decompress_ms = t.ms(0), verify_ms = t.ms(1),
+                parse_ms = t.ms(2), tree_ms = t.ms(3), ms = started.elapsed().as_millis() as u64,
                 "fetched and verified TOC"
             );
             Ok(index)
         })
     }
 
+    /// The index is served from memory at once; its copy in the store (a
+    /// JSON tree, tens of milliseconds for a large layer) is written by a
+    /// blocking task of its own, off the first reader's path.
     fn commit(&self, index: LazyIndex) -> BoxFuture<'_, Result<Arc<LazyLayer>>> {
         Box::pin(async move {
-            let bytes =
-                serde_json::to_vec(&index).map_err(|e| Error::Io(std::io::Error::other(e)))?;
-            self.store.put(Section::Toc, self.anchor(), &bytes)?;
-            Ok(layer_of(index))
+            let (format, data_end) = (index.format, index.data_end);
+            let layer = layer_of(index);
+            let (store, anchor, l) = (self.store.clone(), self.anchor().clone(), layer.clone());
+            let digest = self.desc.digest.clone();
+            tokio::task::spawn_blocking(move || {
+                let t = Instant::now();
+                let stored = StoredIndex {
+                    format,
+                    data_end,
+                    prefetch_end: l.prefetch_end,
+                    tree: &l.tree,
+                };
+                let put = serde_json::to_vec(&stored)
+                    .map_err(|e| Error::Io(std::io::Error::other(e)))
+                    .and_then(|bytes| {
+                        store
+                            .put(Section::Toc, &anchor, &bytes)
+                            .map(|_| bytes.len())
+                    });
+                match put {
+                    Ok(bytes) => tracing::debug!(
+                        %digest, bytes, ms = t.elapsed().as_millis() as u64, "stored TOC index"
+                    ),
+                    Err(e) => tracing::warn!(%digest, error = %e, "TOC index not stored"),
+                }
+            });
+            Ok(layer)
         })
     }
 
@@ -216,6 +266,34 @@ impl Fetchable for TocKind {
 
     /// A TOC hit is not logged (it is one of a layer's hits).
     fn log_hit(&self, _: &Arc<LazyLayer>, _: Instant) {}
+}
+
+/// Time spent in each step of turning TOC bytes into a tree (decompress,
+/// verify, parse, build), for the log.
+#[derive(Default)]
+struct Steps([std::time::Duration; 4]);
+
+impl Steps {
+    fn time<T>(&mut self, step: usize, f: impl FnOnce() -> T) -> T {
+        let t = Instant::now();
+        let out = f();
+        self.0[step] += t.elapsed();
+        out
+    }
+
+    fn ms(&self, step: usize) -> f64 {
+        (self.0[step].as_micros() as f64 / 100.0).round() / 10.0
+    }
+}
+
+/// A [`LazyIndex`] by reference, serialised the same way (the store's
+/// copy is written from the tree being served).
+#[derive(serde::Serialize)]
+struct StoredIndex<'a> {
+    format: estargz::Format,
+    data_end: u64,
+    prefetch_end: Option<u64>,
+    tree: &'a Tree,
 }
 
 fn layer_of(index: LazyIndex) -> Arc<LazyLayer> {

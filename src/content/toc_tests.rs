@@ -115,7 +115,34 @@ async fn a_corrupt_toc_in_either_request_is_refused_and_not_stored() {
         faulty.clear(&desc.digest);
     }
     c.lazy_layer("lab/a", &desc, &spec).await.unwrap();
+    // The store's copy is written off the reader's path: soon.
+    for _ in 0..100 {
+        if c.store.get(Section::Toc, spec.anchor()).is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert!(c.store.get(Section::Toc, spec.anchor()).is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stored_index_serves_a_restart_without_a_request() {
+    let (mem, faulty, dir, c) = setup();
+    let (desc, diff_id, _) = esgz_layer(&mem, 50);
+    let first = c.open_layer("lab/a", &desc, &diff_id).await.unwrap();
+    let spec = LazySpec::from_descriptor(&desc).unwrap();
+    for _ in 0..100 {
+        if c.store.get(Section::Toc, spec.anchor()).is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(c);
+    let store = Arc::new(Store::open(dir.path(), 1 << 30).unwrap());
+    let again = Content::new(faulty.clone(), store, 1_000_000, Limits::default());
+    let second = again.open_layer("lab/a", &desc, &diff_id).await.unwrap();
+    assert_eq!(*first.tree, *second.tree);
+    assert_eq!(mem.blob_requests(&desc.digest), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
