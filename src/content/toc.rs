@@ -11,6 +11,7 @@ use std::time::Instant;
 use bytes::{Bytes, BytesMut};
 use futures_util::future::BoxFuture;
 
+use super::layers::Niced;
 use super::once::{fetch_once, Fetchable};
 use super::Content;
 use crate::blocking;
@@ -53,6 +54,9 @@ struct TocKind {
     repo: String,
     desc: BlobRef,
     spec: LazySpec,
+    /// Fetched early for a layer nobody asked for yet: decoded at a lower
+    /// CPU priority, so that the layer being opened is not slowed down.
+    slack: bool,
 }
 
 impl TocKind {
@@ -65,6 +69,7 @@ impl TocKind {
             repo: repo.to_string(),
             desc: desc.clone(),
             spec,
+            slack: false,
         }
     }
 
@@ -161,8 +166,9 @@ impl Fetchable for TocKind {
                 LazySpec::Estargz { toc_digest } => {
                     let (member, toc_off, fetched) = self.estargz_member().await?;
                     let fetch_ms = started.elapsed().as_millis();
-                    let d = toc_digest.clone();
+                    let (d, slack) = (toc_digest.clone(), self.slack);
                     let (index, t) = blocking::run(move || {
+                        let _niced = slack.then(Niced::lower);
                         let mut t = Steps::default();
                         let json = t.time(0, || estargz::toc::estargz_toc_json(&member))?;
                         t.time(1, || d.verify(&json, &format!("eStargz TOC of {what}")))?;
@@ -192,8 +198,9 @@ impl Fetchable for TocKind {
                     let (ulen, checksum, toc_digest) =
                         (*length_uncompressed, checksum.clone(), toc_digest.clone());
                     // The TOC sits in a skippable frame: 8 bytes of frame header before it.
-                    let data_end = offset.saturating_sub(8);
+                    let (data_end, slack) = (offset.saturating_sub(8), self.slack);
                     let (index, t) = blocking::run(move || {
+                        let _niced = slack.then(Niced::lower);
                         let mut t = Steps::default();
                         t.time(1, || {
                             checksum.verify(&bytes, &format!("zstd:chunked manifest of {what}"))
@@ -235,6 +242,7 @@ impl Fetchable for TocKind {
             let (store, anchor, l) = (self.store.clone(), self.anchor().clone(), layer.clone());
             let digest = self.desc.digest.clone();
             tokio::task::spawn_blocking(move || {
+                let _niced = Niced::lower();
                 let t = Instant::now();
                 let stored = StoredIndex {
                     format,
@@ -322,18 +330,21 @@ impl Content {
     /// beside its config, the first time any of its trees is needed. Whoever
     /// then opens a layer joins its fetch (single flight) or finds it done;
     /// a failure is only logged here (the opener fetches again and decides).
-    pub fn start_tocs(&self, repo: &str, layers: &[BlobRef]) {
+    /// With `wanted`, that layer is the one being opened: the others are
+    /// decoded at a lower CPU priority.
+    pub fn start_tocs(&self, repo: &str, layers: &[BlobRef], wanted: Option<usize>) {
         if !self.lazy.opts.enabled || tokio::runtime::Handle::try_current().is_err() {
             return;
         }
-        for desc in layers {
+        for (i, desc) in layers.iter().enumerate() {
             let Some(spec) = LazySpec::from_descriptor(desc) else {
                 continue;
             };
             if self.lazy.indexes.get(spec.anchor()).is_some() {
                 continue;
             }
-            let kind = TocKind::new(self, repo, desc, spec);
+            let mut kind = TocKind::new(self, repo, desc, spec);
+            kind.slack = wanted.is_some_and(|w| w != i);
             let in_flight = self.in_flight.clone();
             tokio::spawn(async move {
                 let store = kind.store.clone();

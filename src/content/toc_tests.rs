@@ -152,7 +152,7 @@ async fn early_toc_fetches_are_joined_not_repeated() {
     let (b, _, _) = esgz_layer(&mem, 30);
     // A slow registry keeps the early fetches in flight when the layer is opened.
     faulty.inject(&a.digest, Fault::Stall(Duration::from_millis(200)));
-    c.start_tocs("lab/a", &[a.clone(), b.clone()]);
+    c.start_tocs("lab/a", &[a.clone(), b.clone()], Some(0));
     let opened = c.open_layer("lab/a", &a, &a_diff).await.unwrap();
     assert!(matches!(opened.source, LayerSource::Remote(_)));
     assert_eq!(mem.blob_requests(&a.digest), 1);

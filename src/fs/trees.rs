@@ -115,7 +115,11 @@ impl Trees {
             return Err(Error::invalid(format!("{} is an index", id.image)));
         };
         // Every lazy layer's footer and TOC at once, beside the config.
-        fs.content.start_tocs(&id.repo, &m.layers);
+        let wanted = match id.which {
+            TreeWhich::Layer(i) => Some(i),
+            TreeWhich::Rootfs => None,
+        };
+        fs.content.start_tocs(&id.repo, &m.layers, wanted);
         let config = fs.content.config(&id.repo, &m.config).await?;
         // Before any layer is opened: a published index makes a gzip layer lazy.
         fs.content
