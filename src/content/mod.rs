@@ -93,6 +93,11 @@ impl Content {
         &*self.client
     }
 
+    /// The registry, shared (for tasks of their own).
+    pub fn client_arc(&self) -> Arc<dyn RegistryApi> {
+        self.client.clone()
+    }
+
     /// The store.
     pub fn store(&self) -> &Arc<Store> {
         &self.store
