@@ -16,7 +16,7 @@ pub const FOOTER_SIZE: u64 = 51;
 pub const LEGACY_FOOTER_SIZE: u64 = 47;
 
 /// The first request for a TOC asks for at least this many bytes at the end of the blob.
-pub const MIN_TAIL: u64 = 16 << 10;
+pub const MIN_TAIL: u64 = 4 << 10;
 /// … and at most this many.
 pub const MAX_TAIL: u64 = 1 << 20;
 /// … and otherwise this fraction (1/N) of the blob.
