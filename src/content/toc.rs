@@ -172,11 +172,7 @@ impl Fetchable for TocKind {
                         let mut t = Steps::default();
                         let json = t.time(0, || estargz::toc::estargz_toc_json(&member))?;
                         t.time(1, || d.verify(&json, &format!("eStargz TOC of {what}")))?;
-                        let toc = t.time(2, || Toc::parse(&json))?;
-                        drop(json);
-                        let ix = t.time(3, || {
-                            estargz::toc_to_tree(&toc, format, toc_off, 0, &limits)
-                        })?;
+                        let ix = tree_of(&mut t, json, format, toc_off, &limits)?;
                         Ok((ix, t))
                     })
                     .await?;
@@ -211,11 +207,7 @@ impl Fetchable for TocKind {
                                 d.verify(&json, &format!("zstd:chunked TOC of {what}"))
                             })?;
                         }
-                        let toc = t.time(2, || Toc::parse(&json))?;
-                        drop(json);
-                        let ix = t.time(3, || {
-                            estargz::toc_to_tree(&toc, format, data_end, 0, &limits)
-                        })?;
+                        let ix = tree_of(&mut t, json, format, data_end, &limits)?;
                         Ok((ix, t))
                     })
                     .await?;
@@ -274,6 +266,22 @@ impl Fetchable for TocKind {
 
     /// A TOC hit is not logged (it is one of a layer's hits).
     fn log_hit(&self, _: &Arc<LazyLayer>, _: Instant) {}
+}
+
+/// Parse verified TOC JSON and build its tree (chunk data ending at
+/// `data_end`), timing both steps.
+fn tree_of(
+    t: &mut Steps,
+    json: Vec<u8>,
+    format: estargz::Format,
+    data_end: u64,
+    limits: &Limits,
+) -> Result<LazyIndex> {
+    let toc = t.time(2, || Toc::parse(&json))?;
+    drop(json);
+    t.time(3, || {
+        estargz::toc_to_tree(&toc, format, data_end, 0, limits)
+    })
 }
 
 /// Time spent in each step of turning TOC bytes into a tree (decompress,
