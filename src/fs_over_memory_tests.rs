@@ -688,3 +688,38 @@ async fn tar_layers_of_artifacts_are_browsable_unpacked_and_verified() {
     let e = walk(&fs2, &path).await.unwrap_err();
     assert_eq!(e.errno(), libc::EIO, "{e:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_catalog_answers_for_the_names_it_lists_and_is_refreshed_behind() {
+    let mem = Arc::new(MemoryRegistry::new("memory.test"));
+    mem.add_blob("lab/demo", b"demo".to_vec());
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(dir.path(), 1 << 30).unwrap());
+    // A TTL of zero: every cached catalog is stale.
+    let fs = Fs::new(
+        Content::new(mem.clone(), store, 1_000_000, Limits::default()),
+        FsConfig {
+            platform: "linux/amd64".parse().unwrap(),
+            tag_ttl: Duration::ZERO,
+            mount_time: SystemTime::UNIX_EPOCH,
+        },
+    );
+    let requests = || mem.stats().requests;
+    fs.warm_catalog().await;
+    assert_eq!(requests(), 1);
+    // Listed: answered from the stale catalog, fetched again behind the answer.
+    fs.lookup(ROOT_INO, b"lab").await.unwrap();
+    for _ in 0..100 {
+        if requests() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(requests(), 2);
+    // Not listed: checked against a fresh catalog, so a new namespace shows…
+    mem.add_blob("team/app", b"app".to_vec());
+    fs.lookup(ROOT_INO, b"team").await.unwrap();
+    // … and a missing one is ENOENT.
+    let e = fs.lookup(ROOT_INO, b"nope").await.unwrap_err();
+    assert!(matches!(e, Error::NotFound(_)), "{e:?}");
+}

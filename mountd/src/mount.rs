@@ -267,6 +267,11 @@ pub fn run(args: MountArgs) -> anyhow::Result<()> {
             .context("the inode journal")?;
     }
     let fs = Arc::new(fs);
+    {
+        // The first lookups of namespaces need not wait for the catalog.
+        let fs = fs.clone();
+        rt.spawn(async move { fs.warm_catalog().await });
+    }
     if args.use_published_indexes {
         let fs = fs.clone();
         rt.spawn(async move { fs.content().check_published_forever().await });

@@ -33,7 +33,7 @@ pub enum Urgency {
 
 /// Lowers the calling thread's CPU priority while it lives (threads it
 /// starts inherit it), and restores the previous one on drop.
-struct Niced {
+pub(super) struct Niced {
     tid: libc::id_t,
     before: libc::c_int,
 }
@@ -42,7 +42,7 @@ impl Niced {
     /// Nice value for [`Urgency::Slack`] work.
     const SLACK: libc::c_int = 5;
 
-    fn lower() -> Niced {
+    pub(super) fn lower() -> Niced {
         // SAFETY: gettid has no preconditions; getpriority/setpriority on
         // our own thread id only read and set that thread's nice value
         // (Linux keeps it per thread). A failure leaves the priority as it

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use super::background::Background;
 use super::chunks::{Holes, RemoteLayer};
 use super::spans::SpanLayer;
-use super::toc::{LazyLayer, LazyWeighter};
+use super::toc::{Indexes, LazyWeighter};
 use super::{Content, LoadedLayer, Urgency};
 use crate::digest::Digest;
 use crate::error::{Error, Result};
@@ -75,7 +75,7 @@ pub struct OpenedLayer {
 /// The lazy-layer state of [`Content`].
 pub(crate) struct Lazy {
     pub(crate) opts: LazyOptions,
-    pub(crate) indexes: quick_cache::sync::Cache<Digest, Arc<LazyLayer>, LazyWeighter>,
+    pub(crate) indexes: Arc<Indexes>,
     pub(crate) background: Background,
     pub(crate) holes: Holes,
 }
@@ -86,7 +86,11 @@ impl Lazy {
             background: Background::new(opts.background_bandwidth, opts.background_concurrency),
             holes: Holes::default(),
             opts,
-            indexes: quick_cache::sync::Cache::with_weighter(1024, max_nodes, LazyWeighter),
+            indexes: Arc::new(quick_cache::sync::Cache::with_weighter(
+                1024,
+                max_nodes,
+                LazyWeighter,
+            )),
         }
     }
 }

@@ -26,6 +26,8 @@ mod spans;
 #[cfg(test)]
 mod tests;
 mod toc;
+#[cfg(test)]
+mod toc_tests;
 
 use std::sync::Arc;
 
@@ -104,6 +106,11 @@ impl Content {
     /// The registry this content comes from.
     pub fn client(&self) -> &dyn RegistryApi {
         &*self.client
+    }
+
+    /// The registry, shared (for tasks of their own).
+    pub fn client_arc(&self) -> Arc<dyn RegistryApi> {
+        self.client.clone()
     }
 
     /// The store.

@@ -15,6 +15,26 @@ pub const FOOTER_SIZE: u64 = 51;
 /// Size of the legacy (CRFS stargz) footer.
 pub const LEGACY_FOOTER_SIZE: u64 = 47;
 
+/// The first request for a TOC asks for at least this many bytes at the end of the blob.
+pub const MIN_TAIL: u64 = 4 << 10;
+/// … and at most this many.
+pub const MAX_TAIL: u64 = 1 << 20;
+/// … and otherwise this fraction (1/N) of the blob.
+pub const TAIL_DIVISOR: u64 = 160;
+
+/// How many bytes at the end of an eStargz blob of `blob_size` bytes to
+/// fetch in one request, hoping for the footer and the whole TOC: 1/160 of
+/// the blob (TOCs of the lab's layers are 0.004–0.6% of theirs: the python
+/// base layer's 308 KB TOC is 0.59% of 52 MB), at least [`MIN_TAIL`], at most
+/// [`MAX_TAIL`], never more than the blob. A TOC that is larger costs a
+/// second request for the part before the tail; bytes past the TOC's start
+/// are the price of the saved round trip.
+pub fn tail_fetch_size(blob_size: u64) -> u64 {
+    (blob_size / TAIL_DIVISOR)
+        .clamp(MIN_TAIL, MAX_TAIL)
+        .min(blob_size)
+}
+
 /// Parse the footer from the last bytes of a blob (`tail` holds at least the
 /// last 47 bytes; 51 for eStargz). Returns the TOC offset and the footer's size.
 pub fn parse_footer(tail: &[u8]) -> Result<(u64, u64)> {

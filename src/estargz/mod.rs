@@ -36,7 +36,7 @@ use crate::image::BlobRef;
 use crate::layer::Compression;
 
 pub use chunk::decode_chunk;
-pub use footer::{parse_footer, FOOTER_SIZE, LEGACY_FOOTER_SIZE};
+pub use footer::{parse_footer, tail_fetch_size, FOOTER_SIZE, LEGACY_FOOTER_SIZE};
 pub use toc::{Toc, TocEntry};
 pub use toc_tree::{toc_to_tree, LazyIndex};
 

@@ -322,3 +322,15 @@ fn zstd_chunked_holes_are_chunks_without_data() {
         Err(crate::Error::TooLarge(_))
     ));
 }
+
+#[test]
+fn tail_guess_is_bounded_and_never_past_the_blob() {
+    use super::footer::{tail_fetch_size, MAX_TAIL, MIN_TAIL, TAIL_DIVISOR};
+    assert_eq!(tail_fetch_size(51), 51);
+    assert_eq!(tail_fetch_size(1490), 1490);
+    assert_eq!(tail_fetch_size(41_654), MIN_TAIL);
+    // The python base layer: its 308 655-byte TOC and footer fit the guess.
+    assert_eq!(tail_fetch_size(52_252_047), 52_252_047 / TAIL_DIVISOR);
+    assert!(tail_fetch_size(52_252_047) >= 308_655);
+    assert_eq!(tail_fetch_size(1 << 40), MAX_TAIL);
+}

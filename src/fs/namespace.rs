@@ -25,7 +25,7 @@ type TagKey = (Arc<str>, Arc<str>);
 pub(super) struct Listings {
     /// By registry ("" for a mount of one registry); `None` inside: the
     /// registry has no usable catalog (autofs mode).
-    catalog: Mutex<HashMap<String, Stamped<Option<Names>>>>,
+    catalog: Arc<Mutex<HashMap<String, Stamped<Option<Names>>>>>,
     tags: Mutex<HashMap<Arc<str>, Stamped<Names>>>,
     resolved: Mutex<HashMap<TagKey, Stamped<String>>>,
     /// By namespace: when it was last listed.
@@ -47,15 +47,21 @@ impl Fs {
         self.content.client().registries().is_some()
     }
 
+    /// The catalog's scope for namespace `prefix`: "" for a mount of one
+    /// registry, else the registry `prefix` is in.
+    fn catalog_scope(&self, prefix: &str) -> String {
+        if self.many_registries() {
+            prefix.split('/').next().unwrap_or_default().to_string()
+        } else {
+            String::new()
+        }
+    }
+
     /// The catalog that lists namespace `prefix` (with many registries, that
     /// of the registry `prefix` is in), or `None` if it offers none.
     async fn catalog(&self, prefix: &str) -> Option<Arc<Vec<String>>> {
-        let scope = if self.many_registries() {
-            prefix.split('/').next().unwrap_or_default()
-        } else {
-            ""
-        };
-        if let Some((at, c)) = self.ns.catalog.lock().unwrap().get(scope) {
+        let scope = self.catalog_scope(prefix);
+        if let Some((at, c)) = self.ns.catalog.lock().unwrap().get(&scope) {
             if at.elapsed() < self.cfg.tag_ttl {
                 return c.clone();
             }
@@ -64,7 +70,7 @@ impl Fs {
         let answer = if scope.is_empty() {
             client.catalog().await
         } else {
-            client.catalog_of(scope).await
+            client.catalog_of(&scope).await
         };
         let c = match answer {
             Ok(list) => Some(Arc::new(list)),
@@ -77,8 +83,59 @@ impl Fs {
             .catalog
             .lock()
             .unwrap()
-            .insert(scope.to_string(), (Instant::now(), c.clone()));
+            .insert(scope, (Instant::now(), c.clone()));
         c
+    }
+
+    /// Fetch the catalog of a mount of one registry now (when mounting), so
+    /// that the first lookups of namespaces need not wait for it.
+    pub async fn warm_catalog(&self) {
+        if !self.many_registries() {
+            self.catalog("").await;
+        }
+    }
+
+    /// Whether namespace `path` (in `prefix`) exists by the catalog; `None`
+    /// when the registry offers no catalog. A catalog older than the tag
+    /// TTL still answers at once for a namespace it lists, and is fetched
+    /// again behind that answer; a name it does not list is checked against
+    /// a fresh catalog, so a new namespace shows and a missing one is ENOENT.
+    async fn catalog_lists(&self, prefix: &str, path: &str) -> Option<bool> {
+        let dir = format!("{path}/");
+        let lists = |c: &Names| c.iter().any(|r| r.starts_with(&dir));
+        let scope = self.catalog_scope(prefix);
+        let stale_hit = {
+            let mut map = self.ns.catalog.lock().unwrap();
+            match map.get_mut(&scope) {
+                Some((at, Some(c))) if at.elapsed() >= self.cfg.tag_ttl && lists(c) => {
+                    // Counted as fresh while it is fetched again: one refresh at a time.
+                    *at = Instant::now();
+                    true
+                }
+                _ => false,
+            }
+        };
+        if stale_hit && tokio::runtime::Handle::try_current().is_ok() {
+            let (client, map) = (self.content.client_arc(), self.ns.catalog.clone());
+            tokio::spawn(async move {
+                let answer = if scope.is_empty() {
+                    client.catalog().await
+                } else {
+                    client.catalog_of(&scope).await
+                };
+                match answer {
+                    Ok(list) => {
+                        let fresh = (Instant::now(), Some(Arc::new(list)));
+                        map.lock().unwrap().insert(scope, fresh);
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "catalog refresh failed; keeping the last one")
+                    }
+                }
+            });
+            return Some(true);
+        }
+        self.catalog(prefix).await.map(|c| lists(&c))
     }
 
     async fn tag_list(&self, repo: &Arc<str>) -> Result<Arc<Vec<String>>> {
@@ -226,11 +283,8 @@ impl Fs {
         }
         validate_component(name).map_err(invalid)?;
         let path = join(prefix, name);
-        if let Some(catalog) = self.catalog(prefix).await {
-            let dir = format!("{path}/");
-            if !catalog.iter().any(|r| r.starts_with(&dir)) {
-                return Err(not_found());
-            }
+        if self.catalog_lists(prefix, &path).await == Some(false) {
+            return Err(not_found());
         }
         Ok(Key::Namespace(path.into()))
     }

@@ -131,6 +131,12 @@ impl Trees {
             self.cache.insert(id.clone(), loaded.clone());
             return Ok(loaded);
         }
+        // Every lazy layer's footer and TOC at once, beside the config.
+        let wanted = match id.which {
+            TreeWhich::Layer(i) => Some(i),
+            TreeWhich::Rootfs => None,
+        };
+        fs.content.start_tocs(&id.repo, &m.layers, wanted);
         let config = fs.content.config(&id.repo, &m.config).await?;
         // Before any layer is opened: a published index makes a gzip layer lazy.
         fs.content

@@ -628,10 +628,10 @@ fn estargz_commit_is_lazy_and_round_trips() {
     let ls = Command::new("ls").arg("-lR").arg(&rootfs).output().unwrap();
     assert!(ls.status.success());
     let (n, bytes, whole) = reg.blob_traffic(&layer);
-    assert_eq!(
-        (n, whole),
-        (2, 0),
-        "ls -lR: expected footer + TOC Range GETs only"
+    // Footer and TOC in one Range GET when the TOC fits the guessed tail, else two.
+    assert!(
+        (1..=2).contains(&n) && whole == 0,
+        "ls -lR: expected footer + TOC Range GETs only, got {n} ({whole} whole)"
     );
     assert!(bytes < size / 4, "ls -lR fetched {bytes} of {size} bytes");
     assert!(
@@ -642,7 +642,7 @@ fn estargz_commit_is_lazy_and_round_trips() {
     // Reading everything fetches chunks by Range, never the whole blob.
     assert_same_tree(&staged, &without_root(snapshot(&rootfs)));
     let (n, _, whole) = reg.blob_traffic(&layer);
-    assert!(n > 2 && whole == 0, "chunk reads: {n} GETs, {whole} whole");
+    assert!(n > 1 && whole == 0, "chunk reads: {n} GETs, {whole} whole");
 
     // skopeo + umoci: the same tree plus the TOC file at the top.
     let (_keep, unpacked) = pull_unpack(&reg, "esgz:1");

@@ -122,8 +122,8 @@ fn ls_fetches_tocs_cat_fetches_one_chunk_and_the_chunk_cache_persists() {
     for ((d, size), (n, bytes, whole)) in layers(&img).iter().zip(&ls_traffic) {
         assert_eq!(
             (*n, *whole),
-            (2, 0),
-            "ls -lR of {d}: expected footer + TOC Range GETs only"
+            (1, 0),
+            "ls -lR of {d}: expected footer and TOC in one Range GET"
         );
         assert!(
             *bytes < size / 20 + 4096,
@@ -142,7 +142,7 @@ fn ls_fetches_tocs_cat_fetches_one_chunk_and_the_chunk_cache_persists() {
     assert_eq!(digest.as_deref(), Some(sha.as_str()), "user.regfs.digest");
     let (n, bytes, whole) = reg.blob_traffic(&big);
     let cat_bytes = bytes - ls_traffic[0].1;
-    assert_eq!((n, whole), (3, 0), "one chunk Range GET for the cat");
+    assert_eq!((n, whole), (2, 0), "one chunk Range GET for the cat");
     assert!(
         cat_bytes * 100 < big_size,
         "cat fetched {cat_bytes} bytes of a {big_size}-byte layer (>= 1%)"
@@ -173,7 +173,7 @@ fn ls_fetches_tocs_cat_fetches_one_chunk_and_the_chunk_cache_persists() {
     );
     assert_eq!(
         reg.blob_traffic(&big).0,
-        3,
+        2,
         "remount fetched from the large layer again"
     );
 }
@@ -393,8 +393,11 @@ fn background_fetch_fills_the_chunk_cache_without_blocking_reads() {
     for (d, size) in &layers {
         let (_, bytes, whole) = reg.blob_traffic(d);
         assert_eq!(whole, 0, "{d} fetched whole");
+        // The TOC's request asks for a guessed tail of the blob, whose part
+        // before the TOC the background fetch asks for again.
+        let tail = estargz::tail_fetch_size(*size);
         assert!(
-            bytes <= size + 4096,
+            bytes <= size + tail + 4096,
             "{d}: {bytes} bytes for a {size}-byte blob"
         );
     }
