@@ -36,15 +36,7 @@ pub fn start(
         return Ok(None);
     };
     let mountpoint = std::path::absolute(&mountpoint)?;
-    let resuming = match &link {
-        Some(l) => l.holds(&mountpoint)?,
-        None => false,
-    };
-    if !resuming {
-        unmount::clear_stale(&mountpoint)?;
-        std::fs::create_dir_all(&mountpoint)
-            .with_context(|| format!("layer store directory {}", mountpoint.display()))?;
-    }
+    unmount::prepare_dir(&mountpoint, link.as_deref(), "layer store directory")?;
     let mut view = LayerStore::new(fs, registry.clone(), Duration::from_secs(args.tag_ttl));
     if let Some(l) = &link {
         view = view

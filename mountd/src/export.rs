@@ -57,15 +57,7 @@ pub fn start(
     };
     let exp = Arc::new(Exporter::new(staging, fs, platform, defaults));
     let mountpoint = std::path::absolute(&mountpoint)?;
-    let resuming = match &link {
-        Some(l) => l.holds(&mountpoint)?,
-        None => false,
-    };
-    if !resuming {
-        unmount::clear_stale(&mountpoint)?;
-        std::fs::create_dir_all(&mountpoint)
-            .with_context(|| format!("export directory {}", mountpoint.display()))?;
-    }
+    unmount::prepare_dir(&mountpoint, link.as_deref(), "export directory")?;
     let _guard = rt.enter();
     let ctx = control::Context {
         exporter: Some(exp.clone()),

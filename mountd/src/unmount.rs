@@ -52,3 +52,21 @@ pub fn clear_stale(mountpoint: &Path) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// Ready a second mount's directory (`what`: "layer store directory"): a
+/// dead mount left there detached, the directory made. Not when the
+/// supervisor still holds a live connection there (this server takes it
+/// over, and looking at the directory would wait on this very process).
+pub fn prepare_dir(
+    mountpoint: &Path,
+    link: Option<&regfs::handover::link::Link>,
+    what: &str,
+) -> anyhow::Result<()> {
+    if let Some(l) = link {
+        if l.holds(mountpoint)? {
+            return Ok(());
+        }
+    }
+    clear_stale(mountpoint)?;
+    std::fs::create_dir_all(mountpoint).with_context(|| format!("{what} {}", mountpoint.display()))
+}

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::relay::Connection;
 use super::wire::{self, Answer, Ask};
@@ -80,25 +80,33 @@ impl Holdings {
         Ok(())
     }
 
-    /// Take every connection from the server (see [`Connection::drain`]);
-    /// the longest wait.
+    /// Take every connection from the server: no new requests reach it,
+    /// then, once it answered what it has on every connection (at most
+    /// `limit`), its sessions are ended. All connections are waited for
+    /// before any session ends: the server exits when its first session
+    /// does, and would cut what the others are still doing. The time
+    /// waited.
     pub fn drain(&self, limit: Duration) -> Duration {
+        let t0 = Instant::now();
         let conns = self.live();
-        let waits: Vec<_> = conns
-            .into_iter()
-            .map(|c| std::thread::spawn(move || c.drain(limit)))
-            .collect();
-        waits
-            .into_iter()
-            .filter_map(|w| w.join().ok())
-            .max()
-            .unwrap_or_default()
+        let socks: Vec<_> = conns.iter().map(|c| c.stop_sending()).collect();
+        for c in &conns {
+            c.wait_answered(t0 + limit);
+        }
+        let waited = t0.elapsed();
+        for (c, sock) in conns.iter().zip(socks) {
+            if let Some(sock) = sock {
+                c.dismiss(&sock);
+            }
+        }
+        waited
     }
 
-    /// The server died: its requests wait for the next one.
+    /// The server died: what it answered is passed on, the rest waits for
+    /// the next one (see [`Connection::lost_server`]).
     pub fn lost_server(&self) {
         for c in self.live() {
-            c.lost_server();
+            c.lost_server(Duration::from_secs(2));
         }
     }
 

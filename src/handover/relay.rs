@@ -51,6 +51,8 @@ struct State {
     server: Option<Arc<OwnedFd>>,
     /// The kernel dropped the connection (unmounted).
     gone: bool,
+    /// Threads still reading replies from some server's socket.
+    replying: usize,
 }
 
 /// A FUSE connection the supervisor holds for its mountpoint.
@@ -112,6 +114,7 @@ impl Connection {
                 oneway: Vec::new(),
                 server: None,
                 gone: false,
+                replying: 0,
             }),
             changed: Condvar::new(),
         });
@@ -208,6 +211,7 @@ impl Connection {
             send(sock.as_raw_fd(), init, MsgFlags::MSG_NOSIGNAL)?;
             swallow.store(read_u64(init, 8), Ordering::SeqCst);
         }
+        self.state.lock().unwrap().replying += RELAY_THREADS;
         for _ in 0..RELAY_THREADS {
             let (me, sock, swallow) = (self.clone(), sock.clone(), swallow.clone());
             std::thread::Builder::new()
@@ -275,37 +279,54 @@ impl Connection {
                 p.sent = false;
             }
         }
+        s.replying -= 1;
         self.changed.notify_all();
     }
 
-    /// Stop giving the server new requests (they wait for the next one),
-    /// wait up to `limit` for the answers to those it has, then close its
-    /// socket so that it ends. Requests still unanswered go to the next
-    /// server. The time waited.
-    pub fn drain(&self, limit: Duration) -> Duration {
+    /// Stop giving the server new requests: they wait for the next one.
+    /// The server's socket, to [`Connection::dismiss`] once its answers are
+    /// in ([`Connection::wait_answered`]).
+    pub fn stop_sending(&self) -> Option<Arc<OwnedFd>> {
+        self.state.lock().unwrap().server.take()
+    }
+
+    /// Wait until every request given to the server that had it is
+    /// answered, until `deadline`.
+    pub fn wait_answered(&self, deadline: Instant) {
+        let mut s = self.state.lock().unwrap();
+        while s.inflight.values().any(|p| p.sent) && !s.gone {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            s = self.changed.wait_timeout(s, left).unwrap().0;
+        }
+    }
+
+    /// End the session of the server that served `sock`; what it left
+    /// unanswered goes to the next server.
+    pub fn dismiss(&self, sock: &OwnedFd) {
+        for p in self.state.lock().unwrap().inflight.values_mut() {
+            p.sent = false;
+        }
+        dismiss(sock);
+    }
+
+    /// The server died. Replies it wrote before it died are still in its
+    /// socket: they are passed on first (the reply threads read up to the
+    /// socket's end, at most `limit`), so that only requests it never
+    /// answered wait for the next server; given to it again, an answered
+    /// one would be done twice.
+    pub fn lost_server(&self, limit: Duration) {
         let t0 = Instant::now();
         let mut s = self.state.lock().unwrap();
-        let Some(sock) = s.server.take() else {
-            return Duration::ZERO;
-        };
-        while s.inflight.values().any(|p| p.sent) && !s.gone {
+        while s.replying > 0 {
             let left = limit.saturating_sub(t0.elapsed());
             if left.is_zero() {
                 break;
             }
             s = self.changed.wait_timeout(s, left).unwrap().0;
         }
-        for p in s.inflight.values_mut() {
-            p.sent = false;
-        }
-        drop(s);
-        dismiss(&sock);
-        t0.elapsed()
-    }
-
-    /// The server died: its socket is closed; requests wait for the next.
-    pub fn lost_server(&self) {
-        let mut s = self.state.lock().unwrap();
         if let Some(sock) = s.server.take() {
             let _ = shutdown(sock.as_raw_fd(), Shutdown::Both);
         }
