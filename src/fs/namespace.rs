@@ -30,6 +30,9 @@ pub(super) struct Listings {
     resolved: Mutex<HashMap<TagKey, Stamped<String>>>,
     /// By namespace: when it was last listed.
     listed: Mutex<HashMap<String, SystemTime>>,
+    /// Catalog scopes being fetched again behind a stale answer (one
+    /// refresh at a time).
+    refreshing: Arc<Mutex<std::collections::HashSet<String>>>,
 }
 
 fn join(prefix: &str, name: &str) -> String {
@@ -104,35 +107,34 @@ impl Fs {
         let dir = format!("{path}/");
         let lists = |c: &Names| c.iter().any(|r| r.starts_with(&dir));
         let scope = self.catalog_scope(prefix);
-        let stale_hit = {
-            let mut map = self.ns.catalog.lock().unwrap();
-            match map.get_mut(&scope) {
-                Some((at, Some(c))) if at.elapsed() >= self.cfg.tag_ttl && lists(c) => {
-                    // Counted as fresh while it is fetched again: one refresh at a time.
-                    *at = Instant::now();
-                    true
-                }
-                _ => false,
-            }
+        // A stale catalog answers for a name it lists; it stays stale (a
+        // listing, which must be fresh, fetches it again itself).
+        let stale_hit = match self.ns.catalog.lock().unwrap().get(&scope) {
+            Some((at, Some(c))) => at.elapsed() >= self.cfg.tag_ttl && lists(c),
+            _ => false,
         };
         if stale_hit && tokio::runtime::Handle::try_current().is_ok() {
-            let (client, map) = (self.content.client_arc(), self.ns.catalog.clone());
-            tokio::spawn(async move {
-                let answer = if scope.is_empty() {
-                    client.catalog().await
-                } else {
-                    client.catalog_of(&scope).await
-                };
-                match answer {
-                    Ok(list) => {
-                        let fresh = (Instant::now(), Some(Arc::new(list)));
-                        map.lock().unwrap().insert(scope, fresh);
+            if self.ns.refreshing.lock().unwrap().insert(scope.clone()) {
+                let (client, map) = (self.content.client_arc(), self.ns.catalog.clone());
+                let refreshing = self.ns.refreshing.clone();
+                tokio::spawn(async move {
+                    let answer = if scope.is_empty() {
+                        client.catalog().await
+                    } else {
+                        client.catalog_of(&scope).await
+                    };
+                    match answer {
+                        Ok(list) => {
+                            let fresh = (Instant::now(), Some(Arc::new(list)));
+                            map.lock().unwrap().insert(scope.clone(), fresh);
+                        }
+                        Err(e) => {
+                            tracing::debug!(error = %e, "catalog refresh failed; keeping the last one")
+                        }
                     }
-                    Err(e) => {
-                        tracing::debug!(error = %e, "catalog refresh failed; keeping the last one")
-                    }
-                }
-            });
+                    refreshing.lock().unwrap().remove(&scope);
+                });
+            }
             return Some(true);
         }
         self.catalog(prefix).await.map(|c| lists(&c))

@@ -83,10 +83,20 @@ impl Client {
         }
         let what = format!("upload of blob {digest} to {repo}");
         let body = std::pin::pin!(body);
-        if size <= MONOLITHIC_LIMIT {
+        let pushed = if size <= MONOLITHIC_LIMIT {
             self.push_monolithic(repo, digest, size, body, &what).await
         } else {
             self.push_chunked(repo, digest, size, body, &what).await
+        };
+        match pushed {
+            // Another client pushing the same blob at the same moment can
+            // make the registry refuse ours (distribution: BLOB_UPLOAD_INVALID);
+            // the blob is there all the same.
+            Err(e) if self.blob_exists(repo, digest).await.unwrap_or(false) => {
+                tracing::debug!("{what}: {e}; the blob is there (pushed by someone else)");
+                Ok(())
+            }
+            other => other,
         }
     }
 
