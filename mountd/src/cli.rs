@@ -102,6 +102,17 @@ Examples:
   regfs mount localhost:5000 /mnt/reg --use-published-indexes"
     )]
     Index(IndexCommand),
+    /// Record which files of an image a workload reads through the mount,
+    /// in the order it first opens them (a prefetch list).
+    #[command(
+        subcommand,
+        after_help = "\
+Examples:
+  regfs trace start /mnt/reg lab/python:3.11
+  chroot /mnt/reg/lab/python:3.11/rootfs python3 -c 'import json'
+  regfs trace stop /mnt/reg lab/python:3.11 > python.trace"
+    )]
+    Trace(TraceCommand),
     /// List the paths added (A), deleted (D) and modified (M) between two
     /// images, from layer metadata and digests: eStargz / zstd:chunked
     /// layers by their TOCs alone, gzip layers streamed once into the cache.
@@ -137,6 +148,27 @@ pub struct PrefetchArgs {
     /// No progress bar.
     #[arg(long, short)]
     pub quiet: bool,
+}
+
+/// `regfs trace start|stop`.
+#[derive(Subcommand, Debug)]
+pub enum TraceCommand {
+    /// Start recording (again from nothing if a trace of the image runs).
+    Start(TraceArgs),
+    /// Stop recording and print the paths opened, one per line, in order.
+    Stop(TraceArgs),
+}
+
+/// The image a trace is of, and the mount it runs on.
+#[derive(Args, Debug)]
+pub struct TraceArgs {
+    /// A regfs mountpoint.
+    pub mountpoint: PathBuf,
+    /// The image: NAME:TAG or NAME@DIGEST (a multi-arch tag means this mount's platform).
+    pub reference: String,
+    /// The daemon's control socket (found from the mountpoint otherwise).
+    #[arg(long)]
+    pub control: Option<PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]

@@ -12,7 +12,7 @@ use anyhow::{anyhow, bail, Context};
 use regfs::export::EntryMeta;
 use serde::de::DeserializeOwned;
 
-use crate::cli::{CommitArgs, ExportNewArgs, RestartArgs, StatusArgs};
+use crate::cli::{CommitArgs, ExportNewArgs, RestartArgs, StatusArgs, TraceArgs};
 use crate::protocol::{Answer, CommitOutcome, CommitProgress, Line, Request, Status};
 
 /// The xattr of an export mount's top directory that names its socket.
@@ -229,6 +229,32 @@ pub fn restart(args: RestartArgs) -> anyhow::Result<()> {
         }
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
+}
+
+/// `regfs trace start MOUNTPOINT REF`.
+pub fn trace_start(args: TraceArgs) -> anyhow::Result<()> {
+    let socket = socket_for(Some(&args.mountpoint), args.control.as_deref())?;
+    let req = Request::TraceStart {
+        reference: args.reference.clone(),
+    };
+    let digest: String = request(&socket, &req, &mut |_: ()| {})?;
+    eprintln!("regfs: tracing {} ({digest})", args.reference);
+    Ok(())
+}
+
+/// `regfs trace stop MOUNTPOINT REF`: the paths, one per line, on stdout.
+pub fn trace_stop(args: TraceArgs) -> anyhow::Result<()> {
+    let socket = socket_for(Some(&args.mountpoint), args.control.as_deref())?;
+    let req = Request::TraceStop {
+        reference: args.reference.clone(),
+    };
+    let paths: Vec<String> = request(&socket, &req, &mut |_: ()| {})?;
+    let mut out = std::io::stdout().lock();
+    for p in &paths {
+        writeln!(out, "{p}")?;
+    }
+    eprintln!("regfs: {} file(s) opened", paths.len());
+    Ok(())
 }
 
 /// `regfs status MOUNTPOINT|EXPORTDIR`.

@@ -126,6 +126,24 @@ async fn handle(s: UnixStream, ctx: Arc<Context>) {
     match req {
         Request::Status => answer(&mut w, Ok(status(&ctx))).await,
         Request::Restart => answer(&mut w, restart(&ctx).await).await,
+        Request::TraceStart { reference } => {
+            let r = match served_reference(&ctx, &reference) {
+                Ok(r) => ctx
+                    .fs
+                    .trace_start(&r.repository, &r.selector())
+                    .await
+                    .map(|d| d.to_string()),
+                Err(e) => Err(e),
+            };
+            answer(&mut w, r).await
+        }
+        Request::TraceStop { reference } => {
+            let r = match served_reference(&ctx, &reference) {
+                Ok(r) => ctx.fs.trace_stop(&r.repository, &r.selector()).await,
+                Err(e) => Err(e),
+            };
+            answer(&mut w, r).await
+        }
         Request::Prefetch { reference } => {
             let r = prefetch(&ctx, &reference, &mut w).await;
             answer(&mut w, r).await

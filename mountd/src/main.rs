@@ -44,6 +44,8 @@ fn main() {
         }
         cli::Command::Mount(args) => mount::run(*args),
         cli::Command::Restart(args) => client::restart(args),
+        cli::Command::Trace(cli::TraceCommand::Start(args)) => client::trace_start(args),
+        cli::Command::Trace(cli::TraceCommand::Stop(args)) => client::trace_stop(args),
         cli::Command::StateCheck(args) => supervise::state_check(&args.dir),
         cli::Command::Unmount(args) => unmount::run(&args.mountpoint),
         cli::Command::Commit(args) => client::commit(args),

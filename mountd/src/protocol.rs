@@ -62,6 +62,17 @@ pub enum Request {
         /// NAME:TAG or NAME@DIGEST.
         reference: String,
     },
+    /// Start recording the files of an image opened through the mount.
+    /// Answer: the image manifest's digest.
+    TraceStart {
+        /// NAME:TAG or NAME@DIGEST.
+        reference: String,
+    },
+    /// Stop a trace. Answer: the paths opened, in order.
+    TraceStop {
+        /// NAME:TAG or NAME@DIGEST.
+        reference: String,
+    },
     /// Replace this server by a new one under its supervisor (`regfs
     /// restart`). Answer: the old server's pid.
     Restart,

@@ -19,6 +19,7 @@ mod known_digest;
 mod model_tests;
 mod namespace;
 pub mod paging;
+mod trace;
 mod trees;
 mod usage;
 
@@ -120,6 +121,7 @@ pub struct Fs {
     handles: Mutex<HashMap<u64, Handle>>,
     next_fh: AtomicU64,
     layer_users: usage::LayerUsers,
+    traces: trace::Traces,
 }
 
 impl Fs {
@@ -134,6 +136,7 @@ impl Fs {
             handles: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             layer_users: usage::LayerUsers::default(),
+            traces: trace::Traces::default(),
         }
     }
 
@@ -440,6 +443,7 @@ impl Fs {
                 if t.tree.node(node).kind != crate::layer::NodeKind::File {
                     return Err(Error::invalid("not a regular file"));
                 }
+                self.trace_open(&tree, node);
                 Handle::Tree(t, node)
             }
             Key::Root

@@ -12,3 +12,4 @@ mod artifacts;
 mod big_blob;
 mod browse;
 mod image_diff;
+mod trace;
