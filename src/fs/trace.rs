@@ -13,11 +13,14 @@ use crate::error::{Error, Result};
 use crate::layer::NodeId;
 use crate::reference::Selector;
 
+/// The files opened so far: tree and node, in order.
+type Opened = Vec<(Arc<TreeId>, NodeId)>;
+
 /// Traces running, by repository and image manifest digest.
 #[derive(Default)]
 pub(super) struct Traces {
     any: AtomicBool,
-    by: Mutex<HashMap<(Arc<str>, Digest), Vec<(Arc<TreeId>, NodeId)>>>,
+    by: Mutex<HashMap<(Arc<str>, Digest), Opened>>,
 }
 
 impl Fs {
