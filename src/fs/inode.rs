@@ -410,16 +410,19 @@ impl InodeTable {
     /// and counting the kernel's reference to it.
     pub fn hand_out(&self, keys: impl IntoIterator<Item = Key>, referenced: bool) -> Vec<u64> {
         let mut i = self.inner.lock().unwrap();
-        let keys: Vec<Key> = keys.into_iter().collect();
-        let out = keys
-            .iter()
-            .map(|k| i.hand_out(k.clone(), u64::from(referenced)))
-            .collect();
-        i.trim();
+        let refs = u64::from(referenced);
         if i.journal.is_some() {
+            let keys: Vec<Key> = keys.into_iter().collect();
+            let out = keys.iter().map(|k| i.hand_out(k.clone(), refs)).collect();
+            i.trim();
             i.record(&Op::HandOut(keys, referenced));
+            out
+        } else {
+            // No journal: the keys move in, no copy.
+            let out = keys.into_iter().map(|k| i.hand_out(k, refs)).collect();
+            i.trim();
+            out
         }
-        out
     }
 
     /// The kernel dropped `nlookup` references to `ino`; at zero the inode goes.

@@ -10,7 +10,7 @@
 //! replaced by one record of the whole table.
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, BufRead, Write};
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 use serde::de::DeserializeOwned;
@@ -30,29 +30,43 @@ pub struct Journal {
 }
 
 impl Journal {
-    /// Open `path` for appending: the records already in it (a torn last
-    /// line, from a server killed mid-write, is dropped), and the journal.
+    /// Open `path` for appending: the records already in it, and the
+    /// journal. A record cut short (a server killed mid-write: a last line
+    /// without its newline, or one that does not parse) and what follows it
+    /// are dropped and cut off the file, so that the next record starts a
+    /// line of its own.
     pub fn open<T: DeserializeOwned>(path: &Path) -> io::Result<(Vec<T>, Journal)> {
+        let bytes = match std::fs::read(path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(e),
+        };
         let mut records = Vec::new();
-        if let Ok(f) = File::open(path) {
-            for line in io::BufReader::new(f).split(b'\n') {
-                match serde_json::from_slice(&line?) {
-                    Ok(r) => records.push(r),
-                    Err(e) => {
-                        tracing::warn!(journal = %path.display(), error = %e, "journal: unreadable record; the rest is dropped");
-                        break;
-                    }
+        // Bytes of whole, readable lines.
+        let mut good = 0usize;
+        for line in bytes.split_inclusive(|&b| b == b'\n') {
+            let Some(body) = line.strip_suffix(b"\n") else {
+                break; // no newline: cut short
+            };
+            match serde_json::from_slice(body) {
+                Ok(r) => records.push(r),
+                Err(e) => {
+                    tracing::warn!(journal = %path.display(), error = %e, "journal: unreadable record; the rest is dropped");
+                    break;
                 }
             }
+            good += line.len();
         }
         let file = OpenOptions::new().create(true).append(true).open(path)?;
-        let written = file.metadata()?.len();
+        if good < bytes.len() {
+            file.set_len(good as u64)?;
+        }
         Ok((
             records,
             Journal {
                 path: path.to_path_buf(),
                 file,
-                written,
+                written: good as u64,
                 failed: false,
             },
         ))
@@ -114,27 +128,34 @@ mod tests {
     fn records_come_back_in_order_and_a_torn_line_is_dropped() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("j");
-        let (old, mut j) = Journal::open::<u32>(&p).unwrap();
+        let (old, mut j) = Journal::open::<String>(&p).unwrap();
         assert!(old.is_empty());
-        for i in 0..5u32 {
-            j.append(&i);
+        for i in 0..5 {
+            j.append(&format!("r{i}"));
         }
         drop(j);
-        std::fs::OpenOptions::new()
-            .append(true)
-            .open(&p)
-            .unwrap()
-            .write_all(b"12")
-            .unwrap();
-        let (back, mut j) = Journal::open::<u32>(&p).unwrap();
-        // "12" without its newline parses as 12: a torn *line* is only torn
-        // JSON; a number cut short is not detectable and is the writer's
-        // problem (records are objects, see the inode table).
-        assert_eq!(&back[..5], &[0, 1, 2, 3, 4]);
-        j.rewrite(&[7u32, 8]);
-        j.append(&9u32);
+        let torn = |p: &Path, bytes: &[u8]| {
+            std::fs::OpenOptions::new()
+                .append(true)
+                .open(p)
+                .unwrap()
+                .write_all(bytes)
+                .unwrap()
+        };
+        // A record cut short: dropped, and cut off so the next one is whole.
+        torn(&p, b"\"r5");
+        let (back, mut j) = Journal::open::<String>(&p).unwrap();
+        assert_eq!(back, ["r0", "r1", "r2", "r3", "r4"]);
+        j.append(&"r6".to_string());
         drop(j);
-        let (back, _) = Journal::open::<u32>(&p).unwrap();
-        assert_eq!(back, vec![7, 8, 9]);
+        // A last line that parses but lacks its newline is cut short too.
+        torn(&p, b"\"r7\"");
+        let (back, mut j) = Journal::open::<String>(&p).unwrap();
+        assert_eq!(back, ["r0", "r1", "r2", "r3", "r4", "r6"]);
+        j.rewrite(&["a".to_string(), "b".to_string()]);
+        j.append(&"c".to_string());
+        drop(j);
+        let (back, _) = Journal::open::<String>(&p).unwrap();
+        assert_eq!(back, ["a", "b", "c"]);
     }
 }
