@@ -145,13 +145,12 @@ impl Supervisor {
             // A server that exits on its own has seen its mount go (or was
             // told to stop): what it left mounted goes too.
             if stopping || exited.success() || live.is_empty() {
-                for c in &live {
-                    let _ = crate::unmount::detach(Path::new(c.mountpoint()));
-                }
+                detach_all(&live);
                 if exited.success() || stopping {
                     return Ok(());
                 }
-                std::process::exit(exited.code().unwrap_or(1));
+                // Its own error is on its standard error or in the log.
+                anyhow::bail!("the server exited ({exited})");
             }
             self.holdings.lost_server();
             let now = Instant::now();
@@ -165,9 +164,7 @@ impl Supervisor {
                     crashes = crashes.len(),
                     "supervisor: the server keeps dying; giving up and unmounting"
                 );
-                for c in &live {
-                    let _ = crate::unmount::detach(Path::new(c.mountpoint()));
-                }
+                detach_all(&live);
                 anyhow::bail!(
                     "the server died {} times in {:?}",
                     crashes.len(),
@@ -288,6 +285,13 @@ impl Supervisor {
             let _ = tx.send(Event::Exited(generation, status));
         });
         Ok(pid)
+    }
+}
+
+/// Unmount what the supervisor still holds (the mounts end with it).
+fn detach_all(conns: &[Arc<regfs::handover::relay::Connection>]) {
+    for c in conns {
+        let _ = crate::unmount::detach(Path::new(c.mountpoint()));
     }
 }
 

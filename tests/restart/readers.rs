@@ -327,5 +327,11 @@ fn readers_see_no_error_across_restarts_and_kills() {
     );
     let log = m.log();
     assert_eq!(log.matches("server started").count(), 31, "{log}");
-    assert!(!log.contains("ERROR fuser"), "{log}");
+    // fuser's own complaints (a short read, a reply it could not send):
+    // the log is coloured, so level and target are looked for per line.
+    let fuser_errors: Vec<&str> = log
+        .lines()
+        .filter(|l| (l.contains("ERROR") || l.contains("WARN")) && l.contains("fuser::"))
+        .collect();
+    assert!(fuser_errors.is_empty(), "{fuser_errors:#?}");
 }
