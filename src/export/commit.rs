@@ -5,18 +5,18 @@
 //! control socket.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use bytes::Bytes;
-use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 
 use super::base::{self, BaseTree};
 use super::compress::{pack_to, Codec, Packed};
 use super::image::{build_config, build_manifest, LayerDesc, ManifestFormat};
 use super::pack::PackOptions;
+use super::stream_push::pack_and_push;
 use super::push::{push_image, BlobSource, ImagePush, PushBlob, PushReport};
 use super::staging::{now_secs, parse_entry_ref, CommitRecord, EntryMeta, LayerRecord, Staging};
 use crate::content::Content;
@@ -26,48 +26,7 @@ use crate::estargz::TOC_DIGEST_ANNOTATION;
 use crate::image::Platform;
 
 /// The layer annotation with an eStargz layer's uncompressed (tar) size.
-pub const ESTARGZ_UNCOMPRESSED_SIZE: &str = "io.containers.estargz.uncompressed-size";
-/// Pieces of the compressed stream handed to the upload, and how many may wait.
-const STREAM_PIECE: usize = 1 << 20;
-const STREAM_DEPTH: usize = 24;
-
-/// The packer's output: pieces of the blob sent to the upload as they come.
-struct ChannelWriter {
-    buf: Vec<u8>,
-    tx: tokio::sync::mpsc::Sender<Result<Bytes>>,
-    stopped: Arc<AtomicBool>,
-}
-
-impl ChannelWriter {
-    fn send(&mut self) -> std::io::Result<()> {
-        if self.buf.is_empty() {
-            return Ok(());
-        }
-        let piece = std::mem::replace(&mut self.buf, Vec::with_capacity(STREAM_PIECE));
-        self.tx.blocking_send(Ok(Bytes::from(piece))).map_err(|_| {
-            self.stopped.store(true, Ordering::Relaxed);
-            std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the upload stopped")
-        })
-    }
-
-    /// Send what is left.
-    fn finish(mut self) -> std::io::Result<()> {
-        self.send()
-    }
-}
-
-impl std::io::Write for ChannelWriter {
-    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
-        self.buf.extend_from_slice(data);
-        if self.buf.len() >= STREAM_PIECE {
-            self.send()?;
-        }
-        Ok(data.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
+pub use super::compress::UNCOMPRESSED_SIZE_ANNOTATION as ESTARGZ_UNCOMPRESSED_SIZE;
 
 /// How to commit.
 #[derive(Clone, Debug, Default)]
@@ -334,6 +293,7 @@ impl Exporter {
                     stats: Default::default(),
                     codec,
                     toc_digest: r.toc_digest,
+                    zstd_manifest: None,
                 })
             }
             _ => None,
@@ -467,56 +427,20 @@ impl Exporter {
         pack_opts: PackOptions,
         progress: &Arc<CommitProgress>,
     ) -> Result<Packed> {
-        // Pack on blocking threads into a channel; upload from it meanwhile.
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Bytes>>(STREAM_DEPTH);
-        let stopped = Arc::new(AtomicBool::new(false));
+        // Pack on blocking threads into a pipe; upload from it meanwhile.
         let p = progress.clone();
-        let stop = stopped.clone();
-        let pack = tokio::task::spawn_blocking(move || {
-            let count = |n| {
-                p.packed.fetch_add(n, Ordering::Relaxed);
-            };
-            let out = ChannelWriter {
-                buf: Vec::with_capacity(STREAM_PIECE),
-                tx: tx.clone(),
-                stopped: stop,
-            };
-            let r = pack_to(&root, codec, &pack_opts, &count, out).and_then(|(packed, w)| {
-                w.finish()?;
-                Ok(packed)
-            });
-            if r.is_err() {
-                // Make the upload fail rather than push a truncated blob.
-                let _ = tx.blocking_send(Err(Error::Io(std::io::Error::other("packing failed"))));
-            }
-            r
-        });
-        let sent = progress.sent.clone();
-        let body = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx)).map(move |r| {
-            if let Ok(b) = &r {
-                sent.fetch_add(b.len() as u64, Ordering::Relaxed);
-            }
-            r
-        });
-        let client = self.content().client();
-        let (uploaded, packed) = tokio::join!(client.push_blob_stream(repo, body.boxed()), pack);
-        let packed = packed.map_err(|e| Error::Io(std::io::Error::other(e)))?;
-        let layer = match (packed, uploaded) {
-            // The upload stopped first: its error is the cause.
-            (Err(_), Err(up)) if stopped.load(Ordering::Relaxed) => return Err(up),
-            (Err(e), _) => return Err(e),
-            (Ok(_), Err(up)) => return Err(up),
-            (Ok(layer), Ok((digest, size))) => {
-                if digest != layer.digest || size != layer.size {
-                    return Err(Error::DigestMismatch {
-                        what: "streamed layer".into(),
-                        expected: format!("{} ({} bytes)", layer.digest, layer.size),
-                        actual: format!("{digest} ({size} bytes)"),
-                    });
-                }
-                layer
-            }
-        };
+        let layer = pack_and_push(
+            self.content().client(),
+            repo,
+            progress.sent.clone(),
+            move |out| {
+                let count = |n| {
+                    p.packed.fetch_add(n, Ordering::Relaxed);
+                };
+                pack_to(&root, codec, &pack_opts, &count, out)
+            },
+        )
+        .await?;
         tracing::info!(
             entry = reference, digest = %layer.digest, size = layer.size,
             tar_size = layer.tar_size, "layer packed and uploaded"

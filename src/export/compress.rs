@@ -12,20 +12,25 @@
 //! with a sync flush, concatenated into one ordinary gzip member (any gzip
 //! reader reads it; it is one member, not many). eStargz members are
 //! independent gzip members, compressed in parallel as they are (see
-//! [`super::estargz`]).
+//! [`super::estargz`]); so are zstd:chunked frames.
+//!
+//! What goes in is any [`TarProducer`]: a staged tree ([`pack_to`]), or a
+//! source layer's tar replayed by `regfs convert` ([`pack_from`]).
 
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
+
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::{Arc, Mutex};
 
 use flate2::{Compress, FlushCompress, Status};
 
 use super::block::Block;
-use super::estargz::{finish_toc, toc_tar, EstargzSink};
-use super::pack::{write_tar, PackOptions, PackStats, TarSink};
+use super::estargz::{finish_toc, toc_tar, zstd_chunked_tail, LazySink, ZstdManifest};
+use super::pack::{DirTree, PackOptions, PackStats, TarProducer, TarSink};
+use crate::estargz::{Format, TOC_DIGEST_ANNOTATION, ZSTD_CHECKSUM_ANNOTATIONS, ZSTD_POSITION_ANNOTATIONS};
 use crate::digest::{Algorithm, Digest, Hasher, HashingWriter};
 use crate::error::{Error, Result};
 
@@ -40,6 +45,10 @@ pub enum Codec {
     /// eStargz: gzip members per file chunk, a TOC and a footer, so lazy
     /// readers (regfs, stargz-snapshotter) fetch files one at a time.
     Estargz,
+    /// zstd:chunked: zstd frames per file chunk, the TOC in a skippable
+    /// frame (containers/storage's lazy format). Written by `regfs
+    /// convert`; not a `--compression` of commits.
+    ZstdChunked,
     /// An uncompressed tar.
     None,
 }
@@ -66,6 +75,7 @@ impl Codec {
             Codec::Gzip => "gzip",
             Codec::Zstd => "zstd",
             Codec::Estargz => "estargz",
+            Codec::ZstdChunked => "zstd:chunked",
             Codec::None => "none",
         }
     }
@@ -74,8 +84,17 @@ impl Codec {
     pub fn oci_media_type(self) -> &'static str {
         match self {
             Codec::Gzip | Codec::Estargz => "application/vnd.oci.image.layer.v1.tar+gzip",
-            Codec::Zstd => "application/vnd.oci.image.layer.v1.tar+zstd",
+            Codec::Zstd | Codec::ZstdChunked => "application/vnd.oci.image.layer.v1.tar+zstd",
             Codec::None => "application/vnd.oci.image.layer.v1.tar",
+        }
+    }
+
+    /// The lazy format this writes, if any.
+    pub fn lazy_format(self) -> Option<Format> {
+        match self {
+            Codec::Estargz => Some(Format::Estargz),
+            Codec::ZstdChunked => Some(Format::ZstdChunked),
+            _ => None,
         }
     }
 }
@@ -95,9 +114,39 @@ pub struct Packed {
     pub stats: PackStats,
     /// How it is compressed.
     pub codec: Codec,
-    /// eStargz: sha256 of the TOC JSON (the `toc.digest` annotation).
+    /// eStargz, zstd:chunked: sha256 of the TOC JSON (the `toc.digest` annotation).
     pub toc_digest: Option<Digest>,
+    /// zstd:chunked: where the compressed TOC is, and its checksum.
+    pub zstd_manifest: Option<ZstdManifest>,
 }
+
+impl Packed {
+    /// The layer descriptor's annotations a lazy reader needs: eStargz
+    /// `toc.digest` and `uncompressed-size` (what ctr-remote writes); for
+    /// zstd:chunked also containers/storage's `manifest-checksum` and
+    /// `manifest-position`. Empty for the other codecs.
+    pub fn annotations(&self) -> BTreeMap<String, String> {
+        let mut a = BTreeMap::new();
+        if let Some(toc) = &self.toc_digest {
+            a.insert(TOC_DIGEST_ANNOTATION.to_string(), toc.to_string());
+            a.insert(
+                UNCOMPRESSED_SIZE_ANNOTATION.to_string(),
+                self.tar_size.to_string(),
+            );
+        }
+        if let Some(m) = &self.zstd_manifest {
+            a.insert(
+                ZSTD_CHECKSUM_ANNOTATIONS[0].to_string(),
+                m.checksum.to_string(),
+            );
+            a.insert(ZSTD_POSITION_ANNOTATIONS[0].to_string(), m.position());
+        }
+        a
+    }
+}
+
+/// The layer annotation with an eStargz layer's uncompressed (tar) size.
+pub const UNCOMPRESSED_SIZE_ANNOTATION: &str = "io.containers.estargz.uncompressed-size";
 
 /// A packed layer in a temp file (removed on drop).
 #[derive(Debug)]
@@ -263,6 +312,7 @@ pub fn pack_layer(
             stats: PackStats::default(),
             codec,
             toc_digest: None,
+            zstd_manifest: None,
         },
     };
     let (packed, out) = pack_to(
@@ -297,8 +347,21 @@ pub fn pack_to<W: Write + Send>(
     progress: &(dyn Fn(u64) + Sync),
     out: W,
 ) -> Result<(Packed, W)> {
+    pack_from(DirTree { root, opts }, codec, progress, out)
+}
+
+/// Pack what `producer` writes with `codec`, writing the blob to `out` as it
+/// is compressed: the tar producer, one compressor per core (gzip, eStargz,
+/// zstd:chunked; one for zstd and none) and this thread's collector run at
+/// once. Returns the digests and `out`, flushed.
+pub fn pack_from<P: TarProducer, W: Write + Send>(
+    producer: P,
+    codec: Codec,
+    progress: &(dyn Fn(u64) + Sync),
+    out: W,
+) -> Result<(Packed, W)> {
     let workers = match codec {
-        Codec::Gzip | Codec::Estargz => std::thread::available_parallelism()
+        Codec::Gzip | Codec::Estargz | Codec::ZstdChunked => std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(2)
             .clamp(1, 8),
@@ -311,9 +374,9 @@ pub fn pack_to<W: Write + Send>(
     std::thread::scope(|s| -> Result<_> {
         let producer = s.spawn(move || -> io::Result<Produced> {
             let mut count = |n| progress(n);
-            if codec == Codec::Estargz {
-                let (w, stats) = write_tar(root, EstargzSink::new(tx), opts, &mut count)?;
-                let (hasher, total, toc) = w.finish();
+            if let Some(format) = codec.lazy_format() {
+                let (w, stats) = producer.produce(LazySink::new(tx, format), &mut count)?;
+                let (hasher, total, toc) = w.finish()?;
                 return Ok(Produced {
                     hasher,
                     crc: 0,
@@ -331,7 +394,7 @@ pub fn pack_to<W: Write + Send>(
                 total: 0,
                 tx,
             };
-            let (mut w, stats) = write_tar(root, w, opts, &mut count)?;
+            let (mut w, stats) = producer.produce(w, &mut count)?;
             w.send(true)?;
             Ok(Produced {
                 hasher: w.hasher,
@@ -359,14 +422,14 @@ pub fn pack_to<W: Write + Send>(
             stats,
             toc,
         } = produced?;
-        let mut toc_digest = None;
+        let (mut toc_digest, mut zstd_manifest) = (None, None);
         match codec {
             Codec::Gzip => {
                 out.write_all(&crc.to_le_bytes())?;
                 out.write_all(&(total as u32).to_le_bytes())?;
             }
             Codec::Estargz => {
-                let json = finish_toc(toc, &offsets)?;
+                let json = finish_toc(toc, &offsets, out.count(), Format::Estargz)?;
                 toc_digest = Some(Digest::sha256_of(&json));
                 let tail = toc_tar(&json);
                 hasher.update(&tail);
@@ -374,6 +437,14 @@ pub fn pack_to<W: Write + Send>(
                 let toc_offset = out.count();
                 out.write_all(&gzip_member(&tail, gzip_level())?)?;
                 out.write_all(&crate::estargz::footer::footer_bytes(toc_offset))?;
+            }
+            Codec::ZstdChunked => {
+                let data_end = out.count();
+                let json = finish_toc(toc, &offsets, data_end, Format::ZstdChunked)?;
+                toc_digest = Some(Digest::sha256_of(&json));
+                let (tail, m) = zstd_chunked_tail(&json, data_end, ZSTD_LEVEL)?;
+                out.write_all(&tail)?;
+                zstd_manifest = Some(m);
             }
             Codec::Zstd | Codec::None => {}
         }
@@ -387,10 +458,14 @@ pub fn pack_to<W: Write + Send>(
             stats,
             codec,
             toc_digest,
+            zstd_manifest,
         };
         Ok((packed, out))
     })
 }
+
+/// The zstd level of zstd and zstd:chunked layers (zstd's default).
+const ZSTD_LEVEL: i32 = 3;
 
 fn compress_worker(
     codec: Codec,
@@ -409,6 +484,15 @@ fn compress_worker(
                 gzip_member(&b.data, level)
             };
             if tx.send(r.map(|d| (b.seq, d))).is_err() {
+                return;
+            }
+        },
+        Codec::ZstdChunked => loop {
+            let Ok(b) = rx.lock().unwrap().recv() else {
+                return;
+            };
+            let r = zstd::bulk::compress(&b.data, ZSTD_LEVEL).map(|d| (b.seq, d));
+            if tx.send(r).is_err() {
                 return;
             }
         },

@@ -1,5 +1,7 @@
 //! Writing eStargz layers (containerd/stargz-snapshotter `docs/estargz.md`),
-//! the way its Go writer lays them out:
+//! the way its Go writer lays them out, and zstd:chunked layers
+//! (containers/storage `pkg/chunked`; stargz-snapshotter
+//! `estargz/zstdchunked`) from the same sink ([`LazySink`]):
 //!
 //! - a gzip tar in which every chunk (at most [`CHUNK_SIZE`] bytes) of a
 //!   regular file's content starts a new gzip member; tar headers, padding
@@ -12,10 +14,20 @@
 //!
 //! TOC entries carry `offset` (of the member a chunk starts), `chunkOffset`,
 //! `chunkSize` (0 for a file's last, short chunk), `chunkDigest`, and the
-//! whole file's `digest`. Landmark files are not written (they are optional;
-//! no file is prioritised). Member offsets are only known once the members
+//! whole file's `digest`. Member offsets are only known once the members
 //! are compressed, so the sink records member sequence numbers and
-//! [`finish_toc`] turns them into offsets.
+//! [`finish_toc`] turns them into offsets. Landmark files are whatever the
+//! tar producer writes (a commit writes none; `regfs convert` writes
+//! `.prefetch.landmark` or `.no.prefetch.landmark`).
+//!
+//! zstd:chunked differs in three ways: members are zstd frames, and each
+//! chunk's frame holds the chunk's bytes alone (the padding and the next
+//! headers start a new frame), so a TOC entry's `endOffset` (which
+//! containers/storage reads) is where the next frame starts; the
+//! end-of-archive blocks stay in the tar stream (there is no TOC entry in
+//! the tar); the TOC follows the frames, zstd-compressed inside a skippable
+//! frame, then a skippable frame holding the 40-byte footer (see
+//! [`zstd_chunked_tail`]).
 
 use std::collections::BTreeMap;
 use std::io::{self, Read, Write};
@@ -27,7 +39,7 @@ use serde::Serialize;
 use super::block::Block;
 use super::pack::{EntryDesc, TarSink};
 use crate::digest::{Algorithm, Digest, Hasher};
-use crate::estargz::TOC_NAME;
+use crate::estargz::{Format, TOC_NAME};
 
 /// The largest chunk of file content in one gzip member.
 pub const CHUNK_SIZE: u64 = 4 << 20;
@@ -66,6 +78,8 @@ pub struct OutEntry {
     #[serde(skip_serializing_if = "is_zero")]
     offset: u64,
     #[serde(skip_serializing_if = "is_zero")]
+    end_offset: u64,
+    #[serde(skip_serializing_if = "is_zero")]
     chunk_offset: u64,
     #[serde(skip_serializing_if = "is_zero")]
     chunk_size: u64,
@@ -86,10 +100,11 @@ struct TocOut<'a> {
     entries: Vec<&'a OutEntry>,
 }
 
-/// The tar side of an eStargz layer: cuts the stream into gzip members
-/// (sent to the compressors as blocks), hashes the tar (diff_id), and
-/// collects the TOC.
-pub struct EstargzSink {
+/// The tar side of an eStargz or zstd:chunked layer: cuts the stream into
+/// members (gzip members or zstd frames, sent to the compressors as blocks),
+/// hashes the tar (diff_id), and collects the TOC.
+pub struct LazySink {
+    format: Format,
     buf: Vec<u8>,
     seq: u64,
     tx: SyncSender<Block>,
@@ -99,10 +114,11 @@ pub struct EstargzSink {
     ended: bool,
 }
 
-impl EstargzSink {
-    /// A sink sending members to `tx`.
-    pub(crate) fn new(tx: SyncSender<Block>) -> EstargzSink {
-        EstargzSink {
+impl LazySink {
+    /// A sink sending `format`'s members to `tx`.
+    pub(crate) fn new(tx: SyncSender<Block>, format: Format) -> LazySink {
+        LazySink {
+            format,
             buf: Vec::new(),
             seq: 0,
             tx,
@@ -135,13 +151,15 @@ impl EstargzSink {
         self.total += data.len() as u64;
     }
 
-    /// The tar hash so far, its length, and the TOC entries.
-    pub fn finish(self) -> (Hasher, u64, Vec<Pending>) {
-        (self.hasher, self.total, self.entries)
+    /// The tar hash, its length, and the TOC entries (zstd:chunked: the
+    /// open frame, with the end-of-archive blocks, is sent first).
+    pub fn finish(mut self) -> io::Result<(Hasher, u64, Vec<Pending>)> {
+        self.cut()?;
+        Ok((self.hasher, self.total, self.entries))
     }
 }
 
-impl Write for EstargzSink {
+impl Write for LazySink {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
         if self.ended {
             // The end-of-archive blocks: they come after the TOC entry instead.
@@ -174,7 +192,7 @@ fn utf8(b: &[u8], what: &str) -> io::Result<String> {
     })
 }
 
-impl TarSink for EstargzSink {
+impl TarSink for LazySink {
     fn entry(&mut self, d: &EntryDesc) -> io::Result<()> {
         let b64 = base64::engine::general_purpose::STANDARD;
         let mut e = OutEntry {
@@ -248,6 +266,9 @@ impl TarSink for EstargzSink {
                 });
             }
             written += n;
+            if self.format == Format::ZstdChunked {
+                self.cut()?; // the frame holds this chunk alone
+            }
         }
         let digest = match whole {
             Some(h) => h.finish(),
@@ -258,21 +279,37 @@ impl TarSink for EstargzSink {
     }
 
     fn end(&mut self) -> io::Result<()> {
-        self.cut()?;
-        self.ended = true;
+        if self.format == Format::Estargz {
+            // The end-of-archive blocks follow the TOC entry instead.
+            self.cut()?;
+            self.ended = true;
+        }
         Ok(())
     }
 }
 
 /// The TOC JSON, with member numbers turned into blob offsets
-/// (`offsets[seq]` = where member `seq` starts).
-pub fn finish_toc(entries: Vec<Pending>, offsets: &[u64]) -> io::Result<Vec<u8>> {
+/// (`offsets[seq]` = where member `seq` starts; `data_end` = where the last
+/// member ends). zstd:chunked entries also get `endOffset`.
+pub fn finish_toc(
+    entries: Vec<Pending>,
+    offsets: &[u64],
+    data_end: u64,
+    format: Format,
+) -> io::Result<Vec<u8>> {
     let mut out = Vec::with_capacity(entries.len());
+    let lost = || io::Error::other("lazy layer: a member was lost");
     for mut p in entries {
         if let Some(m) = p.member {
-            p.entry.offset = *offsets
-                .get(m as usize)
-                .ok_or_else(|| io::Error::other("eStargz: a member was lost"))?;
+            let m = m as usize;
+            p.entry.offset = *offsets.get(m).ok_or_else(lost)?;
+            if format == Format::ZstdChunked {
+                p.entry.end_offset = match offsets.get(m + 1) {
+                    Some(&o) => o,
+                    None if m + 1 == offsets.len() => data_end,
+                    None => return Err(lost()),
+                };
+            }
         }
         out.push(p.entry);
     }
@@ -300,4 +337,73 @@ pub fn toc_tar(json: &[u8]) -> Vec<u8> {
     t.extend_from_slice(json);
     t.resize(t.len().div_ceil(512) * 512 + 1024, 0);
     t
+}
+
+/// zstd's skippable frame magic (`0x184D2A50`, little-endian).
+const SKIPPABLE_MAGIC: [u8; 4] = [0x50, 0x2a, 0x4d, 0x18];
+/// The zstd:chunked footer's magic (`GnUlInUx`).
+const ZSTD_CHUNKED_MAGIC: &[u8; 8] = b"GnUlInUx";
+/// The zstd:chunked manifest type of a TOC in the CRFS / eStargz JSON form.
+const MANIFEST_TYPE_CRFS: u64 = 1;
+
+/// Where a zstd:chunked TOC landed: what the
+/// `…zstd-chunked.manifest-position` annotation says and what
+/// `…manifest-checksum` is the digest of.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ZstdManifest {
+    /// Offset of the compressed TOC in the blob.
+    pub offset: u64,
+    /// Its compressed length.
+    pub length: u64,
+    /// The JSON's length.
+    pub length_uncompressed: u64,
+    /// sha256 of the compressed TOC.
+    pub checksum: Digest,
+}
+
+impl ZstdManifest {
+    /// The `manifest-position` annotation: `offset:length:lengthUncompressed:type`.
+    pub fn position(&self) -> String {
+        format!(
+            "{}:{}:{}:{MANIFEST_TYPE_CRFS}",
+            self.offset, self.length, self.length_uncompressed
+        )
+    }
+}
+
+/// A skippable zstd frame holding `data`.
+fn skippable(data: &[u8]) -> Vec<u8> {
+    let mut f = Vec::with_capacity(data.len() + 8);
+    f.extend_from_slice(&SKIPPABLE_MAGIC);
+    f.extend_from_slice(&(data.len() as u32).to_le_bytes());
+    f.extend_from_slice(data);
+    f
+}
+
+/// The end of a zstd:chunked blob whose frames end at `data_end`: the TOC
+/// JSON zstd-compressed (at `level`) in a skippable frame, then a skippable
+/// frame with the 40-byte footer (TOC offset, compressed length,
+/// uncompressed length, manifest type, all u64 little-endian, then the
+/// magic), as containers/storage's `WriteZstdChunkedManifest` and
+/// stargz-snapshotter's `zstdchunked` write it.
+pub fn zstd_chunked_tail(
+    json: &[u8],
+    data_end: u64,
+    level: i32,
+) -> io::Result<(Vec<u8>, ZstdManifest)> {
+    let compressed = zstd::bulk::compress(json, level)?;
+    let m = ZstdManifest {
+        offset: data_end + 8,
+        length: compressed.len() as u64,
+        length_uncompressed: json.len() as u64,
+        checksum: Digest::sha256_of(&compressed),
+    };
+    let mut footer = Vec::with_capacity(40);
+    for v in [m.offset, m.length, m.length_uncompressed, MANIFEST_TYPE_CRFS] {
+        footer.extend_from_slice(&v.to_le_bytes());
+    }
+    footer.extend_from_slice(ZSTD_CHUNKED_MAGIC);
+    let mut tail = skippable(&compressed);
+    tail.extend(skippable(&footer));
+    Ok((tail, m))
 }

@@ -5,8 +5,9 @@
 //!   whiteouts), plain Rust; `crate::fuse::export` links fuser to it.
 //! - [`pack`] and [`compress`]: a deterministic tar, compressed and hashed
 //!   in one pass, streamed to the upload as it is produced; [`estargz`]:
-//!   the eStargz layout (gzip member per chunk, TOC, footer); [`block`]:
-//!   the piece of tar the tar side hands a compressor (both use it).
+//!   the eStargz and zstd:chunked layouts (a member per chunk, TOC,
+//!   footer); [`block`]: the piece of tar the tar side hands a compressor
+//!   (both use it); [`stream_push`]: a packed layer uploaded as it is made.
 //! - [`longpath`]: staging paths longer than one system call takes.
 //! - [`image`]: the config and manifest; [`push`]: blobs then the manifest.
 //! - [`commit`]: the whole commit, with progress, and [`Exporter`], the
@@ -23,6 +24,7 @@ pub mod longpath;
 pub mod pack;
 pub mod push;
 pub mod staging;
+pub mod stream_push;
 pub mod xattr;
 
 pub use commit::{CommitOptions, CommitOutcome, CommitProgress, Exporter};

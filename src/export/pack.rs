@@ -91,6 +91,38 @@ pub trait TarSink: Write {
 
 impl TarSink for Vec<u8> {}
 
+/// Something that writes a whole tar stream into a [`TarSink`]: a staged
+/// directory ([`DirTree`]), or a source layer's tar replayed entry by entry
+/// (`crate::convert::transcribe`). The compression pipeline
+/// ([`super::compress::pack_from`]) runs it on a thread of its own.
+pub trait TarProducer: Send {
+    /// Write every entry and the end-of-archive blocks to `out` (calling
+    /// `out.end()` before them); `progress` gets content bytes as they go.
+    fn produce<W: TarSink>(
+        self,
+        out: W,
+        progress: &mut dyn FnMut(u64),
+    ) -> io::Result<(W, PackStats)>;
+}
+
+/// A staged directory tree as a [`TarProducer`] (see [`write_tar`]).
+pub struct DirTree<'a> {
+    /// The tree's root (not itself an entry).
+    pub root: &'a Path,
+    /// How to pack it.
+    pub opts: &'a PackOptions,
+}
+
+impl TarProducer for DirTree<'_> {
+    fn produce<W: TarSink>(
+        self,
+        out: W,
+        progress: &mut dyn FnMut(u64),
+    ) -> io::Result<(W, PackStats)> {
+        write_tar(self.root, out, self.opts, progress)
+    }
+}
+
 /// Write the tree under `root` as a tar stream to `out` (finished, with the
 /// end-of-archive blocks). `progress` is called with content bytes as they go.
 pub fn write_tar<W: TarSink>(
@@ -107,9 +139,15 @@ pub fn write_tar<W: TarSink>(
         progress,
     };
     st.dir(&mut b, root, &mut Vec::new())?;
+    finish(b, st.stats)
+}
+
+/// End a tar stream: tell the sink, write the end-of-archive blocks, and
+/// hand the sink back.
+pub fn finish<W: TarSink>(mut b: tar::Builder<W>, stats: PackStats) -> io::Result<(W, PackStats)> {
     b.get_mut().end()?;
     b.finish()?;
-    Ok((b.into_inner()?, st.stats))
+    Ok((b.into_inner()?, stats))
 }
 
 struct Packer<'a> {
@@ -279,8 +317,6 @@ impl Packer<'_> {
         self.append(b, &h, &pax, &d, None)
     }
 
-    /// Headers (PAX, then `h`), then for a regular file `h.size()` bytes of
-    /// `data` and the padding.
     fn append<W: TarSink>(
         &mut self,
         b: &mut tar::Builder<W>,
@@ -289,27 +325,40 @@ impl Packer<'_> {
         d: &EntryDesc,
         data: Option<&mut dyn Read>,
     ) -> io::Result<()> {
-        b.get_mut().entry(d)?;
-        if !pax.is_empty() {
-            let mut sorted: Vec<_> = pax.iter().collect();
-            sorted.sort();
-            b.append_pax_extensions(sorted.iter().map(|(k, v)| (k.as_str(), v.as_slice())))?;
-        }
         self.stats.entries += 1;
-        let out = b.get_mut();
-        out.write_all(h.as_bytes())?;
-        let size = h.size()?;
-        if let Some(data) = data {
-            out.content(data, size)?;
-            let pad = (512 - size % 512) % 512;
-            out.write_all(&[0u8; 512][..pad as usize])?;
-        }
-        Ok(())
+        append_entry(b, h, pax, d, data)
     }
 }
 
+/// Write one entry: tell the sink about `d`, then the PAX records (sorted,
+/// if any), the header `h`, and for a regular file `h.size()` bytes of
+/// `data` and the padding.
+pub fn append_entry<W: TarSink>(
+    b: &mut tar::Builder<W>,
+    h: &Header,
+    pax: &[(String, Vec<u8>)],
+    d: &EntryDesc,
+    data: Option<&mut dyn Read>,
+) -> io::Result<()> {
+    b.get_mut().entry(d)?;
+    if !pax.is_empty() {
+        let mut sorted: Vec<_> = pax.iter().collect();
+        sorted.sort();
+        b.append_pax_extensions(sorted.iter().map(|(k, v)| (k.as_str(), v.as_slice())))?;
+    }
+    let out = b.get_mut();
+    out.write_all(h.as_bytes())?;
+    let size = h.size()?;
+    if let Some(data) = data {
+        out.content(data, size)?;
+        let pad = (512 - size % 512) % 512;
+        out.write_all(&[0u8; 512][..pad as usize])?;
+    }
+    Ok(())
+}
+
 /// Put `name` in the header; longer than the field: a PAX `path` record too.
-fn set_name(h: &mut Header, name: &[u8], pax: &mut Vec<(String, Vec<u8>)>) {
+pub fn set_name(h: &mut Header, name: &[u8], pax: &mut Vec<(String, Vec<u8>)>) {
     let field = &mut h.as_old_mut().name;
     let n = name.len().min(field.len());
     field[..n].copy_from_slice(&name[..n]);
@@ -319,7 +368,7 @@ fn set_name(h: &mut Header, name: &[u8], pax: &mut Vec<(String, Vec<u8>)>) {
 }
 
 /// Put a link target in the header; longer than the field: a PAX `linkpath` record.
-fn set_link(h: &mut Header, target: &[u8], pax: &mut Vec<(String, Vec<u8>)>) {
+pub fn set_link(h: &mut Header, target: &[u8], pax: &mut Vec<(String, Vec<u8>)>) {
     let field = &mut h.as_old_mut().linkname;
     let n = target.len().min(field.len());
     field[..n].copy_from_slice(&target[..n]);
