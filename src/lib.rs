@@ -14,6 +14,7 @@ pub mod als;
 pub mod blocking;
 pub mod cache;
 pub mod content;
+pub mod convert;
 pub mod diff;
 pub mod digest;
 pub mod error;

@@ -121,6 +121,18 @@ Examples:
   regfs diff localhost:5000/lab/python:3.11 localhost:5000/lab/app:1.0
   regfs diff localhost:5000/lab/python:3.11-esgz lab/app:1.0-esgz --json   # second: the first's registry")]
     Diff(DiffArgs),
+    /// Copy an image from registry to registry with its layers re-packed as
+    /// eStargz or zstd:chunked (lazy at file granularity); every input is
+    /// verified. With --prefetch-from, the files of a `regfs trace` come
+    /// first in their layers, before a .prefetch.landmark.
+    #[command(after_help = "\
+Examples:
+  regfs convert localhost:5000/lab/python:3.11 localhost:5000/lab/python:3.11-esgz --estargz
+  regfs trace start /mnt/reg lab/python:3.11-esgz
+  chroot /mnt/reg/lab/python:3.11-esgz/rootfs python3 -c 'import json'
+  regfs trace stop /mnt/reg lab/python:3.11-esgz > python.trace
+  regfs convert localhost:5000/lab/python:3.11 localhost:5000/lab/python:3.11-zc --zstd-chunked --prefetch-from python.trace")]
+    Convert(ConvertArgs),
     /// Print a shell completion script.
     #[command(after_help = "\
 Examples:
@@ -249,6 +261,41 @@ pub struct DiffArgs {
     /// Seconds a request may go without progress, retries included.
     #[arg(long, default_value_t = 30)]
     pub timeout: u64,
+}
+
+/// `regfs convert`.
+#[derive(Args, Debug)]
+#[command(group(clap::ArgGroup::new("format").required(true).args(["estargz", "zstd_chunked"])))]
+pub struct ConvertArgs {
+    /// The image: HOST[:PORT]/NAME:TAG or HOST[:PORT]/NAME@DIGEST (an index converts every image in it).
+    pub source: String,
+    /// Where to push it: HOST[:PORT]/NAME:TAG (another registry is fine).
+    pub destination: String,
+    /// Layers as eStargz (gzip members per file chunk, a TOC, a footer).
+    #[arg(long)]
+    pub estargz: bool,
+    /// Layers as zstd:chunked (zstd frames per file chunk, the TOC in a skippable frame).
+    #[arg(long)]
+    pub zstd_chunked: bool,
+    /// A trace (`regfs trace stop` output): these files go first in their
+    /// layers, before a .prefetch.landmark, so mounts prefetch them.
+    #[arg(long, value_name = "TRACE")]
+    pub prefetch_from: Option<PathBuf>,
+    /// Where layers are spooled when a trace reorders them [default: the temp dir].
+    #[arg(long)]
+    pub tmp_dir: Option<PathBuf>,
+    /// Talk plain HTTP (loopback registries use it without asking).
+    #[arg(long)]
+    pub plain_http: bool,
+    /// Trust this PEM CA certificate (repeatable).
+    #[arg(long)]
+    pub ca_cert: Vec<PathBuf>,
+    /// Seconds a request may go without progress, retries included.
+    #[arg(long, default_value_t = 30)]
+    pub timeout: u64,
+    /// No line per layer.
+    #[arg(long, short)]
+    pub quiet: bool,
 }
 
 #[derive(Args, Debug)]

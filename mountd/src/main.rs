@@ -6,6 +6,7 @@ mod cli;
 mod client;
 mod config;
 mod control;
+mod convert;
 mod daemon;
 mod diff;
 mod docs;
@@ -56,6 +57,7 @@ fn main() {
         cli::Command::Index(cli::IndexCommand::Import(args)) => index::import(args),
         cli::Command::Index(cli::IndexCommand::Push(args)) => index::push(args),
         cli::Command::Diff(args) => diff::run(args),
+        cli::Command::Convert(args) => convert::run(args),
         cli::Command::Completions(args) => docs::completions(args.shell),
         cli::Command::Manpage => docs::manpage(),
     };

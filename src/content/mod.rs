@@ -8,7 +8,7 @@ mod artifact_tars;
 mod background;
 mod blob_ranges;
 mod blobs;
-mod bridge;
+pub(crate) mod bridge;
 mod chunk_list;
 mod chunks;
 mod index_file;

@@ -38,19 +38,48 @@ impl Compression {
 
     /// A reader yielding the uncompressed bytes of `r`.
     pub fn decoder<'a, R: Read + 'a>(self, r: R) -> Box<dyn Read + 'a> {
+        Box::new(self.decode(r))
+    }
+
+    /// [`decoder`](Self::decoder) as a concrete type (`Send` when `R` is).
+    pub fn decode<R: Read>(self, r: R) -> Decoded<R> {
         match self {
-            Compression::None => Box::new(r),
-            Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(r)),
+            Compression::None => Decoded::None(r),
+            Compression::Gzip => Decoded::Gzip(flate2::read::MultiGzDecoder::new(r)),
             Compression::Zstd => match zstd::stream::read::Decoder::new(r) {
-                Ok(d) => Box::new(d),
-                Err(e) => Box::new(Failed(Some(e))),
+                Ok(d) => Decoded::Zstd(d),
+                Err(e) => Decoded::Failed(Failed(Some(e))),
             },
         }
     }
 }
 
+/// The uncompressed bytes of a layer blob being read (see
+/// [`Compression::decode`]).
+pub enum Decoded<R: Read> {
+    /// A plain tar.
+    None(R),
+    /// gzip members.
+    Gzip(flate2::read::MultiGzDecoder<R>),
+    /// zstd frames.
+    Zstd(zstd::stream::read::Decoder<'static, io::BufReader<R>>),
+    /// The decoder could not be built.
+    Failed(Failed),
+}
+
+impl<R: Read> Read for Decoded<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Decoded::None(r) => r.read(buf),
+            Decoded::Gzip(r) => r.read(buf),
+            Decoded::Zstd(r) => r.read(buf),
+            Decoded::Failed(r) => r.read(buf),
+        }
+    }
+}
+
 /// A reader that fails once with the error that prevented building a decoder.
-struct Failed(Option<io::Error>);
+pub struct Failed(Option<io::Error>);
 
 impl Read for Failed {
     fn read(&mut self, _: &mut [u8]) -> io::Result<usize> {
