@@ -122,24 +122,29 @@ pub struct Packed {
 
 impl Packed {
     /// The layer descriptor's annotations a lazy reader needs: eStargz
-    /// `toc.digest` and `uncompressed-size` (what ctr-remote writes); for
-    /// zstd:chunked also containers/storage's `manifest-checksum` and
-    /// `manifest-position`. Empty for the other codecs.
+    /// `toc.digest` and `uncompressed-size` (what ctr-remote writes);
+    /// zstd:chunked containers/storage's `manifest-checksum` and
+    /// `manifest-position` alone, in both spellings (with a `toc.digest`
+    /// beside them, podman 4.3 takes the layer for eStargz and its partial
+    /// pull fails). Empty
+    /// for the other codecs.
     pub fn annotations(&self) -> BTreeMap<String, String> {
         let mut a = BTreeMap::new();
-        if let Some(toc) = &self.toc_digest {
+        if let Some(m) = &self.zstd_manifest {
+            // Both spellings: containers/storage's current one, and the one
+            // podman 4.3 (containers/storage 1.43) and ctr-remote use.
+            for k in ZSTD_CHECKSUM_ANNOTATIONS {
+                a.insert(k.to_string(), m.checksum.to_string());
+            }
+            for k in ZSTD_POSITION_ANNOTATIONS {
+                a.insert(k.to_string(), m.position());
+            }
+        } else if let Some(toc) = &self.toc_digest {
             a.insert(TOC_DIGEST_ANNOTATION.to_string(), toc.to_string());
             a.insert(
                 UNCOMPRESSED_SIZE_ANNOTATION.to_string(),
                 self.tar_size.to_string(),
             );
-        }
-        if let Some(m) = &self.zstd_manifest {
-            a.insert(
-                ZSTD_CHECKSUM_ANNOTATIONS[0].to_string(),
-                m.checksum.to_string(),
-            );
-            a.insert(ZSTD_POSITION_ANNOTATIONS[0].to_string(), m.position());
         }
         a
     }
