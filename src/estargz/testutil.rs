@@ -119,9 +119,9 @@ fn gzip(data: &[u8]) -> Vec<u8> {
 
 /// `tar` as an eStargz blob, by the export's eStargz writer.
 pub(crate) fn estargz(tar: &[u8]) -> LazyBlob {
-    use crate::export::estargz::{finish_toc, toc_tar, EstargzSink};
+    use crate::export::estargz::{finish_toc, toc_tar, LazySink};
     let (tx, rx) = std::sync::mpsc::sync_channel(1 << 16);
-    let mut sink = EstargzSink::new(tx);
+    let mut sink = LazySink::new(tx, Format::Estargz);
     for m in members(tar) {
         sink.entry(&m.desc).unwrap();
         sink.write_all(&m.headers).unwrap();
@@ -132,7 +132,7 @@ pub(crate) fn estargz(tar: &[u8]) -> LazyBlob {
         }
     }
     sink.end().unwrap();
-    let (_, _, entries) = sink.finish();
+    let (_, _, entries) = sink.finish().unwrap();
     let mut blob = Vec::new();
     let mut offsets = Vec::new();
     for b in rx.try_iter() {
@@ -140,8 +140,8 @@ pub(crate) fn estargz(tar: &[u8]) -> LazyBlob {
         offsets.push(blob.len() as u64);
         blob.extend_from_slice(&gzip(&b.data));
     }
-    let json = finish_toc(entries, &offsets).unwrap();
     let data_end = blob.len() as u64;
+    let json = finish_toc(entries, &offsets, data_end, Format::Estargz).unwrap();
     blob.extend_from_slice(&gzip(&toc_tar(&json)));
     blob.extend_from_slice(&super::footer::footer_bytes(data_end));
     // What a reader does: the footer, then the TOC member.
