@@ -46,6 +46,11 @@ fn every_lab_image_converts_and_mounts_lazily_with_the_same_rootfs() {
         sources.push((tag, dest));
     }
     let m = Mount::new(&reg, &[]);
+    // Conversion is deterministic: equal tars give equal layers. A converted
+    // image whose layers equal an already compared one's (the Docker twin,
+    // the zstd twin with the same diff_ids, the index's host image) is not
+    // walked again.
+    let mut compared: Vec<(Vec<String>, &str)> = Vec::new();
     for (format, suffix) in [("--estargz", "esgz"), ("--zstd-chunked", "zc")] {
         for (tag, src) in &sources {
             let (repo, src_tag) = src.split_once(':').unwrap();
@@ -57,7 +62,12 @@ fn every_lab_image_converts_and_mounts_lazily_with_the_same_rootfs() {
             let manifest = manifest_json(&reg, repo, &dst_tag);
             let v: serde_json::Value = serde_json::from_str(&manifest).unwrap();
             // An index converts every image in it; the mount shows the host's.
-            let images: Vec<String> = match v["manifests"].as_array() {
+            let host_arch = match std::env::consts::ARCH {
+                "x86_64" => "amd64",
+                "aarch64" => "arm64",
+                a => a,
+            };
+            let images: Vec<(String, bool)> = match v["manifests"].as_array() {
                 Some(children) => {
                     assert_eq!(
                         v["mediaType"], "application/vnd.oci.image.index.v1+json",
@@ -65,13 +75,17 @@ fn every_lab_image_converts_and_mounts_lazily_with_the_same_rootfs() {
                     );
                     children
                         .iter()
-                        .map(|c| c["digest"].as_str().unwrap().to_string())
+                        .map(|c| {
+                            let d = c["digest"].as_str().unwrap().to_string();
+                            (d, c["platform"]["architecture"] == host_arch)
+                        })
                         .collect()
                 }
-                None => vec![dst_tag.clone()],
+                None => vec![(dst_tag.clone(), true)],
             };
             let mut layers = Vec::new();
-            for i in &images {
+            let mut host_layers = Vec::new();
+            for (i, host) in &images {
                 let j: serde_json::Value =
                     serde_json::from_str(&manifest_json(&reg, repo, i)).unwrap();
                 assert_eq!(j["mediaType"], "application/vnd.oci.image.manifest.v1+json");
@@ -90,9 +104,14 @@ fn every_lab_image_converts_and_mounts_lazily_with_the_same_rootfs() {
                             );
                         }
                     }
-                    layers.push(l["digest"].as_str().unwrap().to_string());
+                    let d = l["digest"].as_str().unwrap().to_string();
+                    if *host {
+                        host_layers.push(d.clone());
+                    }
+                    layers.push(d);
                 }
             }
+            assert!(!host_layers.is_empty(), "{dst}: no image for {host_arch}");
             let image = m.path().join(format!("{repo}:{dst_tag}"));
             // One file first: footers, TOCs and its chunks, no whole layer.
             let first = fs::read(image.join("rootfs").join(probe(tag))).unwrap();
@@ -101,8 +120,14 @@ fn every_lab_image_converts_and_mounts_lazily_with_the_same_rootfs() {
                 assert_eq!(whole_gets(&reg, l), 0, "{dst}: layer {l} fetched whole");
             }
             // Then everything, against the oracle.
-            let actual = snapshot(&image.join("rootfs"));
-            assert_same_tree(&umoci_snapshot(oracle(tag)), &actual);
+            if let Some((_, o)) = compared.iter().find(|(l, _)| *l == host_layers) {
+                assert_eq!(*o, oracle(tag), "{dst}: the same layers as an image of another oracle");
+                eprintln!("{dst}: the same layers as one compared already");
+            } else {
+                let actual = snapshot(&image.join("rootfs"));
+                assert_same_tree(&umoci_snapshot(oracle(tag)), &actual);
+                compared.push((host_layers, oracle(tag)));
+            }
             for l in &layers {
                 assert_eq!(whole_gets(&reg, l), 0, "{dst}: layer {l} fetched whole");
             }
@@ -112,3 +137,4 @@ fn every_lab_image_converts_and_mounts_lazily_with_the_same_rootfs() {
         }
     }
 }
+
