@@ -73,7 +73,7 @@ impl Fs {
             match fs.warm_entrypoint(&id.0, &id.1).await {
                 Ok(w) if w.paths.is_empty() => {}
                 Ok(w) => tracing::info!(
-                    repo = %id.0, image = %id.1, files = w.paths.len(), bytes = w.bytes,
+                    repo = %id.0, image = %id.1, files = w.paths.len(), bytes = w.bytes, paths = ?w.paths,
                     ms = started.elapsed().as_millis() as u64, "warmed the image's start-up files"
                 ),
                 Err(e) => {
