@@ -7,14 +7,15 @@
 //! is still pulling and setting up meanwhile, so the container's first
 //! reads find those chunks in the cache instead of fetching them one after
 //! another. The same files the container reads, fetched the same verified
-//! way; nothing else.
+//! way; nothing else. Each wave of files (the program; then what it names;
+//! then what those name) is read side by side.
 //!
 //! Only for images whose every layer is lazy (eStargz, zstd:chunked): the
 //! merged tree of a gzip image needs its layers streamed whole, which stays
 //! the container's own reads' decision. Once per image per process, at most
 //! [`MAX_FILES`] files and [`MAX_BYTES`] bytes.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -128,55 +129,58 @@ impl Fs {
                 .map(|d| format!("{}/{argv0}", d.trim_end_matches('/')))
                 .find(|p| is_file(p))
         };
-        let mut queue: VecDeque<String> = program.into_iter().collect();
+        // In waves: everything one wave's files name is read side by side.
+        let mut wave: Vec<String> = program.into_iter().collect();
         let mut seen: HashSet<NodeId> = HashSet::new();
         let mut loader_cache = false;
-        while let Some(path) = queue.pop_front() {
-            if out.paths.len() >= MAX_FILES {
-                break;
-            }
-            let Some(node) = tree.resolve(path.as_bytes()) else {
-                continue;
-            };
-            let n = tree.node(node);
-            if n.kind != NodeKind::File || !seen.insert(node) {
-                continue;
-            }
-            if out.bytes + n.size > MAX_BYTES || n.size > u32::MAX as u64 {
-                continue;
-            }
-            let data = loaded
-                .clone()
-                .read(&self.content, node, 0, n.size as u32)
-                .await?;
-            out.bytes += n.size;
-            out.paths.push(path.clone());
-            let Some(deps) = exec_deps(&data) else {
-                continue;
-            };
-            let dir = path.rsplit_once('/').map_or("", |(d, _)| d);
-            if let Some(interp) = deps.interpreter {
-                queue.push_back(interp);
-                if !deps.needed.is_empty() && !loader_cache {
-                    loader_cache = true;
-                    queue.push_back("/etc/ld.so.cache".into());
-                }
-            }
-            let search: Vec<String> = deps
-                .search
-                .iter()
-                .map(|s| s.replace("$ORIGIN", dir).replace("${ORIGIN}", dir))
-                .chain(LIB_DIRS.iter().map(|s| s.to_string()))
-                .collect();
-            for lib in deps.needed {
-                if lib.contains('/') {
-                    queue.push_back(lib);
-                } else if let Some(p) = search
-                    .iter()
-                    .map(|d| format!("{}/{lib}", d.trim_end_matches('/')))
-                    .find(|p| is_file(p))
+        while !wave.is_empty() {
+            let mut reads = Vec::new();
+            for path in wave.drain(..) {
+                let Some(node) = tree.resolve(path.as_bytes()) else {
+                    continue;
+                };
+                let size = tree.node(node).size;
+                if tree.node(node).kind != NodeKind::File
+                    || out.paths.len() >= MAX_FILES
+                    || out.bytes + size > MAX_BYTES
+                    || size > u32::MAX as u64
+                    || !seen.insert(node)
                 {
-                    queue.push_back(p);
+                    continue;
+                }
+                out.bytes += size;
+                out.paths.push(path.clone());
+                let read = loaded.clone().read(&self.content, node, 0, size as u32);
+                reads.push(async move { read.await.map(|data| (path, data)) });
+            }
+            for (path, data) in futures_util::future::try_join_all(reads).await? {
+                let Some(deps) = exec_deps(&data) else {
+                    continue;
+                };
+                if let Some(interp) = deps.interpreter {
+                    wave.push(interp);
+                    if !deps.needed.is_empty() && !loader_cache {
+                        loader_cache = true;
+                        wave.push("/etc/ld.so.cache".into());
+                    }
+                }
+                let dir = path.rsplit_once('/').map_or("", |(d, _)| d);
+                let search: Vec<String> = deps
+                    .search
+                    .iter()
+                    .map(|s| s.replace("$ORIGIN", dir).replace("${ORIGIN}", dir))
+                    .chain(LIB_DIRS.iter().map(|s| s.to_string()))
+                    .collect();
+                for lib in deps.needed {
+                    if lib.contains('/') {
+                        wave.push(lib);
+                    } else if let Some(p) = search
+                        .iter()
+                        .map(|d| format!("{}/{lib}", d.trim_end_matches('/')))
+                        .find(|p| is_file(p))
+                    {
+                        wave.push(p);
+                    }
                 }
             }
         }
