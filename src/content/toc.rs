@@ -11,6 +11,7 @@ use std::time::Instant;
 use bytes::{Bytes, BytesMut};
 use futures_util::future::BoxFuture;
 
+use super::chunks::RemoteLayer;
 use super::layers::Niced;
 use super::once::{fetch_once, Fetchable};
 use super::Content;
@@ -339,7 +340,8 @@ impl Content {
     /// then opens a layer joins its fetch (single flight) or finds it done;
     /// a failure is only logged here (the opener fetches again and decides).
     /// With `wanted`, that layer is the one being opened: the others are
-    /// decoded at a lower CPU priority.
+    /// decoded at a lower CPU priority. Each layer's prioritised files
+    /// (`.prefetch.landmark`) start to be fetched as soon as its TOC is in.
     pub fn start_tocs(&self, repo: &str, layers: &[BlobRef], wanted: Option<usize>) {
         if !self.lazy.opts.enabled || tokio::runtime::Handle::try_current().is_err() {
             return;
@@ -351,13 +353,22 @@ impl Content {
             if self.lazy.indexes.get(spec.anchor()).is_some() {
                 continue;
             }
+            let remote = Arc::new(RemoteLayer {
+                repo: repo.to_string(),
+                blob: desc.clone(),
+                format: spec.format(),
+            });
             let mut kind = TocKind::new(self, repo, desc, spec);
             kind.slack = wanted.is_some_and(|w| w != i);
-            let in_flight = self.in_flight.clone();
+            let (in_flight, prefetcher) = (self.in_flight.clone(), self.prefetcher());
             tokio::spawn(async move {
                 let store = kind.store.clone();
-                if let Err(e) = fetch_once(&store, &in_flight, &kind).await {
-                    tracing::debug!(digest = %kind.desc.digest, error = %e, "early TOC fetch failed");
+                match fetch_once(&store, &in_flight, &kind).await {
+                    // The image's prioritised files start with its TOCs.
+                    Ok(l) => prefetcher.schedule(&remote, &l.tree, l.prefetch_end),
+                    Err(e) => {
+                        tracing::debug!(digest = %kind.desc.digest, error = %e, "early TOC fetch failed")
+                    }
                 }
             });
         }
