@@ -73,7 +73,10 @@ pub fn run(args: ConvertArgs) -> anyhow::Result<()> {
     let tag = match dst.selector() {
         Selector::Tag(t) => t,
         Selector::Digest(_) => {
-            bail!("{}: the destination needs a tag (a converted image has a new digest)", args.destination)
+            bail!(
+                "{}: the destination needs a tag (a converted image has a new digest)",
+                args.destination
+            )
         }
     };
     let prefetch = match &args.prefetch_from {

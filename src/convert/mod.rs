@@ -133,8 +133,8 @@ pub async fn convert(
         Manifest::Index { entries, .. } => {
             let mut children = Vec::new();
             for e in &entries {
-                let (d, b, t) = fetch_manifest(ep, &Selector::Digest(e.manifest.digest.clone()))
-                    .await?;
+                let (d, b, t) =
+                    fetch_manifest(ep, &Selector::Digest(e.manifest.digest.clone())).await?;
                 let child = match Manifest::parse(&b, &t)? {
                     Manifest::Image(m) if !m.is_artifact() => m,
                     _ => {
@@ -227,8 +227,8 @@ async fn convert_image(
         let started = Instant::now();
         let sent = Arc::new(AtomicU64::new(0));
         let (packed, prioritized) = if claims.is_empty() {
-            let p = layer::convert_streamed(ep.src, src, opts.codec, ep.dst, ep.dst_repo, sent)
-                .await?;
+            let p =
+                layer::convert_streamed(ep.src, src, opts.codec, ep.dst, ep.dst_repo, sent).await?;
             (p, 0)
         } else {
             let spool = layer::spool(ep.src, src, opts.tmp_dir.clone()).await?;

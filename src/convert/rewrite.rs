@@ -20,10 +20,7 @@ pub fn config(bytes: &[u8], diff_ids: &[Digest]) -> Result<Vec<u8>> {
         .as_object_mut()
         .ok_or_else(|| Error::invalid("source image config is not an object"))?;
     let ids: Vec<String> = diff_ids.iter().map(|d| d.to_string()).collect();
-    obj.insert(
-        "rootfs".into(),
-        json!({"type": "layers", "diff_ids": ids}),
-    );
+    obj.insert("rootfs".into(), json!({"type": "layers", "diff_ids": ids}));
     serde_json::to_vec(&c).map_err(|e| Error::invalid(format!("config: {e}")))
 }
 
@@ -40,15 +37,17 @@ pub fn manifest(config: &[u8], layers: &[LayerDesc], source: &ImageManifest) -> 
 /// `children[i]` (digest and size of the converted manifest), or is
 /// dropped when that is `None`.
 pub fn index(bytes: &[u8], children: &[Option<(Digest, u64)>]) -> Result<Vec<u8>> {
-    let mut v: Value = serde_json::from_slice(bytes)
-        .map_err(|e| Error::invalid(format!("source index: {e}")))?;
+    let mut v: Value =
+        serde_json::from_slice(bytes).map_err(|e| Error::invalid(format!("source index: {e}")))?;
     let entries = v
         .get("manifests")
         .and_then(Value::as_array)
         .cloned()
         .ok_or_else(|| Error::invalid("source index without manifests"))?;
     if entries.len() != children.len() {
-        return Err(Error::invalid("index entries and converted manifests differ"));
+        return Err(Error::invalid(
+            "index entries and converted manifests differ",
+        ));
     }
     let mut out = Vec::new();
     for (mut e, c) in entries.into_iter().zip(children) {

@@ -371,7 +371,10 @@ fn copy_entry<W: TarSink, R: Read>(
     let bad = |what: &str, e: io::Error| {
         io::Error::new(
             io::ErrorKind::InvalidData,
-            format!("tar entry {:?}: {what}: {e}", String::from_utf8_lossy(&name)),
+            format!(
+                "tar entry {:?}: {what}: {e}",
+                String::from_utf8_lossy(&name)
+            ),
         )
     };
     let mode = src.mode().map_err(|e| bad("mode", e))? & 0o7777;
@@ -385,7 +388,11 @@ fn copy_entry<W: TarSink, R: Read>(
             let (Ok(k), v) = (r.key(), r.value_bytes()) else {
                 continue;
             };
-            let num = || std::str::from_utf8(v).ok().and_then(|s| s.split('.').next()?.parse::<i64>().ok());
+            let num = || {
+                std::str::from_utf8(v)
+                    .ok()
+                    .and_then(|s| s.split('.').next()?.parse::<i64>().ok())
+            };
             match k {
                 "uid" => uid = num().unwrap_or(uid as i64) as u64,
                 "gid" => gid = num().unwrap_or(gid as i64) as u64,

@@ -30,9 +30,11 @@ use flate2::{Compress, FlushCompress, Status};
 use super::block::Block;
 use super::estargz::{finish_toc, toc_tar, zstd_chunked_tail, LazySink, ZstdManifest};
 use super::pack::{DirTree, PackOptions, PackStats, TarProducer, TarSink};
-use crate::estargz::{Format, TOC_DIGEST_ANNOTATION, ZSTD_CHECKSUM_ANNOTATIONS, ZSTD_POSITION_ANNOTATIONS};
 use crate::digest::{Algorithm, Digest, Hasher, HashingWriter};
 use crate::error::{Error, Result};
+use crate::estargz::{
+    Format, TOC_DIGEST_ANNOTATION, ZSTD_CHECKSUM_ANNOTATIONS, ZSTD_POSITION_ANNOTATIONS,
+};
 
 /// How a layer is compressed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]

@@ -399,7 +399,12 @@ pub fn zstd_chunked_tail(
         checksum: Digest::sha256_of(&compressed),
     };
     let mut footer = Vec::with_capacity(40);
-    for v in [m.offset, m.length, m.length_uncompressed, MANIFEST_TYPE_CRFS] {
+    for v in [
+        m.offset,
+        m.length,
+        m.length_uncompressed,
+        MANIFEST_TYPE_CRFS,
+    ] {
         footer.extend_from_slice(&v.to_le_bytes());
     }
     footer.extend_from_slice(ZSTD_CHUNKED_MAGIC);

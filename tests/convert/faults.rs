@@ -25,8 +25,14 @@ fn a_corrupted_source_layer_fails_the_conversion_and_pushes_no_tag() {
     for format in ["--estargz", "--zstd-chunked"] {
         let out = convert(&reg, "lab/python:3.11", "lab/python:broken", &[format]);
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "{format}: converted a corrupted layer: {err}");
-        assert!(err.contains(&layers[1]), "{format}: the error names no digest: {err}");
+        assert!(
+            !out.status.success(),
+            "{format}: converted a corrupted layer: {err}"
+        );
+        assert!(
+            err.contains(&layers[1]),
+            "{format}: the error names no digest: {err}"
+        );
         assert!(
             err.contains("digest") || err.contains("mismatch"),
             "{format}: {err}"

@@ -12,7 +12,12 @@ use crate::{convert_ok, layer_digests, whole_gets};
 fn skopeo_copies_zstd_chunked_output_keeping_its_digests() {
     let reg = Registry::start(RegistryKind::Plain);
     reg.push("python-3.11", "lab/python:3.11");
-    convert_ok(&reg, "lab/python:3.11", "lab/python:zc", &["--zstd-chunked"]);
+    convert_ok(
+        &reg,
+        "lab/python:3.11",
+        "lab/python:zc",
+        &["--zstd-chunked"],
+    );
     let want = layer_digests(&reg, "lab/python", "zc");
     let dir = tempdir("convert-skopeo");
     let layout = dir.path().join("oci");
@@ -23,10 +28,18 @@ fn skopeo_copies_zstd_chunked_output_keeping_its_digests() {
     let index: serde_json::Value =
         serde_json::from_slice(&fs::read(layout.join("index.json")).unwrap()).unwrap();
     let digest = index["manifests"][0]["digest"].as_str().unwrap();
-    assert_eq!(digest, reg.manifest_digest("lab/python", "zc"), "manifest kept");
+    assert_eq!(
+        digest,
+        reg.manifest_digest("lab/python", "zc"),
+        "manifest kept"
+    );
     let m: serde_json::Value = serde_json::from_slice(
-        &fs::read(layout.join("blobs/sha256").join(digest.strip_prefix("sha256:").unwrap()))
-            .unwrap(),
+        &fs::read(
+            layout
+                .join("blobs/sha256")
+                .join(digest.strip_prefix("sha256:").unwrap()),
+        )
+        .unwrap(),
     )
     .unwrap();
     let got: Vec<&str> = m["layers"]
@@ -38,7 +51,9 @@ fn skopeo_copies_zstd_chunked_output_keeping_its_digests() {
     assert_eq!(got, want);
     // And the blobs are what the digests say.
     for d in &want {
-        let p = layout.join("blobs/sha256").join(d.strip_prefix("sha256:").unwrap());
+        let p = layout
+            .join("blobs/sha256")
+            .join(d.strip_prefix("sha256:").unwrap());
         assert_eq!(
             format!("sha256:{}", crate::harness::sha256_file(&p)),
             *d,
@@ -86,7 +101,12 @@ fn podman_pulls_zstd_chunked_output_partially_and_runs_it() {
     require_fuse!(); // root, as podman's overlay storage needs
     let reg = Registry::start(RegistryKind::Plain);
     reg.push("python-3.11", "lab/python:3.11");
-    convert_ok(&reg, "lab/python:3.11", "lab/python:zc", &["--zstd-chunked"]);
+    convert_ok(
+        &reg,
+        "lab/python:3.11",
+        "lab/python:zc",
+        &["--zstd-chunked"],
+    );
     let layers = layer_digests(&reg, "lab/python", "zc");
     let dir = tempdir("convert-podman");
     let image = format!("{}/lab/python:zc", reg.host_port());

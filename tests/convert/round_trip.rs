@@ -92,11 +92,23 @@ fn every_lab_image_converts_and_mounts_lazily_with_the_same_rootfs() {
                 for l in j["layers"].as_array().unwrap() {
                     let a = &l["annotations"];
                     if suffix == "esgz" {
-                        assert_eq!(l["mediaType"], "application/vnd.oci.image.layer.v1.tar+gzip");
-                        assert!(a["containerd.io/snapshot/stargz/toc.digest"].is_string(), "{l}");
-                        assert!(a["io.containers.estargz.uncompressed-size"].is_string(), "{l}");
+                        assert_eq!(
+                            l["mediaType"],
+                            "application/vnd.oci.image.layer.v1.tar+gzip"
+                        );
+                        assert!(
+                            a["containerd.io/snapshot/stargz/toc.digest"].is_string(),
+                            "{l}"
+                        );
+                        assert!(
+                            a["io.containers.estargz.uncompressed-size"].is_string(),
+                            "{l}"
+                        );
                     } else {
-                        assert_eq!(l["mediaType"], "application/vnd.oci.image.layer.v1.tar+zstd");
+                        assert_eq!(
+                            l["mediaType"],
+                            "application/vnd.oci.image.layer.v1.tar+zstd"
+                        );
                         for k in ["manifest-checksum", "manifest-position"] {
                             assert!(
                                 a[format!("io.github.containers.zstd-chunked.{k}")].is_string(),
@@ -121,7 +133,11 @@ fn every_lab_image_converts_and_mounts_lazily_with_the_same_rootfs() {
             }
             // Then everything, against the oracle.
             if let Some((_, o)) = compared.iter().find(|(l, _)| *l == host_layers) {
-                assert_eq!(*o, oracle(tag), "{dst}: the same layers as an image of another oracle");
+                assert_eq!(
+                    *o,
+                    oracle(tag),
+                    "{dst}: the same layers as an image of another oracle"
+                );
                 eprintln!("{dst}: the same layers as one compared already");
             } else {
                 let actual = snapshot(&image.join("rootfs"));
@@ -137,4 +153,3 @@ fn every_lab_image_converts_and_mounts_lazily_with_the_same_rootfs() {
         }
     }
 }
-

@@ -61,7 +61,12 @@ fn a_traced_conversion_prefetches_what_the_workload_reads() {
     require_fuse!();
     let reg = Registry::start(RegistryKind::Plain);
     reg.push("python-3.11", "lab/python:3.11");
-    convert_ok(&reg, "lab/python:3.11", "lab/python:plain-esgz", &["--estargz"]);
+    convert_ok(
+        &reg,
+        "lab/python:3.11",
+        "lab/python:plain-esgz",
+        &["--estargz"],
+    );
     // Record on a mount of the converted image.
     let dir = tempdir("convert-trace");
     let trace = dir.path().join("python.trace");

@@ -75,15 +75,33 @@ fn source() -> Vec<u8> {
             None => b.append_data(&mut h, name, data).unwrap(),
         }
     };
-    add(".no.prefetch.landmark", EntryType::Regular, 0, &[0x0f], None);
+    add(
+        ".no.prefetch.landmark",
+        EntryType::Regular,
+        0,
+        &[0x0f],
+        None,
+    );
     add("a", EntryType::Directory, 0o755, b"", None);
     add("a/b/", EntryType::Directory, 0o750, b"", None);
-    add("a/b/deep.py", EntryType::Regular, 0o644, b"print('deep')\n", None);
+    add(
+        "a/b/deep.py",
+        EntryType::Regular,
+        0o644,
+        b"print('deep')\n",
+        None,
+    );
     add("a/b/other.txt", EntryType::Regular, 0o600, b"other", None);
     let long = format!("a/{}", "n".repeat(150));
     add(&long, EntryType::Regular, 0o644, b"long name", None);
     add("big", EntryType::Regular, 0o755, &vec![7u8; 5 << 20], None);
-    add("a/b/link", EntryType::Link, 0o644, b"", Some("a/b/other.txt"));
+    add(
+        "a/b/link",
+        EntryType::Link,
+        0o644,
+        b"",
+        Some("a/b/other.txt"),
+    );
     add("sym", EntryType::Symlink, 0o777, b"", Some("a/b/deep.py"));
     add("fifo", EntryType::Fifo, 0o644, b"", None);
     add("a/.wh.gone", EntryType::Regular, 0o644, b"", None);
@@ -167,7 +185,11 @@ fn prioritised_files_come_first_with_their_parents_then_the_landmark() {
         .filter_map(|p| regular_file(&s, p.as_bytes()))
         .collect();
     let p = plan(&s, &wanted);
-    assert_eq!(p.prioritized_files(&s), 2, "the symlink is not a regular file");
+    assert_eq!(
+        p.prioritized_files(&s),
+        2,
+        "the symlink is not a regular file"
+    );
     let got = names(&replay(&s, &p));
     assert_eq!(
         &got[..5],
@@ -241,7 +263,11 @@ fn claims_go_to_the_topmost_layer_holding_a_path() {
     assert_eq!(p.prioritized_files(&top), 1);
     assert!(!c.is_empty());
     let p = c.plan(&bottom);
-    assert_eq!(p.prioritized_files(&bottom), 1, "deep.py is the top layer's");
+    assert_eq!(
+        p.prioritized_files(&bottom),
+        1,
+        "deep.py is the top layer's"
+    );
     assert_eq!(names(&replay(&bottom, &p))[0], "big");
     assert!(c.is_empty());
 }
@@ -253,8 +279,13 @@ fn zstd_chunked_output_reads_back_lazily_and_as_a_plain_tar() {
     let wanted: Vec<usize> = regular_file(&s, b"a/b/deep.py").into_iter().collect();
     let p = plan(&s, &wanted);
     let mut blob = Vec::new();
-    let (packed, _) = pack_from(Replay::Spooled(&s, &p), Codec::ZstdChunked, &|_| {}, &mut blob)
-        .unwrap();
+    let (packed, _) = pack_from(
+        Replay::Spooled(&s, &p),
+        Codec::ZstdChunked,
+        &|_| {},
+        &mut blob,
+    )
+    .unwrap();
     assert_eq!(Digest::sha256_of(&blob), packed.digest);
     // Any zstd reader: one tar (skippable frames skipped), hashing to diff_id.
     let tar = zstd::stream::decode_all(&blob[..]).unwrap();
@@ -277,7 +308,11 @@ fn zstd_chunked_output_reads_back_lazily_and_as_a_plain_tar() {
     assert_eq!(Digest::sha256_of(compressed), m.checksum);
     let json = toc::zstd_toc_json(compressed, m.length_uncompressed).unwrap();
     let t = Toc::parse(&json).unwrap();
-    for e in t.entries.iter().filter(|e| e.kind == "reg" || e.kind == "chunk") {
+    for e in t
+        .entries
+        .iter()
+        .filter(|e| e.kind == "reg" || e.kind == "chunk")
+    {
         if e.offset > 0 {
             assert!(e.end_offset > e.offset, "{}: endOffset", e.name);
         }
@@ -294,7 +329,10 @@ fn zstd_chunked_output_reads_back_lazily_and_as_a_plain_tar() {
         };
         let mut got = Vec::new();
         for c in chunks {
-            let (start, end) = (c.blob_offset as usize, (c.blob_offset + c.blob_len) as usize);
+            let (start, end) = (
+                c.blob_offset as usize,
+                (c.blob_offset + c.blob_len) as usize,
+            );
             got.extend(decode_chunk(Format::ZstdChunked, &blob[start..end], c).unwrap());
         }
         assert_eq!(got, want, "{path}");
