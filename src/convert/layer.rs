@@ -65,6 +65,16 @@ fn check_diff_id(src: &SourceLayer, got: Digest) -> Result<()> {
     )
 }
 
+/// Start receiving `src` from `client`: its compression, and a reader of
+/// its bytes (verified when read to the end).
+async fn open(client: &dyn RegistryApi, src: &SourceLayer) -> Result<(Compression, ChannelReader)> {
+    let compression = src.compression()?;
+    let body = client
+        .blob(&src.repo, &src.desc.digest, Some(src.desc.size))
+        .await?;
+    Ok((compression, bridge::reader(body)))
+}
+
 /// Stream `src` from `client` and convert it to `codec`, uploading it to
 /// `dst_repo` of `dst` as it is packed; `sent` counts uploaded bytes.
 pub async fn convert_streamed(
@@ -75,11 +85,7 @@ pub async fn convert_streamed(
     dst_repo: &str,
     sent: Arc<AtomicU64>,
 ) -> Result<Packed> {
-    let compression = src.compression()?;
-    let body = client
-        .blob(&src.repo, &src.desc.digest, Some(src.desc.size))
-        .await?;
-    let mut raw = bridge::reader(body);
+    let (compression, mut raw) = open(client, src).await?;
     let src2 = src.clone();
     pack_and_push(dst, dst_repo, sent, move |out| {
         let src = src2;
@@ -101,11 +107,7 @@ pub async fn convert_streamed(
 
 /// Stream `src` from `client` into a verified [`Spool`] in `tmp_dir`.
 pub async fn spool(client: &dyn RegistryApi, src: &SourceLayer, tmp_dir: PathBuf) -> Result<Spool> {
-    let compression = src.compression()?;
-    let body = client
-        .blob(&src.repo, &src.desc.digest, Some(src.desc.size))
-        .await?;
-    let mut raw = bridge::reader(body);
+    let (compression, mut raw) = open(client, src).await?;
     let src = src.clone();
     tokio::task::spawn_blocking(move || {
         let spooled = {

@@ -283,3 +283,6 @@ async fn convert_image(
     let manifest = rewrite::manifest(&new_config, &layers, m)?;
     Ok((manifest, config_digest))
 }
+
+#[cfg(test)]
+mod tests;

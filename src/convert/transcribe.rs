@@ -171,8 +171,7 @@ fn scan(file: &File) -> io::Result<Vec<Scanned>> {
     });
     let mut out = Vec::new();
     let mut next_start = 0u64;
-    let mut entries = ar.entries()?;
-    while let Some(e) = entries.next() {
+    for e in ar.entries()? {
         let e = e?;
         let start = next_start;
         let size = e.size();

@@ -45,7 +45,7 @@ impl Compression {
     pub fn decode<R: Read>(self, r: R) -> Decoded<R> {
         match self {
             Compression::None => Decoded::None(r),
-            Compression::Gzip => Decoded::Gzip(flate2::read::MultiGzDecoder::new(r)),
+            Compression::Gzip => Decoded::Gzip(Box::new(flate2::read::MultiGzDecoder::new(r))),
             Compression::Zstd => match zstd::stream::read::Decoder::new(r) {
                 Ok(d) => Decoded::Zstd(d),
                 Err(e) => Decoded::Failed(Failed(Some(e))),
@@ -59,8 +59,8 @@ impl Compression {
 pub enum Decoded<R: Read> {
     /// A plain tar.
     None(R),
-    /// gzip members.
-    Gzip(flate2::read::MultiGzDecoder<R>),
+    /// gzip members (boxed: the inflate state is large).
+    Gzip(Box<flate2::read::MultiGzDecoder<R>>),
     /// zstd frames.
     Zstd(zstd::stream::read::Decoder<'static, io::BufReader<R>>),
     /// The decoder could not be built.

@@ -1,19 +1,8 @@
 //! Corrupted input fails the conversion, names the digest, and leaves the
 //! destination tag unwritten.
 
-use std::fs;
-
 use crate::convert;
 use crate::harness::{Registry, RegistryKind};
-
-/// Flip one byte in the middle of a blob in the registry's own storage.
-fn corrupt_blob(reg: &Registry, digest: &str) {
-    let p = reg.blob_path(digest);
-    let mut data = fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
-    let i = data.len() / 2;
-    data[i] ^= 0x55;
-    fs::write(&p, data).unwrap();
-}
 
 #[test]
 fn a_corrupted_source_layer_fails_the_conversion_and_pushes_no_tag() {
@@ -21,7 +10,7 @@ fn a_corrupted_source_layer_fails_the_conversion_and_pushes_no_tag() {
     reg.push("python-3.11", "lab/python:3.11");
     let layers = crate::layer_digests(&reg, "lab/python", "3.11");
     // The second layer: the first converts (and its blob may stay), then this fails.
-    corrupt_blob(&reg, &layers[1]);
+    reg.corrupt_blob(&layers[1]);
     for format in ["--estargz", "--zstd-chunked"] {
         let out = convert(&reg, "lab/python:3.11", "lab/python:broken", &[format]);
         let err = String::from_utf8_lossy(&out.stderr);

@@ -166,6 +166,16 @@ impl Registry {
             .join("data")
     }
 
+    /// Flip one byte in the middle of blob `digest` in the registry's own
+    /// storage (it then serves bytes that do not match the digest).
+    pub fn corrupt_blob(&self, digest: &str) {
+        let p = self.blob_path(digest);
+        let mut data = fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+        let i = data.len() / 2;
+        data[i] ^= 0x55;
+        fs::write(&p, data).unwrap();
+    }
+
     /// The private CA certificate (PEM) of a [`RegistryKind::Tls`] registry.
     pub fn ca_cert(&self) -> Option<PathBuf> {
         (self.kind == RegistryKind::Tls).then(|| self.dir.join("tls/ca.crt"))

@@ -174,15 +174,6 @@ fn cache_stays_within_its_size_bound() {
     assert_eq!(mode.permissions().mode() & 0o777, 0o700);
 }
 
-/// Flip one byte of a blob in the registry's own storage.
-fn corrupt_blob(reg: &Registry, digest: &str) {
-    let p = reg.blob_path(digest);
-    let mut data = fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
-    let i = data.len() / 2;
-    data[i] ^= 0x55;
-    fs::write(&p, data).unwrap();
-}
-
 #[test]
 fn corrupted_layer_is_eio_and_nothing_is_cached() {
     require_fuse!();
@@ -191,7 +182,7 @@ fn corrupted_layer_is_eio_and_nothing_is_cached() {
     let m = Mount::new(&reg, &[]);
     let img = m.path().join("lab/busybox:latest");
     let layers = layer_digests(&img);
-    corrupt_blob(&reg, &layers[0]);
+    reg.corrupt_blob(&layers[0]);
     let e = list_dir(&img.join("rootfs")).unwrap_err();
     assert_eq!(e.raw_os_error(), Some(libc::EIO), "{e}");
     let e = fs::read(img.join("blobs").join(&layers[0])).unwrap_err();
