@@ -44,9 +44,10 @@ fn layer_line(codec: Codec, r: &LayerReport) -> String {
         None => r.source_type.clone(),
     };
     format!(
-        "layer {}/{} {} ({kind}, {}) -> {} ({}, {}, tar {}{}) in {:.1} s",
+        "layer {}/{} of {} {} ({kind}, {}) -> {} ({}, {}, tar {}{}) in {:.1} s",
         r.index,
         r.count,
+        r.platform,
         short(&r.source.0),
         human(r.source.1),
         short(&r.digest),
@@ -119,6 +120,8 @@ pub fn run(args: ConvertArgs) -> anyhow::Result<()> {
             })
             .await
         })
+        // The chain once (an error's text already holds its source's).
+        .map_err(|e| anyhow::anyhow!("{}", e.chain()))
         .with_context(|| format!("converting {}", args.source))?;
     for d in &out.skipped {
         eprintln!("regfs convert: {d} is not an image (an artifact); left out of the index");

@@ -100,6 +100,9 @@ pub struct Spool {
     /// The entries, in tar order (format files excluded).
     pub entries: Vec<Scanned>,
     by_name: HashMap<Vec<u8>, usize>,
+    /// Names that more than one entry has (the last one wins when the
+    /// layer is applied, so none of them may move).
+    repeated: HashSet<Vec<u8>>,
 }
 
 /// Reads a file from `pos` on, without moving a shared offset.
@@ -147,19 +150,32 @@ impl Spool {
         io::copy(tar, &mut io::BufWriter::with_capacity(1 << 20, &mut file))?;
         let entries = scan(&file)?;
         let mut by_name = HashMap::new();
+        let mut repeated = HashSet::new();
         for (i, e) in entries.iter().enumerate() {
-            by_name.insert(e.name.clone(), i); // the last entry of a name wins
+            // The last entry of a name wins.
+            if by_name.insert(e.name.clone(), i).is_some() {
+                repeated.insert(e.name.clone());
+            }
         }
         Ok(Spool {
             file,
             entries,
             by_name,
+            repeated,
         })
     }
 
     /// The index of the entry named `name` (normalised), if any.
     pub fn find(&self, name: &[u8]) -> Option<usize> {
         self.by_name.get(normalize(name)).copied()
+    }
+
+    /// The entry named `name` if it may move: the only one of that name.
+    fn movable(&self, name: &[u8]) -> Option<usize> {
+        let name = normalize(name);
+        (!self.repeated.contains(name))
+            .then(|| self.find(name))
+            .flatten()
     }
 }
 
@@ -220,13 +236,14 @@ impl Plan {
 }
 
 /// The regular file `name` stands for in `spool`: itself, or a hard
-/// link's target.
+/// link's target; `None` also when that name has several entries (moving
+/// the last one first would let an earlier one win).
 pub fn regular_file(spool: &Spool, name: &[u8]) -> Option<usize> {
     let i = spool.find(name)?;
     match &spool.entries[i].kind {
-        Kind::Reg => Some(i),
+        Kind::Reg => spool.movable(name),
         Kind::Link(target) => {
-            let t = spool.find(target)?;
+            let t = spool.movable(target)?;
             (spool.entries[t].kind == Kind::Reg && t < i).then_some(t)
         }
         _ => None,
@@ -244,7 +261,7 @@ pub fn plan(spool: &Spool, wanted: &[usize]) -> Plan {
         }
         let name = &spool.entries[w].name;
         for (i, _) in name.iter().enumerate().filter(|(_, &c)| c == b'/') {
-            if let Some(d) = spool.find(&name[..i]) {
+            if let Some(d) = spool.movable(&name[..i]) {
                 if spool.entries[d].kind == Kind::Dir && d < w && taken.insert(d) {
                     order.push(d);
                 }

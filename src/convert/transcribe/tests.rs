@@ -339,3 +339,21 @@ fn zstd_chunked_output_reads_back_lazily_and_as_a_plain_tar() {
     }
     assert!(idx.prefetch_end.is_some(), "the landmark is seen");
 }
+
+#[test]
+fn a_name_with_several_entries_is_not_moved() {
+    let mut b = tar::Builder::new(Vec::new());
+    for data in [&b"old"[..], &b"new"[..]] {
+        let mut h = tar::Header::new_ustar();
+        h.set_mode(0o644);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(0);
+        h.set_size(3);
+        b.append_data(&mut h, "twice", data).unwrap();
+    }
+    let s = spool(&b.into_inner().unwrap());
+    assert_eq!(regular_file(&s, b"twice"), None);
+    let got = entries(&replay(&s, &plan(&s, &[])));
+    assert_eq!(got.last().unwrap().data, b"new", "the last entry still wins");
+}
