@@ -20,14 +20,15 @@
 //! tar producer writes (a commit writes none; `regfs convert` writes
 //! `.prefetch.landmark` or `.no.prefetch.landmark`).
 //!
-//! zstd:chunked differs in three ways: members are zstd frames, and each
-//! chunk's frame holds the chunk's bytes alone (the padding and the next
-//! headers start a new frame), so a TOC entry's `endOffset` (which
-//! containers/storage reads) is where the next frame starts; the
-//! end-of-archive blocks stay in the tar stream (there is no TOC entry in
-//! the tar); the TOC follows the frames, zstd-compressed inside a skippable
-//! frame, then a skippable frame holding the 40-byte footer (see
-//! [`zstd_chunked_tail`]).
+//! zstd:chunked differs in three ways: members are zstd frames, and TOC
+//! entries also carry `endOffset` (which containers/storage reads: it
+//! decompresses `offset..endOffset` and keeps the chunk's size of it), here
+//! where the next frame starts, so that the chunks of files written one
+//! after another stay adjacent in the blob and a reader fetches a run of
+//! them in one request; the end-of-archive blocks stay in the tar stream
+//! (there is no TOC entry in the tar); the TOC follows the frames,
+//! zstd-compressed inside a skippable frame, then a skippable frame holding
+//! the 40-byte footer (see [`zstd_chunked_tail`]).
 
 use std::collections::BTreeMap;
 use std::io::{self, Read, Write};
@@ -266,9 +267,6 @@ impl TarSink for LazySink {
                 });
             }
             written += n;
-            if self.format == Format::ZstdChunked {
-                self.cut()?; // the frame holds this chunk alone
-            }
         }
         let digest = match whole {
             Some(h) => h.finish(),

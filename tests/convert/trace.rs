@@ -80,27 +80,36 @@ fn a_traced_conversion_prefetches_what_the_workload_reads() {
         assert!(paths.contains("sqlite3"), "{paths}");
         std::fs::write(&trace, paths).unwrap();
     }
-    let out = convert_ok(
-        &reg,
-        "lab/python:3.11",
-        "lab/python:traced-esgz",
-        &["--estargz", "--prefetch-from", trace.to_str().unwrap()],
-    );
-    assert!(out.contains("before .prefetch.landmark"), "{out}");
-    eprintln!("{out}");
-    let mut runs = Vec::new();
-    for image in ["lab/python:plain-esgz", "lab/python:traced-esgz"] {
-        // A fresh cache and a fresh mount each.
-        let m = Mount::new(&reg, &[]);
-        let rootfs = m.path().join(image).join("rootfs");
-        let (n, bytes, took) = ranges_during(&reg, || python(&rootfs));
-        eprintln!("{image}: python3 -c '{WORKLOAD}': {n} Range requests, {bytes} bytes, {took:?}");
-        runs.push(n);
+    for (format, suffix) in [("--estargz", "esgz"), ("--zstd-chunked", "zc")] {
+        let plain = format!("lab/python:plain-{suffix}");
+        let traced = format!("lab/python:traced-{suffix}");
+        if suffix != "esgz" {
+            convert_ok(&reg, "lab/python:3.11", &plain, &[format]);
+        }
+        let out = convert_ok(
+            &reg,
+            "lab/python:3.11",
+            &traced,
+            &[format, "--prefetch-from", trace.to_str().unwrap()],
+        );
+        assert!(out.contains("before .prefetch.landmark"), "{out}");
+        eprintln!("{out}");
+        let mut runs = Vec::new();
+        for image in [&plain, &traced] {
+            // A fresh cache and a fresh mount each.
+            let m = Mount::new(&reg, &[]);
+            let rootfs = m.path().join(image).join("rootfs");
+            let (n, bytes, took) = ranges_during(&reg, || python(&rootfs));
+            eprintln!(
+                "{image}: python3 -c '{WORKLOAD}': {n} Range requests, {bytes} bytes, {took:?}"
+            );
+            runs.push(n);
+        }
+        assert!(
+            runs[1] < runs[0],
+            "{format}: the traced image took {} Range requests, the plain one {}",
+            runs[1],
+            runs[0]
+        );
     }
-    assert!(
-        runs[1] < runs[0],
-        "the traced image took {} Range requests, the plain one {}",
-        runs[1],
-        runs[0]
-    );
 }

@@ -355,5 +355,9 @@ fn a_name_with_several_entries_is_not_moved() {
     let s = spool(&b.into_inner().unwrap());
     assert_eq!(regular_file(&s, b"twice"), None);
     let got = entries(&replay(&s, &plan(&s, &[])));
-    assert_eq!(got.last().unwrap().data, b"new", "the last entry still wins");
+    assert_eq!(
+        got.last().unwrap().data,
+        b"new",
+        "the last entry still wins"
+    );
 }
