@@ -359,20 +359,19 @@ pub fn append_entry<W: TarSink>(
 
 /// Put `name` in the header; longer than the field: a PAX `path` record too.
 pub fn set_name(h: &mut Header, name: &[u8], pax: &mut Vec<(String, Vec<u8>)>) {
-    let field = &mut h.as_old_mut().name;
-    let n = name.len().min(field.len());
-    field[..n].copy_from_slice(&name[..n]);
-    if name.len() > field.len() {
-        pax.push(("path".into(), name.to_vec()));
-    }
+    put(&mut h.as_old_mut().name, name, "path", pax);
 }
 
 /// Put a link target in the header; longer than the field: a PAX `linkpath` record.
 pub fn set_link(h: &mut Header, target: &[u8], pax: &mut Vec<(String, Vec<u8>)>) {
-    let field = &mut h.as_old_mut().linkname;
-    let n = target.len().min(field.len());
-    field[..n].copy_from_slice(&target[..n]);
-    if target.len() > field.len() {
-        pax.push(("linkpath".into(), target.to_vec()));
+    put(&mut h.as_old_mut().linkname, target, "linkpath", pax);
+}
+
+/// `value` into a header field, cut to it; whole in a PAX `key` record when longer.
+fn put(field: &mut [u8], value: &[u8], key: &str, pax: &mut Vec<(String, Vec<u8>)>) {
+    let n = value.len().min(field.len());
+    field[..n].copy_from_slice(&value[..n]);
+    if value.len() > field.len() {
+        pax.push((key.into(), value.to_vec()));
     }
 }

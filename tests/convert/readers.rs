@@ -8,8 +8,9 @@ use std::process::Command;
 use crate::harness::{run, tempdir, Registry, RegistryKind};
 use crate::{convert_ok, layer_digests, whole_gets};
 
-#[test]
-fn skopeo_copies_zstd_chunked_output_keeping_its_digests() {
+/// A registry of its own with lab/python:3.11 converted to zstd:chunked as
+/// lab/python:zc, and that image's layer digests.
+fn python_zstd_chunked() -> (Registry, Vec<String>) {
     let reg = Registry::start(RegistryKind::Plain);
     reg.push("python-3.11", "lab/python:3.11");
     convert_ok(
@@ -18,7 +19,13 @@ fn skopeo_copies_zstd_chunked_output_keeping_its_digests() {
         "lab/python:zc",
         &["--zstd-chunked"],
     );
-    let want = layer_digests(&reg, "lab/python", "zc");
+    let layers = layer_digests(&reg, "lab/python", "zc");
+    (reg, layers)
+}
+
+#[test]
+fn skopeo_copies_zstd_chunked_output_keeping_its_digests() {
+    let (reg, want) = python_zstd_chunked();
     let dir = tempdir("convert-skopeo");
     let layout = dir.path().join("oci");
     run(Command::new("skopeo")
@@ -99,15 +106,7 @@ fn podman(dir: &std::path::Path, args: &[&str]) -> std::process::Output {
 #[test]
 fn podman_pulls_zstd_chunked_output_partially_and_runs_it() {
     require_fuse!(); // root, as podman's overlay storage needs
-    let reg = Registry::start(RegistryKind::Plain);
-    reg.push("python-3.11", "lab/python:3.11");
-    convert_ok(
-        &reg,
-        "lab/python:3.11",
-        "lab/python:zc",
-        &["--zstd-chunked"],
-    );
-    let layers = layer_digests(&reg, "lab/python", "zc");
+    let (reg, layers) = python_zstd_chunked();
     let dir = tempdir("convert-podman");
     let image = format!("{}/lab/python:zc", reg.host_port());
     let pull = podman(

@@ -53,6 +53,18 @@ fn entries(tar: &[u8]) -> Vec<Seen> {
         .collect()
 }
 
+/// A ustar header of a regular file: `mode`, root, mtime 0, `size` bytes.
+fn header(mode: u32, size: u64) -> tar::Header {
+    let mut h = tar::Header::new_ustar();
+    h.set_entry_type(EntryType::Regular);
+    h.set_mode(mode);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(0);
+    h.set_size(size);
+    h
+}
+
 fn names(tar: &[u8]) -> Vec<String> {
     entries(tar).into_iter().map(|e| e.name).collect()
 }
@@ -105,23 +117,11 @@ fn source() -> Vec<u8> {
     add("sym", EntryType::Symlink, 0o777, b"", Some("a/b/deep.py"));
     add("fifo", EntryType::Fifo, 0o644, b"", None);
     add("a/.wh.gone", EntryType::Regular, 0o644, b"", None);
-    let mut h = tar::Header::new_ustar();
-    h.set_entry_type(EntryType::Regular);
-    h.set_mode(0o644);
-    h.set_uid(0);
-    h.set_gid(0);
-    h.set_mtime(0);
-    h.set_size(3);
+    let mut h = header(0o644, 3);
     b.append_pax_extensions([("SCHILY.xattr.user.k", &b"v1"[..])])
         .unwrap();
     b.append_data(&mut h, "xattr.txt", &b"xyz"[..]).unwrap();
-    let mut h = tar::Header::new_ustar();
-    h.set_entry_type(EntryType::Regular);
-    h.set_mode(0o444);
-    h.set_uid(0);
-    h.set_gid(0);
-    h.set_mtime(0);
-    h.set_size(2);
+    let mut h = header(0o444, 2);
     b.append_data(&mut h, "stargz.index.json", &b"{}"[..])
         .unwrap();
     b.into_inner().unwrap()
@@ -248,12 +248,7 @@ fn claims_go_to_the_topmost_layer_holding_a_path() {
     use crate::convert::prefetch::Claims;
     let top = {
         let mut b = tar::Builder::new(Vec::new());
-        let mut h = tar::Header::new_ustar();
-        h.set_mode(0o644);
-        h.set_uid(0);
-        h.set_gid(0);
-        h.set_mtime(0);
-        h.set_size(3);
+        let mut h = header(0o644, 3);
         b.append_data(&mut h, "a/b/deep.py", &b"new"[..]).unwrap();
         b.into_inner().unwrap()
     };
@@ -344,12 +339,7 @@ fn zstd_chunked_output_reads_back_lazily_and_as_a_plain_tar() {
 fn a_name_with_several_entries_is_not_moved() {
     let mut b = tar::Builder::new(Vec::new());
     for data in [&b"old"[..], &b"new"[..]] {
-        let mut h = tar::Header::new_ustar();
-        h.set_mode(0o644);
-        h.set_uid(0);
-        h.set_gid(0);
-        h.set_mtime(0);
-        h.set_size(3);
+        let mut h = header(0o644, 3);
         b.append_data(&mut h, "twice", data).unwrap();
     }
     let s = spool(&b.into_inner().unwrap());
