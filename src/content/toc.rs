@@ -123,6 +123,9 @@ impl TocKind {
     }
 }
 
+/// How long a fetched TOC's index waits before it is written to the store.
+const STORE_DELAY: std::time::Duration = std::time::Duration::from_millis(300);
+
 impl Fetchable for TocKind {
     type Value = Arc<LazyLayer>;
     type Verified = LazyIndex;
@@ -172,8 +175,15 @@ impl Fetchable for TocKind {
                         let _niced = slack.then(Niced::lower);
                         let mut t = Steps::default();
                         let json = t.time(0, || estargz::toc::estargz_toc_json(&member))?;
-                        t.time(1, || d.verify(&json, &format!("eStargz TOC of {what}")))?;
-                        let ix = tree_of(&mut t, json, format, toc_off, &limits)?;
+                        let ix = verified_tree_of(
+                            &mut t,
+                            json,
+                            &d,
+                            &format!("eStargz TOC of {what}"),
+                            format,
+                            toc_off,
+                            &limits,
+                        )?;
                         Ok((ix, t))
                     })
                     .await?;
@@ -203,12 +213,18 @@ impl Fetchable for TocKind {
                             checksum.verify(&bytes, &format!("zstd:chunked manifest of {what}"))
                         })?;
                         let json = t.time(0, || estargz::toc::zstd_toc_json(&bytes, ulen))?;
-                        if let Some(d) = toc_digest {
-                            t.time(1, || {
-                                d.verify(&json, &format!("zstd:chunked TOC of {what}"))
-                            })?;
-                        }
-                        let ix = tree_of(&mut t, json, format, data_end, &limits)?;
+                        let ix = match toc_digest {
+                            Some(d) => verified_tree_of(
+                                &mut t,
+                                json,
+                                &d,
+                                &format!("zstd:chunked TOC of {what}"),
+                                format,
+                                data_end,
+                                &limits,
+                            )?,
+                            None => tree_of(&mut t, json, format, data_end, &limits)?,
+                        };
                         Ok((ix, t))
                     })
                     .await?;
@@ -227,36 +243,45 @@ impl Fetchable for TocKind {
 
     /// The index is served from memory at once; its copy in the store (a
     /// JSON tree, tens of milliseconds for a large layer) is written by a
-    /// blocking task of its own, off the first reader's path.
+    /// blocking task of its own, [`STORE_DELAY`] later, off the first
+    /// reads' path.
     fn commit(&self, index: LazyIndex) -> BoxFuture<'_, Result<Arc<LazyLayer>>> {
         Box::pin(async move {
             let (format, data_end) = (index.format, index.data_end);
             let layer = layer_of(index);
             let (store, anchor, l) = (self.store.clone(), self.anchor().clone(), layer.clone());
             let digest = self.desc.digest.clone();
-            tokio::task::spawn_blocking(move || {
-                let _niced = Niced::lower();
-                let t = Instant::now();
-                let stored = StoredIndex {
-                    format,
-                    data_end,
-                    prefetch_end: l.prefetch_end,
-                    tree: &l.tree,
-                };
-                let put = serde_json::to_vec(&stored)
-                    .map_err(|e| Error::Io(std::io::Error::other(e)))
-                    .and_then(|bytes| {
-                        store
-                            .put(Section::Toc, &anchor, &bytes)
-                            .map(|_| bytes.len())
-                    });
-                match put {
-                    Ok(bytes) => tracing::debug!(
-                        %digest, bytes, ms = t.elapsed().as_millis() as u64, "stored TOC index"
-                    ),
-                    Err(e) => tracing::warn!(%digest, error = %e, "TOC index not stored"),
-                }
-            });
+            // After the first reads: serialising a large TOC's tree takes tens
+            // of milliseconds of CPU, which the registry and the reader need
+            // more right now.
+            let delayed = async move {
+                tokio::time::sleep(STORE_DELAY).await;
+                tokio::task::spawn_blocking(move || {
+                    let _niced = Niced::lower();
+                    let t = Instant::now();
+                    let stored = StoredIndex {
+                        format,
+                        data_end,
+                        prefetch_end: l.prefetch_end,
+                        tree: &l.tree,
+                    };
+                    let put = serde_json::to_vec(&stored)
+                        .map_err(|e| Error::Io(std::io::Error::other(e)))
+                        .and_then(|bytes| {
+                            store
+                                .put(Section::Toc, &anchor, &bytes)
+                                .map(|_| bytes.len())
+                        });
+                    match put {
+                        Ok(bytes) => tracing::debug!(
+                            %digest, bytes, ms = t.elapsed().as_millis() as u64, "stored TOC index"
+                        ),
+                        Err(e) => tracing::warn!(%digest, error = %e, "TOC index not stored"),
+                    }
+                })
+                .await
+            };
+            tokio::spawn(delayed);
             Ok(layer)
         })
     }
@@ -282,6 +307,39 @@ fn tree_of(
     drop(json);
     t.time(3, || {
         estargz::toc_to_tree(&toc, format, data_end, 0, limits)
+    })
+}
+
+/// [`tree_of`] for TOC JSON that must hash to `digest`: the hash runs on a
+/// thread of its own beside the parse and build (the TOC of a large layer
+/// is megabytes of JSON), and nothing is returned unless it matches: a
+/// tree made from JSON that fails the hash is dropped unseen.
+fn verified_tree_of(
+    t: &mut Steps,
+    json: Vec<u8>,
+    digest: &Digest,
+    what: &str,
+    format: estargz::Format,
+    data_end: u64,
+    limits: &Limits,
+) -> Result<LazyIndex> {
+    std::thread::scope(|scope| {
+        let hashed = scope.spawn(|| {
+            let started = Instant::now();
+            (digest.verify(&json, what), started.elapsed())
+        });
+        let tree = t.time(2, || Toc::parse(&json)).and_then(|toc| {
+            t.time(3, || {
+                estargz::toc_to_tree(&toc, format, data_end, 0, limits)
+            })
+        });
+        let (verified, took) = hashed
+            .join()
+            .map_err(|_| Error::Io(std::io::Error::other("TOC hash thread panicked")))?;
+        t.0[1] += took;
+        // A mismatch says more than whatever the unverified JSON made.
+        verified?;
+        tree
     })
 }
 
