@@ -415,6 +415,9 @@ pub fn pack_from<P: TarProducer, W: Write + Send>(
             let (rx, ctx) = (rx.clone(), ctx.clone());
             s.spawn(move || compress_worker(codec, &rx, &ctx));
         }
+        // Only the workers hold the queue: when they stop (the output
+        // failed), the tar side's next send fails instead of waiting forever.
+        drop(rx);
         drop(ctx);
         let written = collect(codec, out, crx);
         let produced = producer
@@ -650,6 +653,55 @@ mod tests {
         let zb = std::fs::read(&z.path).unwrap();
         let zt = zstd::stream::decode_all(&zb[..]).unwrap();
         assert_eq!(Digest::sha256_of(&zt), a.diff_id);
+    }
+
+    /// A writer that fails once `left` bytes have been written.
+    struct FailAfter {
+        left: usize,
+    }
+
+    impl Write for FailAfter {
+        fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+            if data.len() > self.left {
+                return Err(io::Error::other("the upload stopped"));
+            }
+            self.left -= data.len();
+            Ok(data.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_failing_output_fails_the_pack_instead_of_hanging() {
+        // Enough content that the tar side is still sending blocks when the
+        // output fails (it once waited forever for the stopped compressors).
+        let src = tempfile::tempdir().unwrap();
+        for i in 0..40 {
+            let data: Vec<u8> = (0..1_000_000u32)
+                .map(|j| (j.wrapping_mul(2654435761).wrapping_add(i) >> 24) as u8)
+                .collect();
+            std::fs::write(src.path().join(format!("f{i}")), data).unwrap();
+        }
+        for codec in [Codec::Gzip, Codec::Estargz, Codec::ZstdChunked, Codec::Zstd] {
+            let (tx, rx) = std::sync::mpsc::channel();
+            let root = src.path().to_path_buf();
+            std::thread::spawn(move || {
+                let r = pack_to(
+                    &root,
+                    codec,
+                    &PackOptions::default(),
+                    &|_| {},
+                    FailAfter { left: 16 << 10 },
+                );
+                let _ = tx.send(r.map(|_| ()));
+            });
+            let r = rx
+                .recv_timeout(std::time::Duration::from_secs(120))
+                .unwrap_or_else(|_| panic!("{codec:?}: packing hung after its output failed"));
+            assert!(r.is_err(), "{codec:?}: packed into a failed output");
+        }
     }
 
     #[test]
