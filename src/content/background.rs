@@ -6,12 +6,13 @@
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use tokio::sync::Semaphore;
 
 use super::chunks::{self, RemoteLayer};
 use super::pieces::runs;
+use super::throttle::Bucket;
 use super::Content;
 use crate::digest::Digest;
 use crate::layer::{Chunk, Tree};
@@ -22,9 +23,9 @@ const MAX_BACKGROUND_RUN: u64 = 2 << 20;
 /// The throttle and the blobs already scheduled.
 pub(crate) struct Background {
     permits: Arc<Semaphore>,
-    /// Token bucket: when the next background byte may be fetched.
-    next: Arc<Mutex<Instant>>,
-    bandwidth: u64,
+    /// Token bucket (`--background-bandwidth`), shared with the checks'
+    /// whole-blob streams.
+    pub(super) bucket: Bucket,
     /// Blobs already scheduled in this process.
     scheduled: Mutex<HashSet<Digest>>,
 }
@@ -35,8 +36,7 @@ impl Background {
     pub(crate) fn new(bandwidth: u64, concurrency: usize) -> Background {
         Background {
             permits: Arc::new(Semaphore::new(concurrency.max(1))),
-            next: Arc::new(Mutex::new(Instant::now())),
-            bandwidth,
+            bucket: Bucket::new(bandwidth),
             scheduled: Mutex::new(HashSet::new()),
         }
     }
@@ -77,7 +77,7 @@ impl Content {
             self.store.clone(),
             self.in_flight.clone(),
         );
-        let (permits, next, bandwidth) = (bg.permits.clone(), bg.next.clone(), bg.bandwidth);
+        let (permits, bucket) = (bg.permits.clone(), bg.bucket.clone());
         let layer = layer.clone();
         tokio::spawn(async move {
             let started = Instant::now();
@@ -90,16 +90,7 @@ impl Content {
             for run in runs {
                 let permit = permits.clone().acquire_owned().await;
                 let bytes: u64 = run.iter().map(|c| c.blob_len).sum();
-                if bandwidth > 0 {
-                    let wait = {
-                        let mut next = next.lock().unwrap();
-                        let now = Instant::now();
-                        let start = (*next).max(now);
-                        *next = start + Duration::from_secs_f64(bytes as f64 / bandwidth as f64);
-                        start - now
-                    };
-                    tokio::time::sleep(wait).await;
-                }
+                tokio::time::sleep(bucket.reserve(bytes)).await;
                 let (client, store, in_flight, layer) = (
                     client.clone(),
                     store.clone(),

@@ -540,7 +540,7 @@ impl Content {
         // Streams and verifies the blob and diff_id, and stores the tree and
         // span index computed from it in place of the published ones.
         let loaded = self
-            .layer_with(&p.repo, &p.desc, diff_id, Urgency::Slack)
+            .layer_with(&p.repo, &p.desc, diff_id, Urgency::Background)
             .await?;
         if *loaded.tree != p.index.tree {
             return Err(bad("its tree differs from the layer's"));
@@ -571,7 +571,8 @@ impl Content {
 
     /// Run [`Content::check_published`] whenever indexes are adopted (the
     /// check delay after), for the daemon's life; the layers stream at the
-    /// slack CPU priority of background work.
+    /// CPU priority of background work and no faster than
+    /// `--background-bandwidth` ([`Urgency::Background`]).
     pub async fn check_published_forever(&self) {
         loop {
             self.published.wake.notified().await;
