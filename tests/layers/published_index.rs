@@ -204,7 +204,7 @@ fn the_check_is_paced_by_the_background_bandwidth() {
         &[
             "--use-published-indexes",
             "--published-index-check-delay",
-            "8M",
+            "0",
             "--background-bandwidth",
             "8M",
         ],
