@@ -18,6 +18,7 @@ pub mod diff;
 pub mod digest;
 pub mod error;
 pub mod estargz;
+pub mod exec_deps;
 pub mod export;
 pub mod reference;
 pub mod rfc3339;

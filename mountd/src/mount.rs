@@ -310,6 +310,7 @@ pub fn run(args: MountArgs) -> anyhow::Result<()> {
         }
     };
     let als = crate::als::start(&args, fs.clone(), als_registry, &rt, &socket, link.clone())?;
+    let on_remote = warm_on_remote(fs.clone(), rt.handle().clone());
     let session = FuseFs::new(fs, rt.handle().clone())
         .with_control_socket(&socket)
         .mount(
@@ -335,6 +336,7 @@ pub fn run(args: MountArgs) -> anyhow::Result<()> {
                         .unwrap_or_else(|| cache_dir.join("snapshotter")),
                     mount_root: std::path::absolute(&mountpoint)?,
                     registry: registry_name.clone(),
+                    on_remote: Some(on_remote),
                 },
                 rt.handle(),
             )
@@ -405,6 +407,21 @@ pub fn run(args: MountArgs) -> anyhow::Result<()> {
     // Do not wait for in-flight network tasks: the mount is gone.
     rt.shutdown_timeout(Duration::from_secs(1));
     Ok(())
+}
+
+/// The snapshotter's hook: a remote snapshot of image directory
+/// `REPO@sha256:…` means containerd is about to start it, so its start-up
+/// files are warmed (`Fs::warm_entrypoint_in_background`).
+fn warm_on_remote(fs: Arc<Fs>, rt: tokio::runtime::Handle) -> regfs_snapshotter::resolve::OnRemote {
+    Arc::new(move |image_dir: &str| {
+        let Some((repo, digest)) = image_dir.rsplit_once('@') else {
+            return;
+        };
+        if let Ok(digest) = digest.parse::<regfs::digest::Digest>() {
+            let _guard = rt.enter();
+            fs.warm_entrypoint_in_background(repo, &digest);
+        }
+    })
 }
 
 #[cfg(test)]

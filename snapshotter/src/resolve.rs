@@ -13,11 +13,26 @@ use crate::labels::RemoteLayer;
 /// The registry name of a mount of every registry.
 pub const ANY: &str = "*";
 
+/// Told the image directory (`REPO@sha256:…`, relative to the mount) each
+/// time a remote snapshot of one of its layers is made: a runtime is about
+/// to start that image.
+pub type OnRemote = std::sync::Arc<dyn Fn(&str) + Send + Sync>;
+
 /// Finds remote layers in one regfs mount.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Resolver {
     mount_root: PathBuf,
     registry: String,
+    on_remote: Option<OnRemote>,
+}
+
+impl std::fmt::Debug for Resolver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Resolver")
+            .field("mount_root", &self.mount_root)
+            .field("registry", &self.registry)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Why a layer is not served remotely (containerd then pulls it as usual).
@@ -32,6 +47,21 @@ impl Resolver {
         Resolver {
             mount_root: mount_root.to_path_buf(),
             registry: canonical_host(registry).to_string(),
+            on_remote: None,
+        }
+    }
+
+    /// The same resolver, telling `on_remote` of every remote snapshot made.
+    pub fn with_on_remote(mut self, on_remote: Option<OnRemote>) -> Self {
+        self.on_remote = on_remote;
+        self
+    }
+
+    /// A remote snapshot of layer directory `dir` (as [`Resolver::resolve`]
+    /// returned it) was made: tell the hook its image directory.
+    pub fn announce(&self, dir: &str) {
+        if let (Some(hook), Some((image, _))) = (&self.on_remote, dir.rsplit_once("/layers/")) {
+            hook(image);
         }
     }
 

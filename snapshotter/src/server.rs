@@ -5,12 +5,12 @@ use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::proto::containerd::services::snapshots::v1::snapshots_server::SnapshotsServer;
-use crate::resolve::Resolver;
+use crate::resolve::{OnRemote, Resolver};
 use crate::service::Service;
 use crate::store::Store;
 
 /// Where to serve and what.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Config {
     /// The unix socket containerd's `[proxy_plugins.NAME] address` names.
     pub socket: PathBuf,
@@ -20,6 +20,20 @@ pub struct Config {
     pub mount_root: PathBuf,
     /// The registry the mount serves, as image references name it.
     pub registry: String,
+    /// Told of each image a remote snapshot is made for (see [`OnRemote`]).
+    pub on_remote: Option<OnRemote>,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("socket", &self.socket)
+            .field("root", &self.root)
+            .field("mount_root", &self.mount_root)
+            .field("registry", &self.registry)
+            .field("on_remote", &self.on_remote.is_some())
+            .finish()
+    }
 }
 
 /// A running server; dropping it stops nothing (the runtime's shutdown
@@ -46,7 +60,10 @@ impl Server {
 /// Open the store and serve it on `config.socket` from `rt`.
 pub fn serve(config: &Config, rt: &tokio::runtime::Handle) -> Result<Server> {
     let store = Arc::new(Store::open(&config.root, &config.mount_root)?);
-    let resolver = Arc::new(Resolver::new(&config.mount_root, &config.registry));
+    let resolver = Arc::new(
+        Resolver::new(&config.mount_root, &config.registry)
+            .with_on_remote(config.on_remote.clone()),
+    );
     let service = Service::new(store, resolver);
     if let Some(dir) = config.socket.parent() {
         std::fs::create_dir_all(dir)

@@ -89,6 +89,7 @@ fn prepare_remote(
                 Ok(()) => {
                     tracing::info!(target = %remote.target, layer = %remote.layer, %dir, "remote snapshot");
                     warm::in_background(resolver.mount_root(), &dir);
+                    resolver.announce(&dir);
                     Err(already())
                 }
                 Err(Error::AlreadyExists(_)) => Err(already()),

@@ -242,7 +242,7 @@ impl Content {
             content: self,
             repo,
             desc,
-            pace: Some(self.lazy.background.bucket.clone()),
+            pace: Some(self.lazy.background.bucket()),
         };
         fetch_once(&self.store, &self.in_flight, &kind).await
     }

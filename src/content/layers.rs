@@ -218,7 +218,7 @@ impl Fetchable for LayerKind<'_> {
                         .blob(self.repo, &desc.digest, Some(desc.size))
                         .await?;
                     if urgency == Urgency::Background {
-                        let bucket = self.content.lazy.background.bucket.clone();
+                        let bucket = self.content.lazy.background.bucket();
                         stream = Box::new(PacedBody::new(stream, bucket));
                     }
                     let mut reader = bridge::reader(stream);

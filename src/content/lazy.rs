@@ -134,8 +134,7 @@ impl Content {
                             blob: desc.clone(),
                             format: spec.format(),
                         });
-                        let all = self.lazy.opts.background_fetch;
-                        self.schedule_background(&remote, &l.tree, l.prefetch_end, all);
+                        self.prefetcher().schedule(&remote, &l.tree, l.prefetch_end);
                         return Ok(OpenedLayer {
                             tree: l.tree.clone(),
                             source: LayerSource::Remote(remote),

@@ -6,6 +6,8 @@
 
 mod artifact_tars;
 mod background;
+#[cfg(test)]
+mod background_tests;
 mod blob_ranges;
 mod blobs;
 mod bridge;

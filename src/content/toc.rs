@@ -11,6 +11,7 @@ use std::time::Instant;
 use bytes::{Bytes, BytesMut};
 use futures_util::future::BoxFuture;
 
+use super::chunks::RemoteLayer;
 use super::layers::Niced;
 use super::once::{fetch_once, Fetchable};
 use super::Content;
@@ -171,8 +172,15 @@ impl Fetchable for TocKind {
                         let _niced = slack.then(Niced::lower);
                         let mut t = Steps::default();
                         let json = t.time(0, || estargz::toc::estargz_toc_json(&member))?;
-                        t.time(1, || d.verify(&json, &format!("eStargz TOC of {what}")))?;
-                        let ix = tree_of(&mut t, json, format, toc_off, &limits)?;
+                        let ix = verified_tree_of(
+                            &mut t,
+                            json,
+                            &d,
+                            &format!("eStargz TOC of {what}"),
+                            format,
+                            toc_off,
+                            &limits,
+                        )?;
                         Ok((ix, t))
                     })
                     .await?;
@@ -202,12 +210,18 @@ impl Fetchable for TocKind {
                             checksum.verify(&bytes, &format!("zstd:chunked manifest of {what}"))
                         })?;
                         let json = t.time(0, || estargz::toc::zstd_toc_json(&bytes, ulen))?;
-                        if let Some(d) = toc_digest {
-                            t.time(1, || {
-                                d.verify(&json, &format!("zstd:chunked TOC of {what}"))
-                            })?;
-                        }
-                        let ix = tree_of(&mut t, json, format, data_end, &limits)?;
+                        let ix = match toc_digest {
+                            Some(d) => verified_tree_of(
+                                &mut t,
+                                json,
+                                &d,
+                                &format!("zstd:chunked TOC of {what}"),
+                                format,
+                                data_end,
+                                &limits,
+                            )?,
+                            None => tree_of(&mut t, json, format, data_end, &limits)?,
+                        };
                         Ok((ix, t))
                     })
                     .await?;
@@ -284,6 +298,39 @@ fn tree_of(
     })
 }
 
+/// [`tree_of`] for TOC JSON that must hash to `digest`: the hash runs on a
+/// thread of its own beside the parse and build (the TOC of a large layer
+/// is megabytes of JSON), and nothing is returned unless it matches: a
+/// tree made from JSON that fails the hash is dropped unseen.
+fn verified_tree_of(
+    t: &mut Steps,
+    json: Vec<u8>,
+    digest: &Digest,
+    what: &str,
+    format: estargz::Format,
+    data_end: u64,
+    limits: &Limits,
+) -> Result<LazyIndex> {
+    std::thread::scope(|scope| {
+        let hashed = scope.spawn(|| {
+            let started = Instant::now();
+            (digest.verify(&json, what), started.elapsed())
+        });
+        let tree = t.time(2, || Toc::parse(&json)).and_then(|toc| {
+            t.time(3, || {
+                estargz::toc_to_tree(&toc, format, data_end, 0, limits)
+            })
+        });
+        let (verified, took) = hashed
+            .join()
+            .map_err(|_| Error::Io(std::io::Error::other("TOC hash thread panicked")))?;
+        t.0[1] += took;
+        // A mismatch says more than whatever the unverified JSON made.
+        verified?;
+        tree
+    })
+}
+
 /// Time spent in each step of turning TOC bytes into a tree (decompress,
 /// verify, parse, build), for the log.
 #[derive(Default)]
@@ -339,7 +386,8 @@ impl Content {
     /// then opens a layer joins its fetch (single flight) or finds it done;
     /// a failure is only logged here (the opener fetches again and decides).
     /// With `wanted`, that layer is the one being opened: the others are
-    /// decoded at a lower CPU priority.
+    /// decoded at a lower CPU priority. Each layer's prioritised files
+    /// (`.prefetch.landmark`) start to be fetched as soon as its TOC is in.
     pub fn start_tocs(&self, repo: &str, layers: &[BlobRef], wanted: Option<usize>) {
         if !self.lazy.opts.enabled || tokio::runtime::Handle::try_current().is_err() {
             return;
@@ -351,13 +399,22 @@ impl Content {
             if self.lazy.indexes.get(spec.anchor()).is_some() {
                 continue;
             }
+            let remote = Arc::new(RemoteLayer {
+                repo: repo.to_string(),
+                blob: desc.clone(),
+                format: spec.format(),
+            });
             let mut kind = TocKind::new(self, repo, desc, spec);
             kind.slack = wanted.is_some_and(|w| w != i);
-            let in_flight = self.in_flight.clone();
+            let (in_flight, prefetcher) = (self.in_flight.clone(), self.prefetcher());
             tokio::spawn(async move {
                 let store = kind.store.clone();
-                if let Err(e) = fetch_once(&store, &in_flight, &kind).await {
-                    tracing::debug!(digest = %kind.desc.digest, error = %e, "early TOC fetch failed");
+                match fetch_once(&store, &in_flight, &kind).await {
+                    // The image's prioritised files start with its TOCs.
+                    Ok(l) => prefetcher.schedule(&remote, &l.tree, l.prefetch_end),
+                    Err(e) => {
+                        tracing::debug!(digest = %kind.desc.digest, error = %e, "early TOC fetch failed")
+                    }
                 }
             });
         }

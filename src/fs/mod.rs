@@ -12,6 +12,9 @@
 
 mod artifacts;
 pub mod attr;
+mod entrypoint;
+#[cfg(test)]
+mod entrypoint_tests;
 pub mod inode;
 pub mod journal;
 mod known_digest;
@@ -32,6 +35,7 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 
 pub use attr::{Attr, FileKind, IMMUTABLE_TTL};
+pub use entrypoint::WarmedFiles;
 pub use inode::{InodeTable, Key, TreeId, TreeWhich, ROOT_INO};
 pub use known_digest::DIGEST_XATTR;
 pub use paging::{PageEntry, REPLY_BUDGET};
@@ -122,6 +126,7 @@ pub struct Fs {
     next_fh: AtomicU64,
     layer_users: usage::LayerUsers,
     traces: trace::Traces,
+    warmed: entrypoint::Warmed,
 }
 
 impl Fs {
@@ -137,6 +142,7 @@ impl Fs {
             next_fh: AtomicU64::new(1),
             layer_users: usage::LayerUsers::default(),
             traces: trace::Traces::default(),
+            warmed: entrypoint::Warmed::default(),
         }
     }
 

@@ -1,4 +1,5 @@
-//! The image config: what regfs needs of it (diff_ids, creation time, platform).
+//! The image config: what regfs needs of it (diff_ids, creation time,
+//! platform, and the default command with its environment).
 
 use std::time::SystemTime;
 
@@ -19,6 +20,10 @@ pub struct ImageConfig {
     pub created: Option<SystemTime>,
     /// `os/architecture[/variant]` as the config says.
     pub platform: String,
+    /// The command a container runs by default: `Entrypoint` then `Cmd`.
+    pub command: Vec<String>,
+    /// The container's environment (`NAME=value`), for its `PATH`.
+    pub env: Vec<String>,
 }
 
 impl ImageConfig {
@@ -38,10 +43,20 @@ impl ImageConfig {
             platform.push('/');
             platform.push_str(v);
         }
+        let run = c.config().as_ref();
+        let command = run
+            .and_then(|r| r.entrypoint().clone())
+            .unwrap_or_default()
+            .into_iter()
+            .chain(run.and_then(|r| r.cmd().clone()).unwrap_or_default())
+            .collect();
+        let env = run.and_then(|r| r.env().clone()).unwrap_or_default();
         Ok(ImageConfig {
             diff_ids,
             created,
             platform,
+            command,
+            env,
         })
     }
 }
@@ -75,6 +90,22 @@ mod tests {
         );
         let bad = j.replace("sha256:1111", "sha999:1111");
         assert!(ImageConfig::parse(bad.as_bytes()).is_err());
+    }
+
+    #[test]
+    fn the_default_command_is_entrypoint_then_cmd() {
+        let j = r#"{"architecture":"amd64","os":"linux",
+          "config":{"Entrypoint":["/docker-entrypoint.sh"],"Cmd":["nginx","-g"],"Env":["PATH=/usr/sbin:/usr/bin"]},
+          "rootfs":{"type":"layers","diff_ids":[]}}"#;
+        let c = ImageConfig::parse(j.as_bytes()).unwrap();
+        assert_eq!(c.command, ["/docker-entrypoint.sh", "nginx", "-g"]);
+        assert_eq!(c.env, ["PATH=/usr/sbin:/usr/bin"]);
+        let none =
+            r#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#;
+        assert!(ImageConfig::parse(none.as_bytes())
+            .unwrap()
+            .command
+            .is_empty());
     }
 
     #[test]

@@ -22,6 +22,7 @@ pub mod entries;
 pub mod index;
 pub mod ingest;
 pub mod merge;
+pub mod resolve;
 pub mod span;
 pub mod tree;
 pub mod zran;

@@ -159,13 +159,25 @@ impl MemoryRegistry {
     /// under `tag`: its config and layer blobs, then its manifest, whose
     /// digest is returned.
     pub fn add_image(&self, repo: &str, tag: &str, layers: &[LayerBlob]) -> Digest {
+        self.add_image_running(repo, tag, layers, serde_json::json!({}))
+    }
+
+    /// [`MemoryRegistry::add_image`] with `run` as the config's `config`
+    /// (`Entrypoint`, `Cmd`, `Env`, …).
+    pub fn add_image_running(
+        &self,
+        repo: &str,
+        tag: &str,
+        layers: &[LayerBlob],
+        run: serde_json::Value,
+    ) -> Digest {
         let diff_ids: Vec<String> = layers.iter().map(|l| l.diff_id.to_string()).collect();
         let config = serde_json::json!({
             "architecture": "amd64",
             "os": "linux",
             "created": "2024-01-01T00:00:00Z",
             "rootfs": { "type": "layers", "diff_ids": diff_ids },
-            "config": {},
+            "config": run,
         });
         let config = Bytes::from(serde_json::to_vec(&config).expect("JSON of a value"));
         let config_desc = serde_json::json!({

@@ -1,0 +1,189 @@
+//! Warming what a container's start reads. When a runtime prepares an image
+//! (podman looks its layers up in the layer store, containerd makes its
+//! remote snapshots), the program the image's default command names is
+//! fetched and verified in the background, then what `exec` of it reads
+//! next ([`crate::exec_deps`]): its dynamic loader and `/etc/ld.so.cache`,
+//! its shared libraries and theirs, or a script's interpreter. The runtime
+//! is still pulling and setting up meanwhile, so the container's first
+//! reads find those chunks in the cache instead of fetching them one after
+//! another. The same files the container reads, fetched the same verified
+//! way; nothing else. Each wave of files (the program; then what it names;
+//! then what those name) is read side by side.
+//!
+//! Only for images whose every layer is lazy (eStargz, zstd:chunked): the
+//! merged tree of a gzip image needs its layers streamed whole, which stays
+//! the container's own reads' decision. Once per image per process, at most
+//! [`MAX_FILES`] files and [`MAX_BYTES`] bytes.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use super::{Fs, TreeId, TreeWhich};
+use crate::digest::Digest;
+use crate::error::Result;
+use crate::estargz::LazySpec;
+use crate::exec_deps::exec_deps;
+use crate::image::Manifest;
+use crate::layer::{NodeId, NodeKind};
+
+/// Most files one image's warming reads.
+pub const MAX_FILES: usize = 64;
+/// Most bytes (uncompressed) one image's warming reads.
+pub const MAX_BYTES: u64 = 256 << 20;
+/// `PATH` when the image's environment sets none (as runc and podman use).
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+/// Where the dynamic loader looks for libraries when the program names no
+/// directory (glibc's multiarch and trusted directories, musl's).
+const LIB_DIRS: &[&str] = &[
+    "/lib/x86_64-linux-gnu",
+    "/usr/lib/x86_64-linux-gnu",
+    "/lib/aarch64-linux-gnu",
+    "/usr/lib/aarch64-linux-gnu",
+    "/lib64",
+    "/usr/lib64",
+    "/lib",
+    "/usr/lib",
+    "/usr/local/lib",
+];
+
+/// Images warmed (or being warmed) in this process.
+#[derive(Default)]
+pub(super) struct Warmed(Mutex<HashSet<(Arc<str>, Digest)>>);
+
+/// What one warming read.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct WarmedFiles {
+    /// The files read, in the order they were found (paths in the image).
+    pub paths: Vec<String>,
+    /// Their bytes (uncompressed).
+    pub bytes: u64,
+}
+
+impl Fs {
+    /// Warm image `repo@image`'s start-up files in a task of its own (see
+    /// the module docs); once per image, failures only logged.
+    pub fn warm_entrypoint_in_background(self: &Arc<Self>, repo: &str, image: &Digest) {
+        let id: (Arc<str>, Digest) = (repo.into(), image.clone());
+        if !self.warmed.0.lock().unwrap().insert(id.clone()) {
+            return;
+        }
+        let fs = self.clone();
+        tokio::spawn(async move {
+            let started = Instant::now();
+            match fs.warm_entrypoint(&id.0, &id.1).await {
+                Ok(w) if w.paths.is_empty() => {}
+                Ok(w) => tracing::info!(
+                    repo = %id.0, image = %id.1, files = w.paths.len(), bytes = w.bytes, paths = ?w.paths,
+                    ms = started.elapsed().as_millis() as u64, "warmed the image's start-up files"
+                ),
+                Err(e) => {
+                    tracing::info!(repo = %id.0, image = %id.1, error = %e, "warming the image's start-up files failed")
+                }
+            }
+        });
+    }
+
+    /// Read (fetch and verify) image `repo@image`'s start-up files now; see
+    /// the module docs. Nothing for an image with a layer that is not lazy
+    /// or without a default command.
+    pub async fn warm_entrypoint(&self, repo: &str, image: &Digest) -> Result<WarmedFiles> {
+        let mut out = WarmedFiles::default();
+        let info = self.content.manifest(repo, image).await?;
+        let Manifest::Image(m) = &info.manifest else {
+            return Ok(out);
+        };
+        if m.is_artifact()
+            || !m
+                .layers
+                .iter()
+                .all(|l| LazySpec::from_descriptor(l).is_some())
+        {
+            return Ok(out);
+        }
+        let config = self.content.config(repo, &m.config).await?;
+        let Some(argv0) = config.command.first() else {
+            return Ok(out);
+        };
+        let id = Arc::new(TreeId {
+            repo: repo.into(),
+            image: image.clone(),
+            which: TreeWhich::Rootfs,
+        });
+        let loaded = self.trees.load(self, &id).await?;
+        let tree = &loaded.tree;
+        let is_file = |p: &str| {
+            tree.resolve(p.as_bytes())
+                .is_some_and(|n| tree.node(n).kind == NodeKind::File)
+        };
+        let path_var = config
+            .env
+            .iter()
+            .find_map(|e| e.strip_prefix("PATH="))
+            .unwrap_or(DEFAULT_PATH);
+        let program = if argv0.contains('/') {
+            Some(argv0.clone())
+        } else {
+            path_var
+                .split(':')
+                .map(|d| format!("{}/{argv0}", d.trim_end_matches('/')))
+                .find(|p| is_file(p))
+        };
+        // In waves: everything one wave's files name is read side by side.
+        let mut wave: Vec<String> = program.into_iter().collect();
+        let mut seen: HashSet<NodeId> = HashSet::new();
+        let mut loader_cache = false;
+        while !wave.is_empty() {
+            let mut reads = Vec::new();
+            for path in wave.drain(..) {
+                let Some(node) = tree.resolve(path.as_bytes()) else {
+                    continue;
+                };
+                let size = tree.node(node).size;
+                if tree.node(node).kind != NodeKind::File
+                    || out.paths.len() >= MAX_FILES
+                    || out.bytes + size > MAX_BYTES
+                    || size > u32::MAX as u64
+                    || !seen.insert(node)
+                {
+                    continue;
+                }
+                out.bytes += size;
+                out.paths.push(path.clone());
+                let read = loaded.clone().read(&self.content, node, 0, size as u32);
+                reads.push(async move { read.await.map(|data| (path, data)) });
+            }
+            for (path, data) in futures_util::future::try_join_all(reads).await? {
+                let Some(deps) = exec_deps(&data) else {
+                    continue;
+                };
+                if let Some(interp) = deps.interpreter {
+                    wave.push(interp);
+                    if !deps.needed.is_empty() && !loader_cache {
+                        loader_cache = true;
+                        wave.push("/etc/ld.so.cache".into());
+                    }
+                }
+                let dir = path.rsplit_once('/').map_or("", |(d, _)| d);
+                let search: Vec<String> = deps
+                    .search
+                    .iter()
+                    .map(|s| s.replace("$ORIGIN", dir).replace("${ORIGIN}", dir))
+                    .chain(LIB_DIRS.iter().map(|s| s.to_string()))
+                    .collect();
+                for lib in deps.needed {
+                    if lib.contains('/') {
+                        wave.push(lib);
+                    } else if let Some(p) = search
+                        .iter()
+                        .map(|d| format!("{}/{lib}", d.trim_end_matches('/')))
+                        .find(|p| is_file(p))
+                    {
+                        wave.push(p);
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+}

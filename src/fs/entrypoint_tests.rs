@@ -1,0 +1,140 @@
+//! Entry-point warming over the in-process registry: an eStargz image
+//! holding this machine's `/usr/bin/true` with its dynamic loader and
+//! libraries (laid out as a Debian image lays them out, `/lib` a symlink)
+//! gets exactly those files fetched, verified and cached; a library nobody
+//! needs stays remote; a gzip image is left alone.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use crate::cache::{Section, Store};
+use crate::content::Content;
+use crate::digest::Digest;
+use crate::exec_deps::exec_deps;
+use crate::fs::{Fs, FsConfig};
+use crate::layer::testutil::TarW;
+use crate::layer::Limits;
+use crate::registry::{LayerBlob, MemoryRegistry};
+
+/// A host file by its path (symlinks followed), or the first of `dirs`/`name`.
+fn host_file(dirs: &[&str], name: &str) -> Vec<u8> {
+    dirs.iter()
+        .find_map(|d| std::fs::read(format!("{d}/{name}")).ok())
+        .unwrap_or_else(|| panic!("{name} not found on this machine"))
+}
+
+fn fs_of(reg: Arc<MemoryRegistry>, store: Arc<Store>) -> Fs {
+    Fs::new(
+        Content::new(reg, store, 1_000_000, Limits::default()),
+        FsConfig {
+            platform: "linux/amd64".parse().unwrap(),
+            tag_ttl: Duration::from_secs(60),
+            mount_time: SystemTime::UNIX_EPOCH,
+        },
+    )
+}
+
+fn cached(store: &Store, data: &[u8]) -> bool {
+    store
+        .get(Section::Chunk, &Digest::sha256_of(data))
+        .is_some()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runtime_gets_the_program_its_loader_and_libraries_and_nothing_else() {
+    let program = std::fs::read("/usr/bin/true").expect("/usr/bin/true");
+    let deps = exec_deps(&program).expect("/usr/bin/true is a dynamic ELF program");
+    let interp = deps.interpreter.clone().expect("PT_INTERP");
+    let interp_data = std::fs::read(&interp).expect("the loader");
+    let lib_dirs = [
+        "/lib/x86_64-linux-gnu",
+        "/usr/lib/x86_64-linux-gnu",
+        "/lib64",
+        "/usr/lib",
+    ];
+    let libs: Vec<(String, Vec<u8>)> = deps
+        .needed
+        .iter()
+        .map(|n| (n.clone(), host_file(&lib_dirs, n)))
+        .collect();
+    assert!(!libs.is_empty(), "true needs libc");
+    let unused = b"a library nobody links".to_vec();
+    let ld_cache = b"ld.so.cache stand-in".to_vec();
+
+    // Layer 1: the libraries under usr/lib, /lib a symlink to it, the loader
+    // at its PT_INTERP path; layer 2: the program and the loader's cache.
+    let mut base = TarW::new();
+    base.dir(b"usr", 0o755)
+        .dir(b"usr/lib", 0o755)
+        .dir(b"usr/lib/x86_64-linux-gnu", 0o755);
+    base.symlink(b"lib", b"usr/lib");
+    for (name, data) in &libs {
+        base.file(format!("usr/lib/x86_64-linux-gnu/{name}").as_bytes(), data);
+    }
+    base.file(b"usr/lib/x86_64-linux-gnu/libunused.so.1", &unused);
+    // The loader at its PT_INTERP path (below /lib, that is usr/lib here).
+    let interp_rel = interp.trim_start_matches('/');
+    let interp_at = match interp_rel.strip_prefix("lib/") {
+        Some(rest) => format!("usr/lib/{rest}"),
+        None => interp_rel.to_string(),
+    };
+    if let Some((d, _)) = interp_at.rsplit_once('/') {
+        if !d.starts_with("usr/lib") {
+            base.dir(d.as_bytes(), 0o755);
+        }
+    }
+    base.file(interp_at.as_bytes(), &interp_data);
+    let mut top = TarW::new();
+    top.dir(b"usr", 0o755)
+        .dir(b"usr/bin", 0o755)
+        .dir(b"etc", 0o755);
+    top.file(b"usr/bin/true", &program);
+    top.file(b"etc/ld.so.cache", &ld_cache);
+    let reg = Arc::new(MemoryRegistry::new("memory.test"));
+    let layers = [
+        LayerBlob::estargz(&base.finish()),
+        LayerBlob::estargz(&top.finish()),
+    ];
+    let run =
+        serde_json::json!({"Cmd": ["true", "--ignored"], "Env": ["PATH=/usr/local/bin:/usr/bin"]});
+    let image = reg.add_image_running("lab/true", "esgz", &layers, run.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(dir.path(), 1 << 30).unwrap());
+    let fs = fs_of(reg.clone(), store.clone());
+
+    let warmed = fs.warm_entrypoint("lab/true", &image).await.unwrap();
+    assert_eq!(
+        warmed.paths.first().map(String::as_str),
+        Some("/usr/bin/true")
+    );
+    assert!(warmed.paths.contains(&interp), "{:?}", warmed.paths);
+    assert!(warmed.paths.iter().any(|p| p == "/etc/ld.so.cache"));
+    assert!(cached(&store, &program) && cached(&store, &ld_cache));
+    for (name, data) in &libs {
+        assert!(
+            cached(&store, data),
+            "{name} not warmed: {:?}",
+            warmed.paths
+        );
+    }
+    assert!(
+        !cached(&store, &unused),
+        "a library nobody needs was fetched"
+    );
+    let libs_len: usize = libs.iter().map(|(_, d)| d.len()).sum();
+    assert_eq!(
+        warmed.bytes as usize,
+        program.len() + ld_cache.len() + interp_data.len() + libs_len
+    );
+
+    // A gzip image: nothing fetched, no layer touched.
+    let mut w = TarW::new();
+    w.dir(b"usr", 0o755).dir(b"usr/bin", 0o755);
+    w.file(b"usr/bin/true", &program);
+    let gz = LayerBlob::gzip(&w.finish());
+    let gz_blob = Digest::sha256_of(&gz.bytes);
+    let gz_image = reg.add_image_running("lab/true", "gz", &[gz], run);
+    let warmed = fs.warm_entrypoint("lab/true", &gz_image).await.unwrap();
+    assert!(warmed.paths.is_empty());
+    assert_eq!(reg.blob_requests(&gz_blob), 0);
+}
