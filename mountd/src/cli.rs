@@ -465,7 +465,9 @@ pub struct MountArgs {
     /// once its TOC is loaded (throttled; foreground reads go first).
     #[arg(long)]
     pub background_fetch: bool,
-    /// Bandwidth cap of background fetches and prefetches, bytes per second (0: none).
+    /// Bandwidth cap of background fetches and prefetches, and of the
+    /// background checks of published indexes and chunk lists (one shared
+    /// budget), bytes per second (0: none).
     #[arg(long, default_value = "32M", value_parser = crate::size::parse_size)]
     pub background_bandwidth: u64,
     /// Look for layer indexes and chunk lists published next to an image or

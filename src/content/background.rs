@@ -21,6 +21,7 @@ use tokio::sync::Semaphore;
 
 use super::chunks::{self, RemoteLayer};
 use super::pieces::runs;
+use super::throttle::Bucket;
 use super::Content;
 use crate::cache::Store;
 use crate::digest::Digest;
@@ -43,9 +44,9 @@ pub(crate) struct Background(Arc<Shared>);
 struct Shared {
     permits: Arc<Semaphore>,
     priority: Arc<Semaphore>,
-    /// Token bucket: when the next background byte may be fetched.
-    next: Mutex<Instant>,
-    bandwidth: u64,
+    /// Token bucket (`--background-bandwidth`), shared with the checks'
+    /// whole-blob streams.
+    bucket: Bucket,
     /// Blobs already scheduled in this process.
     scheduled: Mutex<HashSet<Digest>>,
 }
@@ -57,8 +58,7 @@ impl Background {
         Background(Arc::new(Shared {
             permits: Arc::new(Semaphore::new(concurrency.max(1))),
             priority: Arc::new(Semaphore::new(PRIORITY_CONCURRENCY)),
-            next: Mutex::new(Instant::now()),
-            bandwidth,
+            bucket: Bucket::new(bandwidth),
             scheduled: Mutex::new(HashSet::new()),
         }))
     }
@@ -66,14 +66,12 @@ impl Background {
     /// How long to wait before fetching `bytes` more under the cap (and
     /// book them).
     fn book(&self, bytes: u64) -> Duration {
-        if self.0.bandwidth == 0 {
-            return Duration::ZERO;
-        }
-        let mut next = self.0.next.lock().unwrap();
-        let now = Instant::now();
-        let start = (*next).max(now);
-        *next = start + Duration::from_secs_f64(bytes as f64 / self.0.bandwidth as f64);
-        start - now
+        self.0.bucket.reserve(bytes)
+    }
+
+    /// The token bucket, for the background checks' streams.
+    pub(super) fn bucket(&self) -> Bucket {
+        self.0.bucket.clone()
     }
 }
 

@@ -11,6 +11,7 @@ use tokio::io::AsyncWriteExt;
 
 use super::chunk_list::ChunkRecorder;
 use super::once::{fetch_fresh, fetch_once, Fetchable};
+use super::throttle::{Bucket, PacedBody};
 use super::Content;
 use crate::cache::{Section, TempFile};
 use crate::digest::Digest;
@@ -121,6 +122,8 @@ struct BlobKind<'a> {
     content: &'a Content,
     repo: &'a str,
     desc: &'a BlobRef,
+    /// Read no faster than this bucket allows (a background check).
+    pace: Option<Bucket>,
 }
 
 impl Fetchable for BlobKind<'_> {
@@ -148,6 +151,9 @@ impl Fetchable for BlobKind<'_> {
                 .client
                 .blob(self.repo, &desc.digest, Some(desc.size))
                 .await?;
+            if let Some(bucket) = &self.pace {
+                stream = Box::new(PacedBody::new(stream, bucket.clone()));
+            }
             let tmp = self.content.store.temp()?;
             let mut out = tokio::fs::File::from_std(tmp.file.try_clone()?);
             while let Some(chunk) = stream.next_chunk().await? {
@@ -223,6 +229,20 @@ impl Content {
             content: self,
             repo,
             desc,
+            pace: None,
+        };
+        fetch_once(&self.store, &self.in_flight, &kind).await
+    }
+
+    /// [`Content::blob`] for background work: if it must be fetched, it is
+    /// read no faster than `--background-bandwidth` allows (the bucket
+    /// background chunk fetches share).
+    pub(super) async fn blob_in_background(&self, repo: &str, desc: &BlobRef) -> Result<File> {
+        let kind = BlobKind {
+            content: self,
+            repo,
+            desc,
+            pace: Some(self.lazy.background.bucket()),
         };
         fetch_once(&self.store, &self.in_flight, &kind).await
     }

@@ -2,8 +2,6 @@
 //! blob it indexes), and the `regfs index export/import` file, a layer's tar
 //! index and span index with the blob digest and diff_id they belong to.
 
-use std::io;
-
 use crate::cache::{Section, Store};
 use crate::digest::Digest;
 use crate::error::{Error, Result};
@@ -89,8 +87,9 @@ pub struct ImportedIndex {
     pub spans: SpanIndex,
 }
 
-/// Parse and check an export file (nothing stored).
-pub(super) fn parse_export(b: &[u8]) -> Result<ImportedIndex> {
+/// Parse and check an export file (nothing stored): what it holds, and
+/// its tree's JSON as the file has it.
+fn parse_export(b: &[u8]) -> Result<(ImportedIndex, &[u8])> {
     let bad = |what: &str| Error::invalid(format!("layer index file: {what}"));
     let mut r = b
         .strip_prefix(EXPORT_MAGIC.as_bytes())
@@ -133,12 +132,15 @@ pub(super) fn parse_export(b: &[u8]) -> Result<ImportedIndex> {
     let spans = SpanIndex::decode(r2)?;
     let tree: Tree = serde_json::from_slice(tree_bytes).map_err(|e| bad(&format!("tree: {e}")))?;
     check_tree(&tree, spans.uncompressed_size)?;
-    Ok(ImportedIndex {
-        blob,
-        diff_id,
-        tree,
-        spans,
-    })
+    Ok((
+        ImportedIndex {
+            blob,
+            diff_id,
+            tree,
+            spans,
+        },
+        tree_bytes,
+    ))
 }
 
 /// Structure a tree must have before regfs walks it: ids in range, names
@@ -192,10 +194,23 @@ pub fn check_tree(t: &Tree, tar_size: u64) -> Result<()> {
 
 /// Check an export file and store its tar index and span index (by its
 /// diff_id). Returns what was imported.
+///
+/// The file is parsed once; the store keeps its tree JSON as it came (it
+/// parsed and passed [`check_tree`]), not a re-serialisation.
 pub fn import_index(store: &Store, bytes: &[u8]) -> Result<ImportedIndex> {
-    let ix = parse_export(bytes)?;
-    let tree = serde_json::to_vec(&ix.tree).map_err(|e| Error::Io(io::Error::other(e)))?;
-    store.put(Section::Index, &ix.diff_id, &tree)?;
+    import_index_if(store, bytes, |_| Ok(()))
+}
+
+/// [`import_index`] of an index that `accept` accepts once parsed (nothing
+/// is stored otherwise).
+pub(super) fn import_index_if(
+    store: &Store,
+    bytes: &[u8],
+    accept: impl FnOnce(&ImportedIndex) -> Result<()>,
+) -> Result<ImportedIndex> {
+    let (ix, tree) = parse_export(bytes)?;
+    accept(&ix)?;
+    store.put(Section::Index, &ix.diff_id, tree)?;
     store.put(
         Section::Span,
         &ix.diff_id,

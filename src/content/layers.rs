@@ -8,6 +8,7 @@ use std::time::Instant;
 use futures_util::future::BoxFuture;
 
 use super::once::{fetch_once, Fetchable};
+use super::throttle::PacedBody;
 use super::{bridge, index_file, Content};
 use crate::cache::{Section, TempFile};
 use crate::digest::Digest;
@@ -29,6 +30,11 @@ pub enum Urgency {
     Critical,
     /// A sibling fetch takes longer anyway.
     Slack,
+    /// Nobody waits on it (the check of a published index): niced like
+    /// [`Urgency::Slack`], and its blob read no faster than
+    /// `--background-bandwidth` allows, in the bucket background chunk
+    /// fetches share.
+    Background,
 }
 
 /// Lowers the calling thread's CPU priority while it lives (threads it
@@ -177,7 +183,7 @@ impl Fetchable for LayerKind<'_> {
             let (blob, diff) = (desc.digest.clone(), diff_id.clone());
             let ingest =
                 move |reader: &mut (dyn std::io::Read + Send), check: bool, mut tmp: TempFile| {
-                    let _niced = (urgency == Urgency::Slack).then(Niced::lower);
+                    let _niced = (urgency != Urgency::Critical).then(Niced::lower);
                     let check = match check {
                         true => layer::BlobCheck::Hash(&blob),
                         false => layer::BlobCheck::BySource(&blob),
@@ -206,11 +212,15 @@ impl Fetchable for LayerKind<'_> {
                     .await
                 }
                 None => {
-                    let stream = self
+                    let mut stream = self
                         .content
                         .client
                         .blob(self.repo, &desc.digest, Some(desc.size))
                         .await?;
+                    if urgency == Urgency::Background {
+                        let bucket = self.content.lazy.background.bucket();
+                        stream = Box::new(PacedBody::new(stream, bucket));
+                    }
                     let mut reader = bridge::reader(stream);
                     tokio::task::spawn_blocking(move || {
                         // The blob body verifies the digest before it ends.

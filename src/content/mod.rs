@@ -27,6 +27,7 @@ mod referrers;
 mod spans;
 #[cfg(test)]
 mod tests;
+mod throttle;
 mod toc;
 #[cfg(test)]
 mod toc_tests;

@@ -37,6 +37,9 @@ use crate::reference::Selector;
 pub const INDEX_ARTIFACT_TYPE: &str = "application/vnd.regfs.layer-index.v1";
 /// The media type of one layer's index file in it (`regfs index export`'s format).
 pub const INDEX_FILE_MEDIA_TYPE: &str = "application/vnd.regfs.layer-index.v1+rgix";
+/// The same file gzip-compressed, as `regfs index push` publishes it (its
+/// tree is JSON and its windows are layer data).
+pub const INDEX_FILE_GZIP_MEDIA_TYPE: &str = "application/vnd.regfs.layer-index.v1+rgix+gzip";
 /// Annotation of an index file: the layer blob it indexes.
 pub const ANNOTATION_LAYER: &str = "io.github.regfs.layer.digest";
 /// Annotation of an index file: the layer's diff_id.
@@ -60,6 +63,9 @@ pub(crate) struct Published {
     pending: Mutex<HashMap<Digest, Pending>>,
     /// Layers whose published index turned out wrong.
     revoked: Mutex<HashSet<Digest>>,
+    /// Adopted indexes not yet opened: diff_id → the index as parsed, so
+    /// that opening the layer does not read and parse it again.
+    fresh: Mutex<HashMap<Digest, Arc<index_file::ImportedIndex>>>,
     wake: tokio::sync::Notify,
     /// Publish the indexes of images streamed here (`--publish-indexes`).
     pub(crate) publish: bool,
@@ -76,6 +82,7 @@ impl Default for Published {
             looked: Mutex::default(),
             pending: Mutex::default(),
             revoked: Mutex::default(),
+            fresh: Mutex::default(),
             wake: tokio::sync::Notify::new(),
             publish: false,
             to_publish: Mutex::default(),
@@ -94,7 +101,7 @@ type PublishQueue = (Vec<(String, Digest)>, HashSet<Digest>);
 struct Pending {
     repo: String,
     desc: BlobRef,
-    index: index_file::ImportedIndex,
+    index: Arc<index_file::ImportedIndex>,
 }
 
 /// What [`Content::publish_indexes`] did.
@@ -166,6 +173,15 @@ impl Content {
     /// Wake the checker of adopted indexes and lists.
     pub(super) fn wake_published_check(&self) {
         self.published.wake.notify_one();
+    }
+
+    /// The index of layer `diff_id` adopted and not opened yet, as parsed
+    /// (taken: the next open reads the store).
+    pub(super) fn take_fresh_index(
+        &self,
+        diff_id: &Digest,
+    ) -> Option<Arc<index_file::ImportedIndex>> {
+        self.published.fresh.lock().unwrap().remove(diff_id)
     }
 
     /// Whether the published index of layer `diff_id` was found wrong.
@@ -348,7 +364,18 @@ impl Content {
     }
 
     async fn adopt(&self, repo: &str, image: &Digest) -> Result<usize> {
-        let (_, layers) = self.image_layers(repo, image).await?;
+        // The referrers (two or three round trips) beside the config.
+        let (layers, found) = tokio::join!(
+            self.image_layers(repo, image),
+            self.published_files(
+                repo,
+                image,
+                INDEX_ARTIFACT_TYPE,
+                ANNOTATION_LAYER,
+                MAX_INDEX_FILE,
+            )
+        );
+        let (_, layers) = layers?;
         let wanted: Vec<&(BlobRef, Digest)> = layers
             .iter()
             .filter(|(desc, diff_id)| {
@@ -361,32 +388,26 @@ impl Content {
         if wanted.is_empty() {
             return Ok(0);
         }
-        let Some((digest, files)) = self
-            .published_files(
-                repo,
-                image,
-                INDEX_ARTIFACT_TYPE,
-                ANNOTATION_LAYER,
-                MAX_INDEX_FILE,
-            )
-            .await?
-        else {
+        let Some((digest, files)) = found? else {
             tracing::debug!(%repo, %image, "no published layer index");
             return Ok(0);
         };
-        let mut adopted = 0;
-        for (layer, file_ref) in files {
-            let Some((desc, diff_id)) = wanted.iter().find(|(b, _)| b.digest.to_string() == layer)
-            else {
-                continue;
-            };
-            match self.adopt_one(repo, desc, diff_id, &file_ref).await {
-                Ok(()) => adopted += 1,
-                Err(e) => {
+        // Every layer's index at once: fetched, parsed and stored in parallel.
+        let adoptions = files.iter().filter_map(|(layer, file_ref)| {
+            let (desc, diff_id) = wanted.iter().find(|(b, _)| b.digest.to_string() == *layer)?;
+            Some(async move {
+                let got = self.adopt_one(repo, desc, diff_id, file_ref).await;
+                if let Err(e) = &got {
                     tracing::warn!(%layer, error = %e, "published layer index rejected; the layer is streamed")
                 }
-            }
-        }
+                got.is_ok()
+            })
+        });
+        let adopted = futures_util::future::join_all(adoptions)
+            .await
+            .into_iter()
+            .filter(|ok| *ok)
+            .count();
         if adopted > 0 {
             tracing::info!(%repo, %image, artifact = %digest, adopted, "serving gzip layers by published span indexes");
             self.published.wake.notify_one();
@@ -402,20 +423,38 @@ impl Content {
         file: &BlobRef,
     ) -> Result<()> {
         let bytes = self.small_blob(repo, file).await?;
-        let ix = index_file::parse_export(&bytes)?;
-        if ix.blob != desc.digest {
-            return Err(bad(format!(
-                "it indexes blob {}, not {}",
-                ix.blob, desc.digest
-            )));
-        }
-        if &ix.diff_id != diff_id {
-            return Err(bad(format!(
-                "its diff_id {} is not the config's {diff_id}",
-                ix.diff_id
-            )));
-        }
-        index_file::import_index(&self.store, &bytes)?;
+        let (store, blob, diff) = (self.store.clone(), desc.digest.clone(), diff_id.clone());
+        let gzipped = match file.media_type.as_str() {
+            INDEX_FILE_GZIP_MEDIA_TYPE => true,
+            INDEX_FILE_MEDIA_TYPE => false,
+            other => return Err(bad(format!("unknown index file media type {other}"))),
+        };
+        // Parsed once, off the async workers; stored only if it names this layer.
+        let ix = crate::blocking::run(move || {
+            let bytes = match gzipped {
+                true => gunzip(&bytes, MAX_INDEX_FILE)?,
+                false => bytes,
+            };
+            index_file::import_index_if(&store, &bytes, |ix| {
+                if ix.blob != blob {
+                    return Err(bad(format!("it indexes blob {}, not {blob}", ix.blob)));
+                }
+                if ix.diff_id != diff {
+                    return Err(bad(format!(
+                        "its diff_id {} is not the config's {diff}",
+                        ix.diff_id
+                    )));
+                }
+                Ok(())
+            })
+        })
+        .await?;
+        let ix = Arc::new(ix);
+        self.published
+            .fresh
+            .lock()
+            .unwrap()
+            .insert(diff_id.clone(), ix.clone());
         self.published.pending.lock().unwrap().insert(
             diff_id.clone(),
             Pending {
@@ -506,6 +545,8 @@ impl Content {
             self.published.pending.lock().unwrap().drain().collect();
         let (mut checked, mut revoked) = (0, 0);
         for (diff_id, p) in pending {
+            // From now on the store says what the layer is.
+            self.published.fresh.lock().unwrap().remove(&diff_id);
             match self.check_one(&diff_id, &p).await {
                 Ok(()) => {
                     checked += 1;
@@ -540,7 +581,7 @@ impl Content {
         // Streams and verifies the blob and diff_id, and stores the tree and
         // span index computed from it in place of the published ones.
         let loaded = self
-            .layer_with(&p.repo, &p.desc, diff_id, Urgency::Slack)
+            .layer_with(&p.repo, &p.desc, diff_id, Urgency::Background)
             .await?;
         if *loaded.tree != p.index.tree {
             return Err(bad("its tree differs from the layer's"));
@@ -571,7 +612,8 @@ impl Content {
 
     /// Run [`Content::check_published`] whenever indexes are adopted (the
     /// check delay after), for the daemon's life; the layers stream at the
-    /// slack CPU priority of background work.
+    /// CPU priority of background work and no faster than
+    /// `--background-bandwidth` ([`Urgency::Background`]).
     pub async fn check_published_forever(&self) {
         loop {
             self.published.wake.notified().await;
@@ -595,9 +637,33 @@ fn files_of(files: Vec<(Digest, Digest, Bytes)>) -> Vec<(&'static str, Bytes, Va
                 ANNOTATION_LAYER: blob.to_string(),
                 ANNOTATION_DIFF_ID: diff_id.to_string(),
             });
-            (INDEX_FILE_MEDIA_TYPE, bytes, annotations)
+            (INDEX_FILE_GZIP_MEDIA_TYPE, gzip(&bytes), annotations)
         })
         .collect()
+}
+
+/// `bytes` gzip-compressed (deterministic: no name, no time stamp).
+fn gzip(bytes: &[u8]) -> Bytes {
+    use std::io::Write;
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    e.write_all(bytes).expect("writing to memory");
+    Bytes::from(e.finish().expect("writing to memory"))
+}
+
+/// `bytes` inflated, refused past `max` bytes.
+fn gunzip(bytes: &[u8], max: u64) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let mut out = Vec::new();
+    flate2::read::GzDecoder::new(bytes)
+        .take(max + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| bad(format!("gzip: {e}")))?;
+    if out.len() as u64 > max {
+        return Err(Error::TooLarge(format!(
+            "a published index inflates past {max} bytes"
+        )));
+    }
+    Ok(out)
 }
 
 /// The `mediaType` a manifest's JSON declares.

@@ -200,7 +200,7 @@ impl Content {
             let Some(list) = state.adopted.lock().unwrap().get(&desc.digest).cloned() else {
                 continue;
             };
-            let verdict = match self.blob(&repo, &desc).await {
+            let verdict = match self.blob_in_background(&repo, &desc).await {
                 Ok(f) => {
                     let list = list.clone();
                     crate::blocking::run(move || matches(&f, &list)).await

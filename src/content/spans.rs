@@ -126,7 +126,15 @@ impl Content {
         let spans = self.store.get(Section::Span, diff_id)?;
         let index = self.store.get(Section::Index, diff_id)?;
         let (blob, size) = (desc.digest.clone(), desc.size);
+        // Just adopted from a published index: as parsed then (its blob and
+        // diff_id were checked against this layer's).
+        let fresh = self
+            .take_fresh_index(diff_id)
+            .filter(|ix| ix.blob == blob && ix.spans.compressed_size == size);
         let loaded = crate::blocking::run(move || {
+            if let Some(ix) = fresh {
+                return Ok((ix.tree.clone(), ix.spans.clone()));
+            }
             let (for_blob, ix) = index_file::decode_stored(&std::fs::read(spans)?)?;
             if for_blob != blob || ix.compressed_size != size {
                 return Err(Error::invalid(format!(

@@ -137,11 +137,14 @@ impl Trees {
             TreeWhich::Rootfs => None,
         };
         fs.content.start_tocs(&id.repo, &m.layers, wanted);
-        let config = fs.content.config(&id.repo, &m.config).await?;
-        // Before any layer is opened: a published index makes a gzip layer lazy.
-        fs.content
-            .adopt_published_indexes(&id.repo, &id.image)
-            .await;
+        // Before any layer is opened: a published index makes a gzip layer
+        // lazy. Looked for beside the config (it needs the config too, and
+        // waits for the same fetch).
+        let (config, _) = tokio::join!(
+            fs.content.config(&id.repo, &m.config),
+            fs.content.adopt_published_indexes(&id.repo, &id.image)
+        );
+        let config = config?;
         let mut layers = m.layers_with_diff_ids(&config, &id.image.to_string())?;
         let loaded = match id.which {
             TreeWhich::Layer(i) => {

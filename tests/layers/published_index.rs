@@ -25,6 +25,20 @@ fn layer_gets(reg: &Registry, layers: &[String]) -> (usize, u64) {
     })
 }
 
+/// `log` without its terminal colour sequences (`ESC [ … m`).
+fn without_colours(log: &str) -> String {
+    let mut out = String::with_capacity(log.len());
+    let mut chars = log.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            chars.by_ref().find(|&c| c == 'm');
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// `ls -lR`: every entry's metadata, no file contents.
 fn list_all(dir: &Path) -> usize {
     let mut n = 0;
@@ -39,27 +53,22 @@ fn list_all(dir: &Path) -> usize {
     n
 }
 
-#[test]
-fn a_second_machine_serves_gzip_layers_by_published_spans() {
-    require_fuse!();
+/// Machine A: a registry with python:3.11, and a mount (`--publish-indexes`)
+/// that streamed its rootfs and published its layer indexes. Returns the
+/// layer digests and their total size too.
+fn machine_a() -> (Registry, Mount, Vec<String>, u64) {
     let reg = Registry::start(RegistryKind::Plain);
     reg.push("python-3.11", "lab/python:3.11");
     let a = Mount::new(&reg, &["--publish-indexes"]);
     let img = a.path().join("lab/python:3.11");
     let m: serde_json::Value =
         serde_json::from_slice(&fs::read(img.join("manifest.json")).unwrap()).unwrap();
-    let layers: Vec<String> = m["layers"]
-        .as_array()
-        .unwrap()
+    let layers = m["layers"].as_array().unwrap();
+    let digests = layers
         .iter()
         .map(|l| l["digest"].as_str().unwrap().to_string())
         .collect();
-    let total: u64 = m["layers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|l| l["size"].as_u64().unwrap())
-        .sum();
+    let total = layers.iter().map(|l| l["size"].as_u64().unwrap()).sum();
     // Machine A streams every layer once (its cache then holds the indexes).
     assert!(list_all(&img.join("rootfs")) > 1000);
     // --publish-indexes pushes them once the rootfs is streamed.
@@ -68,6 +77,43 @@ fn a_second_machine_serves_gzip_layers_by_published_spans() {
         assert!(Instant::now() < deadline, "not published:\n{}", a.log());
         std::thread::sleep(Duration::from_millis(100));
     }
+    (reg, a, digests, total)
+}
+
+/// Machine B's first look at `img`: `ls -lR` of its rootfs and `cat
+/// os.py`, checked; how long it took.
+fn first_look(img: &Path) -> Duration {
+    let t = Instant::now();
+    assert!(list_all(&img.join("rootfs")) > 1000);
+    let os_py = fs::read(img.join("rootfs/usr/lib/python3.11/os.py")).unwrap();
+    let took = t.elapsed();
+    assert!(
+        os_py.starts_with(b"r\"\"\"OS routines"),
+        "{:?}",
+        &os_py[..40]
+    );
+    took
+}
+
+/// Wait (at most `limit`) until `b`'s background check found `n` layer
+/// indexes right.
+fn wait_for_checks(b: &Mount, n: usize, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    while b
+        .log()
+        .matches("published layer index matches the layer")
+        .count()
+        < n
+    {
+        assert!(Instant::now() < deadline, "no check:\n{}", b.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_second_machine_serves_gzip_layers_by_published_spans() {
+    require_fuse!();
+    let (reg, a, layers, total) = machine_a();
     // `regfs index push` finds it there: pushing twice changes nothing.
     let push = |mnt: &Path| {
         regfs(&[
@@ -105,15 +151,7 @@ fn a_second_machine_serves_gzip_layers_by_published_spans() {
         ],
     );
     let img = b.path().join("lab/python:3.11");
-    let t = Instant::now();
-    assert!(list_all(&img.join("rootfs")) > 1000);
-    let os_py = fs::read(img.join("rootfs/usr/lib/python3.11/os.py")).unwrap();
-    let cold = t.elapsed();
-    assert!(
-        os_py.starts_with(b"r\"\"\"OS routines"),
-        "{:?}",
-        &os_py[..40]
-    );
+    let cold = first_look(&img);
     let after = layer_gets(&reg, &layers);
     assert_eq!(
         after.0,
@@ -138,20 +176,70 @@ fn a_second_machine_serves_gzip_layers_by_published_spans() {
     );
 
     // The background check streams each layer once and finds the index right.
-    let deadline = Instant::now() + Duration::from_secs(90);
-    while b
-        .log()
-        .matches("published layer index matches the layer")
-        .count()
-        < layers.len()
-    {
-        assert!(Instant::now() < deadline, "no check:\n{}", b.log());
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_for_checks(&b, layers.len(), Duration::from_secs(90));
     assert!(!b.log().contains("PUBLISHED LAYER INDEX IS WRONG"));
     // And the tree equals umoci unpack.
     assert_same_tree(
         &umoci_snapshot("python-3.11"),
         &snapshot(&img.join("rootfs")),
     );
+}
+
+/// The background check streams every adopted layer whole: it goes through
+/// the `--background-bandwidth` bucket, so at 8 MiB/s the check of python's
+/// four layers (68 MB) cannot finish sooner than their bytes allow, while
+/// the foreground reads (by spans) are not held up by it.
+#[test]
+fn the_check_is_paced_by_the_background_bandwidth() {
+    require_fuse!();
+    let (reg, a, layers, total) = machine_a();
+    drop(a);
+
+    const BANDWIDTH: u64 = 8 << 20;
+    let b = Mount::new(
+        &reg,
+        &[
+            "--use-published-indexes",
+            "--published-index-check-delay",
+            "0",
+            "--background-bandwidth",
+            "8M",
+        ],
+    );
+    let t = Instant::now();
+    // The first look adopts the indexes; the check starts at once.
+    let foreground = first_look(&b.path().join("lab/python:3.11"));
+    wait_for_checks(&b, layers.len(), Duration::from_secs(120));
+    let checked = t.elapsed();
+    // The layers are streamed one after another by the check: the time the
+    // log gives each (`fetched layer … ms=`) adds up to at least their
+    // bytes at the cap (less a fifth for the first chunks and rounding).
+    let log = without_colours(&b.log());
+    let streamed_ms: u64 = log
+        .lines()
+        .filter(|l| l.contains("fetched layer"))
+        .filter_map(|l| {
+            let at = l.find(" ms=")? + 4;
+            l[at..]
+                .split(|c: char| !c.is_ascii_digit())
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum();
+    let floor = Duration::from_secs_f64(total as f64 / BANDWIDTH as f64 * 0.8);
+    eprintln!(
+        "check of {total} layer bytes at {BANDWIDTH} B/s: {checked:?} after the first look \
+         ({streamed_ms} ms streaming in the log; floor {floor:?}); ls -lR + cat {foreground:?}"
+    );
+    assert_eq!(
+        log.matches("fetched layer").count(),
+        layers.len(),
+        "one stream per layer:\n{log}"
+    );
+    assert!(
+        Duration::from_millis(streamed_ms) >= floor && checked >= floor,
+        "the check was not held to --background-bandwidth: {streamed_ms} ms, {checked:?} < {floor:?}"
+    );
+    assert!(!log.contains("PUBLISHED LAYER INDEX IS WRONG"));
 }
