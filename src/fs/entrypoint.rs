@@ -1,8 +1,9 @@
 //! Warming what a container's start reads. When a runtime prepares an image
 //! (podman looks its layers up in the layer store, containerd makes its
 //! remote snapshots), the program the image's default command names is
-//! fetched and verified in the background, then what `exec` of it reads
-//! next ([`crate::exec_deps`]): its dynamic loader and `/etc/ld.so.cache`,
+//! fetched and verified in the background (with `/etc/passwd` and
+//! `/etc/group`, which the runtime reads to set the process's user), then
+//! what `exec` of it reads next ([`crate::exec_deps`]): its dynamic loader and `/etc/ld.so.cache`,
 //! its shared libraries and theirs, or a script's interpreter. The runtime
 //! is still pulling and setting up meanwhile, so the container's first
 //! reads find those chunks in the cache instead of fetching them one after
@@ -33,6 +34,8 @@ pub const MAX_FILES: usize = 64;
 pub const MAX_BYTES: u64 = 256 << 20;
 /// `PATH` when the image's environment sets none (as runc and podman use).
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+/// Files every container start reads besides the program's own.
+const RUNTIME_FILES: &[&str] = &["/etc/passwd", "/etc/group"];
 /// Where the dynamic loader looks for libraries when the program names no
 /// directory (glibc's multiarch and trusted directories, musl's).
 const LIB_DIRS: &[&str] = &[
@@ -130,7 +133,14 @@ impl Fs {
                 .find(|p| is_file(p))
         };
         // In waves: everything one wave's files name is read side by side.
-        let mut wave: Vec<String> = program.into_iter().collect();
+        let Some(program) = program else {
+            return Ok(out);
+        };
+        // The runtime itself reads the user and group databases (runc,
+        // crun and podman resolve the process's user in the rootfs).
+        let mut wave: Vec<String> = std::iter::once(program)
+            .chain(RUNTIME_FILES.iter().map(|p| p.to_string()))
+            .collect();
         let mut seen: HashSet<NodeId> = HashSet::new();
         let mut loader_cache = false;
         while !wave.is_empty() {

@@ -1,7 +1,8 @@
 //! Entry-point warming over the in-process registry: an eStargz image
 //! holding this machine's `/usr/bin/true` with its dynamic loader and
 //! libraries (laid out as a Debian image lays them out, `/lib` a symlink)
-//! gets exactly those files fetched, verified and cached; a library nobody
+//! gets exactly those files (and `/etc/passwd`, which runtimes read)
+//! fetched, verified and cached; a library nobody
 //! needs stays remote; a gzip image is left alone.
 
 use std::sync::Arc;
@@ -90,6 +91,8 @@ async fn a_runtime_gets_the_program_its_loader_and_libraries_and_nothing_else() 
         .dir(b"etc", 0o755);
     top.file(b"usr/bin/true", &program);
     top.file(b"etc/ld.so.cache", &ld_cache);
+    let passwd = b"root:x:0:0:root:/root:/bin/sh\n".to_vec();
+    top.file(b"etc/passwd", &passwd);
     let reg = Arc::new(MemoryRegistry::new("memory.test"));
     let layers = [
         LayerBlob::estargz(&base.finish()),
@@ -110,6 +113,8 @@ async fn a_runtime_gets_the_program_its_loader_and_libraries_and_nothing_else() 
     assert!(warmed.paths.contains(&interp), "{:?}", warmed.paths);
     assert!(warmed.paths.iter().any(|p| p == "/etc/ld.so.cache"));
     assert!(cached(&store, &program) && cached(&store, &ld_cache));
+    // The runtime's own read (no /etc/group in this image: skipped).
+    assert!(cached(&store, &passwd), "{:?}", warmed.paths);
     for (name, data) in &libs {
         assert!(
             cached(&store, data),
@@ -124,7 +129,7 @@ async fn a_runtime_gets_the_program_its_loader_and_libraries_and_nothing_else() 
     let libs_len: usize = libs.iter().map(|(_, d)| d.len()).sum();
     assert_eq!(
         warmed.bytes as usize,
-        program.len() + ld_cache.len() + interp_data.len() + libs_len
+        program.len() + ld_cache.len() + interp_data.len() + libs_len + passwd.len()
     );
 
     // A gzip image: nothing fetched, no layer touched.
