@@ -168,7 +168,19 @@ pub enum TraceCommand {
     /// Start recording (again from nothing if a trace of the image runs).
     Start(TraceArgs),
     /// Stop recording and print the paths opened, one per line, in order.
-    Stop(TraceArgs),
+    Stop(TraceStopArgs),
+}
+
+/// `regfs trace stop`.
+#[derive(Args, Debug)]
+pub struct TraceStopArgs {
+    #[command(flatten)]
+    pub trace: TraceArgs,
+    /// Also publish the list next to the image (an OCI artifact referring
+    /// to it), for mounts with --use-published-indexes to warm those files
+    /// when a runtime prepares the image.
+    #[arg(long)]
+    pub publish: bool,
 }
 
 /// The image a trace is of, and the mount it runs on.

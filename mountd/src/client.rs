@@ -12,7 +12,7 @@ use anyhow::{anyhow, bail, Context};
 use regfs::export::EntryMeta;
 use serde::de::DeserializeOwned;
 
-use crate::cli::{CommitArgs, ExportNewArgs, RestartArgs, StatusArgs, TraceArgs};
+use crate::cli::{CommitArgs, ExportNewArgs, RestartArgs, StatusArgs, TraceArgs, TraceStopArgs};
 use crate::protocol::{Answer, CommitOutcome, CommitProgress, Line, Request, Status};
 
 /// The xattr of an export mount's top directory that names its socket.
@@ -242,8 +242,13 @@ pub fn trace_start(args: TraceArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `regfs trace stop MOUNTPOINT REF`: the paths, one per line, on stdout.
-pub fn trace_stop(args: TraceArgs) -> anyhow::Result<()> {
+/// `regfs trace stop MOUNTPOINT REF [--publish]`: the paths, one per line,
+/// on stdout; with `--publish`, also pushed next to the image.
+pub fn trace_stop(args: TraceStopArgs) -> anyhow::Result<()> {
+    let TraceStopArgs {
+        trace: args,
+        publish,
+    } = args;
     let socket = socket_for(Some(&args.mountpoint), args.control.as_deref())?;
     let req = Request::TraceStop {
         reference: args.reference.clone(),
@@ -254,6 +259,17 @@ pub fn trace_stop(args: TraceArgs) -> anyhow::Result<()> {
         writeln!(out, "{p}")?;
     }
     eprintln!("regfs: {} file(s) opened", paths.len());
+    if publish {
+        let req = Request::PrefetchListPush {
+            reference: args.reference.clone(),
+            paths,
+        };
+        let artifact: String = request(&socket, &req, &mut |_: ()| {})?;
+        eprintln!(
+            "regfs: published as the prefetch list of {} (artifact {artifact})",
+            args.reference
+        );
+    }
     Ok(())
 }
 

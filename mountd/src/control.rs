@@ -152,6 +152,25 @@ async fn handle(s: UnixStream, ctx: Arc<Context>) {
             let r = index_push(&ctx, &reference).await;
             answer(&mut w, r).await
         }
+        Request::PrefetchListPush { reference, paths } => {
+            let r = match served_reference(&ctx, &reference) {
+                Ok(r) => match ctx
+                    .fs
+                    .resolve_image(&r.repository.as_str().into(), &r.selector())
+                    .await
+                {
+                    Ok(image) => ctx
+                        .fs
+                        .content()
+                        .publish_prefetch_list(&r.repository, &image, &paths)
+                        .await
+                        .map(|p| p.artifact.to_string()),
+                    Err(e) => Err(e),
+                },
+                Err(e) => Err(e),
+            };
+            answer(&mut w, r).await
+        }
         Request::New { entry, from } => {
             let r = match ctx.exporter() {
                 Ok(exp) => exp.new_entry(&entry, from.as_deref()).await,

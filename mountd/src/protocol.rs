@@ -82,6 +82,14 @@ pub enum Request {
         /// NAME:TAG or NAME@DIGEST.
         reference: String,
     },
+    /// Publish a prefetch list (`regfs trace stop --publish`) next to an
+    /// image. Answer: the artifact's manifest digest.
+    PrefetchListPush {
+        /// NAME:TAG or NAME@DIGEST.
+        reference: String,
+        /// Paths relative to the image's root, in the order they were read.
+        paths: Vec<String>,
+    },
 }
 
 /// One line of a daemon's answer: progress, or the final answer.

@@ -23,6 +23,7 @@ mod published;
 mod published_chunks;
 #[cfg(test)]
 mod published_tests;
+mod published_trace;
 mod referrers;
 mod spans;
 #[cfg(test)]
@@ -47,6 +48,7 @@ pub use lazy::{LayerSource, LazyOptions, OpenedLayer};
 pub use prefetch::{PrefetchProgress, PrefetchReport, PrefetchSnapshot};
 pub use published::{PublishReport, INDEX_ARTIFACT_TYPE};
 pub use published_chunks::{CHUNKS_ARTIFACT_TYPE, CHUNKS_MEDIA_TYPE};
+pub use published_trace::PREFETCH_ARTIFACT_TYPE;
 pub use referrers::{fallback_tag, Referrer};
 pub use spans::{tar_range, SpanLayer, SpanView};
 

@@ -11,6 +11,9 @@
 //! way; nothing else. Each wave of files (the program; then what it names;
 //! then what those name) is read side by side.
 //!
+//! With `--use-published-indexes`, the files of a prefetch list published
+//! next to the image (`regfs trace stop … --publish`) join the first wave.
+//!
 //! Only for images whose every layer is lazy (eStargz, zstd:chunked): the
 //! merged tree of a gzip image needs its layers streamed whole, which stays
 //! the container's own reads' decision. Once per image per process, at most
@@ -29,7 +32,7 @@ use crate::image::Manifest;
 use crate::layer::{NodeId, NodeKind};
 
 /// Most files one image's warming reads.
-pub const MAX_FILES: usize = 64;
+pub const MAX_FILES: usize = 256;
 /// Most bytes (uncompressed) one image's warming reads.
 pub const MAX_BYTES: u64 = 256 << 20;
 /// `PATH` when the image's environment sets none (as runc and podman use).
@@ -138,8 +141,22 @@ impl Fs {
         };
         // The runtime itself reads the user and group databases (runc,
         // crun and podman resolve the process's user in the rootfs).
+        // A prefetch list published next to the image (`regfs trace stop
+        // --publish`, read with --use-published-indexes): those files too.
+        let listed = match self.content.published_prefetch_list(repo, image).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::info!(%repo, %image, error = %e, "published prefetch list not used");
+                Vec::new()
+            }
+        };
         let mut wave: Vec<String> = std::iter::once(program)
             .chain(RUNTIME_FILES.iter().map(|p| p.to_string()))
+            .chain(
+                listed
+                    .iter()
+                    .map(|p| format!("/{}", p.trim_start_matches('/'))),
+            )
             .collect();
         let mut seen: HashSet<NodeId> = HashSet::new();
         let mut loader_cache = false;

@@ -143,3 +143,60 @@ async fn a_runtime_gets_the_program_its_loader_and_libraries_and_nothing_else() 
     assert!(warmed.paths.is_empty());
     assert_eq!(reg.blob_requests(&gz_blob), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_published_prefetch_list_is_warmed_with_the_start_up_files() {
+    let mut w = TarW::new();
+    w.dir(b"usr", 0o755)
+        .dir(b"usr/bin", 0o755)
+        .dir(b"data", 0o755);
+    w.file(b"usr/bin/app", b"#!/bin/sh\necho app\n");
+    let (a, b, unlisted) = (
+        b"listed a".to_vec(),
+        b"listed b".to_vec(),
+        b"never read".to_vec(),
+    );
+    w.file(b"data/a", &a)
+        .file(b"data/b", &b)
+        .file(b"data/unlisted", &unlisted);
+    let reg = Arc::new(MemoryRegistry::new("memory.test"));
+    let run = serde_json::json!({"Cmd": ["app"]});
+    let image = reg.add_image_running("lab/app", "esgz", &[LayerBlob::estargz(&w.finish())], run);
+
+    // Machine A publishes what a workload read (the fallback tag: the
+    // memory registry has no referrers API).
+    let dir_a = tempfile::tempdir().unwrap();
+    let a_store = Arc::new(Store::open(dir_a.path(), 1 << 30).unwrap());
+    let machine_a = Content::new(reg.clone(), a_store, 1_000_000, Limits::default());
+    let paths = vec!["data/a".to_string(), "/data/b".to_string()];
+    machine_a
+        .publish_prefetch_list("lab/app", &image, &paths)
+        .await
+        .unwrap();
+
+    // Machine B without published indexes: only the program.
+    let dir_b = tempfile::tempdir().unwrap();
+    let store_b = Arc::new(Store::open(dir_b.path(), 1 << 30).unwrap());
+    let fs_b = fs_of(reg.clone(), store_b.clone());
+    let warmed = fs_b.warm_entrypoint("lab/app", &image).await.unwrap();
+    assert_eq!(warmed.paths, ["/usr/bin/app"]);
+    assert!(!cached(&store_b, &a));
+
+    // Machine C with them: the listed files too, nothing else.
+    let dir_c = tempfile::tempdir().unwrap();
+    let store_c = Arc::new(Store::open(dir_c.path(), 1 << 30).unwrap());
+    let mut content = Content::new(reg.clone(), store_c.clone(), 1_000_000, Limits::default());
+    content.set_use_published_indexes(true, Duration::from_secs(3600));
+    let fs_c = Fs::new(
+        content,
+        FsConfig {
+            platform: "linux/amd64".parse().unwrap(),
+            tag_ttl: Duration::from_secs(60),
+            mount_time: SystemTime::UNIX_EPOCH,
+        },
+    );
+    let warmed = fs_c.warm_entrypoint("lab/app", &image).await.unwrap();
+    assert_eq!(warmed.paths, ["/usr/bin/app", "/data/a", "/data/b"]);
+    assert!(cached(&store_c, &a) && cached(&store_c, &b));
+    assert!(!cached(&store_c, &unlisted), "an unlisted file was fetched");
+}
