@@ -62,3 +62,70 @@ fn a_trace_lists_the_files_python_opened_in_order() {
         "{again:?}"
     );
 }
+
+#[test]
+fn a_published_trace_is_listed_next_to_the_image() {
+    require_fuse!();
+    let reg = lab().image("python:3.11");
+    let m = Mount::new(reg, &[]);
+    let mnt = m.path().to_str().unwrap();
+    let out = regfs(&["trace", "start", mnt, "lab/python:3.11"]);
+    assert!(out.status.success(), "{out:?}");
+    let rootfs = m.path().join("lab/python:3.11/rootfs");
+    std::fs::read(rootfs.join("etc/os-release")).unwrap();
+    std::fs::read(rootfs.join("etc/debian_version")).unwrap();
+    let out = regfs(&["trace", "stop", mnt, "lab/python:3.11", "--publish"]);
+    assert!(out.status.success(), "{out:?}");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("published as the prefetch list"), "{said}");
+    // The registry (no referrers API) lists it under the fallback tag of the
+    // image's manifest, as an artifact of regfs's prefetch-list type.
+    let get = |path: &str| {
+        let o = Command::new("curl")
+            .args(["-sf", "-H", "Accept: application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json"])
+            .arg(format!("http://{}/v2/lab/python/{path}", reg.host_port()))
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "GET {path}: {o:?}");
+        serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap()
+    };
+    let digest = String::from_utf8_lossy(
+        &Command::new("curl")
+            .args(["-sfI", "-H", "Accept: application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json"])
+            .arg(format!("http://{}/v2/lab/python/manifests/3.11", reg.host_port()))
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .lines()
+    .find_map(|l| l.to_ascii_lowercase().strip_prefix("docker-content-digest: ").map(|d| d.trim().to_string()))
+    .expect("the tag's digest");
+    let tag = digest.replacen(':', "-", 1);
+    let index = get(&format!("manifests/{tag}"));
+    let listed = index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["artifactType"] == "application/vnd.regfs.prefetch-list.v1")
+        .unwrap_or_else(|| panic!("no prefetch list under {tag}: {index}"));
+    let artifact = get(&format!("manifests/{}", listed["digest"].as_str().unwrap()));
+    assert_eq!(artifact["subject"]["digest"], digest.as_str());
+    let file = artifact["layers"][0]["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let text = Command::new("curl")
+        .arg("-sf")
+        .arg(format!(
+            "http://{}/v2/lab/python/blobs/{file}",
+            reg.host_port()
+        ))
+        .output()
+        .unwrap()
+        .stdout;
+    assert_eq!(
+        String::from_utf8_lossy(&text),
+        // os-release is a symlink to ../usr/lib/os-release: the file opened is listed.
+        "usr/lib/os-release\netc/debian_version\n"
+    );
+}
