@@ -9,14 +9,25 @@ fn regfs(args: &[&str]) -> std::process::Output {
     Command::new(regfs_bin()).args(args).output().unwrap()
 }
 
+/// A mount of the lab's python registry with a trace of python:3.11 started.
+fn traced_mount() -> (&'static Registry, Mount) {
+    let reg = lab().image("python:3.11");
+    let m = Mount::new(reg, &[]);
+    let out = regfs(&[
+        "trace",
+        "start",
+        m.path().to_str().unwrap(),
+        "lab/python:3.11",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    (reg, m)
+}
+
 #[test]
 fn a_trace_lists_the_files_python_opened_in_order() {
     require_fuse!();
-    let reg = lab().image("python:3.11");
-    let m = Mount::new(reg, &[]);
+    let (_, m) = traced_mount();
     let mnt = m.path().to_str().unwrap();
-    let out = regfs(&["trace", "start", mnt, "lab/python:3.11"]);
-    assert!(out.status.success(), "{out:?}");
     let run = Command::new("chroot")
         .arg(m.path().join("lab/python:3.11/rootfs"))
         .args(["python3", "-c", "import json; print(1)"])
@@ -66,11 +77,8 @@ fn a_trace_lists_the_files_python_opened_in_order() {
 #[test]
 fn a_published_trace_is_listed_next_to_the_image() {
     require_fuse!();
-    let reg = lab().image("python:3.11");
-    let m = Mount::new(reg, &[]);
+    let (reg, m) = traced_mount();
     let mnt = m.path().to_str().unwrap();
-    let out = regfs(&["trace", "start", mnt, "lab/python:3.11"]);
-    assert!(out.status.success(), "{out:?}");
     let rootfs = m.path().join("lab/python:3.11/rootfs");
     std::fs::read(rootfs.join("etc/os-release")).unwrap();
     std::fs::read(rootfs.join("etc/debian_version")).unwrap();
