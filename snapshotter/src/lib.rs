@@ -12,7 +12,6 @@
 //! * [`labels`] / [`resolve`]: which layer a `Prepare` asks for, and where the
 //!   mount serves it.
 //! * [`mounts`]: the mounts containerd gets for a snapshot.
-//! * [`warm`]: a lazy layer's TOC loaded as soon as its snapshot exists.
 //! * [`service`] / [`server`]: the gRPC service and its socket.
 
 pub mod error;
@@ -24,7 +23,6 @@ pub mod resolve;
 pub mod server;
 pub mod service;
 pub mod store;
-pub mod warm;
 
 /// The containerd API, generated from the vendored protos in `snapshotter/proto`
 /// by `scripts/gen-snapshotter-protos` (committed, so building needs no protoc).

@@ -15,7 +15,6 @@ use crate::proto::containerd::services::snapshots::v1 as pb;
 use crate::proto::containerd::services::snapshots::v1::snapshots_server::Snapshots;
 use crate::resolve::Resolver;
 use crate::store::Store;
-use crate::warm;
 
 /// The service: a store and the resolver of remote layers.
 #[derive(Debug, Clone)]
@@ -88,7 +87,7 @@ fn prepare_remote(
             match store.add_remote(&remote.target, parent, labels, &dir) {
                 Ok(()) => {
                     tracing::info!(target = %remote.target, layer = %remote.layer, %dir, "remote snapshot");
-                    warm::in_background(resolver.mount_root(), &dir);
+                    // The daemon starts the image's TOCs and start-up files.
                     resolver.announce(&dir);
                     Err(already())
                 }

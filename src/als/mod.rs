@@ -430,7 +430,6 @@ impl LayerStore {
         // podman looks every layer up while it pulls: the image's TOCs (and
         // the files they prioritise), and the files its start-up reads,
         // start now, not when the container runs.
-        content.start_tocs(&repo, &m.layers, None);
         self.fs.warm_entrypoint_in_background(&repo, &image);
         let what = format!("{repo}@{image}");
         for (index, (desc, diff_id)) in m.layers_with_diff_ids(&config, &what)?.enumerate() {

@@ -15,7 +15,7 @@
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use tokio::sync::Semaphore;
 
@@ -32,9 +32,9 @@ use crate::telemetry::InFlight;
 /// Largest run a background fetch takes at once (bounds how long it holds chunks).
 const MAX_BACKGROUND_RUN: u64 = 2 << 20;
 /// Largest run of prioritised chunks in one Range request.
-pub(crate) const PRIORITY_RUN: u64 = 2 << 20;
+const PRIORITY_RUN: u64 = 2 << 20;
 /// Prioritised-prefetch Range requests in flight at once, over all layers.
-pub(crate) const PRIORITY_CONCURRENCY: usize = 4;
+const PRIORITY_CONCURRENCY: usize = 4;
 
 /// The throttle, the priority bound and the blobs already scheduled
 /// (shared: clones are handles to the same state).
@@ -61,12 +61,6 @@ impl Background {
             bucket: Bucket::new(bandwidth),
             scheduled: Mutex::new(HashSet::new()),
         }))
-    }
-
-    /// How long to wait before fetching `bytes` more under the cap (and
-    /// book them).
-    fn book(&self, bytes: u64) -> Duration {
-        self.0.bucket.reserve(bytes)
     }
 
     /// The token bucket, for the background checks' streams.
@@ -178,7 +172,7 @@ impl Prefetcher {
             for run in runs {
                 let permit = this.bg.0.permits.clone().acquire_owned().await;
                 let bytes: u64 = run.iter().map(|c| c.blob_len).sum();
-                tokio::time::sleep(this.bg.book(bytes)).await;
+                tokio::time::sleep(this.bg.0.bucket.reserve(bytes)).await;
                 let (this, layer) = (this.clone(), layer.clone());
                 tasks.push(tokio::spawn(async move {
                     let _permit = permit;

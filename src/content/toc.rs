@@ -123,9 +123,6 @@ impl TocKind {
     }
 }
 
-/// How long a fetched TOC's index waits before it is written to the store.
-const STORE_DELAY: std::time::Duration = std::time::Duration::from_millis(300);
-
 impl Fetchable for TocKind {
     type Value = Arc<LazyLayer>;
     type Verified = LazyIndex;
@@ -243,45 +240,36 @@ impl Fetchable for TocKind {
 
     /// The index is served from memory at once; its copy in the store (a
     /// JSON tree, tens of milliseconds for a large layer) is written by a
-    /// blocking task of its own, [`STORE_DELAY`] later, off the first
-    /// reads' path.
+    /// blocking task of its own, off the first reader's path.
     fn commit(&self, index: LazyIndex) -> BoxFuture<'_, Result<Arc<LazyLayer>>> {
         Box::pin(async move {
             let (format, data_end) = (index.format, index.data_end);
             let layer = layer_of(index);
             let (store, anchor, l) = (self.store.clone(), self.anchor().clone(), layer.clone());
             let digest = self.desc.digest.clone();
-            // After the first reads: serialising a large TOC's tree takes tens
-            // of milliseconds of CPU, which the registry and the reader need
-            // more right now.
-            let delayed = async move {
-                tokio::time::sleep(STORE_DELAY).await;
-                tokio::task::spawn_blocking(move || {
-                    let _niced = Niced::lower();
-                    let t = Instant::now();
-                    let stored = StoredIndex {
-                        format,
-                        data_end,
-                        prefetch_end: l.prefetch_end,
-                        tree: &l.tree,
-                    };
-                    let put = serde_json::to_vec(&stored)
-                        .map_err(|e| Error::Io(std::io::Error::other(e)))
-                        .and_then(|bytes| {
-                            store
-                                .put(Section::Toc, &anchor, &bytes)
-                                .map(|_| bytes.len())
-                        });
-                    match put {
-                        Ok(bytes) => tracing::debug!(
-                            %digest, bytes, ms = t.elapsed().as_millis() as u64, "stored TOC index"
-                        ),
-                        Err(e) => tracing::warn!(%digest, error = %e, "TOC index not stored"),
-                    }
-                })
-                .await
-            };
-            tokio::spawn(delayed);
+            tokio::task::spawn_blocking(move || {
+                let _niced = Niced::lower();
+                let t = Instant::now();
+                let stored = StoredIndex {
+                    format,
+                    data_end,
+                    prefetch_end: l.prefetch_end,
+                    tree: &l.tree,
+                };
+                let put = serde_json::to_vec(&stored)
+                    .map_err(|e| Error::Io(std::io::Error::other(e)))
+                    .and_then(|bytes| {
+                        store
+                            .put(Section::Toc, &anchor, &bytes)
+                            .map(|_| bytes.len())
+                    });
+                match put {
+                    Ok(bytes) => tracing::debug!(
+                        %digest, bytes, ms = t.elapsed().as_millis() as u64, "stored TOC index"
+                    ),
+                    Err(e) => tracing::warn!(%digest, error = %e, "TOC index not stored"),
+                }
+            });
             Ok(layer)
         })
     }

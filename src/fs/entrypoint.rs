@@ -1,6 +1,6 @@
 //! Warming what a container's start reads. When a runtime prepares an image
 //! (podman looks its layers up in the layer store, containerd makes its
-//! remote snapshots), the program the image's default command names is
+//! remote snapshots), every lazy layer's TOC is fetched at once, and the program the image's default command names is
 //! fetched and verified in the background (with `/etc/passwd` and
 //! `/etc/group`, which the runtime reads to set the process's user), then
 //! what `exec` of it reads next ([`crate::exec_deps`]): its dynamic loader and `/etc/ld.so.cache`,
@@ -99,6 +99,8 @@ impl Fs {
         let Manifest::Image(m) = &info.manifest else {
             return Ok(out);
         };
+        // Every lazy layer's TOC now, whatever the rest of the image is.
+        self.content.start_tocs(repo, &m.layers, None);
         if m.is_artifact()
             || !m
                 .layers
@@ -135,12 +137,9 @@ impl Fs {
                 .map(|d| format!("{}/{argv0}", d.trim_end_matches('/')))
                 .find(|p| is_file(p))
         };
-        // In waves: everything one wave's files name is read side by side.
         let Some(program) = program else {
             return Ok(out);
         };
-        // The runtime itself reads the user and group databases (runc,
-        // crun and podman resolve the process's user in the rootfs).
         // A prefetch list published next to the image (`regfs trace stop
         // --publish`, read with --use-published-indexes): those files too.
         let listed = match self.content.published_prefetch_list(repo, image).await {
@@ -150,6 +149,9 @@ impl Fs {
                 Vec::new()
             }
         };
+        // The runtime itself reads the user and group databases (runc,
+        // crun and podman resolve the process's user in the rootfs). In
+        // waves: everything one wave's files name is read side by side.
         let mut wave: Vec<String> = std::iter::once(program)
             .chain(RUNTIME_FILES.iter().map(|p| p.to_string()))
             .chain(
