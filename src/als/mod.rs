@@ -289,6 +289,14 @@ impl LayerStore {
         }
     }
 
+    /// [`LayerStore::open`] for `exec` (see [`Fs::open_exec`]).
+    pub async fn open_exec(self: &Arc<Self>, ino: u64) -> Result<u64> {
+        match self.owner(ino)? {
+            Owner::Fs(ino) => self.fs.open_exec(ino).await,
+            _ => self.open(ino).await,
+        }
+    }
+
     /// Open `ino` for reading.
     pub async fn open(&self, ino: u64) -> Result<u64> {
         match self.owner(ino)? {

@@ -1,34 +1,44 @@
-//! Warming what a container's start reads. When a runtime prepares an image
-//! (podman looks its layers up in the layer store, containerd makes its
-//! remote snapshots), every lazy layer's TOC is fetched at once, and the program the image's default command names is
-//! fetched and verified in the background (with `/etc/passwd` and
-//! `/etc/group`, which the runtime reads to set the process's user), then
-//! what `exec` of it reads next ([`crate::exec_deps`]): its dynamic loader and `/etc/ld.so.cache`,
-//! its shared libraries and theirs, or a script's interpreter. The runtime
-//! is still pulling and setting up meanwhile, so the container's first
-//! reads find those chunks in the cache instead of fetching them one after
-//! another. The same files the container reads, fetched the same verified
-//! way; nothing else. Each wave of files (the program; then what it names;
-//! then what those name) is read side by side.
+//! Warming what an `exec` reads. Two triggers:
+//!
+//! - **A runtime prepares an image** (podman looks its layers up in the
+//!   layer store, containerd makes its remote snapshots): every lazy layer's
+//!   TOC is fetched at once, and the program the image's default command
+//!   names is fetched and verified in the background (with `/etc/passwd`
+//!   and `/etc/group`, which the runtime reads to set the process's user).
+//!   The runtime is still pulling and setting up meanwhile.
+//! - **A file is opened for exec** (the kernel passes `__FMODE_EXEC` in the
+//!   open flags, through overlayfs too: a `chroot`, a container's own
+//!   `exec`s, the loader the kernel maps): that file.
+//!
+//! Then what `exec` of it reads next ([`crate::exec_deps`]): its dynamic
+//! loader and `/etc/ld.so.cache`, its shared libraries and theirs, or a
+//! script's interpreter, resolved in the image's merged tree. Without this
+//! the loader asks for them one after another, a round trip each; warmed,
+//! each wave of files (the program; then what it names; then what those
+//! name) is fetched side by side. The same files the exec reads, fetched
+//! the same verified way; nothing else.
 //!
 //! With `--use-published-indexes`, the files of a prefetch list published
-//! next to the image (`regfs trace stop … --publish`) join the first wave.
+//! next to the image (`regfs trace stop … --publish`) join a runtime's
+//! first wave.
 //!
 //! Only for images whose every layer is lazy (eStargz, zstd:chunked): the
 //! merged tree of a gzip image needs its layers streamed whole, which stays
-//! the container's own reads' decision. Once per image per process, at most
-//! [`MAX_FILES`] files and [`MAX_BYTES`] bytes.
+//! the container's own reads' decision. Once per image (runtime) or file
+//! (exec) per process, at most [`MAX_FILES`] files and [`MAX_BYTES`] bytes
+//! each time.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use super::trees::LoadedTree;
 use super::{Fs, TreeId, TreeWhich};
 use crate::digest::Digest;
 use crate::error::Result;
 use crate::estargz::LazySpec;
 use crate::exec_deps::exec_deps;
-use crate::image::Manifest;
+use crate::image::{ImageConfig, Manifest};
 use crate::layer::{NodeId, NodeKind};
 
 /// Most files one image's warming reads.
@@ -53,9 +63,17 @@ const LIB_DIRS: &[&str] = &[
     "/usr/local/lib",
 ];
 
-/// Images warmed (or being warmed) in this process.
+/// Most exec'd files remembered as warmed before starting over.
+const MAX_EXECS_REMEMBERED: usize = 4096;
+
+/// What was warmed (or is being warmed) in this process.
 #[derive(Default)]
-pub(super) struct Warmed(Mutex<HashSet<(Arc<str>, Digest)>>);
+pub(super) struct Warmed {
+    /// Images, by repository and manifest digest.
+    images: Mutex<HashSet<(Arc<str>, Digest)>>,
+    /// Files opened for exec.
+    execs: Mutex<HashSet<(Arc<TreeId>, NodeId)>>,
+}
 
 /// What one warming read.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -71,7 +89,7 @@ impl Fs {
     /// the module docs); once per image, failures only logged.
     pub fn warm_entrypoint_in_background(self: &Arc<Self>, repo: &str, image: &Digest) {
         let id: (Arc<str>, Digest) = (repo.into(), image.clone());
-        if !self.warmed.0.lock().unwrap().insert(id.clone()) {
+        if !self.warmed.images.lock().unwrap().insert(id.clone()) {
             return;
         }
         let fs = self.clone();
@@ -94,31 +112,12 @@ impl Fs {
     /// the module docs. Nothing for an image with a layer that is not lazy
     /// or without a default command.
     pub async fn warm_entrypoint(&self, repo: &str, image: &Digest) -> Result<WarmedFiles> {
-        let mut out = WarmedFiles::default();
-        let info = self.content.manifest(repo, image).await?;
-        let Manifest::Image(m) = &info.manifest else {
-            return Ok(out);
+        let Some((loaded, config)) = self.lazy_rootfs(repo, image).await? else {
+            return Ok(WarmedFiles::default());
         };
-        // Every lazy layer's TOC now, whatever the rest of the image is.
-        self.content.start_tocs(repo, &m.layers, None);
-        if m.is_artifact()
-            || !m
-                .layers
-                .iter()
-                .all(|l| LazySpec::from_descriptor(l).is_some())
-        {
-            return Ok(out);
-        }
-        let config = self.content.config(repo, &m.config).await?;
         let Some(argv0) = config.command.first() else {
-            return Ok(out);
+            return Ok(WarmedFiles::default());
         };
-        let id = Arc::new(TreeId {
-            repo: repo.into(),
-            image: image.clone(),
-            which: TreeWhich::Rootfs,
-        });
-        let loaded = self.trees.load(self, &id).await?;
         let tree = &loaded.tree;
         let is_file = |p: &str| {
             tree.resolve(p.as_bytes())
@@ -138,7 +137,7 @@ impl Fs {
                 .find(|p| is_file(p))
         };
         let Some(program) = program else {
-            return Ok(out);
+            return Ok(WarmedFiles::default());
         };
         // A prefetch list published next to the image (`regfs trace stop
         // --publish`, read with --use-published-indexes): those files too.
@@ -150,9 +149,8 @@ impl Fs {
             }
         };
         // The runtime itself reads the user and group databases (runc,
-        // crun and podman resolve the process's user in the rootfs). In
-        // waves: everything one wave's files name is read side by side.
-        let mut wave: Vec<String> = std::iter::once(program)
+        // crun and podman resolve the process's user in the rootfs).
+        let first: Vec<String> = std::iter::once(program)
             .chain(RUNTIME_FILES.iter().map(|p| p.to_string()))
             .chain(
                 listed
@@ -160,6 +158,111 @@ impl Fs {
                     .map(|p| format!("/{}", p.trim_start_matches('/'))),
             )
             .collect();
+        self.warm_waves(&loaded, first).await
+    }
+
+    /// The merged tree of image `repo@image` and its config, if every layer
+    /// is lazy; every lazy layer's TOC is started either way.
+    async fn lazy_rootfs(
+        &self,
+        repo: &str,
+        image: &Digest,
+    ) -> Result<Option<(Arc<LoadedTree>, Arc<ImageConfig>)>> {
+        let info = self.content.manifest(repo, image).await?;
+        let Manifest::Image(m) = &info.manifest else {
+            return Ok(None);
+        };
+        // Every lazy layer's TOC now, whatever the rest of the image is.
+        self.content.start_tocs(repo, &m.layers, None);
+        if m.is_artifact()
+            || !m
+                .layers
+                .iter()
+                .all(|l| LazySpec::from_descriptor(l).is_some())
+        {
+            return Ok(None);
+        }
+        let config = self.content.config(repo, &m.config).await?;
+        let id = Arc::new(TreeId {
+            repo: repo.into(),
+            image: image.clone(),
+            which: TreeWhich::Rootfs,
+        });
+        Ok(Some((self.trees.load(self, &id).await?, config)))
+    }
+
+    /// File `node` of `tree` was opened for `exec` (the kernel's open of a
+    /// program or of its loader): warm, in a task of its own, what that
+    /// exec reads next, resolved in the image's merged tree (see the module
+    /// docs). Once per file per process; failures only logged.
+    pub(super) fn warm_exec_in_background(self: &Arc<Self>, tree: &Arc<TreeId>, node: NodeId) {
+        {
+            let mut execs = self.warmed.execs.lock().unwrap();
+            if execs.len() >= MAX_EXECS_REMEMBERED {
+                execs.clear();
+            }
+            if !execs.insert((tree.clone(), node)) {
+                return;
+            }
+        }
+        let (fs, tree) = (self.clone(), tree.clone());
+        tokio::spawn(async move {
+            let started = Instant::now();
+            match fs.warm_exec(&tree, node).await {
+                Ok(w) if w.paths.is_empty() => {}
+                Ok(w) => tracing::info!(
+                    repo = %tree.repo, image = %tree.image, files = w.paths.len(), bytes = w.bytes,
+                    paths = ?w.paths, ms = started.elapsed().as_millis() as u64,
+                    "warmed what an exec reads"
+                ),
+                Err(e) => tracing::info!(
+                    repo = %tree.repo, image = %tree.image, error = %e, "warming what an exec reads failed"
+                ),
+            }
+        });
+    }
+
+    /// Read what exec of file `node` of `tree` reads (the file, its loader,
+    /// libraries, interpreter), resolved in the image's merged tree; nothing
+    /// unless every layer of the image is lazy.
+    pub async fn warm_exec(&self, tree: &Arc<TreeId>, node: NodeId) -> Result<WarmedFiles> {
+        let Some((rootfs, _)) = self.lazy_rootfs(&tree.repo, &tree.image).await? else {
+            return Ok(WarmedFiles::default());
+        };
+        let own = match tree.which {
+            TreeWhich::Rootfs => rootfs.clone(),
+            TreeWhich::Layer(_) => self.trees.load(self, tree).await?,
+        };
+        let Some(path) = own
+            .tree
+            .walk()
+            .into_iter()
+            .find_map(|(p, n)| (n == node).then_some(p))
+        else {
+            return Ok(WarmedFiles::default());
+        };
+        let path = format!(
+            "/{}",
+            String::from_utf8_lossy(&path).trim_start_matches('/')
+        );
+        self.warm_waves(&rootfs, vec![path]).await
+    }
+
+    /// Read `first` (paths in the merged tree `loaded`) side by side, then
+    /// what exec of each names ([`exec_deps`]), wave after wave, within
+    /// [`MAX_FILES`] and [`MAX_BYTES`].
+    async fn warm_waves(
+        &self,
+        loaded: &Arc<LoadedTree>,
+        first: Vec<String>,
+    ) -> Result<WarmedFiles> {
+        let mut out = WarmedFiles::default();
+        let tree = &loaded.tree;
+        let is_file = |p: &str| {
+            tree.resolve(p.as_bytes())
+                .is_some_and(|n| tree.node(n).kind == NodeKind::File)
+        };
+        let mut wave = first;
         let mut seen: HashSet<NodeId> = HashSet::new();
         let mut loader_cache = false;
         while !wave.is_empty() {

@@ -41,8 +41,24 @@ fn cached(store: &Store, data: &[u8]) -> bool {
         .is_some()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_runtime_gets_the_program_its_loader_and_libraries_and_nothing_else() {
+/// An eStargz image of this machine's `/usr/bin/true`, its loader and
+/// libraries, laid out as a Debian image lays them out.
+struct TrueImage {
+    reg: Arc<MemoryRegistry>,
+    image: Digest,
+    /// The two layers' blob digests, base first.
+    layers: [Digest; 2],
+    program: Vec<u8>,
+    interp: String,
+    interp_data: Vec<u8>,
+    libs: Vec<(String, Vec<u8>)>,
+    unused: Vec<u8>,
+    ld_cache: Vec<u8>,
+    passwd: Vec<u8>,
+    run: serde_json::Value,
+}
+
+fn true_image() -> TrueImage {
     let program = std::fs::read("/usr/bin/true").expect("/usr/bin/true");
     let deps = exec_deps(&program).expect("/usr/bin/true is a dynamic ELF program");
     let interp = deps.interpreter.clone().expect("PT_INTERP");
@@ -94,13 +110,47 @@ async fn a_runtime_gets_the_program_its_loader_and_libraries_and_nothing_else() 
     let passwd = b"root:x:0:0:root:/root:/bin/sh\n".to_vec();
     top.file(b"etc/passwd", &passwd);
     let reg = Arc::new(MemoryRegistry::new("memory.test"));
-    let layers = [
+    let blobs = [
         LayerBlob::estargz(&base.finish()),
         LayerBlob::estargz(&top.finish()),
     ];
+    let layers = [
+        Digest::sha256_of(&blobs[0].bytes),
+        Digest::sha256_of(&blobs[1].bytes),
+    ];
     let run =
         serde_json::json!({"Cmd": ["true", "--ignored"], "Env": ["PATH=/usr/local/bin:/usr/bin"]});
-    let image = reg.add_image_running("lab/true", "esgz", &layers, run.clone());
+    let image = reg.add_image_running("lab/true", "esgz", &blobs, run.clone());
+    TrueImage {
+        reg,
+        image,
+        layers,
+        program,
+        interp,
+        interp_data,
+        libs,
+        unused,
+        ld_cache,
+        passwd,
+        run,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runtime_gets_the_program_its_loader_and_libraries_and_nothing_else() {
+    let TrueImage {
+        reg,
+        image,
+        program,
+        interp,
+        interp_data,
+        libs,
+        unused,
+        ld_cache,
+        passwd,
+        run,
+        ..
+    } = true_image();
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(Store::open(dir.path(), 1 << 30).unwrap());
     let fs = fs_of(reg.clone(), store.clone());
@@ -199,4 +249,66 @@ async fn a_published_prefetch_list_is_warmed_with_the_start_up_files() {
     assert_eq!(warmed.paths, ["/usr/bin/app", "/data/a", "/data/b"]);
     assert!(cached(&store_c, &a) && cached(&store_c, &b));
     assert!(!cached(&store_c, &unlisted), "an unlisted file was fetched");
+}
+
+/// The inode of `path` (components) from the mount's root.
+async fn ino_of(fs: &Fs, path: &[&str]) -> u64 {
+    let mut ino = crate::fs::ROOT_INO;
+    for name in path {
+        ino = fs.lookup(ino, name.as_bytes()).await.unwrap().ino;
+    }
+    ino
+}
+
+/// Wait (at most 10 s) until every one of `datas` is in `store`.
+async fn until_cached(store: &Store, datas: &[&[u8]]) -> bool {
+    for _ in 0..1000 {
+        if datas.iter().all(|d| cached(store, d)) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exec_open_of_a_layer_file_warms_its_loader_and_libraries() {
+    let t = true_image();
+    let image_dir = format!("true@{}", t.image);
+    let layer_dir = format!("2-{}", t.layers[1]);
+    let path = [
+        "lab", &image_dir, "layers", &layer_dir, "usr", "bin", "true",
+    ];
+
+    // An ordinary open and read of the program (`cat`, `cp`): nothing else.
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(dir.path(), 1 << 30).unwrap());
+    let fs = Arc::new(fs_of(t.reg.clone(), store.clone()));
+    let ino = ino_of(&fs, &path).await;
+    let fh = fs.open(ino).await.unwrap();
+    let got = fs.read(fh, 0, t.program.len() as u32).await.unwrap();
+    assert_eq!(got, t.program);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !cached(&store, &t.interp_data),
+        "a plain open warmed the loader"
+    );
+    assert!(t.libs.iter().all(|(_, d)| !cached(&store, d)));
+
+    // Opened for exec (through the layer's directory, as overlayfs does):
+    // the loader, its cache and the libraries come in behind it, resolved
+    // across layers; the unused library and the runtime's files do not.
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(dir.path(), 1 << 30).unwrap());
+    let fs = Arc::new(fs_of(t.reg.clone(), store.clone()));
+    let ino = ino_of(&fs, &path).await;
+    fs.open_exec(ino).await.unwrap();
+    let mut want: Vec<&[u8]> = vec![&t.program, &t.interp_data, &t.ld_cache];
+    want.extend(t.libs.iter().map(|(_, d)| d.as_slice()));
+    assert!(until_cached(&store, &want).await, "exec's files not warmed");
+    assert!(
+        !cached(&store, &t.unused),
+        "a library nobody needs was fetched"
+    );
+    assert!(!cached(&store, &t.passwd), "not a runtime start: no passwd");
 }

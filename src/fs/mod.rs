@@ -392,6 +392,18 @@ impl Fs {
         Ok(fh)
     }
 
+    /// [`Fs::open`] for `exec`: the kernel opens a program, or the loader
+    /// it maps, with `__FMODE_EXEC` among the open flags (through overlayfs
+    /// too). For a file of an image tree, what that exec reads next is
+    /// warmed beside it ([`Fs::warm_exec`]).
+    pub async fn open_exec(self: &Arc<Self>, ino: u64) -> Result<u64> {
+        let fh = self.open(ino).await?;
+        if let Ok(Key::Node { tree, node }) = self.key(ino) {
+            self.warm_exec_in_background(&tree, node);
+        }
+        Ok(fh)
+    }
+
     /// Open `ino` again under the number `fh` an earlier server of this mount
     /// gave the kernel (see `crate::handover`), unless it is open already.
     pub async fn reopen(&self, ino: u64, fh: u64) -> Result<()> {

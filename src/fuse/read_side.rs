@@ -20,6 +20,10 @@ use super::glue::{self, Glue};
 use crate::error::{Error, Result};
 use crate::fs::{Attr, PageEntry};
 
+/// Linux's `__FMODE_EXEC`: among the open flags FUSE passes on when the
+/// kernel opens a file to execute it (`execve`, and the loader it maps).
+pub(crate) const FMODE_EXEC: i32 = 0x20;
+
 /// The read methods a read-only tree offers its adapter.
 pub(crate) trait ReadCore: Send + Sync + 'static {
     /// `name` in `parent`; an absent name may come back as [`Attr::absent`].
@@ -32,6 +36,8 @@ pub(crate) trait ReadCore: Send + Sync + 'static {
     fn readlink(&self, ino: u64) -> impl Future<Output = Result<Vec<u8>>> + Send;
     /// Open `ino` for reading: a file handle.
     fn open(&self, ino: u64) -> impl Future<Output = Result<u64>> + Send;
+    /// Open `ino` for reading by `exec` (the open flags hold [`FMODE_EXEC`]).
+    fn open_exec(self: &Arc<Self>, ino: u64) -> impl Future<Output = Result<u64>> + Send;
     /// Bytes of open file `fh`.
     fn read(&self, fh: u64, offset: u64, size: u32)
         -> impl Future<Output = Result<Vec<u8>>> + Send;
@@ -76,6 +82,9 @@ macro_rules! read_core {
             }
             fn open(&self, ino: u64) -> impl Future<Output = Result<u64>> + Send {
                 <$t>::open(self, ino)
+            }
+            fn open_exec(self: &Arc<Self>, ino: u64) -> impl Future<Output = Result<u64>> + Send {
+                <$t>::open_exec(self, ino)
             }
             fn read(
                 &self,
@@ -198,7 +207,11 @@ impl<C: ReadCore> ReadSide<C> {
             if flags.0 & libc::O_ACCMODE != libc::O_RDONLY {
                 return Err(Error::ReadOnly);
             }
-            core.open(ino.0).await
+            if flags.0 & FMODE_EXEC != 0 {
+                core.open_exec(ino.0).await
+            } else {
+                core.open(ino.0).await
+            }
         };
         self.glue.run("open", op, |r| match r {
             // Everything served is immutable: keep the page cache across opens.
