@@ -312,3 +312,46 @@ async fn an_exec_open_of_a_layer_file_warms_its_loader_and_libraries() {
     );
     assert!(!cached(&store, &t.passwd), "not a runtime start: no passwd");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_read_after_an_exec_open_fetches_the_whole_file_in_one_request() {
+    // A program of two chunks (4 MiB and the rest), not ELF: nothing to
+    // warm beyond the file itself.
+    let program: Vec<u8> = (0..(5u32 << 20)).map(|i| (i % 251) as u8).collect();
+    let chunk = crate::export::estargz::CHUNK_SIZE as usize;
+    let (first, second) = program.split_at(chunk);
+    let mut w = TarW::new();
+    w.dir(b"bin", 0o755).file(b"bin/app", &program);
+    let layer = LayerBlob::estargz(&w.finish());
+    let blob = Digest::sha256_of(&layer.bytes);
+    let reg = Arc::new(MemoryRegistry::new("memory.test"));
+    let image = reg.add_image_running("lab/app", "esgz", &[layer], serde_json::json!({}));
+    let image_dir = format!("app@{image}");
+    let layer_dir = format!("1-{blob}");
+    let path = ["lab", &image_dir, "layers", &layer_dir, "bin", "app"];
+
+    // Opened plainly, a read of the first page fetches its chunk only.
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(dir.path(), 1 << 30).unwrap());
+    let fs = Arc::new(fs_of(reg.clone(), store.clone()));
+    let fh = fs.open(ino_of(&fs, &path).await).await.unwrap();
+    assert_eq!(fs.read(fh, 0, 4096).await.unwrap(), &program[..4096]);
+    assert!(cached(&store, first) && !cached(&store, second));
+
+    // Opened for exec, the same read brings both chunks before it returns,
+    // in one request; later reads are ordinary.
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(dir.path(), 1 << 30).unwrap());
+    let fs = Arc::new(fs_of(reg.clone(), store.clone()));
+    let ino = ino_of(&fs, &path).await;
+    let before = reg.blob_requests(&blob);
+    let fh = fs.open_exec(ino).await.unwrap();
+    assert_eq!(fs.read(fh, 0, 4096).await.unwrap(), &program[..4096]);
+    assert!(cached(&store, first) && cached(&store, second));
+    let at = chunk as u64 + 10;
+    assert_eq!(
+        fs.read(fh, at, 100).await.unwrap(),
+        &program[at as usize..][..100]
+    );
+    assert_eq!(reg.blob_requests(&blob) - before, 1, "one Range request");
+}

@@ -92,11 +92,17 @@ enum Handle {
     Bytes(Bytes),
     /// A verified blob in the store.
     File(Arc<File>),
-    /// A file inside a layer tree or the rootfs.
-    Tree(Arc<trees::LoadedTree>, NodeId),
+    /// A file inside a layer tree or the rootfs; `true` until the first
+    /// read of a lazily served file opened for exec, which fetches the
+    /// whole file ([`EXEC_WHOLE_MAX`]).
+    Tree(Arc<trees::LoadedTree>, NodeId, bool),
     /// A large blob read by verified chunks (its chunk list is known).
     Chunked(Arc<crate::content::ChunkedBlob>),
 }
+
+/// Largest lazily served file whose first read after an exec open fetches
+/// all of it.
+pub const EXEC_WHOLE_MAX: u64 = 64 << 20;
 
 /// A directory entry before it has an inode number.
 struct Listed {
@@ -395,10 +401,17 @@ impl Fs {
     /// [`Fs::open`] for `exec`: the kernel opens a program, or the loader
     /// it maps, with `__FMODE_EXEC` among the open flags (through overlayfs
     /// too). For a file of an image tree, what that exec reads next is
-    /// warmed beside it ([`Fs::warm_exec`]).
+    /// warmed beside it ([`Fs::warm_exec`]), and the first read of a lazily
+    /// served one fetches the whole file (up to [`EXEC_WHOLE_MAX`]) in one
+    /// go rather than a chunk per page fault.
     pub async fn open_exec(self: &Arc<Self>, ino: u64) -> Result<u64> {
         let fh = self.open(ino).await?;
         if let Ok(Key::Node { tree, node }) = self.key(ino) {
+            if let Some(Handle::Tree(t, n, whole)) = self.handles.lock().unwrap().get_mut(&fh) {
+                let file = t.tree.node(*n);
+                *whole = matches!(file.content, crate::layer::FileData::Chunks { .. })
+                    && file.size <= EXEC_WHOLE_MAX;
+            }
             self.warm_exec_in_background(&tree, node);
         }
         Ok(fh)
@@ -462,7 +475,7 @@ impl Fs {
                     return Err(Error::invalid("not a regular file"));
                 }
                 self.trace_open(&tree, node);
-                Handle::Tree(t, node)
+                Handle::Tree(t, node, false)
             }
             Key::Root
             | Key::Namespace(_)
@@ -486,13 +499,13 @@ impl Fs {
         enum Src {
             Bytes(Bytes),
             File(Arc<File>),
-            Tree(Arc<trees::LoadedTree>, NodeId),
+            Tree(Arc<trees::LoadedTree>, NodeId, bool),
             Chunked(Arc<crate::content::ChunkedBlob>),
         }
-        let src = match self.handles.lock().unwrap().get(&fh) {
+        let src = match self.handles.lock().unwrap().get_mut(&fh) {
             Some(Handle::Bytes(b)) => Src::Bytes(b.clone()),
             Some(Handle::File(f)) => Src::File(f.clone()),
-            Some(Handle::Tree(t, n)) => Src::Tree(t.clone(), *n),
+            Some(Handle::Tree(t, n, whole)) => Src::Tree(t.clone(), *n, std::mem::take(whole)),
             Some(Handle::Chunked(c)) => Src::Chunked(c.clone()),
             None => return Err(Error::Io(std::io::Error::from_raw_os_error(libc::EBADF))),
         };
@@ -511,7 +524,16 @@ impl Fs {
                 })
                 .await
             }
-            Src::Tree(t, node) => t.read(&self.content, node, offset, size).await,
+            Src::Tree(t, node, true) => {
+                // The whole program in one go: the loader faults it in all
+                // over, a round trip per chunk otherwise.
+                let len = t.tree.node(node).size;
+                let all = t.read(&self.content, node, 0, len as u32).await?;
+                let from = (offset as usize).min(all.len());
+                let to = from.saturating_add(size as usize).min(all.len());
+                Ok(all[from..to].to_vec())
+            }
+            Src::Tree(t, node, false) => t.read(&self.content, node, offset, size).await,
             Src::Chunked(c) => self.content.read_blob_range(&c, offset, size).await,
         }
     }
