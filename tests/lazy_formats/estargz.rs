@@ -451,3 +451,78 @@ fn skopeo_zstd_chunked_with_holes_is_served_lazily() {
     assert_eq!(whole, 0, "the layer was fetched whole:\n{}", m.log());
     assert!(m.log().contains("fetched and verified TOC"), "{}", m.log());
 }
+
+/// An exec through an overlay of the layer directories (what a runtime or a
+/// `chroot` does): the kernel's exec open reaches regfs through overlayfs
+/// with `__FMODE_EXEC`, and regfs fetches the program's loader and
+/// libraries side by side; python runs. A plain read of the same program
+/// through another mount warms nothing.
+#[test]
+fn an_exec_through_an_overlay_of_layer_dirs_warms_its_loader_and_libraries() {
+    require_fuse!();
+    let reg = esgz_registry();
+    let m = Mount::new(&reg, &[]);
+    let img = m.path().join("lab").join(ESGZ);
+    let dirs: Vec<PathBuf> = layers(&img)
+        .iter()
+        .enumerate()
+        .map(|(i, (d, _))| img.join(format!("layers/{}-{d}", i + 1)))
+        .collect();
+    // overlayfs: top layer first, `:` escaped.
+    let lower: Vec<String> = dirs
+        .iter()
+        .rev()
+        .map(|d| d.to_str().unwrap().replace(':', "\\:"))
+        .collect();
+    let merged = tempfile::tempdir().unwrap();
+    let ok = Command::new("mount")
+        .args(["-t", "overlay", "overlay", "-o"])
+        .arg(format!("ro,lowerdir={}", lower.join(":")))
+        .arg(merged.path())
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "overlay mount of the layer directories");
+    let out = Command::new("chroot")
+        .arg(merged.path())
+        .args(["python3", "-c", "print(1)"])
+        .output()
+        .unwrap();
+    let _ = Command::new("umount").arg(merged.path()).status();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "1\n",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let log = m.log();
+    let warmed = log
+        .lines()
+        .find(|l| l.contains("warmed what an exec reads") && l.contains("python3"))
+        .unwrap_or_else(|| panic!("the exec of python3 warmed nothing:\n{log}"));
+    assert!(
+        warmed.contains("ld-linux") && warmed.contains("libc.so.6") && warmed.contains("libm"),
+        "{warmed}"
+    );
+
+    // A plain read of the program (no exec) through a fresh mount.
+    let m2 = Mount::new(&reg, &[]);
+    let img2 = m2.path().join("lab").join(ESGZ);
+    let program = (1..=dirs.len())
+        .rev()
+        .map(|i| {
+            img2.join(format!(
+                "layers/{i}-{}/usr/bin/python3.11",
+                layers(&img2)[i - 1].0
+            ))
+        })
+        .find(|p| p.exists())
+        .expect("a layer holds usr/bin/python3.11");
+    assert!(fs::read(&program).unwrap().starts_with(b"\x7fELF"));
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert!(
+        !m2.log().contains("warmed what an exec reads"),
+        "a plain read warmed: {}",
+        m2.log()
+    );
+}
