@@ -138,19 +138,8 @@ fn true_image() -> TrueImage {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_runtime_gets_the_program_its_loader_and_libraries_and_nothing_else() {
-    let TrueImage {
-        reg,
-        image,
-        program,
-        interp,
-        interp_data,
-        libs,
-        unused,
-        ld_cache,
-        passwd,
-        run,
-        ..
-    } = true_image();
+    let t = true_image();
+    let (reg, image) = (t.reg.clone(), t.image.clone());
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(Store::open(dir.path(), 1 << 30).unwrap());
     let fs = fs_of(reg.clone(), store.clone());
@@ -160,12 +149,12 @@ async fn a_runtime_gets_the_program_its_loader_and_libraries_and_nothing_else() 
         warmed.paths.first().map(String::as_str),
         Some("/usr/bin/true")
     );
-    assert!(warmed.paths.contains(&interp), "{:?}", warmed.paths);
+    assert!(warmed.paths.contains(&t.interp), "{:?}", warmed.paths);
     assert!(warmed.paths.iter().any(|p| p == "/etc/ld.so.cache"));
-    assert!(cached(&store, &program) && cached(&store, &ld_cache));
+    assert!(cached(&store, &t.program) && cached(&store, &t.ld_cache));
     // The runtime's own read (no /etc/group in this image: skipped).
-    assert!(cached(&store, &passwd), "{:?}", warmed.paths);
-    for (name, data) in &libs {
+    assert!(cached(&store, &t.passwd), "{:?}", warmed.paths);
+    for (name, data) in &t.libs {
         assert!(
             cached(&store, data),
             "{name} not warmed: {:?}",
@@ -173,22 +162,22 @@ async fn a_runtime_gets_the_program_its_loader_and_libraries_and_nothing_else() 
         );
     }
     assert!(
-        !cached(&store, &unused),
+        !cached(&store, &t.unused),
         "a library nobody needs was fetched"
     );
-    let libs_len: usize = libs.iter().map(|(_, d)| d.len()).sum();
+    let libs_len: usize = t.libs.iter().map(|(_, d)| d.len()).sum();
     assert_eq!(
         warmed.bytes as usize,
-        program.len() + ld_cache.len() + interp_data.len() + libs_len + passwd.len()
+        t.program.len() + t.ld_cache.len() + t.interp_data.len() + libs_len + t.passwd.len()
     );
 
     // A gzip image: nothing fetched, no layer touched.
     let mut w = TarW::new();
     w.dir(b"usr", 0o755).dir(b"usr/bin", 0o755);
-    w.file(b"usr/bin/true", &program);
+    w.file(b"usr/bin/true", &t.program);
     let gz = LayerBlob::gzip(&w.finish());
     let gz_blob = Digest::sha256_of(&gz.bytes);
-    let gz_image = reg.add_image_running("lab/true", "gz", &[gz], run);
+    let gz_image = reg.add_image_running("lab/true", "gz", &[gz], t.run);
     let warmed = fs.warm_entrypoint("lab/true", &gz_image).await.unwrap();
     assert!(warmed.paths.is_empty());
     assert_eq!(reg.blob_requests(&gz_blob), 0);
