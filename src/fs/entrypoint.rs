@@ -4,7 +4,9 @@
 //!   layer store, containerd makes its remote snapshots): every lazy layer's
 //!   TOC is fetched at once, and the program the image's default command
 //!   names is fetched and verified in the background (with `/etc/passwd`
-//!   and `/etc/group`, which the runtime reads to set the process's user).
+//!   and `/etc/group`, which the runtime reads to set the process's user,
+//!   and what the C library reads on start: the locale the image's
+//!   environment names, the charset converters' cache, the local time zone).
 //!   The runtime is still pulling and setting up meanwhile.
 //! - **A file is opened for exec** (the kernel passes `__FMODE_EXEC` in the
 //!   open flags, through overlayfs too: a `chroot`, a container's own
@@ -49,6 +51,59 @@ pub const MAX_BYTES: u64 = 256 << 20;
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 /// Files every container start reads besides the program's own.
 const RUNTIME_FILES: &[&str] = &["/etc/passwd", "/etc/group"];
+/// Files the C library reads on start whatever the locale: the charset
+/// converters' cache (glibc, multiarch or not) and the local time zone.
+const C_LIBRARY_FILES: &[&str] = &[
+    "/usr/lib/x86_64-linux-gnu/gconv/gconv-modules.cache",
+    "/usr/lib/aarch64-linux-gnu/gconv/gconv-modules.cache",
+    "/usr/lib64/gconv/gconv-modules.cache",
+    "/usr/lib/gconv/gconv-modules.cache",
+    "/etc/localtime",
+];
+
+/// What glibc reads when a program sets its locale from the image's
+/// environment (`LC_ALL`, else `LC_CTYPE`, else `LANG`, as `setlocale`
+/// looks): the locale archive, or the locale's `LC_CTYPE` under the name
+/// glibc normalises it to (`C.UTF-8` → `C.utf8`); and [`C_LIBRARY_FILES`].
+/// Paths the image lacks are skipped by the warming.
+fn c_library_files(env: &[String]) -> Vec<String> {
+    let var = |name: &str| {
+        env.iter()
+            .find_map(|e| e.strip_prefix(name)?.strip_prefix('='))
+            .filter(|v| !v.is_empty())
+    };
+    let mut out: Vec<String> = Vec::new();
+    if let Some(locale) = var("LC_ALL")
+        .or_else(|| var("LC_CTYPE"))
+        .or_else(|| var("LANG"))
+    {
+        // A name, not a path: nothing with a slash or a parent reference.
+        if locale != "C" && locale != "POSIX" && !locale.contains('/') && !locale.contains("..") {
+            out.push("/usr/lib/locale/locale-archive".into());
+            let (lang, codeset) = locale.split_once('.').unwrap_or((locale, ""));
+            let (codeset, modifier) = codeset.split_once('@').unwrap_or((codeset, ""));
+            let normalized: String = codeset
+                .chars()
+                .filter(char::is_ascii_alphanumeric)
+                .map(|c| c.to_ascii_lowercase())
+                .collect();
+            let mut name = lang.to_string();
+            if !normalized.is_empty() {
+                name = format!("{name}.{normalized}");
+            }
+            if !modifier.is_empty() {
+                name = format!("{name}@{modifier}");
+            }
+            out.push(format!("/usr/lib/locale/{name}/LC_CTYPE"));
+            if name != locale {
+                out.push(format!("/usr/lib/locale/{locale}/LC_CTYPE"));
+            }
+        }
+    }
+    out.extend(C_LIBRARY_FILES.iter().map(|p| p.to_string()));
+    out
+}
+
 /// Where the dynamic loader looks for libraries when the program names no
 /// directory (glibc's multiarch and trusted directories, musl's).
 const LIB_DIRS: &[&str] = &[
@@ -152,6 +207,7 @@ impl Fs {
         // crun and podman resolve the process's user in the rootfs).
         let first: Vec<String> = std::iter::once(program)
             .chain(RUNTIME_FILES.iter().map(|p| p.to_string()))
+            .chain(c_library_files(&config.env))
             .chain(
                 listed
                     .iter()
@@ -317,5 +373,45 @@ impl Fs {
             }
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::c_library_files;
+
+    fn env(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn the_locale_comes_from_the_environment_as_setlocale_reads_it() {
+        let f = c_library_files(&env(&["PATH=/bin", "LANG=C.UTF-8"]));
+        assert!(
+            f.contains(&"/usr/lib/locale/C.utf8/LC_CTYPE".to_string()),
+            "{f:?}"
+        );
+        assert!(f.contains(&"/usr/lib/locale/C.UTF-8/LC_CTYPE".to_string()));
+        assert!(f.contains(&"/usr/lib/locale/locale-archive".to_string()));
+        assert!(f.contains(&"/etc/localtime".to_string()));
+        // LC_ALL wins over LANG; modifiers are kept.
+        let f = c_library_files(&env(&["LANG=C.UTF-8", "LC_ALL=de_DE.ISO-8859-1@euro"]));
+        assert!(
+            f.contains(&"/usr/lib/locale/de_DE.iso88591@euro/LC_CTYPE".to_string()),
+            "{f:?}"
+        );
+        assert!(!f.iter().any(|p| p.contains("C.utf8")));
+        // No locale, the C locale, or a name that is a path: no locale files.
+        for e in [
+            &[][..],
+            &["LANG=C"],
+            &["LANG=../../etc"],
+            &["LANG=/tmp/x"],
+            &["LANG="],
+        ] {
+            let f = c_library_files(&env(e));
+            assert!(!f.iter().any(|p| p.contains("/locale/")), "{e:?}: {f:?}");
+            assert!(f.contains(&"/etc/localtime".to_string()));
+        }
     }
 }

@@ -55,6 +55,10 @@ struct TrueImage {
     unused: Vec<u8>,
     ld_cache: Vec<u8>,
     passwd: Vec<u8>,
+    /// The locale the image's `LANG` names, another one, the time zone.
+    locale: Vec<u8>,
+    other_locale: Vec<u8>,
+    zone: Vec<u8>,
     run: serde_json::Value,
 }
 
@@ -109,6 +113,21 @@ fn true_image() -> TrueImage {
     top.file(b"etc/ld.so.cache", &ld_cache);
     let passwd = b"root:x:0:0:root:/root:/bin/sh\n".to_vec();
     top.file(b"etc/passwd", &passwd);
+    let (locale, other_locale, zone) = (
+        b"C.utf8 LC_CTYPE stand-in".to_vec(),
+        b"de_DE LC_CTYPE stand-in".to_vec(),
+        b"TZif stand-in".to_vec(),
+    );
+    top.dir(b"usr/lib", 0o755)
+        .dir(b"usr/lib/locale", 0o755)
+        .dir(b"usr/lib/locale/C.utf8", 0o755)
+        .dir(b"usr/lib/locale/de_DE.utf8", 0o755)
+        .dir(b"usr/share", 0o755)
+        .dir(b"usr/share/zoneinfo", 0o755);
+    top.file(b"usr/lib/locale/C.utf8/LC_CTYPE", &locale)
+        .file(b"usr/lib/locale/de_DE.utf8/LC_CTYPE", &other_locale)
+        .file(b"usr/share/zoneinfo/UTC", &zone);
+    top.symlink(b"etc/localtime", b"/usr/share/zoneinfo/UTC");
     let reg = Arc::new(MemoryRegistry::new("memory.test"));
     let blobs = [
         LayerBlob::estargz(&base.finish()),
@@ -118,8 +137,10 @@ fn true_image() -> TrueImage {
         Digest::sha256_of(&blobs[0].bytes),
         Digest::sha256_of(&blobs[1].bytes),
     ];
-    let run =
-        serde_json::json!({"Cmd": ["true", "--ignored"], "Env": ["PATH=/usr/local/bin:/usr/bin"]});
+    let run = serde_json::json!({
+        "Cmd": ["true", "--ignored"],
+        "Env": ["PATH=/usr/local/bin:/usr/bin", "LANG=C.UTF-8"]
+    });
     let image = reg.add_image_running("lab/true", "esgz", &blobs, run.clone());
     TrueImage {
         reg,
@@ -132,6 +153,9 @@ fn true_image() -> TrueImage {
         unused,
         ld_cache,
         passwd,
+        locale,
+        other_locale,
+        zone,
         run,
     }
 }
@@ -165,10 +189,27 @@ async fn a_runtime_gets_the_program_its_loader_and_libraries_and_nothing_else() 
         !cached(&store, &t.unused),
         "a library nobody needs was fetched"
     );
+    // What the C library reads for LANG=C.UTF-8, and the time zone
+    // through the /etc/localtime link; not another locale.
+    assert!(
+        cached(&store, &t.locale) && cached(&store, &t.zone),
+        "{:?}",
+        warmed.paths
+    );
+    assert!(
+        !cached(&store, &t.other_locale),
+        "another locale was fetched"
+    );
     let libs_len: usize = t.libs.iter().map(|(_, d)| d.len()).sum();
     assert_eq!(
         warmed.bytes as usize,
-        t.program.len() + t.ld_cache.len() + t.interp_data.len() + libs_len + t.passwd.len()
+        t.program.len()
+            + t.ld_cache.len()
+            + t.interp_data.len()
+            + libs_len
+            + t.passwd.len()
+            + t.locale.len()
+            + t.zone.len()
     );
 
     // A gzip image: nothing fetched, no layer touched.
