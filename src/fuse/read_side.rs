@@ -337,3 +337,170 @@ impl<C: ReadCore> ReadSide<C> {
             .run("listxattr", op, glue::xattr_names(reply, size));
     }
 }
+
+/// The `fuser::Filesystem` methods every read-only mount answers the same
+/// way through its [`ReadSide`] (a field named `side`): lookups, attributes,
+/// opens, reads, listings and xattrs, plus `ioctl` refused with `ENOTTY`.
+/// Used inside `impl Filesystem for …` of the browse and layer store mounts.
+macro_rules! forward_read_side {
+    () => {
+        /// No ioctl is served: `ENOTTY` ("not a device that knows this request"),
+        /// which is what programs probing a file (python's `open`, `isatty`)
+        /// expect, without fuser's default warning for each call.
+        #[allow(clippy::too_many_arguments)]
+        fn ioctl(
+            &self,
+            _req: &fuser::Request,
+            _ino: fuser::INodeNo,
+            _fh: fuser::FileHandle,
+            _flags: fuser::IoctlFlags,
+            _cmd: u32,
+            _in_data: &[u8],
+            _out_size: u32,
+            reply: fuser::ReplyIoctl,
+        ) {
+            reply.error(fuser::Errno::ENOTTY);
+        }
+
+        fn lookup(
+            &self,
+            _req: &fuser::Request,
+            parent: fuser::INodeNo,
+            name: &std::ffi::OsStr,
+            reply: fuser::ReplyEntry,
+        ) {
+            self.side.lookup(parent, name, reply);
+        }
+
+        fn forget(&self, _req: &fuser::Request, ino: fuser::INodeNo, nlookup: u64) {
+            self.side.forget(ino, nlookup);
+        }
+
+        fn getattr(
+            &self,
+            _req: &fuser::Request,
+            ino: fuser::INodeNo,
+            _fh: Option<fuser::FileHandle>,
+            reply: fuser::ReplyAttr,
+        ) {
+            self.side.getattr(ino, reply);
+        }
+
+        fn readlink(&self, _req: &fuser::Request, ino: fuser::INodeNo, reply: fuser::ReplyData) {
+            self.side.readlink(ino, reply);
+        }
+
+        fn open(
+            &self,
+            _req: &fuser::Request,
+            ino: fuser::INodeNo,
+            flags: fuser::OpenFlags,
+            reply: fuser::ReplyOpen,
+        ) {
+            self.side.open(ino, flags, reply);
+        }
+
+        fn read(
+            &self,
+            _req: &fuser::Request,
+            ino: fuser::INodeNo,
+            fh: fuser::FileHandle,
+            offset: u64,
+            size: u32,
+            _flags: fuser::OpenFlags,
+            _lock_owner: Option<fuser::LockOwner>,
+            reply: fuser::ReplyData,
+        ) {
+            self.side.read(ino, fh, offset, size, reply);
+        }
+
+        fn release(
+            &self,
+            _req: &fuser::Request,
+            _ino: fuser::INodeNo,
+            fh: fuser::FileHandle,
+            _flags: fuser::OpenFlags,
+            _lock_owner: Option<fuser::LockOwner>,
+            _flush: bool,
+            reply: fuser::ReplyEmpty,
+        ) {
+            self.side.release(fh, reply);
+        }
+
+        fn flush(
+            &self,
+            _req: &fuser::Request,
+            _ino: fuser::INodeNo,
+            _fh: fuser::FileHandle,
+            _lock_owner: fuser::LockOwner,
+            reply: fuser::ReplyEmpty,
+        ) {
+            self.side.nothing("flush", reply);
+        }
+
+        fn opendir(
+            &self,
+            _req: &fuser::Request,
+            _ino: fuser::INodeNo,
+            _flags: fuser::OpenFlags,
+            reply: fuser::ReplyOpen,
+        ) {
+            self.side.opendir(reply);
+        }
+
+        fn readdir(
+            &self,
+            _req: &fuser::Request,
+            ino: fuser::INodeNo,
+            _fh: fuser::FileHandle,
+            offset: u64,
+            reply: fuser::ReplyDirectory,
+        ) {
+            self.side.readdir(ino, offset, reply);
+        }
+
+        fn readdirplus(
+            &self,
+            _req: &fuser::Request,
+            ino: fuser::INodeNo,
+            _fh: fuser::FileHandle,
+            offset: u64,
+            reply: fuser::ReplyDirectoryPlus,
+        ) {
+            self.side.readdirplus(ino, offset, reply);
+        }
+
+        fn releasedir(
+            &self,
+            _req: &fuser::Request,
+            _ino: fuser::INodeNo,
+            _fh: fuser::FileHandle,
+            _flags: fuser::OpenFlags,
+            reply: fuser::ReplyEmpty,
+        ) {
+            self.side.nothing("releasedir", reply);
+        }
+
+        fn getxattr(
+            &self,
+            req: &fuser::Request,
+            ino: fuser::INodeNo,
+            name: &std::ffi::OsStr,
+            size: u32,
+            reply: fuser::ReplyXattr,
+        ) {
+            self.side.getxattr(req.uid() == 0, ino, name, size, reply);
+        }
+
+        fn listxattr(
+            &self,
+            req: &fuser::Request,
+            ino: fuser::INodeNo,
+            size: u32,
+            reply: fuser::ReplyXattr,
+        ) {
+            self.side.listxattr(req.uid() == 0, ino, size, reply);
+        }
+    };
+}
+pub(crate) use forward_read_side;
