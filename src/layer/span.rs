@@ -119,6 +119,23 @@ impl SpanIndex {
     /// [`SpanIndex::compressed_range`]) and verify each against its digest.
     /// Returns each span's data. Only verified data is returned.
     pub fn extract(&self, first: usize, last: usize, compressed: &[u8]) -> Result<Vec<Vec<u8>>> {
+        let window = match self.checkpoints.get(first) {
+            Some(c) => &c.window[..],
+            None => &[],
+        };
+        self.extract_with_window(first, last, compressed, window)
+    }
+
+    /// [`SpanIndex::extract`] with the window of checkpoint `first` given
+    /// (fetched apart, [`super::span_windows`]) instead of the index's own.
+    /// A wrong window cannot pass: each span is checked against its digest.
+    pub fn extract_with_window(
+        &self,
+        first: usize,
+        last: usize,
+        compressed: &[u8],
+        window: &[u8],
+    ) -> Result<Vec<Vec<u8>>> {
         if first > last || last >= self.checkpoints.len() {
             return Err(Error::invalid("span range out of bounds"));
         }
@@ -140,7 +157,7 @@ impl SpanIndex {
                 inf.prime(cp.bits, b >> (8 - cp.bits))?;
                 input = rest;
             }
-            inf.set_dictionary(&cp.window)?;
+            inf.set_dictionary(window)?;
         }
         let mut raw = !cp.member_start;
         let mut filled = 0;
