@@ -437,3 +437,54 @@ async fn a_windows_blob_served_wrong_fails_the_read() {
     assert!(matches!(l2.source, LayerSource::Local(_)));
     let _ = t1;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_of_a_small_file_fetches_the_whole_file_in_one_request() {
+    let reg = Arc::new(MemoryRegistry::new("memory.test"));
+    let (image, diff_id, t1) = text_image(&reg);
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = content(&reg, &da);
+    let (_, layers) = a.image_layers("lab/big", &image).await.unwrap();
+    a.layer("lab/big", &layers[0].0, &diff_id).await.unwrap();
+    a.publish_indexes("lab/big", &image).await.unwrap();
+    let mut b = content(&reg, &db);
+    b.set_use_published_indexes(true, std::time::Duration::ZERO);
+    assert_eq!(b.adopt_published_indexes("lab/big", &image).await, 1);
+    let l = open(&b, &image).await;
+    let LayerSource::Spans(s) = &l.source else {
+        panic!("not served by spans")
+    };
+    let t = &l.tree;
+    let data = t.lookup(0, b"data").unwrap();
+    let extent = |name: &[u8]| {
+        let n = t.node(t.lookup(data, name).unwrap());
+        super::tar_range(n, 0, n.size).unwrap()
+    };
+    let cached = |(from, to): (u64, u64)| {
+        let (f, l) = s.index.spans_covering(from, to).unwrap();
+        (f..=l)
+            .filter(|&i| {
+                b.store
+                    .get(Section::Chunk, &s.index.checkpoints[i].span_digest)
+                    .is_some()
+            })
+            .count()
+    };
+    // 100 bytes in the middle of t1 (1 MiB, several spans): the whole file.
+    let f1 = extent(b"t1");
+    let (f, l1) = s.index.spans_covering(f1.0, f1.1).unwrap();
+    assert!(l1 > f + 1, "t1 has {} spans", l1 - f + 1);
+    let requests = reg.blob_requests(&s.blob.digest);
+    let mid = f1.0 + (f1.1 - f1.0) / 2;
+    let view = b.read_file_spans(s, f1, mid, mid + 100).await.unwrap();
+    let mut buf = [0u8; 100];
+    crate::layer::ReadAt::read_at(&view, &mut buf, mid).unwrap();
+    assert_eq!(buf[..], t1[(mid - f1.0) as usize..][..100]);
+    assert_eq!(reg.blob_requests(&s.blob.digest) - requests, 1);
+    assert_eq!(cached(f1), l1 - f + 1);
+    // A file longer than WHOLE_FILE_SPANS: only the read's span.
+    let f3 = extent(b"t3");
+    let huge = (f3.0, f3.0 + super::spans::WHOLE_FILE_SPANS + 1);
+    b.read_file_spans(s, huge, f3.0, f3.0 + 100).await.unwrap();
+    assert_eq!(cached(f3), 1);
+}
