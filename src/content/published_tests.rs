@@ -307,6 +307,17 @@ async fn published_windows_are_fetched_one_by_one_and_kept() {
         "{window_bytes} of {windows_size}"
     );
     assert!(reg.stats().bytes_received - before < (2 << 20));
+    // One fetch per window at a time: two readers of another window at once
+    // make one request.
+    let other = (1..table.windows.len())
+        .find(|&i| i != first_span(&l, b"t1") && table.windows[i].len > 0)
+        .unwrap();
+    let (w1, w2) = tokio::join!(
+        b.span_window("lab/big", &table, other),
+        b.span_window("lab/big", &table, other)
+    );
+    assert_eq!(w1.unwrap(), w2.unwrap());
+    assert_eq!(reg.blob_requests(&windows), 2);
     // Kept in the chunk cache by its digest: asked again, it is not fetched.
     let requests = reg.stats().requests;
     let k = first_span(&l, b"t1");
