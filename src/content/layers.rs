@@ -275,7 +275,7 @@ impl Fetchable for LayerKind<'_> {
                 store.put(Section::Index, &diff, &index)?;
                 if let Some(ix) = spans {
                     // Last, so that it outlives the tar in the LRU order.
-                    let bytes = index_file::encode_stored(&blob, &ix);
+                    let bytes = index_file::encode_stored(&blob, &ix, None);
                     store.put(Section::Span, &diff, &bytes)?;
                     tracing::debug!(
                         digest = %blob, diff_id = %diff, checkpoints = ix.checkpoints.len(),
@@ -403,7 +403,7 @@ impl Content {
         let b = self.store.read(Section::Span, diff_id)?;
         index_file::decode_stored(&b)
             .ok()
-            .map(|(_, ix)| ix.uncompressed_size)
+            .map(|(_, ix, _)| ix.uncompressed_size)
     }
 
     pub(super) fn has_whole_layer(&self, diff_id: &Digest) -> bool {

@@ -25,6 +25,7 @@ mod published_chunks;
 mod published_tests;
 mod published_trace;
 mod referrers;
+mod span_windows;
 mod spans;
 #[cfg(test)]
 mod tests;

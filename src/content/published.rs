@@ -40,6 +40,12 @@ pub const INDEX_FILE_MEDIA_TYPE: &str = "application/vnd.regfs.layer-index.v1+rg
 /// The same file gzip-compressed, as `regfs index push` publishes it (its
 /// tree is JSON and its windows are layer data).
 pub const INDEX_FILE_GZIP_MEDIA_TYPE: &str = "application/vnd.regfs.layer-index.v1+rgix+gzip";
+/// Version 2 of the index file, gzip-compressed: its span index has no
+/// windows but the table of where they lie in the layer's windows blob.
+pub const INDEX_FILE_V2_MEDIA_TYPE: &str = "application/vnd.regfs.layer-index.v2+rgix+gzip";
+/// The windows blob of a version-2 index file: each checkpoint's window
+/// deflated on its own, fetched only by Range requests, one window at a time.
+pub const WINDOWS_MEDIA_TYPE: &str = "application/vnd.regfs.layer-windows.v1";
 /// Annotation of an index file: the layer blob it indexes.
 pub const ANNOTATION_LAYER: &str = "io.github.regfs.layer.digest";
 /// Annotation of an index file: the layer's diff_id.
@@ -219,10 +225,12 @@ impl Content {
             if Compression::from_media_type(&desc.media_type)? != Compression::Gzip {
                 continue;
             }
-            match index_file::export_index(&self.store, diff_id) {
-                Ok((blob, d, bytes)) if blob == desc.digest && &d == diff_id => {
-                    files.push((blob, d, Bytes::from(bytes)))
-                }
+            // Reads the store and deflates every window: off the async workers.
+            let (store, d) = (self.store.clone(), diff_id.clone());
+            let exported =
+                crate::blocking::run(move || index_file::export_published(&store, &d)).await;
+            match exported {
+                Ok(f) if f.blob == desc.digest && &f.diff_id == diff_id => files.push(f),
                 Ok(_) | Err(Error::NotFound(_)) => missing += 1,
                 Err(e) => return Err(e),
             }
@@ -232,6 +240,7 @@ impl Content {
                 "no gzip layer of {repo}@{image} is indexed in this cache: read its rootfs once first"
             )));
         }
+        let n = files.len();
         let mut out = self
             .push_referrer(
                 repo,
@@ -241,7 +250,7 @@ impl Content {
                 files_of(files),
             )
             .await?;
-        out.missing = missing;
+        (out.layers, out.missing) = (n, missing);
         Ok(out)
     }
 
@@ -392,8 +401,12 @@ impl Content {
             tracing::debug!(%repo, %image, "no published layer index");
             return Ok(0);
         };
-        // Every layer's index at once: fetched, parsed and stored in parallel.
-        let adoptions = files.iter().filter_map(|(layer, file_ref)| {
+        // Every layer's index at once: fetched, parsed and stored in parallel
+        // (windows blobs are only ever read by Range, window by window).
+        let index_files = files
+            .iter()
+            .filter(|(_, f)| f.media_type != WINDOWS_MEDIA_TYPE);
+        let adoptions = index_files.filter_map(|(layer, file_ref)| {
             let (desc, diff_id) = wanted.iter().find(|(b, _)| b.digest.to_string() == *layer)?;
             Some(async move {
                 let got = self.adopt_one(repo, desc, diff_id, file_ref).await;
@@ -425,7 +438,7 @@ impl Content {
         let bytes = self.small_blob(repo, file).await?;
         let (store, blob, diff) = (self.store.clone(), desc.digest.clone(), diff_id.clone());
         let gzipped = match file.media_type.as_str() {
-            INDEX_FILE_GZIP_MEDIA_TYPE => true,
+            INDEX_FILE_GZIP_MEDIA_TYPE | INDEX_FILE_V2_MEDIA_TYPE => true,
             INDEX_FILE_MEDIA_TYPE => false,
             other => return Err(bad(format!("unknown index file media type {other}"))),
         };
@@ -587,8 +600,12 @@ impl Content {
             return Err(bad("its tree differs from the layer's"));
         }
         let file = loaded.file.clone();
-        let spans = p.index.spans.clone();
+        let index = p.index.clone();
         crate::blocking::run(move || {
+            let spans = &index.spans;
+            if let Some(t) = &index.windows {
+                check_windows(&*file, spans, t)?;
+            }
             let cps = &spans.checkpoints;
             for (i, cp) in cps.iter().enumerate() {
                 let end = cps
@@ -628,16 +645,44 @@ impl Content {
     }
 }
 
+/// Each published window (by its digest) is the `raw_len` bytes of the
+/// layer's tar before its checkpoint, as a window must be: a wrong one
+/// could only fail reads (spans are checked), but it is a wrong index.
+fn check_windows(
+    tar: &dyn crate::layer::ReadAt,
+    spans: &crate::layer::span::SpanIndex,
+    t: &crate::layer::span_windows::WindowTable,
+) -> Result<()> {
+    for (i, (cp, w)) in spans.checkpoints.iter().zip(&t.windows).enumerate() {
+        let len = u64::from(w.raw_len);
+        let wrong = || bad(format!("window {i} is not the layer's bytes"));
+        let start = cp.uncompressed.checked_sub(len).ok_or_else(wrong)?;
+        let mut buf = vec![0u8; len as usize];
+        let got = crate::layer::read_full_at(tar, &mut buf, start)?;
+        let mut h = Hasher::new(w.digest.algorithm());
+        h.update(&buf);
+        if got != buf.len() || h.finish() != w.digest {
+            return Err(wrong());
+        }
+    }
+    Ok(())
+}
+
 /// Layer index files as artifact files: media type, bytes, annotations.
-fn files_of(files: Vec<(Digest, Digest, Bytes)>) -> Vec<(&'static str, Bytes, Value)> {
+/// Each layer has two: its index file (gzip) and its windows blob (its
+/// windows deflated one by one already: stored as is).
+fn files_of(files: Vec<index_file::PublishedFiles>) -> Vec<(&'static str, Bytes, Value)> {
     files
         .into_iter()
-        .map(|(blob, diff_id, bytes)| {
+        .flat_map(|f| {
             let annotations = json!({
-                ANNOTATION_LAYER: blob.to_string(),
-                ANNOTATION_DIFF_ID: diff_id.to_string(),
+                ANNOTATION_LAYER: f.blob.to_string(),
+                ANNOTATION_DIFF_ID: f.diff_id.to_string(),
             });
-            (INDEX_FILE_GZIP_MEDIA_TYPE, gzip(&bytes), annotations)
+            [
+                (INDEX_FILE_V2_MEDIA_TYPE, gzip(&f.file), annotations.clone()),
+                (WINDOWS_MEDIA_TYPE, Bytes::from(f.windows), annotations),
+            ]
         })
         .collect()
 }

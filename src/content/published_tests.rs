@@ -200,3 +200,302 @@ async fn a_forged_index_is_revoked_and_reads_through_it_fail() {
     let d = t.lookup(0, b"data").unwrap();
     assert_eq!(t.node(t.lookup(d, b"big0").unwrap()).size, 4 << 20);
 }
+
+/// An image of one gzip layer of text that compresses well (so that the
+/// spans refer back into their windows): `data/t0` … `data/t3`, 1 MiB each.
+fn text_image(reg: &MemoryRegistry) -> (Digest, Digest, Vec<u8>) {
+    let text = |i: usize| -> Vec<u8> {
+        (0..)
+            .flat_map(|n: u64| {
+                format!("file {i} line {n}: regfs serves it by spans\n").into_bytes()
+            })
+            .take(1 << 20)
+            .collect()
+    };
+    let mut w = TarW::new();
+    w.dir(b"data", 0o755);
+    for i in 0..4 {
+        w.file(format!("data/t{i}").as_bytes(), &text(i));
+    }
+    let tar = w.finish();
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    e.write_all(&tar).unwrap();
+    let layer = LayerBlob {
+        media_type: GZIP_LAYER.into(),
+        bytes: e.finish().unwrap().into(),
+        diff_id: Digest::sha256_of(&tar),
+        annotations: Default::default(),
+    };
+    let diff_id = layer.diff_id.clone();
+    (reg.add_image("lab/big", "1", &[layer]), diff_id, text(1))
+}
+
+/// The windows blob of the published artifact of `image`.
+async fn windows_blob(reg: &MemoryRegistry, image: &Digest) -> Digest {
+    let tag = reg
+        .manifest("lab/big", &Selector::Tag(fallback_tag(image)))
+        .await
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&tag.bytes).unwrap();
+    let artifact: Digest = v["manifests"][0]["digest"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let m = reg
+        .manifest("lab/big", &Selector::Digest(artifact))
+        .await
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&m.bytes).unwrap();
+    let layers = v["layers"].as_array().unwrap();
+    let w = layers
+        .iter()
+        .find(|l| l["mediaType"] == super::published::WINDOWS_MEDIA_TYPE)
+        .expect("a windows blob in the artifact");
+    assert_eq!(
+        layers
+            .iter()
+            .filter(|l| l["mediaType"] == super::published::INDEX_FILE_V2_MEDIA_TYPE)
+            .count(),
+        1
+    );
+    w["digest"].as_str().unwrap().parse().unwrap()
+}
+
+/// The span the read of `data/<name>` starts at (its first checkpoint).
+fn first_span(l: &super::OpenedLayer, name: &[u8]) -> usize {
+    let t = &l.tree;
+    let node = t.node(t.lookup(t.lookup(0, b"data").unwrap(), name).unwrap());
+    let LayerSource::Spans(s) = &l.source else {
+        panic!("not served by spans")
+    };
+    let (a, b) = super::tar_range(node, 0, node.size).unwrap();
+    s.index.spans_covering(a, b).unwrap().0
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn published_windows_are_fetched_one_by_one_and_kept() {
+    let reg = Arc::new(MemoryRegistry::new("memory.test"));
+    let (image, diff_id, t1) = text_image(&reg);
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = content(&reg, &da);
+    let (_, layers) = a.image_layers("lab/big", &image).await.unwrap();
+    a.layer("lab/big", &layers[0].0, &diff_id).await.unwrap();
+    a.publish_indexes("lab/big", &image).await.unwrap();
+    let windows = windows_blob(&reg, &image).await;
+    let windows_size = reg.blob_bytes("lab/big", &windows).unwrap().len() as u64;
+
+    let mut b = content(&reg, &db);
+    b.set_use_published_indexes(true, std::time::Duration::ZERO);
+    assert_eq!(b.adopt_published_indexes("lab/big", &image).await, 1);
+    // Adopting fetched no window.
+    assert_eq!(reg.blob_requests(&windows), 0);
+    let l = open(&b, &image).await;
+    let LayerSource::Spans(s) = &l.source else {
+        panic!("not served by spans")
+    };
+    let table = s.windows.clone().expect("windows apart");
+    assert!(s.index.checkpoints.iter().all(|c| c.window.is_empty()));
+    assert!(first_span(&l, b"t1") > 0);
+    let before = reg.stats().bytes_received;
+    assert_eq!(read(&b, &l, b"t1").await.unwrap(), t1);
+    // One window, one Range request of it, far less than the blob.
+    assert_eq!(reg.blob_requests(&windows), 1);
+    let window_bytes = u64::from(table.windows[first_span(&l, b"t1")].len);
+    assert!(
+        window_bytes < windows_size / 2,
+        "{window_bytes} of {windows_size}"
+    );
+    assert!(reg.stats().bytes_received - before < (2 << 20));
+    // One fetch per window at a time: two readers of another window at once
+    // make one request.
+    let other = (1..table.windows.len())
+        .find(|&i| i != first_span(&l, b"t1") && table.windows[i].len > 0)
+        .unwrap();
+    let (w1, w2) = tokio::join!(
+        b.span_window("lab/big", &table, other),
+        b.span_window("lab/big", &table, other)
+    );
+    assert_eq!(w1.unwrap(), w2.unwrap());
+    assert_eq!(reg.blob_requests(&windows), 2);
+    // Kept in the chunk cache by its digest: asked again, it is not fetched.
+    let requests = reg.stats().requests;
+    let k = first_span(&l, b"t1");
+    let w = b.span_window("lab/big", &table, k).await.unwrap();
+    assert_eq!(w.len(), table.windows[k].raw_len as usize);
+    assert!(b
+        .store
+        .get(Section::Chunk, &table.windows[k].digest)
+        .is_some());
+    // Another open of the layer (from the store now) reads from the cache.
+    let l2 = open(&b, &image).await;
+    let LayerSource::Spans(s2) = &l2.source else {
+        panic!("not served by spans")
+    };
+    assert_eq!(s2.windows.as_deref(), Some(&*table));
+    assert_eq!(read(&b, &l2, b"t1").await.unwrap(), t1);
+    assert_eq!(reg.stats().requests, requests);
+    // The check also compares every window with the layer's bytes.
+    assert_eq!(b.check_published().await, (1, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_window_fails_its_reads_and_is_revoked() {
+    let reg = Arc::new(MemoryRegistry::new("memory.test"));
+    let (image, diff_id, t1) = text_image(&reg);
+    let (da, db, dc) = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
+    let a = content(&reg, &da);
+    let (_, layers) = a.image_layers("lab/big", &image).await.unwrap();
+    a.layer("lab/big", &layers[0].0, &diff_id).await.unwrap();
+    // Where t1's read starts, from a first honest publication.
+    a.publish_indexes("lab/big", &image).await.unwrap();
+    let mut probe = content(&reg, &dc);
+    probe.set_use_published_indexes(true, std::time::Duration::ZERO);
+    assert_eq!(probe.adopt_published_indexes("lab/big", &image).await, 1);
+    let k = first_span(&open(&probe, &image).await, b"t1");
+    assert!(k > 0);
+
+    // The forger changes that window and publishes again, every digest
+    // (window, windows blob, index file, artifact) made to match.
+    let stored = a.store.read(Section::Span, &diff_id).unwrap();
+    let (blob, mut ix, _) = super::index_file::decode_stored(&stored).unwrap();
+    for b in ix.checkpoints[k].window.iter_mut() {
+        *b = b.wrapping_add(1);
+    }
+    a.store
+        .put(
+            Section::Span,
+            &diff_id,
+            &super::index_file::encode_stored(&blob, &ix, None),
+        )
+        .unwrap();
+    // A fresh fallback tag, so that B finds the forged artifact.
+    let tag = fallback_tag(&image);
+    let empty = serde_json::json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": []});
+    reg.add_manifest(
+        "lab/big",
+        Some(&tag),
+        "application/vnd.oci.image.index.v1+json",
+        serde_json::to_vec(&empty).unwrap(),
+    );
+    a.publish_indexes("lab/big", &image).await.unwrap();
+
+    let mut b = content(&reg, &db);
+    b.set_use_published_indexes(true, std::time::Duration::ZERO);
+    assert_eq!(b.adopt_published_indexes("lab/big", &image).await, 1);
+    let l = open(&b, &image).await;
+    assert_eq!(first_span(&l, b"t1"), k);
+    // The read that starts at the forged window fails: EIO, and nothing of
+    // it is cached (neither the span nor anything under its digest).
+    let e = read(&b, &l, b"t1").await.unwrap_err();
+    assert_eq!(e.errno(), libc::EIO, "{e:?}");
+    let LayerSource::Spans(s) = &l.source else {
+        panic!("not served by spans")
+    };
+    assert!(b
+        .store
+        .get(Section::Chunk, &s.index.checkpoints[k].span_digest)
+        .is_none());
+    // Reads that do not start there are served.
+    assert_eq!(read(&b, &l, b"t3").await.unwrap().len(), 1 << 20);
+    // The check finds the window is not the layer's bytes: revoked.
+    assert_eq!(b.check_published().await, (1, 1));
+    assert!(b.index_revoked(&diff_id));
+    let _ = t1;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_windows_blob_served_wrong_fails_the_read() {
+    let reg = Arc::new(MemoryRegistry::new("memory.test"));
+    let (image, diff_id, t1) = text_image(&reg);
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = content(&reg, &da);
+    let (_, layers) = a.image_layers("lab/big", &image).await.unwrap();
+    a.layer("lab/big", &layers[0].0, &diff_id).await.unwrap();
+    a.publish_indexes("lab/big", &image).await.unwrap();
+    // The registry serves other bytes under the windows blob's digest
+    // (a Range request cannot be checked against the blob's digest).
+    let windows = windows_blob(&reg, &image).await;
+    let mut bytes = reg.blob_bytes("lab/big", &windows).unwrap().to_vec();
+    for b in bytes.iter_mut() {
+        *b ^= 0x20;
+    }
+    reg.add_blob_as("lab/big", &windows, bytes);
+
+    let mut b = content(&reg, &db);
+    b.set_use_published_indexes(true, std::time::Duration::ZERO);
+    assert_eq!(b.adopt_published_indexes("lab/big", &image).await, 1);
+    let l = open(&b, &image).await;
+    let e = read(&b, &l, b"t1").await.unwrap_err();
+    assert_eq!(e.errno(), libc::EIO, "{e:?}");
+    // Nothing under the window's digest in the cache.
+    let LayerSource::Spans(s) = &l.source else {
+        panic!("not served by spans")
+    };
+    let w = &s.windows.as_ref().unwrap().windows[first_span(&l, b"t1")];
+    assert!(b.store.get(Section::Chunk, &w.digest).is_none());
+    // The layer itself is right: the check passes, and the layer read whole
+    // then serves the file.
+    assert_eq!(b.check_published().await, (1, 0));
+    let l2 = b
+        .open_layer("lab/big", &layers[0].0, &diff_id)
+        .await
+        .unwrap();
+    assert!(matches!(l2.source, LayerSource::Local(_)));
+    let _ = t1;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_of_a_small_file_fetches_the_whole_file_in_one_request() {
+    let reg = Arc::new(MemoryRegistry::new("memory.test"));
+    let (image, diff_id, t1) = text_image(&reg);
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = content(&reg, &da);
+    let (_, layers) = a.image_layers("lab/big", &image).await.unwrap();
+    a.layer("lab/big", &layers[0].0, &diff_id).await.unwrap();
+    a.publish_indexes("lab/big", &image).await.unwrap();
+    let mut b = content(&reg, &db);
+    b.set_use_published_indexes(true, std::time::Duration::ZERO);
+    assert_eq!(b.adopt_published_indexes("lab/big", &image).await, 1);
+    let l = open(&b, &image).await;
+    let LayerSource::Spans(s) = &l.source else {
+        panic!("not served by spans")
+    };
+    let t = &l.tree;
+    let data = t.lookup(0, b"data").unwrap();
+    let extent = |name: &[u8]| {
+        let n = t.node(t.lookup(data, name).unwrap());
+        super::tar_range(n, 0, n.size).unwrap()
+    };
+    let cached = |(from, to): (u64, u64)| {
+        let (f, l) = s.index.spans_covering(from, to).unwrap();
+        (f..=l)
+            .filter(|&i| {
+                b.store
+                    .get(Section::Chunk, &s.index.checkpoints[i].span_digest)
+                    .is_some()
+            })
+            .count()
+    };
+    // 100 bytes in the middle of t1 (1 MiB, several spans): the whole file.
+    let f1 = extent(b"t1");
+    let (f, l1) = s.index.spans_covering(f1.0, f1.1).unwrap();
+    assert!(l1 > f + 1, "t1 has {} spans", l1 - f + 1);
+    let requests = reg.blob_requests(&s.blob.digest);
+    let mid = f1.0 + (f1.1 - f1.0) / 2;
+    let view = b.read_file_spans(s, f1, mid, mid + 100).await.unwrap();
+    let mut buf = [0u8; 100];
+    crate::layer::ReadAt::read_at(&view, &mut buf, mid).unwrap();
+    assert_eq!(buf[..], t1[(mid - f1.0) as usize..][..100]);
+    assert_eq!(reg.blob_requests(&s.blob.digest) - requests, 1);
+    assert_eq!(cached(f1), l1 - f + 1);
+    // A file longer than WHOLE_FILE_SPANS: only the read's span.
+    let f3 = extent(b"t3");
+    let huge = (f3.0, f3.0 + super::spans::WHOLE_FILE_SPANS + 1);
+    b.read_file_spans(s, huge, f3.0, f3.0 + 100).await.unwrap();
+    assert_eq!(cached(f3), 1);
+}

@@ -5,7 +5,9 @@
 //! digest recorded when the layer was streamed and verified, keeps verified
 //! spans in the chunk cache by that digest, and only then serves. Nothing
 //! unverified is returned or stored. Spans are pieces of the fetch-once
-//! path ([`super::pieces`]).
+//! path ([`super::pieces`]). For a published index whose windows are apart
+//! ([`super::span_windows`]), the window of a run's first checkpoint is
+//! fetched beside the run's bytes.
 
 use std::io;
 use std::sync::Arc;
@@ -20,11 +22,18 @@ use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::image::BlobRef;
 use crate::layer::span::SpanIndex;
+use crate::layer::span_windows::WindowTable;
 use crate::layer::{self, Compression, ReadAt, Tree};
 use crate::registry::RegistryApi;
 
-/// Most spans fetched by one Range request.
-const MAX_RUN_SPANS: u64 = 4;
+/// Most spans fetched by one Range request (4 MiB of 256 KiB spans).
+const MAX_RUN_SPANS: u64 = 16;
+
+/// A read of a file at most this long (its extent in the tar) fetches the
+/// spans of the whole file: programs map their binaries and libraries and
+/// fault them in out of order, one span per round trip otherwise
+/// (`python3 -c pass`: 43 round trips at 256 KiB spans, see DECISIONS.md).
+pub const WHOLE_FILE_SPANS: u64 = 8 << 20;
 
 /// A gzip layer served from its span index.
 #[derive(Debug)]
@@ -37,6 +46,9 @@ pub struct SpanLayer {
     pub diff_id: Digest,
     /// Its checkpoints and span digests.
     pub index: Arc<SpanIndex>,
+    /// Where its windows are when the index has none (a published index,
+    /// version 2): in this windows blob of `repo`.
+    pub windows: Option<Arc<WindowTable>>,
 }
 
 /// Verified spans of a layer's uncompressed tar, readable at tar offsets.
@@ -64,7 +76,7 @@ impl ReadAt for SpanView {
 /// Spans of one layer as pieces: numbered, fetched by the compressed range
 /// of a run of consecutive spans, inflated and verified against their digests.
 struct SpanKind<'a> {
-    client: &'a dyn RegistryApi,
+    content: &'a Content,
     layer: &'a SpanLayer,
 }
 
@@ -86,17 +98,30 @@ impl PieceKind for SpanKind<'_> {
             let (layer, ix) = (self.layer, self.layer.index.clone());
             let (cs, ce) = ix.compressed_range(a, b);
             let started = Instant::now();
-            let bytes = self
-                .client
-                .blob_range(&layer.repo, &layer.blob.digest, cs, ce - cs)
-                .await?;
+            let client: &dyn RegistryApi = &*self.content.client;
+            let fetch = client.blob_range(&layer.repo, &layer.blob.digest, cs, ce - cs);
+            // The window of the run's first checkpoint, beside its bytes.
+            let window = async {
+                match &layer.windows {
+                    Some(t) if !ix.checkpoints[a].member_start => {
+                        self.content.span_window(&layer.repo, t, a).await.map(Some)
+                    }
+                    _ => Ok(None),
+                }
+            };
+            let (bytes, window) = tokio::join!(fetch, window);
+            let (bytes, window) = (bytes?, window?);
             tracing::info!(
                 digest = %layer.blob.digest, offset = cs, bytes = bytes.len(), spans = b - a + 1,
                 ms = started.elapsed().as_millis() as u64, cache = "miss", "fetched spans"
             );
             let blob = layer.blob.digest.clone();
             let spans = crate::blocking::run(move || {
-                ix.extract(a, b, &bytes).inspect_err(|e| {
+                match &window {
+                    Some(w) => ix.extract_with_window(a, b, &bytes, w),
+                    None => ix.extract(a, b, &bytes),
+                }
+                .inspect_err(|e| {
                     tracing::error!(
                         digest = %blob, first_span = a, last_span = b, error = %e,
                         "span failed verification; not served, not cached"
@@ -133,9 +158,9 @@ impl Content {
             .filter(|ix| ix.blob == blob && ix.spans.compressed_size == size);
         let loaded = crate::blocking::run(move || {
             if let Some(ix) = fresh {
-                return Ok((ix.tree.clone(), ix.spans.clone()));
+                return Ok((ix.tree.clone(), ix.spans.clone(), ix.windows.clone()));
             }
-            let (for_blob, ix) = index_file::decode_stored(&std::fs::read(spans)?)?;
+            let (for_blob, ix, windows) = index_file::decode_stored(&std::fs::read(spans)?)?;
             if for_blob != blob || ix.compressed_size != size {
                 return Err(Error::invalid(format!(
                     "span index is for blob {for_blob} ({} bytes)",
@@ -144,11 +169,11 @@ impl Content {
             }
             let tree: Tree = serde_json::from_slice(&std::fs::read(index)?)
                 .map_err(|e| Error::invalid(format!("cached layer index: {e}")))?;
-            Ok((tree, ix))
+            Ok((tree, ix, windows))
         })
         .await;
         match loaded {
-            Ok((tree, ix)) => {
+            Ok((tree, ix, windows)) => {
                 tracing::info!(
                     digest = %desc.digest, %diff_id, checkpoints = ix.checkpoints.len(),
                     "layer tar not cached: serving it by its span index"
@@ -160,6 +185,7 @@ impl Content {
                         blob: desc.clone(),
                         diff_id: diff_id.clone(),
                         index: Arc::new(ix),
+                        windows: windows.map(Arc::new),
                     },
                 ))
             }
@@ -167,6 +193,23 @@ impl Content {
                 tracing::warn!(digest = %desc.digest, %diff_id, error = %e, "span index unusable; serving the layer whole");
                 None
             }
+        }
+    }
+
+    /// [`Content::read_spans`] for a read `[start, end)` of a file whose
+    /// tar extent is `file`: the spans of the whole file when it is at most
+    /// [`WHOLE_FILE_SPANS`] long, else those of the read.
+    pub async fn read_file_spans(
+        &self,
+        layer: &SpanLayer,
+        file: (u64, u64),
+        start: u64,
+        end: u64,
+    ) -> Result<SpanView> {
+        let whole = file.0 <= start && end <= file.1 && file.1 - file.0 <= WHOLE_FILE_SPANS;
+        match whole {
+            true => self.read_spans(layer, file.0, file.1).await,
+            false => self.read_spans(layer, start, end).await,
         }
     }
 
@@ -189,7 +232,7 @@ impl Content {
             return Ok(SpanView::default());
         };
         let kind = SpanKind {
-            client: &*self.client,
+            content: self,
             layer,
         };
         let wanted: Vec<usize> = (first..=last).collect();

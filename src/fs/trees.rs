@@ -40,11 +40,13 @@ impl LoadedTree {
         if let Some(LayerSource::Spans(l)) =
             n.content.layer().and_then(|i| self.sources.get(i as usize))
         {
-            // An evicted gzip layer: fetch and verify the spans this read needs.
+            // An evicted gzip layer: fetch and verify the spans this read
+            // needs (those of the whole file, if it is small enough).
             let Some((start, end)) = crate::content::tar_range(n, offset, size as u64) else {
                 return Ok(Vec::new());
             };
-            let view = content.read_spans(l, start, end).await?;
+            let file = crate::content::tar_range(n, 0, n.size).unwrap_or((start, end));
+            let view = content.read_file_spans(l, file, start, end).await?;
             let which = n.content.layer().unwrap_or(0) as usize;
             return crate::blocking::run(move || {
                 let n = self.tree.node(node);

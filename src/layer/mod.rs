@@ -12,7 +12,8 @@
 //! - [`ingest`](mod@ingest): [`ingest()`] hashes, decompresses, stores and
 //!   indexes a fetched layer blob in one pass, checking both digests.
 //! - [`span`]: the span index of a gzip layer (zlib checkpoints + span
-//!   digests) for random access by Range requests; [`zran`] its FFI core.
+//!   digests) for random access by Range requests; [`zran`] its FFI core;
+//!   [`span_windows`] its windows as a blob apart, fetched one at a time.
 //! - [`merge`](mod@merge): [`merge()`] applies OCI whiteouts across layers.
 //!
 //! Pure Rust: no FUSE, no network, no async.
@@ -24,6 +25,7 @@ pub mod ingest;
 pub mod merge;
 pub mod resolve;
 pub mod span;
+pub mod span_windows;
 pub mod tree;
 pub mod zran;
 

@@ -39,6 +39,19 @@ fn without_colours(log: &str) -> String {
     out
 }
 
+/// The windows blobs (`sha256:…`) that span windows were fetched from, as
+/// the mount's log says (`fetched span window windows=…`).
+fn window_blobs(log: &str) -> std::collections::BTreeSet<String> {
+    without_colours(log)
+        .lines()
+        .filter(|l| l.contains("fetched span window"))
+        .filter_map(|l| {
+            let at = l.find("windows=")? + "windows=".len();
+            l[at..].split_whitespace().next().map(str::to_string)
+        })
+        .collect()
+}
+
 /// `ls -lR`: every entry's metadata, no file contents.
 fn list_all(dir: &Path) -> usize {
     let mut n = 0;
@@ -170,9 +183,22 @@ fn a_second_machine_serves_gzip_layers_by_published_spans() {
         "{}",
         b.log()
     );
+    // The windows are apart (index format 2): the spans that start a run
+    // fetched their window by a Range request of the layer's windows blob,
+    // and no windows blob was fetched whole.
+    let windows = window_blobs(&b.log());
+    assert!(!windows.is_empty(), "no span window fetched:\n{}", b.log());
+    let mut window_bytes = 0;
+    for w in &windows {
+        let (gets, bytes, whole) = reg.blob_traffic(w);
+        assert!(gets > 0, "{w}: no GET in the access log");
+        assert_eq!(whole, 0, "windows blob {w} fetched whole");
+        window_bytes += bytes;
+    }
     eprintln!(
-        "machine B: ls -lR + cat os.py in {cold:?}, {} layer bytes of {total}",
-        after.1 - before.1
+        "machine B: ls -lR + cat os.py in {cold:?}, {} layer bytes of {total}, {window_bytes} bytes of windows from {} windows blob(s)",
+        after.1 - before.1,
+        windows.len()
     );
 
     // The background check streams each layer once and finds the index right.
