@@ -31,6 +31,10 @@ use crate::registry::RegistryApi;
 /// is many times longer, so there the others still travel side by side.
 const WANTED_HEAD_START: std::time::Duration = std::time::Duration::from_millis(5);
 
+/// Longest the other TOCs wait for the opened layer's to be decoded before
+/// decoding their own (python's largest takes about 15 ms).
+const WANTED_DECODE_WAIT: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// A lazy layer's verified index as held in memory.
 pub(crate) struct LazyLayer {
     /// Its tree (chunk offsets into the blob).
@@ -65,6 +69,9 @@ struct TocKind {
     /// Fetched early for a layer nobody asked for yet: decoded at a lower
     /// CPU priority, so that the layer being opened is not slowed down.
     slack: bool,
+    /// Decode only once this says the opened layer's TOC is in (or after
+    /// [`WANTED_DECODE_WAIT`]): two cores decode one TOC at a time.
+    after: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
 impl TocKind {
@@ -78,6 +85,14 @@ impl TocKind {
             desc: desc.clone(),
             spec,
             slack: false,
+            after: None,
+        }
+    }
+
+    /// Let the opened layer's TOC be decoded first (see `after`).
+    async fn wait_for_the_opened_layer(&self) {
+        if let Some(mut rx) = self.after.clone() {
+            let _ = tokio::time::timeout(WANTED_DECODE_WAIT, rx.wait_for(|done| *done)).await;
         }
     }
 
@@ -174,6 +189,7 @@ impl Fetchable for TocKind {
                 LazySpec::Estargz { toc_digest } => {
                     let (member, toc_off, fetched) = self.estargz_member().await?;
                     let fetch_ms = started.elapsed().as_millis();
+                    self.wait_for_the_opened_layer().await;
                     let (d, slack) = (toc_digest.clone(), self.slack);
                     let (index, t) = blocking::run(move || {
                         let _niced = slack.then(Niced::lower);
@@ -206,6 +222,7 @@ impl Fetchable for TocKind {
                         .await?;
                     let fetch_ms = started.elapsed().as_millis();
                     let fetched = bytes.len();
+                    self.wait_for_the_opened_layer().await;
                     let (ulen, checksum, toc_digest) =
                         (*length_uncompressed, checksum.clone(), toc_digest.clone());
                     // The TOC sits in a skippable frame: 8 bytes of frame header before it.
@@ -393,13 +410,16 @@ impl Content {
     /// then opens a layer joins its fetch (single flight) or finds it done;
     /// a failure is only logged here (the opener fetches again and decides).
     /// With `wanted`, that layer is the one being opened: the others are
-    /// asked for [`WANTED_HEAD_START`] later and decoded at a lower CPU
-    /// priority. Each layer's prioritised files
+    /// asked for [`WANTED_HEAD_START`] later and decoded after it (at most
+    /// [`WANTED_DECODE_WAIT`] later) at a lower CPU priority. Each layer's prioritised files
     /// (`.prefetch.landmark`) start to be fetched as soon as its TOC is in.
     pub fn start_tocs(&self, repo: &str, layers: &[BlobRef], wanted: Option<usize>) {
         if !self.lazy.opts.enabled || tokio::runtime::Handle::try_current().is_err() {
             return;
         }
+        // The opened layer's TOC is in: the others may decode.
+        let (opened, after) = tokio::sync::watch::channel(false);
+        let mut opened = Some(opened);
         for (i, desc) in layers.iter().enumerate() {
             let Some(spec) = LazySpec::from_descriptor(desc) else {
                 continue;
@@ -414,13 +434,21 @@ impl Content {
             });
             let mut kind = TocKind::new(self, repo, desc, spec);
             kind.slack = wanted.is_some_and(|w| w != i);
+            let signal = if wanted == Some(i) { opened.take() } else { None };
+            if kind.slack {
+                kind.after = Some(after.clone());
+            }
             let (in_flight, prefetcher) = (self.in_flight.clone(), self.prefetcher());
             tokio::spawn(async move {
                 if kind.slack {
                     tokio::time::sleep(WANTED_HEAD_START).await;
                 }
                 let store = kind.store.clone();
-                match fetch_once(&store, &in_flight, &kind).await {
+                let result = fetch_once(&store, &in_flight, &kind).await;
+                if let Some(s) = signal {
+                    let _ = s.send(true);
+                }
+                match result {
                     // The image's prioritised files start with its TOCs.
                     Ok(l) => prefetcher.schedule(&remote, &l.tree, l.prefetch_end),
                     Err(e) => {
