@@ -434,7 +434,11 @@ impl Content {
             });
             let mut kind = TocKind::new(self, repo, desc, spec);
             kind.slack = wanted.is_some_and(|w| w != i);
-            let signal = if wanted == Some(i) { opened.take() } else { None };
+            let signal = if wanted == Some(i) {
+                opened.take()
+            } else {
+                None
+            };
             if kind.slack {
                 kind.after = Some(after.clone());
             }

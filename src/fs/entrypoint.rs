@@ -10,7 +10,9 @@
 //!   The runtime is still pulling and setting up meanwhile.
 //! - **A file is opened for exec** (the kernel passes `__FMODE_EXEC` in the
 //!   open flags, through overlayfs too: a `chroot`, a container's own
-//!   `exec`s, the loader the kernel maps): that file.
+//!   `exec`s, the loader the kernel maps): that file, with the C library's
+//!   files that do not depend on the environment (the charset converters'
+//!   cache, the local time zone).
 //!
 //! Then what `exec` of it reads next ([`crate::exec_deps`]): its dynamic
 //! loader and `/etc/ld.so.cache`, its shared libraries and theirs, or a
@@ -301,7 +303,12 @@ impl Fs {
             "/{}",
             String::from_utf8_lossy(&path).trim_start_matches('/')
         );
-        self.warm_waves(&rootfs, vec![path]).await
+        // What the C library reads whatever the environment (no locale:
+        // an exec's environment is not known here).
+        let first = std::iter::once(path)
+            .chain(C_LIBRARY_FILES.iter().map(|p| p.to_string()))
+            .collect();
+        self.warm_waves(&rootfs, first).await
     }
 
     /// Read `first` (paths in the merged tree `loaded`) side by side, then

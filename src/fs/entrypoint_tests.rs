@@ -341,6 +341,8 @@ async fn an_exec_open_of_a_layer_file_warms_its_loader_and_libraries() {
         "a library nobody needs was fetched"
     );
     assert!(!cached(&store, &t.passwd), "not a runtime start: no passwd");
+    // The time zone, whatever the environment; no locale (none is known).
+    assert!(cached(&store, &t.zone) && !cached(&store, &t.locale));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
