@@ -63,6 +63,29 @@ fn content(reg: &Arc<MemoryRegistry>, dir: &tempfile::TempDir) -> Content {
 }
 
 /// The layer of `image` as `c` opens it.
+/// Machine A: stream the image's layer (indexing it) with the store in
+/// `dir`; the layers as `image_layers` lists them.
+async fn streamed_by_a(
+    reg: &Arc<MemoryRegistry>,
+    dir: &tempfile::TempDir,
+    image: &Digest,
+    diff_id: &Digest,
+) -> (Content, Vec<(crate::image::BlobRef, Digest)>) {
+    let a = content(reg, dir);
+    let (_, layers) = a.image_layers("lab/big", image).await.unwrap();
+    a.layer("lab/big", &layers[0].0, diff_id).await.unwrap();
+    (a, layers)
+}
+
+/// Machine B: a fresh store in `dir`, published indexes on (checked at
+/// once when asked), the image's one index adopted.
+async fn adopting_b(reg: &Arc<MemoryRegistry>, dir: &tempfile::TempDir, image: &Digest) -> Content {
+    let mut b = content(reg, dir);
+    b.set_use_published_indexes(true, std::time::Duration::ZERO);
+    assert_eq!(b.adopt_published_indexes("lab/big", image).await, 1);
+    b
+}
+
 async fn open(c: &Content, image: &Digest) -> super::OpenedLayer {
     let (_, layers) = c.image_layers("lab/big", image).await.unwrap();
     let (desc, diff_id) = &layers[0];
@@ -92,9 +115,7 @@ async fn a_published_index_makes_a_fresh_cache_lazy_and_is_checked() {
 
     // Machine A streams the layer once, then publishes its index.
     let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let a = content(&reg, &da);
-    let (_, layers) = a.image_layers("lab/big", &image).await.unwrap();
-    a.layer("lab/big", &layers[0].0, &diff_id).await.unwrap();
+    let (a, _) = streamed_by_a(&reg, &da, &image, &diff_id).await;
     let p = a.publish_indexes("lab/big", &image).await.unwrap();
     assert_eq!((p.layers, p.missing, p.already), (1, 0, false));
     assert_eq!(
@@ -149,9 +170,7 @@ async fn a_forged_index_is_revoked_and_reads_through_it_fail() {
     let reg = Arc::new(MemoryRegistry::new("memory.test"));
     let (image, _, diff_id, _) = image(&reg);
     let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let a = content(&reg, &da);
-    let (_, layers) = a.image_layers("lab/big", &image).await.unwrap();
-    a.layer("lab/big", &layers[0].0, &diff_id).await.unwrap();
+    let (a, layers) = streamed_by_a(&reg, &da, &image, &diff_id).await;
     // The forger swaps two files' names in the tree: every span still
     // matches its digest, but `big0` would show `big2`'s bytes.
     let bytes = a.store.read(Section::Index, &diff_id).unwrap();
@@ -179,9 +198,7 @@ async fn a_forged_index_is_revoked_and_reads_through_it_fail() {
         .unwrap();
     a.publish_indexes("lab/big", &image).await.unwrap();
 
-    let mut b = content(&reg, &db);
-    b.set_use_published_indexes(true, std::time::Duration::ZERO);
-    assert_eq!(b.adopt_published_indexes("lab/big", &image).await, 1);
+    let b = adopting_b(&reg, &db, &image).await;
     let l = open(&b, &image).await;
     // Before the check, the lie is served (the gap the README states)…
     assert_eq!(read(&b, &l, b"big0").await.unwrap(), noise(4 << 20, 3));
@@ -278,16 +295,12 @@ async fn published_windows_are_fetched_one_by_one_and_kept() {
     let reg = Arc::new(MemoryRegistry::new("memory.test"));
     let (image, diff_id, t1) = text_image(&reg);
     let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let a = content(&reg, &da);
-    let (_, layers) = a.image_layers("lab/big", &image).await.unwrap();
-    a.layer("lab/big", &layers[0].0, &diff_id).await.unwrap();
+    let (a, _) = streamed_by_a(&reg, &da, &image, &diff_id).await;
     a.publish_indexes("lab/big", &image).await.unwrap();
     let windows = windows_blob(&reg, &image).await;
     let windows_size = reg.blob_bytes("lab/big", &windows).unwrap().len() as u64;
 
-    let mut b = content(&reg, &db);
-    b.set_use_published_indexes(true, std::time::Duration::ZERO);
-    assert_eq!(b.adopt_published_indexes("lab/big", &image).await, 1);
+    let b = adopting_b(&reg, &db, &image).await;
     // Adopting fetched no window.
     assert_eq!(reg.blob_requests(&windows), 0);
     let l = open(&b, &image).await;
@@ -348,9 +361,7 @@ async fn a_forged_window_fails_its_reads_and_is_revoked() {
         tempfile::tempdir().unwrap(),
         tempfile::tempdir().unwrap(),
     );
-    let a = content(&reg, &da);
-    let (_, layers) = a.image_layers("lab/big", &image).await.unwrap();
-    a.layer("lab/big", &layers[0].0, &diff_id).await.unwrap();
+    let (a, _) = streamed_by_a(&reg, &da, &image, &diff_id).await;
     // Where t1's read starts, from a first honest publication.
     a.publish_indexes("lab/big", &image).await.unwrap();
     let mut probe = content(&reg, &dc);
@@ -384,9 +395,7 @@ async fn a_forged_window_fails_its_reads_and_is_revoked() {
     );
     a.publish_indexes("lab/big", &image).await.unwrap();
 
-    let mut b = content(&reg, &db);
-    b.set_use_published_indexes(true, std::time::Duration::ZERO);
-    assert_eq!(b.adopt_published_indexes("lab/big", &image).await, 1);
+    let b = adopting_b(&reg, &db, &image).await;
     let l = open(&b, &image).await;
     assert_eq!(first_span(&l, b"t1"), k);
     // The read that starts at the forged window fails: EIO, and nothing of
@@ -413,9 +422,7 @@ async fn a_windows_blob_served_wrong_fails_the_read() {
     let reg = Arc::new(MemoryRegistry::new("memory.test"));
     let (image, diff_id, t1) = text_image(&reg);
     let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let a = content(&reg, &da);
-    let (_, layers) = a.image_layers("lab/big", &image).await.unwrap();
-    a.layer("lab/big", &layers[0].0, &diff_id).await.unwrap();
+    let (a, layers) = streamed_by_a(&reg, &da, &image, &diff_id).await;
     a.publish_indexes("lab/big", &image).await.unwrap();
     // The registry serves other bytes under the windows blob's digest
     // (a Range request cannot be checked against the blob's digest).
@@ -426,9 +433,7 @@ async fn a_windows_blob_served_wrong_fails_the_read() {
     }
     reg.add_blob_as("lab/big", &windows, bytes);
 
-    let mut b = content(&reg, &db);
-    b.set_use_published_indexes(true, std::time::Duration::ZERO);
-    assert_eq!(b.adopt_published_indexes("lab/big", &image).await, 1);
+    let b = adopting_b(&reg, &db, &image).await;
     let l = open(&b, &image).await;
     let e = read(&b, &l, b"t1").await.unwrap_err();
     assert_eq!(e.errno(), libc::EIO, "{e:?}");
@@ -454,13 +459,9 @@ async fn a_read_of_a_small_file_fetches_the_whole_file_in_one_request() {
     let reg = Arc::new(MemoryRegistry::new("memory.test"));
     let (image, diff_id, t1) = text_image(&reg);
     let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let a = content(&reg, &da);
-    let (_, layers) = a.image_layers("lab/big", &image).await.unwrap();
-    a.layer("lab/big", &layers[0].0, &diff_id).await.unwrap();
+    let (a, _) = streamed_by_a(&reg, &da, &image, &diff_id).await;
     a.publish_indexes("lab/big", &image).await.unwrap();
-    let mut b = content(&reg, &db);
-    b.set_use_published_indexes(true, std::time::Duration::ZERO);
-    assert_eq!(b.adopt_published_indexes("lab/big", &image).await, 1);
+    let b = adopting_b(&reg, &db, &image).await;
     let l = open(&b, &image).await;
     let LayerSource::Spans(s) = &l.source else {
         panic!("not served by spans")
