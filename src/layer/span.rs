@@ -234,15 +234,8 @@ impl SpanIndex {
     /// hostile index can at worst describe spans that then fail verification.
     pub fn decode(b: &[u8]) -> Result<SpanIndex> {
         let bad = |what: &str| Error::invalid(format!("span index: {what}"));
-        let mut r = b;
-        let mut take = |n: usize| -> Result<&[u8]> {
-            if r.len() < n {
-                return Err(bad("truncated"));
-            }
-            let (h, t) = r.split_at(n);
-            r = t;
-            Ok(h)
-        };
+        let mut r = Fields(b);
+        let mut take = |n: usize| r.take(n).ok_or_else(|| bad("truncated"));
         if take(8)? != MAGIC {
             return Err(bad("bad magic or version"));
         }
@@ -642,6 +635,46 @@ impl<R: Read> Read for SpanReader<'_, R> {
             }
         }
     }
+}
+
+/// Fixed-size fields read off the front of a byte string: the binary index
+/// formats' decoders ([`SpanIndex::decode`], the window table's).
+pub(crate) struct Fields<'a>(pub(crate) &'a [u8]);
+
+impl<'a> Fields<'a> {
+    /// The next `n` bytes, or `None` if fewer are left.
+    pub(crate) fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        if self.0.len() < n {
+            return None;
+        }
+        let (h, t) = self.0.split_at(n);
+        self.0 = t;
+        Some(h)
+    }
+
+    /// Nothing is left.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// Read all of gzip `blob` through a [`SpanReader`] in small reads,
+/// checkpointing about every `every` bytes: the index and the data.
+#[cfg(test)]
+pub(crate) fn index_by_reading(blob: &[u8], every: u64) -> (SpanIndex, Vec<u8>) {
+    let b = RefCell::new(SpanBuilder::new(every));
+    let mut r = SpanReader::new(blob, &b).unwrap();
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 7000];
+    loop {
+        let n = r.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        out.extend_from_slice(&buf[..n]);
+    }
+    drop(r);
+    (b.into_inner().finish(blob.len() as u64), out)
 }
 
 #[cfg(test)]

@@ -15,7 +15,7 @@
 
 use std::io::{Read, Write};
 
-use super::span::{SpanIndex, MAX_CHECKPOINTS, SPAN_DIGEST};
+use super::span::{Fields, SpanIndex, MAX_CHECKPOINTS, SPAN_DIGEST};
 use super::zran::WINDOW;
 use crate::digest::{Digest, Hasher};
 use crate::error::{Error, Result};
@@ -156,15 +156,8 @@ impl WindowTable {
     /// window longer than [`WINDOW`] inflated or [`MAX_PACKED_WINDOW`] packed,
     /// at most [`MAX_CHECKPOINTS`] windows, nothing trailing.
     pub fn decode(b: &[u8]) -> Result<WindowTable> {
-        let mut r = b;
-        let mut take = |n: usize| -> Result<&[u8]> {
-            if r.len() < n {
-                return Err(bad("truncated"));
-            }
-            let (h, t) = r.split_at(n);
-            r = t;
-            Ok(h)
-        };
+        let mut r = Fields(b);
+        let mut take = |n: usize| r.take(n).ok_or_else(|| bad("truncated"));
         if take(8)? != MAGIC {
             return Err(bad("bad magic or version"));
         }
@@ -219,8 +212,6 @@ impl WindowTable {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::layer::span::{SpanBuilder, SpanReader};
-    use std::cell::RefCell;
 
     /// A span index of a gzip stream of `n` bytes of numbered lines (that
     /// refer back into their windows), checkpoints every 20 KB.
@@ -238,19 +229,9 @@ mod tests {
         let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
         e.write_all(&data).unwrap();
         let gz = e.finish().unwrap();
-        let b = RefCell::new(SpanBuilder::new(20_000));
-        let (mut out, mut buf) = (Vec::new(), vec![0u8; 7000]);
-        let mut r = SpanReader::new(&gz[..], &b).unwrap();
-        loop {
-            let n = r.read(&mut buf).unwrap();
-            if n == 0 {
-                break;
-            }
-            out.extend_from_slice(&buf[..n]);
-        }
-        drop(r);
+        let (ix, out) = crate::layer::span::index_by_reading(&gz, 20_000);
         assert_eq!(out, data);
-        (b.into_inner().finish(gz.len() as u64), gz, data)
+        (ix, gz, data)
     }
 
     #[test]

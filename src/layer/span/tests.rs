@@ -45,19 +45,7 @@ fn sample(seed: u64, len: usize) -> Vec<u8> {
 
 /// Decode through the span reader with small reads; the index and the data.
 fn build(blob: &[u8], every: u64) -> (SpanIndex, Vec<u8>) {
-    let b = RefCell::new(SpanBuilder::new(every));
-    let mut r = SpanReader::new(blob, &b).unwrap();
-    let mut out = Vec::new();
-    let mut buf = vec![0u8; 7000];
-    loop {
-        let n = r.read(&mut buf).unwrap();
-        if n == 0 {
-            break;
-        }
-        out.extend_from_slice(&buf[..n]);
-    }
-    drop(r);
-    (b.into_inner().finish(blob.len() as u64), out)
+    super::index_by_reading(blob, every)
 }
 
 /// Read `[off, off+len)` through the index, as the content layer does.
