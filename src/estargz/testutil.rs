@@ -27,7 +27,7 @@ pub(crate) struct LazyBlob {
     /// Where the chunk data ends (the TOC's start).
     pub data_end: u64,
     /// The decoded, verified TOC.
-    pub toc: Toc,
+    pub toc: Toc<'static>,
     /// The layer descriptor's annotations that find and verify the TOC.
     pub annotations: BTreeMap<String, String>,
 }
@@ -148,7 +148,9 @@ pub(crate) fn estargz(tar: &[u8]) -> LazyBlob {
     let (toc_at, footer) = super::parse_footer(&blob).unwrap();
     assert_eq!(toc_at, data_end);
     let member = &blob[toc_at as usize..blob.len() - footer as usize];
-    let toc = Toc::parse(&super::toc::estargz_toc_json(member).unwrap()).unwrap();
+    let toc = Toc::parse(&super::toc::estargz_toc_json(member).unwrap())
+        .unwrap()
+        .into_owned();
     let annotations = BTreeMap::from([(
         super::TOC_DIGEST_ANNOTATION.to_string(),
         Digest::sha256_of(&json).to_string(),
@@ -260,7 +262,7 @@ pub(crate) fn zstd_chunked(tar: &[u8], chunk: usize) -> LazyBlob {
         format: Format::ZstdChunked,
         blob,
         data_end,
-        toc: Toc::parse(&toc_json).unwrap(),
+        toc: Toc::parse(&toc_json).unwrap().into_owned(),
         annotations,
     }
 }

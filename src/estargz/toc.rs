@@ -3,6 +3,7 @@
 //! eStargz, a zstd frame for zstd:chunked). Verification against the
 //! annotations is the caller's: see [`crate::content`].
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::io::Read;
 
@@ -11,32 +12,37 @@ use serde::Deserialize;
 use super::{MAX_TOC_SIZE, TOC_NAME};
 use crate::error::{Error, Result};
 
-/// The TOC (`stargz.index.json`), as far as regfs uses it.
+/// The TOC (`stargz.index.json`), as far as regfs uses it. Its strings
+/// borrow from the JSON where they hold no escapes (a large TOC is tens of
+/// thousands of them, parsed on a first read's path).
 #[derive(Clone, Debug, Default, Deserialize)]
-pub struct Toc {
+pub struct Toc<'a> {
     /// Must be 1.
     #[serde(default)]
     pub version: i64,
     /// Every tar entry and every chunk of the layer, in blob order.
-    #[serde(default)]
-    pub entries: Vec<TocEntry>,
+    #[serde(default, borrow)]
+    pub entries: Vec<TocEntry<'a>>,
 }
 
 /// One TOC entry (a tar entry, or a further chunk of a regular file).
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
-pub struct TocEntry {
+pub struct TocEntry<'a> {
     /// The full path as stored in the tar.
-    pub name: String,
+    #[serde(borrow)]
+    pub name: Cow<'a, str>,
     /// `dir`, `reg`, `symlink`, `hardlink`, `char`, `block`, `fifo`, `chunk`.
-    #[serde(rename = "type")]
-    pub kind: String,
+    #[serde(rename = "type", borrow)]
+    pub kind: Cow<'a, str>,
     /// Uncompressed size of a regular file.
     pub size: u64,
     /// RFC 3339 modification time (empty: zero).
-    pub modtime: String,
+    #[serde(borrow)]
+    pub modtime: Cow<'a, str>,
     /// Target of symlinks and hard links.
-    pub link_name: String,
+    #[serde(borrow)]
+    pub link_name: Cow<'a, str>,
     /// Permission and mode bits.
     pub mode: i64,
     /// Owner.
@@ -50,7 +56,8 @@ pub struct TocEntry {
     /// Extended attributes, values base64 (Go's `[]byte` in JSON).
     pub xattrs: BTreeMap<String, String>,
     /// Digest of the whole file's contents.
-    pub digest: String,
+    #[serde(borrow)]
+    pub digest: Cow<'a, str>,
     /// Offset of the gzip member / zstd frame holding this file or chunk.
     pub offset: i64,
     /// End of the compressed data (containers/storage only).
@@ -60,22 +67,50 @@ pub struct TocEntry {
     /// Uncompressed size of this chunk (0: up to the end of the file).
     pub chunk_size: i64,
     /// Digest of this chunk's uncompressed bytes.
-    pub chunk_digest: String,
+    #[serde(borrow)]
+    pub chunk_digest: Cow<'a, str>,
     /// Offset of the chunk inside its decompressed member (eStargz with min-chunk-size).
     pub inner_offset: i64,
     /// containers/storage: `""`/`"data"`, or `"zeros"` for a hole without data.
-    pub chunk_type: String,
+    #[serde(borrow)]
+    pub chunk_type: Cow<'a, str>,
 }
 
-impl Toc {
+impl<'a> Toc<'a> {
     /// Parse TOC JSON.
-    pub fn parse(json: &[u8]) -> Result<Toc> {
+    pub fn parse(json: &'a [u8]) -> Result<Toc<'a>> {
         let toc: Toc =
             serde_json::from_slice(json).map_err(|e| Error::invalid(format!("TOC JSON: {e}")))?;
         if toc.version != 1 {
             return Err(Error::Unsupported(format!("TOC version {}", toc.version)));
         }
         Ok(toc)
+    }
+
+    /// The same TOC owning its strings.
+    pub fn into_owned(self) -> Toc<'static> {
+        Toc {
+            version: self.version,
+            entries: self.entries.into_iter().map(TocEntry::into_owned).collect(),
+        }
+    }
+}
+
+impl TocEntry<'_> {
+    /// The same entry owning its strings.
+    pub fn into_owned(self) -> TocEntry<'static> {
+        let own = |c: Cow<'_, str>| Cow::Owned(c.into_owned());
+        TocEntry {
+            name: own(self.name),
+            kind: own(self.kind),
+            modtime: own(self.modtime),
+            link_name: own(self.link_name),
+            digest: own(self.digest),
+            chunk_digest: own(self.chunk_digest),
+            chunk_type: own(self.chunk_type),
+            xattrs: self.xattrs,
+            ..self
+        }
     }
 }
 

@@ -73,7 +73,7 @@ pub fn toc_to_tree(
     let mut prefetch_end = None;
     let mut last_file: Option<(NodeId, &str)> = None;
     for e in &toc.entries {
-        let known = match e.chunk_type.as_str() {
+        let known = match &*e.chunk_type {
             "" | "data" => true,
             // containers/storage writes holes (runs of zeros) of zstd:chunked
             // files as chunks with no data.
@@ -129,7 +129,7 @@ pub fn toc_to_tree(
         match entry(e, layer, &extent)? {
             Some(entry) => {
                 if let Some(id) = b.add(entry)? {
-                    last_file = Some((id, e.name.as_str()));
+                    last_file = Some((id, &*e.name));
                 }
             }
             None => b.skipped()?,
@@ -228,7 +228,7 @@ fn entry<'t>(
     layer: u16,
     extent: &dyn Fn(u64, i64) -> Result<u64>,
 ) -> Result<Option<Entry<'t>>> {
-    let ty = match e.kind.as_str() {
+    let ty = match &*e.kind {
         "dir" => EntryKind::Node(NodeKind::Dir),
         "reg" => EntryKind::Node(NodeKind::File),
         "symlink" => EntryKind::Node(NodeKind::Symlink),

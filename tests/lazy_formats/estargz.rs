@@ -68,13 +68,13 @@ fn layers(img: &Path) -> Vec<(String, u64)> {
 }
 
 /// The TOC of the eStargz blob at `path`, read with the library itself.
-fn esgz_toc(path: &Path) -> (Toc, u64) {
+fn esgz_toc(path: &Path) -> (Toc<'static>, u64) {
     let blob = fs::read(path).unwrap();
     let (toc_off, footer) = estargz::parse_footer(&blob).unwrap();
     let json =
         estargz::toc::estargz_toc_json(&blob[toc_off as usize..blob.len() - footer as usize])
             .unwrap();
-    (Toc::parse(&json).unwrap(), toc_off)
+    (Toc::parse(&json).unwrap().into_owned(), toc_off)
 }
 
 #[test]
@@ -215,7 +215,7 @@ fn corrupted_chunk_is_eio_for_that_file_only() {
     blob[at] ^= 0x55;
     fs::write(&path, &blob).unwrap();
 
-    let err = fs::read(img.join("rootfs").join(&victim.name)).unwrap_err();
+    let err = fs::read(img.join("rootfs").join(&*victim.name)).unwrap_err();
     assert_eq!(
         err.raw_os_error(),
         Some(libc::EIO),
@@ -223,11 +223,11 @@ fn corrupted_chunk_is_eio_for_that_file_only() {
         victim.name
     );
     // Again (nothing was cached), and other files of the same layer still read.
-    assert!(fs::read(img.join("rootfs").join(&victim.name)).is_err());
+    assert!(fs::read(img.join("rootfs").join(&*victim.name)).is_err());
     let sane = fs::read(img.join("rootfs/etc/debian_version")).unwrap();
     assert!(!sane.is_empty());
     assert!(
-        m.log().contains(victim.chunk_digest.as_str()),
+        m.log().contains(&*victim.chunk_digest),
         "the log names the bad chunk {}:\n{}",
         victim.chunk_digest,
         m.log()
