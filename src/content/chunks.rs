@@ -182,14 +182,16 @@ impl Holes {
 impl Content {
     /// Read up to `len` bytes at `offset` of a lazily served file of `size`
     /// bytes made of `chunks` in `layer`. Only verified bytes are returned; a
-    /// chunk that fails verification fails the read (EIO).
+    /// chunk that fails verification fails the read (EIO). With
+    /// `whole_file`, every chunk of the file is fetched (in as few requests
+    /// as they allow) and kept, though only the read's bytes are returned.
     pub async fn read_chunks(
         &self,
         layer: &RemoteLayer,
         chunks: &[Chunk],
         size: u64,
-        offset: u64,
-        len: u32,
+        (offset, len): (u64, u32),
+        whole_file: bool,
     ) -> Result<Vec<u8>> {
         let end = size.min(offset.saturating_add(len as u64));
         if offset >= end {
@@ -205,15 +207,26 @@ impl Content {
             self.lazy.holes.check(h).await?;
         }
         let needed: Vec<Chunk> = needed.into_iter().cloned().collect();
-        let data = get(
+        let fetch: Vec<Chunk> = match whole_file {
+            true => chunks.iter().filter(|c| !c.zeros).cloned().collect(),
+            false => needed.clone(),
+        };
+        let fetched = get(
             &*self.client,
             &self.store,
             &self.in_flight,
             layer,
-            &needed,
+            &fetch,
             MAX_RUN,
         )
         .await?;
+        // The read's own chunks, in order, out of those fetched.
+        let data: Vec<pieces::PieceData> = fetch
+            .iter()
+            .zip(fetched)
+            .filter(|(c, _)| c.file_offset < end && c.file_offset + c.size > offset)
+            .map(|(_, d)| d)
+            .collect();
         let spans: Vec<(u64, u64)> = needed.iter().map(|c| (c.file_offset, c.size)).collect();
         crate::blocking::run(move || {
             let mut out = vec![0u8; (end - offset) as usize];

@@ -347,19 +347,23 @@ async fn an_exec_open_of_a_layer_file_warms_its_loader_and_libraries() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_first_read_after_an_exec_open_fetches_the_whole_file_in_one_request() {
-    // A program of two chunks (4 MiB and the rest), not ELF: nothing to
-    // warm beyond the file itself.
+    // A program of two chunks (4 MiB and the rest) in an eStargz layer on
+    // a gzip one: the image is not all lazy, so no warming runs beside the
+    // reads and fetches the second chunk on its own.
     let program: Vec<u8> = (0..(5u32 << 20)).map(|i| (i % 251) as u8).collect();
     let chunk = crate::export::estargz::CHUNK_SIZE as usize;
     let (first, second) = program.split_at(chunk);
+    let mut base = TarW::new();
+    base.dir(b"etc", 0o755).file(b"etc/hostname", b"base\n");
     let mut w = TarW::new();
     w.dir(b"bin", 0o755).file(b"bin/app", &program);
     let layer = LayerBlob::estargz(&w.finish());
     let blob = Digest::sha256_of(&layer.bytes);
     let reg = Arc::new(MemoryRegistry::new("memory.test"));
-    let image = reg.add_image_running("lab/app", "esgz", &[layer], serde_json::json!({}));
+    let layers = [LayerBlob::gzip(&base.finish()), layer];
+    let image = reg.add_image_running("lab/app", "esgz", &layers, serde_json::json!({}));
     let image_dir = format!("app@{image}");
-    let layer_dir = format!("1-{blob}");
+    let layer_dir = format!("2-{blob}");
     let path = ["lab", &image_dir, "layers", &layer_dir, "bin", "app"];
 
     // Opened plainly, a read of the first page fetches its chunk only.

@@ -524,16 +524,12 @@ impl Fs {
                 })
                 .await
             }
-            Src::Tree(t, node, true) => {
-                // The whole program in one go: the loader faults it in all
-                // over, a round trip per chunk otherwise.
-                let len = t.tree.node(node).size;
-                let all = t.read(&self.content, node, 0, len as u32).await?;
-                let from = (offset as usize).min(all.len());
-                let to = from.saturating_add(size as usize).min(all.len());
-                Ok(all[from..to].to_vec())
+            // `whole`: the whole program in one go, since the loader faults
+            // it in all over (a round trip per chunk otherwise).
+            Src::Tree(t, node, whole) => {
+                t.read_fetching(&self.content, node, offset, size, whole)
+                    .await
             }
-            Src::Tree(t, node, false) => t.read(&self.content, node, offset, size).await,
             Src::Chunked(c) => self.content.read_blob_range(&c, offset, size).await,
         }
     }

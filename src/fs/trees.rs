@@ -28,11 +28,26 @@ impl LoadedTree {
         offset: u64,
         size: u32,
     ) -> Result<Vec<u8>> {
+        self.read_fetching(content, node, offset, size, false).await
+    }
+
+    /// [`LoadedTree::read`]; with `whole_file`, a lazily served file's
+    /// chunks are all fetched by this read (see [`Content::read_chunks`]).
+    pub(super) async fn read_fetching(
+        self: Arc<Self>,
+        content: &Content,
+        node: NodeId,
+        offset: u64,
+        size: u32,
+        whole_file: bool,
+    ) -> Result<Vec<u8>> {
         let n = self.tree.node(node);
         if let layer::FileData::Chunks { layer, chunks } = &n.content {
             return match self.sources.get(*layer as usize) {
                 Some(LayerSource::Remote(r)) => {
-                    content.read_chunks(r, chunks, n.size, offset, size).await
+                    content
+                        .read_chunks(r, chunks, n.size, (offset, size), whole_file)
+                        .await
                 }
                 _ => Err(Error::invalid("chunked file without a remote layer")),
             };
