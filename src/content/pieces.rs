@@ -76,7 +76,26 @@ pub(super) trait PieceKind: Sync {
     /// that stopped verification before its end, if any (the verified prefix
     /// is still committed). Logs `fetched …` and rejections.
     fn fetch_run<'a>(&'a self, run: &'a [Self::Piece]) -> BoxFuture<'a, Result<Verified>>;
+
+    /// Fetch several runs (as [`PieceKind::fetch_run`] each, one result per
+    /// run); a kind whose runs can share a request (a multi-range request)
+    /// does so. By default, one run after the other.
+    fn fetch_runs<'a>(
+        &'a self,
+        runs: &'a [Vec<Self::Piece>],
+    ) -> BoxFuture<'a, Result<Vec<Verified>>> {
+        Box::pin(async move {
+            let mut out = Vec::with_capacity(runs.len());
+            for run in runs {
+                out.push(self.fetch_run(run).await?);
+            }
+            Ok(out)
+        })
+    }
 }
+
+/// Most runs fetched together by one [`PieceKind::fetch_runs`].
+pub(super) const MAX_BATCH_RUNS: usize = 32;
 
 /// The chunk cache file of `d`, if present (and not evicted meanwhile).
 pub(super) fn cached(store: &Store, d: &Digest) -> Option<File> {
@@ -125,19 +144,28 @@ pub(super) async fn get<K: PieceKind>(
     }
     fetch.sort_by_key(|p| kind.extent(p));
     let mut fetched: HashMap<Digest, Arc<Vec<u8>>> = HashMap::new();
-    for run in runs(&fetch, |p| kind.extent(p), max_run) {
-        let run: Vec<K::Piece> = run.into_iter().cloned().collect();
-        let (data, rejected) = {
+    let all: Vec<Vec<K::Piece>> = runs(&fetch, |p| kind.extent(p), max_run)
+        .into_iter()
+        .map(|r| r.into_iter().cloned().collect())
+        .collect();
+    let span = |r: &Vec<K::Piece>| {
+        let (s, _) = kind.extent(&r[0]);
+        r.iter().map(|p| kind.extent(p).1).max().unwrap_or(s) - s
+    };
+    for batch in batches(&all, span, max_run) {
+        let results = {
             let _in_flight = in_flight.enter();
-            kind.fetch_run(&run).await?
+            kind.fetch_runs(batch).await?
         };
-        let digests: Vec<Digest> = run.iter().map(|p| kind.digest(p).clone()).collect();
-        fetched.extend(commit(store, digests, data).await?);
-        if let Some(e) = rejected {
-            return Err(e);
-        }
-        if run.iter().any(|p| !fetched.contains_key(kind.digest(p))) {
-            return Err(Error::invalid("a run of pieces came back short"));
+        for (run, (data, rejected)) in batch.iter().zip(results) {
+            let digests: Vec<Digest> = run.iter().map(|p| kind.digest(p).clone()).collect();
+            fetched.extend(commit(store, digests, data).await?);
+            if let Some(e) = rejected {
+                return Err(e);
+            }
+            if run.iter().any(|p| !fetched.contains_key(kind.digest(p))) {
+                return Err(Error::invalid("a run of pieces came back short"));
+            }
         }
     }
     drop(guards);
@@ -210,6 +238,25 @@ pub(super) fn runs<T>(
     out.into_iter().map(|(_, _, r)| r).collect()
 }
 
+/// Consecutive groups of `runs`, each at most [`MAX_BATCH_RUNS`] runs whose
+/// lengths (by `len`) sum to at most `max_len` (a longer run goes alone).
+pub(super) fn batches<T>(runs: &[T], len: impl Fn(&T) -> u64, max_len: u64) -> Vec<&[T]> {
+    let mut out = Vec::new();
+    let (mut start, mut total) = (0, 0u64);
+    for (i, r) in runs.iter().enumerate() {
+        let l = len(r);
+        if i > start && (i - start >= MAX_BATCH_RUNS || total + l > max_len) {
+            out.push(&runs[start..i]);
+            (start, total) = (i, 0);
+        }
+        total += l;
+    }
+    if start < runs.len() {
+        out.push(&runs[start..]);
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -228,6 +275,20 @@ mod tests {
             .collect();
         assert_eq!(r, vec![vec![1, 2, 3], vec![5, 6, 7, 8], vec![9, 10]]);
         assert!(runs(&[] as &[u64], |&i| (i, i + 1), 4).is_empty());
+    }
+
+    #[test]
+    fn batches_bound_runs_and_length() {
+        let shape = |lens: &[u64], max| -> Vec<usize> {
+            batches(lens, |l| *l, max).iter().map(|b| b.len()).collect()
+        };
+        assert_eq!(shape(&[1, 2, 3, 4], 100), [4]);
+        assert_eq!(shape(&[5, 5, 5, 5], 10), [2, 2]);
+        // A run longer than the bound goes alone.
+        assert_eq!(shape(&[3, 20, 3], 10), [1, 1, 1]);
+        let many = vec![1u64; MAX_BATCH_RUNS * 2 + 1];
+        assert_eq!(shape(&many, u64::MAX), [MAX_BATCH_RUNS, MAX_BATCH_RUNS, 1]);
+        assert!(shape(&[], 10).is_empty());
     }
 
     #[test]

@@ -169,3 +169,66 @@ async fn early_toc_fetches_are_joined_not_repeated() {
     c.lazy_layer("lab/a", &b, &spec_b).await.unwrap();
     assert_eq!(mem.blob_requests(&b.digest), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_chunks_of_several_files_come_in_one_request_and_only_verified_ones_are_kept() {
+    let (mem, faulty, _dir, c) = setup();
+    let (desc, diff_id, _) = esgz_layer(&mem, 40);
+    let opened = c.open_layer("lab/a", &desc, &diff_id).await.unwrap();
+    let LayerSource::Remote(layer) = &opened.source else {
+        panic!("not lazy");
+    };
+    let chunks_of = |files: &[usize]| -> Vec<crate::layer::Chunk> {
+        files
+            .iter()
+            .flat_map(|&i| {
+                let n = opened.tree.lookup_path(name(i).as_bytes()).unwrap();
+                match &opened.tree.node(n).content {
+                    crate::layer::FileData::Chunks { chunks, .. } => chunks.clone(),
+                    _ => panic!("file {i} is not lazily served"),
+                }
+            })
+            .collect()
+    };
+    let cached = |files: &[usize]| {
+        chunks_of(files)
+            .iter()
+            .all(|ch| c.store.get(Section::Chunk, &ch.digest).is_some())
+    };
+    // Three files apart from each other: three runs, one request.
+    let before = mem.blob_requests(&desc.digest);
+    c.fetch_chunks(layer, &chunks_of(&[3, 17, 30]))
+        .await
+        .unwrap();
+    assert_eq!(mem.blob_requests(&desc.digest), before + 1);
+    assert!(cached(&[3, 17, 30]));
+    // Read back from the store: no request.
+    for i in [3, 17, 30] {
+        let ch = chunks_of(&[i]);
+        let size = ch.iter().map(|ch| ch.size).sum::<u64>();
+        let got = c
+            .read_chunks(layer, &ch, size, (0, size as u32), false)
+            .await
+            .unwrap();
+        assert_eq!(got, format!("contents of file {i}\n").as_bytes());
+    }
+    assert_eq!(mem.blob_requests(&desc.digest), before + 1);
+
+    // A corrupt byte in the middle file's chunk: the batch fails; the file
+    // before it is verified and kept, the corrupt one and those after not.
+    let bad = chunks_of(&[20])[0].blob_offset + 12;
+    faulty.inject(&desc.digest, Fault::FlipByte(bad));
+    let e = c
+        .fetch_chunks(layer, &chunks_of(&[10, 20, 25]))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, Error::DigestMismatch { .. } | Error::Invalid(_)),
+        "{e:?}"
+    );
+    assert!(cached(&[10]));
+    assert!(!cached(&[20]) && !cached(&[25]));
+    faulty.clear(&desc.digest);
+    c.fetch_chunks(layer, &chunks_of(&[20, 25])).await.unwrap();
+    assert!(cached(&[20, 25]));
+}

@@ -329,7 +329,7 @@ impl Fs {
         let mut seen: HashSet<NodeId> = HashSet::new();
         let mut loader_cache = false;
         while !wave.is_empty() {
-            let mut reads = Vec::new();
+            let mut files = Vec::new();
             for path in wave.drain(..) {
                 let Some(node) = tree.resolve(path.as_bytes()) else {
                     continue;
@@ -345,9 +345,14 @@ impl Fs {
                 }
                 out.bytes += size;
                 out.paths.push(path.clone());
-                let read = loaded.clone().read(&self.content, node, 0, size as u32);
-                reads.push(async move { read.await.map(|data| (path, data)) });
+                files.push((path, node, size));
             }
+            let nodes: Vec<NodeId> = files.iter().map(|f| f.1).collect();
+            loaded.fetch_together(&self.content, &nodes).await;
+            let reads = files.into_iter().map(|(path, node, size)| {
+                let read = loaded.clone().read(&self.content, node, 0, size as u32);
+                async move { read.await.map(|data| (path, data)) }
+            });
             for (path, data) in futures_util::future::try_join_all(reads).await? {
                 let Some(deps) = exec_deps(&data) else {
                     continue;

@@ -1,6 +1,7 @@
 //! Layer trees and the merged rootfs as the filesystem sees them: loading
 //! (bounded in memory, reloaded on demand), attributes, listing and reads.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -29,6 +30,30 @@ impl LoadedTree {
         size: u32,
     ) -> Result<Vec<u8>> {
         self.read_fetching(content, node, offset, size, false).await
+    }
+
+    /// Fetch the chunks of the lazily served files among `nodes` together:
+    /// one request per layer (a multi-range one) instead of one per file,
+    /// before the files are read. Failures are left to those reads.
+    pub(crate) async fn fetch_together(&self, content: &Content, nodes: &[NodeId]) {
+        let mut by_layer: BTreeMap<u16, Vec<layer::Chunk>> = BTreeMap::new();
+        for &n in nodes {
+            if let layer::FileData::Chunks { layer, chunks } = &self.tree.node(n).content {
+                let wanted = chunks.iter().filter(|c| !c.zeros).cloned();
+                by_layer.entry(*layer).or_default().extend(wanted);
+            }
+        }
+        let fetches = by_layer.into_iter().filter_map(|(i, chunks)| {
+            let Some(LayerSource::Remote(r)) = self.sources.get(i as usize) else {
+                return None;
+            };
+            Some(async move {
+                if let Err(e) = content.fetch_chunks(r, &chunks).await {
+                    tracing::debug!(layer = %r.blob.digest, error = %e, "fetching files together");
+                }
+            })
+        });
+        futures_util::future::join_all(fetches).await;
     }
 
     /// [`LoadedTree::read`]; with `whole_file`, a lazily served file's

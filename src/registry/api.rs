@@ -106,6 +106,22 @@ pub trait RegistryApi: Send + Sync {
         len: u64,
     ) -> BoxFuture<'a, Result<Bytes>>;
 
+    /// The bytes of each of `ranges` (`(offset, len)`) of a blob, in order,
+    /// NOT verified; each short only where the blob ends. The HTTP client
+    /// asks for them in one multi-range request where the registry answers
+    /// those; by default, one [`RegistryApi::blob_range`] each, side by side.
+    fn blob_ranges<'a>(
+        &'a self,
+        repo: &'a str,
+        digest: &'a Digest,
+        ranges: &'a [(u64, u64)],
+    ) -> BoxFuture<'a, Result<Vec<Bytes>>> {
+        let one = ranges
+            .iter()
+            .map(move |&(offset, len)| self.blob_range(repo, digest, offset, len));
+        Box::pin(futures_util::future::try_join_all(one))
+    }
+
     /// The blob's size; `None` if the registry does not have it.
     fn blob_size<'a>(
         &'a self,
@@ -215,6 +231,15 @@ impl RegistryApi for super::Client {
         len: u64,
     ) -> BoxFuture<'a, Result<Bytes>> {
         Box::pin(super::Client::blob_range(self, repo, digest, offset, len))
+    }
+
+    fn blob_ranges<'a>(
+        &'a self,
+        repo: &'a str,
+        digest: &'a Digest,
+        ranges: &'a [(u64, u64)],
+    ) -> BoxFuture<'a, Result<Vec<Bytes>>> {
+        Box::pin(super::Client::blob_ranges(self, repo, digest, ranges))
     }
 
     fn blob_size<'a>(

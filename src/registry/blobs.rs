@@ -193,16 +193,29 @@ impl Client {
         what: &str,
         deadline: Option<Instant>,
     ) -> Result<Response> {
+        let range = range.map(|(a, b)| match b {
+            Some(b) => format!("bytes={a}-{b}"),
+            None => format!("bytes={a}-"),
+        });
+        self.blob_get_range(repo, digest, range, what, deadline)
+            .await
+    }
+
+    /// [`Client::blob_get`] with a `Range` header as given (`bytes=a-b,c-d`).
+    pub(super) async fn blob_get_range(
+        &self,
+        repo: &str,
+        digest: &Digest,
+        range: Option<String>,
+        what: &str,
+        deadline: Option<Instant>,
+    ) -> Result<Response> {
         let url = self.url(&format!("v2/{repo}/blobs/{digest}"))?;
         let mut req = Req::new(Method::GET, url, Scope::pull(repo), what);
         req.deadline = deadline;
-        if let Some((a, b)) = range {
-            let v = match b {
-                Some(b) => format!("bytes={a}-{b}"),
-                None => format!("bytes={a}-"),
-            };
-            req.headers
-                .insert(RANGE, HeaderValue::from_str(&v).expect("digits"));
+        if let Some(v) = range {
+            let v = HeaderValue::from_str(&v).map_err(|_| Error::invalid("a Range header"))?;
+            req.headers.insert(RANGE, v);
         }
         let resp = self.send(req).await?;
         let s = resp.status();
@@ -241,7 +254,7 @@ pub fn parse_content_range(v: &str) -> Option<(u64, u64, Option<u64>)> {
     Some((a, b, total))
 }
 
-fn unexpected(status: StatusCode, what: &str) -> Error {
+pub(super) fn unexpected(status: StatusCode, what: &str) -> Error {
     Error::Registry {
         status: status.as_u16(),
         message: format!("{what}: unexpected status"),

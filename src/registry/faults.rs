@@ -158,6 +158,29 @@ impl RegistryApi for FaultyRegistry {
         })
     }
 
+    /// One request for all the ranges (as [`MemoryRegistry`] counts them),
+    /// the fault applied to the blob they are cut from.
+    fn blob_ranges<'a>(
+        &'a self,
+        repo: &'a str,
+        digest: &'a Digest,
+        ranges: &'a [(u64, u64)],
+    ) -> BoxFuture<'a, Result<Vec<Bytes>>> {
+        Box::pin(async move {
+            let (bytes, stall) = self.served(repo, digest)?;
+            if let Some(d) = stall {
+                tokio::time::sleep(d).await;
+            }
+            let what = format!("blob {digest} in {repo}");
+            let out: Vec<Bytes> = ranges
+                .iter()
+                .map(|&(offset, len)| MemoryRegistry::range_of(&bytes, offset, len, &what))
+                .collect::<Result<_>>()?;
+            self.inner.sent(out.iter().map(Bytes::len).sum());
+            Ok(out)
+        })
+    }
+
     fn blob_size<'a>(
         &'a self,
         repo: &'a str,

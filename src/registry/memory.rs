@@ -468,6 +468,26 @@ impl RegistryApi for MemoryRegistry {
         })
     }
 
+    /// One request for all the ranges, as a registry answering multi-range
+    /// requests does (counted once).
+    fn blob_ranges<'a>(
+        &'a self,
+        repo: &'a str,
+        digest: &'a Digest,
+        ranges: &'a [(u64, u64)],
+    ) -> BoxFuture<'a, Result<Vec<Bytes>>> {
+        Box::pin(async move {
+            let bytes = self.serve_blob(repo, digest)?;
+            let what = format!("blob {digest} in {repo}");
+            let out: Vec<Bytes> = ranges
+                .iter()
+                .map(|&(offset, len)| Self::range_of(&bytes, offset, len, &what))
+                .collect::<Result<_>>()?;
+            self.sent(out.iter().map(Bytes::len).sum());
+            Ok(out)
+        })
+    }
+
     fn blob_size<'a>(
         &'a self,
         repo: &'a str,

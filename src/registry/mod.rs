@@ -14,6 +14,7 @@ pub mod api;
 pub mod auth;
 mod blobs;
 mod body;
+mod byteranges;
 pub mod credentials;
 pub mod errors;
 pub mod faults;
@@ -23,6 +24,7 @@ pub mod memory;
 #[cfg(test)]
 mod memory_tests;
 pub mod mirrors;
+mod multi_range;
 pub mod paging;
 pub mod retry;
 pub mod router;
@@ -170,6 +172,8 @@ struct Inner {
     retry: RetryPolicy,
     counters: Counters,
     mirrors: Vec<mirrors::Mirror>,
+    /// Set once the registry is seen not to answer multi-range requests.
+    single_ranges: std::sync::atomic::AtomicBool,
 }
 
 /// One logical request; re-sent on retries and after authenticating.
@@ -273,6 +277,7 @@ impl Client {
                 retry,
                 counters: Counters::default(),
                 mirrors,
+                single_ranges: Default::default(),
             }),
         })
     }
@@ -618,5 +623,7 @@ mod tests {
     }
 }
 
+#[cfg(test)]
+mod multi_range_tests;
 #[cfg(test)]
 mod origin_tests;

@@ -188,6 +188,18 @@ impl RegistryApi for RegistryRouter {
         })
     }
 
+    fn blob_ranges<'a>(
+        &'a self,
+        repo: &'a str,
+        digest: &'a Digest,
+        ranges: &'a [(u64, u64)],
+    ) -> BoxFuture<'a, Result<Vec<Bytes>>> {
+        Box::pin(async move {
+            let (c, path) = self.route(repo)?;
+            c.blob_ranges(path, digest, ranges).await
+        })
+    }
+
     fn blob_size<'a>(
         &'a self,
         repo: &'a str,
