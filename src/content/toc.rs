@@ -100,6 +100,11 @@ impl TocKind {
         self.spec.anchor()
     }
 
+    /// The layer blob, as errors name it.
+    fn what(&self) -> String {
+        self.desc.digest.to_string()
+    }
+
     /// The eStargz TOC member (a gzip member) and its blob offset: the
     /// guessed tail of the blob in one request, holding the footer and, when
     /// the guess was large enough, the whole TOC; else the part before the
@@ -147,7 +152,7 @@ impl TocKind {
 
 impl Fetchable for TocKind {
     type Value = Arc<LazyLayer>;
-    type Verified = LazyIndex;
+    type Verified = (LazyIndex, TocSource);
 
     fn flight_key(&self) -> String {
         format!("toc {}", self.anchor())
@@ -157,141 +162,112 @@ impl Fetchable for TocKind {
         self.indexes.get(self.anchor())
     }
 
+    /// The store keeps the verified TOC bytes as fetched: decoded again
+    /// (and checked again) here. An index stored as a JSON tree by an
+    /// earlier version is read as such.
     fn load(&self) -> BoxFuture<'_, Result<Option<Arc<LazyLayer>>>> {
         Box::pin(async move {
-            let anchor = self.anchor();
-            match self
-                .store
-                .read(Section::Toc, anchor)
-                .map(|b| serde_json::from_slice::<LazyIndex>(&b))
-            {
-                Some(Ok(ix)) if ix.format == self.spec.format() => Ok(Some(layer_of(ix))),
-                Some(Err(e)) => {
+            let anchor = self.anchor().clone();
+            let Some(bytes) = self.store.read(Section::Toc, &anchor) else {
+                return Ok(None);
+            };
+            let decoded = match TocSource::decode(&bytes) {
+                Some(source) => {
+                    let (spec, what, limits) =
+                        (self.spec.clone(), self.what(), self.limits.clone());
+                    let slack = self.slack;
+                    blocking::run(move || {
+                        let _niced = slack.then(Niced::lower);
+                        index_of(&spec, &source, &what, &limits, &mut Steps::default())
+                    })
+                    .await
+                }
+                None => serde_json::from_slice::<LazyIndex>(&bytes)
+                    .map_err(|e| Error::invalid(e.to_string())),
+            };
+            match decoded {
+                Ok(ix) if ix.format == self.spec.format() => Ok(Some(layer_of(ix))),
+                Ok(_) => Ok(None),
+                Err(e) => {
                     tracing::warn!(%anchor, error = %e, "cached TOC index unusable; fetching again");
                     Ok(None)
                 }
-                _ => Ok(None),
             }
         })
     }
 
-    /// Footer and TOC by Range requests, verified, as an index. The
-    /// decoding, hashing, parsing and tree building run in one blocking
-    /// task; each step's time is logged (the breakdown in the README).
-    fn fetch_verified(&self) -> BoxFuture<'_, Result<LazyIndex>> {
+    /// Footer and TOC by Range requests, verified, as an index (and the
+    /// bytes it was made from, for the store). The decoding, hashing,
+    /// parsing and tree building run in one blocking task; each step's time
+    /// is logged (the breakdown in the README).
+    fn fetch_verified(&self) -> BoxFuture<'_, Result<(LazyIndex, TocSource)>> {
         Box::pin(async move {
-            let (desc, spec) = (&self.desc, &self.spec);
+            let desc = &self.desc;
             let started = Instant::now();
-            let what = desc.digest.to_string();
-            let limits = self.limits.clone();
-            let format = spec.format();
-            let (index, fetched, fetch_ms, t) = match spec {
-                LazySpec::Estargz { toc_digest } => {
+            let (source, fetched) = match &self.spec {
+                LazySpec::Estargz { .. } => {
                     let (member, toc_off, fetched) = self.estargz_member().await?;
-                    let fetch_ms = started.elapsed().as_millis();
-                    self.wait_for_the_opened_layer().await;
-                    let (d, slack) = (toc_digest.clone(), self.slack);
-                    let (index, t) = blocking::run(move || {
-                        let _niced = slack.then(Niced::lower);
-                        let mut t = Steps::default();
-                        let json = t.time(0, || estargz::toc::estargz_toc_json(&member))?;
-                        let ix = verified_tree_of(
-                            &mut t,
-                            json,
-                            &d,
-                            &format!("eStargz TOC of {what}"),
-                            format,
-                            toc_off,
-                            &limits,
-                        )?;
-                        Ok((ix, t))
-                    })
-                    .await?;
-                    (index, fetched, fetch_ms, t)
+                    (
+                        TocSource {
+                            data_end: toc_off,
+                            bytes: member,
+                        },
+                        fetched,
+                    )
                 }
-                LazySpec::ZstdChunked {
-                    offset,
-                    length,
-                    length_uncompressed,
-                    checksum,
-                    toc_digest,
-                } => {
+                LazySpec::ZstdChunked { offset, length, .. } => {
                     let bytes = self
                         .client
                         .blob_range(&self.repo, &desc.digest, *offset, *length)
                         .await?;
-                    let fetch_ms = started.elapsed().as_millis();
-                    let fetched = bytes.len();
-                    self.wait_for_the_opened_layer().await;
-                    let (ulen, checksum, toc_digest) =
-                        (*length_uncompressed, checksum.clone(), toc_digest.clone());
                     // The TOC sits in a skippable frame: 8 bytes of frame header before it.
-                    let (data_end, slack) = (offset.saturating_sub(8), self.slack);
-                    let (index, t) = blocking::run(move || {
-                        let _niced = slack.then(Niced::lower);
-                        let mut t = Steps::default();
-                        t.time(1, || {
-                            checksum.verify(&bytes, &format!("zstd:chunked manifest of {what}"))
-                        })?;
-                        let json = t.time(0, || estargz::toc::zstd_toc_json(&bytes, ulen))?;
-                        let ix = match toc_digest {
-                            Some(d) => verified_tree_of(
-                                &mut t,
-                                json,
-                                &d,
-                                &format!("zstd:chunked TOC of {what}"),
-                                format,
-                                data_end,
-                                &limits,
-                            )?,
-                            None => tree_of(&mut t, json, format, data_end, &limits)?,
-                        };
-                        Ok((ix, t))
-                    })
-                    .await?;
-                    (index, fetched, fetch_ms, t)
+                    let data_end = offset.saturating_sub(8);
+                    let fetched = bytes.len();
+                    (TocSource { data_end, bytes }, fetched)
                 }
             };
+            let fetch_ms = started.elapsed().as_millis() as u64;
+            self.wait_for_the_opened_layer().await;
+            let (spec, what, limits, slack) = (
+                self.spec.clone(),
+                self.what(),
+                self.limits.clone(),
+                self.slack,
+            );
+            let (index, source, t) = blocking::run(move || {
+                let _niced = slack.then(Niced::lower);
+                let mut t = Steps::default();
+                let ix = index_of(&spec, &source, &what, &limits, &mut t)?;
+                Ok((ix, source, t))
+            })
+            .await?;
             tracing::info!(
-                digest = %desc.digest, ?format, bytes = fetched, nodes = index.tree.len(),
-                fetch_ms = fetch_ms as u64, decompress_ms = t.ms(0), verify_ms = t.ms(1),
+                digest = %desc.digest, format = ?index.format, bytes = fetched, nodes = index.tree.len(),
+                fetch_ms, decompress_ms = t.ms(0), verify_ms = t.ms(1),
                 parse_ms = t.ms(2), tree_ms = t.ms(3), ms = started.elapsed().as_millis() as u64,
                 "fetched and verified TOC"
             );
-            Ok(index)
+            Ok((index, source))
         })
     }
 
-    /// The index is served from memory at once; its copy in the store (a
-    /// JSON tree, tens of milliseconds for a large layer) is written by a
-    /// blocking task of its own, off the first reader's path.
-    fn commit(&self, index: LazyIndex) -> BoxFuture<'_, Result<Arc<LazyLayer>>> {
+    /// The index is served from memory at once; the store keeps the
+    /// verified TOC bytes as fetched (a file write, no serialising: the
+    /// tree as JSON was 20–35 ms of CPU for python's base layer, beside the
+    /// first reads), written by a blocking task of its own.
+    fn commit(
+        &self,
+        (index, source): (LazyIndex, TocSource),
+    ) -> BoxFuture<'_, Result<Arc<LazyLayer>>> {
         Box::pin(async move {
-            let (format, data_end) = (index.format, index.data_end);
             let layer = layer_of(index);
-            let (store, anchor, l) = (self.store.clone(), self.anchor().clone(), layer.clone());
+            let (store, anchor) = (self.store.clone(), self.anchor().clone());
             let digest = self.desc.digest.clone();
             tokio::task::spawn_blocking(move || {
-                let _niced = Niced::lower();
-                let t = Instant::now();
-                let stored = StoredIndex {
-                    format,
-                    data_end,
-                    prefetch_end: l.prefetch_end,
-                    tree: &l.tree,
-                };
-                let put = serde_json::to_vec(&stored)
-                    .map_err(|e| Error::Io(std::io::Error::other(e)))
-                    .and_then(|bytes| {
-                        store
-                            .put(Section::Toc, &anchor, &bytes)
-                            .map(|_| bytes.len())
-                    });
-                match put {
-                    Ok(bytes) => tracing::debug!(
-                        %digest, bytes, ms = t.elapsed().as_millis() as u64, "stored TOC index"
-                    ),
-                    Err(e) => tracing::warn!(%digest, error = %e, "TOC index not stored"),
+                let bytes = source.encode();
+                match store.put(Section::Toc, &anchor, &bytes) {
+                    Ok(_) => tracing::debug!(%digest, bytes = bytes.len(), "stored TOC"),
+                    Err(e) => tracing::warn!(%digest, error = %e, "TOC not stored"),
                 }
             });
             Ok(layer)
@@ -373,14 +349,75 @@ impl Steps {
     }
 }
 
-/// A [`LazyIndex`] by reference, serialised the same way (the store's
-/// copy is written from the tree being served).
-#[derive(serde::Serialize)]
-struct StoredIndex<'a> {
-    format: estargz::Format,
+/// A TOC as fetched and verified: the eStargz TOC's gzip member, or the
+/// zstd:chunked manifest (compressed), and where the layer's chunk data
+/// ends. The store keeps these bytes rather than the tree made of them.
+struct TocSource {
     data_end: u64,
-    prefetch_end: Option<u64>,
-    tree: &'a Tree,
+    bytes: Bytes,
+}
+
+/// The first bytes of a stored [`TocSource`].
+const SOURCE_MAGIC: &[u8] = b"regfs toc source 1\n";
+
+impl TocSource {
+    /// Magic, `data_end` (8 bytes, little-endian), the bytes.
+    fn encode(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(SOURCE_MAGIC.len() + 8 + self.bytes.len());
+        v.extend_from_slice(SOURCE_MAGIC);
+        v.extend_from_slice(&self.data_end.to_le_bytes());
+        v.extend_from_slice(&self.bytes);
+        v
+    }
+
+    /// `None` unless `b` is an encoded source.
+    fn decode(b: &[u8]) -> Option<TocSource> {
+        let rest = b.strip_prefix(SOURCE_MAGIC)?;
+        let (end, bytes) = rest.split_first_chunk::<8>()?;
+        Some(TocSource {
+            data_end: u64::from_le_bytes(*end),
+            bytes: Bytes::copy_from_slice(bytes),
+        })
+    }
+}
+
+/// The verified index of `source` as `spec` describes it: decompressed,
+/// checked against the manifest's digests, parsed, built (timed in `t`).
+fn index_of(
+    spec: &LazySpec,
+    source: &TocSource,
+    what: &str,
+    limits: &Limits,
+    t: &mut Steps,
+) -> Result<LazyIndex> {
+    let (format, data_end) = (spec.format(), source.data_end);
+    match spec {
+        LazySpec::Estargz { toc_digest } => {
+            let json = t.time(0, || estargz::toc::estargz_toc_json(&source.bytes))?;
+            let what = format!("eStargz TOC of {what}");
+            verified_tree_of(t, json, toc_digest, &what, format, data_end, limits)
+        }
+        LazySpec::ZstdChunked {
+            length_uncompressed,
+            checksum,
+            toc_digest,
+            ..
+        } => {
+            t.time(1, || {
+                checksum.verify(&source.bytes, &format!("zstd:chunked manifest of {what}"))
+            })?;
+            let json = t.time(0, || {
+                estargz::toc::zstd_toc_json(&source.bytes, *length_uncompressed)
+            })?;
+            match toc_digest {
+                Some(d) => {
+                    let what = format!("zstd:chunked TOC of {what}");
+                    verified_tree_of(t, json, d, &what, format, data_end, limits)
+                }
+                None => tree_of(t, json, format, data_end, limits),
+            }
+        }
+    }
 }
 
 fn layer_of(index: LazyIndex) -> Arc<LazyLayer> {

@@ -232,3 +232,39 @@ async fn the_chunks_of_several_files_come_in_one_request_and_only_verified_ones_
     c.fetch_chunks(layer, &chunks_of(&[20, 25])).await.unwrap();
     assert!(cached(&[20, 25]));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stored_toc_is_checked_again_and_a_damaged_one_fetched_again() {
+    let (mem, faulty, dir, c) = setup();
+    let (desc, diff_id, _) = esgz_layer(&mem, 50);
+    let first = c.open_layer("lab/a", &desc, &diff_id).await.unwrap();
+    let spec = LazySpec::from_descriptor(&desc).unwrap();
+    let mut path = None;
+    for _ in 0..100 {
+        path = c.store.get(Section::Toc, spec.anchor());
+        if path.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let path = path.expect("the TOC was stored");
+    // The store keeps the TOC as fetched (its gzip member), not a tree.
+    let stored = std::fs::read(&path).unwrap();
+    assert!(stored.first() != Some(&b'{'), "a JSON tree was stored");
+    assert!(
+        stored.windows(2).any(|w| w == [0x1f, 0x8b]),
+        "no gzip member stored"
+    );
+    drop(c);
+    // The stored TOC cut short: not served, fetched again.
+    std::fs::write(&path, &stored[..stored.len() / 2]).unwrap();
+    let fetched = mem.blob_requests(&desc.digest);
+    let store = Arc::new(Store::open(dir.path(), 1 << 30).unwrap());
+    let again = Content::new(faulty.clone(), store, 1_000_000, Limits::default());
+    let second = again.open_layer("lab/a", &desc, &diff_id).await.unwrap();
+    assert_eq!(*first.tree, *second.tree);
+    assert!(
+        mem.blob_requests(&desc.digest) > fetched,
+        "served from a damaged TOC"
+    );
+}
