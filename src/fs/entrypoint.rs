@@ -32,7 +32,7 @@
 //! (exec) per process, at most [`MAX_FILES`] files and [`MAX_BYTES`] bytes
 //! each time.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -41,7 +41,7 @@ use super::{Fs, TreeId, TreeWhich};
 use crate::digest::Digest;
 use crate::error::Result;
 use crate::estargz::LazySpec;
-use crate::exec_deps::exec_deps;
+use crate::exec_deps::{exec_deps, ExecDeps};
 use crate::image::{ImageConfig, Manifest};
 use crate::layer::{NodeId, NodeKind};
 
@@ -130,7 +130,14 @@ pub(super) struct Warmed {
     images: Mutex<HashSet<(Arc<str>, Digest)>>,
     /// Files opened for exec.
     execs: Mutex<HashSet<(Arc<TreeId>, NodeId)>>,
+    /// What exec of a file of an image's merged tree reads, once a warming
+    /// has read the file (`None`: not a program): a later warming reaching
+    /// it (an exec after the runtime's warming) reads it no more.
+    deps: Mutex<DepsMemo>,
 }
+
+/// What exec of a file of an image's merged tree reads, by image and node.
+type DepsMemo = HashMap<(Digest, NodeId), Option<Arc<ExecDeps>>>;
 
 /// What one warming read.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -216,7 +223,7 @@ impl Fs {
                     .map(|p| format!("/{}", p.trim_start_matches('/'))),
             )
             .collect();
-        self.warm_waves(&loaded, first).await
+        self.warm_waves(image, &loaded, first).await
     }
 
     /// The merged tree of image `repo@image` and its config, if every layer
@@ -291,12 +298,7 @@ impl Fs {
             TreeWhich::Rootfs => rootfs.clone(),
             TreeWhich::Layer(_) => self.trees.load(self, tree).await?,
         };
-        let Some(path) = own
-            .tree
-            .walk()
-            .into_iter()
-            .find_map(|(p, n)| (n == node).then_some(p))
-        else {
+        let Some(path) = own.tree.path_of(node) else {
             return Ok(WarmedFiles::default());
         };
         let path = format!(
@@ -308,7 +310,7 @@ impl Fs {
         let first = std::iter::once(path)
             .chain(C_LIBRARY_FILES.iter().map(|p| p.to_string()))
             .collect();
-        self.warm_waves(&rootfs, first).await
+        self.warm_waves(&tree.image, &rootfs, first).await
     }
 
     /// Read `first` (paths in the merged tree `loaded`) side by side, then
@@ -316,6 +318,7 @@ impl Fs {
     /// [`MAX_FILES`] and [`MAX_BYTES`].
     async fn warm_waves(
         &self,
+        image: &Digest,
         loaded: &Arc<LoadedTree>,
         first: Vec<String>,
     ) -> Result<WarmedFiles> {
@@ -328,6 +331,7 @@ impl Fs {
         let mut wave = first;
         let mut seen: HashSet<NodeId> = HashSet::new();
         let mut loader_cache = false;
+        let mut found: Vec<(String, Option<Arc<ExecDeps>>)> = Vec::new();
         while !wave.is_empty() {
             let mut files = Vec::new();
             for path in wave.drain(..) {
@@ -345,18 +349,38 @@ impl Fs {
                 }
                 out.bytes += size;
                 out.paths.push(path.clone());
-                files.push((path, node, size));
+                let known = self
+                    .warmed
+                    .deps
+                    .lock()
+                    .unwrap()
+                    .get(&(image.clone(), node))
+                    .cloned();
+                match known {
+                    Some(deps) => found.push((path, deps)),
+                    None => files.push((path, node, size)),
+                }
             }
             let nodes: Vec<NodeId> = files.iter().map(|f| f.1).collect();
             loaded.fetch_together(&self.content, &nodes).await;
             let reads = files.into_iter().map(|(path, node, size)| {
                 let read = loaded.clone().read(&self.content, node, 0, size as u32);
-                async move { read.await.map(|data| (path, data)) }
+                async move { read.await.map(|data| (path, node, data)) }
             });
-            for (path, data) in futures_util::future::try_join_all(reads).await? {
-                let Some(deps) = exec_deps(&data) else {
+            for (path, node, data) in futures_util::future::try_join_all(reads).await? {
+                let deps = exec_deps(&data).map(Arc::new);
+                let mut memo = self.warmed.deps.lock().unwrap();
+                if memo.len() >= MAX_EXECS_REMEMBERED {
+                    memo.clear();
+                }
+                memo.insert((image.clone(), node), deps.clone());
+                found.push((path, deps));
+            }
+            for (path, deps) in found.drain(..) {
+                let Some(deps) = deps else {
                     continue;
                 };
+                let deps = ExecDeps::clone(&deps);
                 if let Some(interp) = deps.interpreter {
                     wave.push(interp);
                     if !deps.needed.is_empty() && !loader_cache {

@@ -391,3 +391,35 @@ async fn the_first_read_after_an_exec_open_fetches_the_whole_file_in_one_request
     );
     assert_eq!(reg.blob_requests(&blob) - before, 1, "one Range request");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exec_after_the_runtime_warming_reads_nothing_again() {
+    let t = true_image();
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(dir.path(), 1 << 30).unwrap());
+    let fs = Arc::new(fs_of(t.reg.clone(), store.clone()));
+    let warmed = fs.warm_entrypoint("lab/true", &t.image).await.unwrap();
+    assert!(warmed.paths.contains(&t.interp), "{:?}", warmed.paths);
+    // Take the warmed files out of the store: a warming that read them
+    // again would fetch them again.
+    let mut taken: Vec<&[u8]> = vec![&t.program, &t.interp_data, &t.ld_cache];
+    taken.extend(t.libs.iter().map(|(_, d)| d.as_slice()));
+    for d in &taken {
+        let path = store.get(Section::Chunk, &Digest::sha256_of(d)).unwrap();
+        std::fs::remove_file(path).unwrap();
+    }
+    let before = t.layers.clone().map(|l| t.reg.blob_requests(&l));
+    // The runtime execs the program (through the image's merged tree).
+    let rootfs = Arc::new(crate::fs::TreeId {
+        repo: "lab/true".into(),
+        image: t.image.clone(),
+        which: crate::fs::TreeWhich::Rootfs,
+    });
+    let tree = fs.trees.load(&fs, &rootfs).await.unwrap();
+    let node = tree.tree.lookup_path(b"usr/bin/true").unwrap();
+    let again = fs.warm_exec(&rootfs, node).await.unwrap();
+    // The same files, known from the first warming: none read, none fetched.
+    assert!(again.paths.contains(&t.interp), "{:?}", again.paths);
+    assert_eq!(t.layers.clone().map(|l| t.reg.blob_requests(&l)), before);
+    assert!(taken.iter().all(|d| !cached(&store, d)));
+}

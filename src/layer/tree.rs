@@ -323,6 +323,27 @@ impl Tree {
         Some(id)
     }
 
+    /// A path of `node` (relative to the root; the first name found for a
+    /// hard link): each step up is a scan of the directories' entries, so
+    /// nothing is allocated per entry as [`Tree::walk`] does.
+    pub fn path_of(&self, node: NodeId) -> Option<Vec<u8>> {
+        let mut names: Vec<&[u8]> = Vec::new();
+        let mut at = node;
+        while at != self.root() {
+            let (parent, name) = self.nodes.iter().enumerate().find_map(|(d, n)| {
+                let (name, _) = n.children.iter().find(|(_, c)| *c == at)?;
+                Some((d as NodeId, name.as_slice()))
+            })?;
+            if names.len() >= self.nodes.len() {
+                return None;
+            }
+            names.push(name);
+            at = parent;
+        }
+        names.reverse();
+        Some(names.join(&b'/'))
+    }
+
     /// Every path in the tree (depth first, sorted), with its node. Hard links
     /// appear once per name. Mostly for tests and debugging.
     pub fn walk(&self) -> Vec<(Vec<u8>, NodeId)> {
@@ -685,6 +706,37 @@ mod tests {
                 b"d/z".to_vec()
             ]
         );
+    }
+
+    #[test]
+    fn path_of_names_every_node_as_walk_does() {
+        let mut b = Builder::new();
+        let d = b.add(Node::new(NodeKind::Dir, 0o755));
+        b.set_child(0, b"usr", d);
+        let lib = b.add(Node::new(NodeKind::Dir, 0o755));
+        b.set_child(d, b"lib", lib);
+        for i in 0..20u8 {
+            let f = b.add(Node::new(NodeKind::File, 0o644));
+            b.set_child(lib, format!("f{i}").as_bytes(), f);
+        }
+        let f = b.add(Node::new(NodeKind::File, 0o644));
+        b.set_child(d, b"x", f);
+        b.set_child(lib, b"y", f); // a hard link: either name will do
+        let t = b.finish();
+        for (path, id) in t.walk() {
+            let found = t.path_of(id).unwrap();
+            assert_eq!(
+                t.lookup_path(&found),
+                Some(id),
+                "{}",
+                String::from_utf8_lossy(&path)
+            );
+            if t.node(id).nlink < 2 {
+                assert_eq!(found, path);
+            }
+        }
+        assert_eq!(t.path_of(t.root()), Some(Vec::new()));
+        assert_eq!(t.path_of(t.len() as NodeId), None);
     }
 
     #[test]
