@@ -228,16 +228,24 @@ impl Content {
     /// several files at once, as the warming asks.
     pub async fn fetch_chunks(&self, layer: &RemoteLayer, chunks: &[Chunk]) -> Result<()> {
         let fetch: Vec<Chunk> = chunks.iter().filter(|c| !c.zeros).cloned().collect();
+        self.chunk_pieces(layer, &fetch).await.map(drop)
+    }
+
+    /// [`get`] with this content's client, store and fetch counter.
+    async fn chunk_pieces(
+        &self,
+        layer: &RemoteLayer,
+        chunks: &[Chunk],
+    ) -> Result<Vec<pieces::PieceData>> {
         get(
             &*self.client,
             &self.store,
             &self.in_flight,
             layer,
-            &fetch,
+            chunks,
             MAX_RUN,
         )
         .await
-        .map(drop)
     }
 
     /// Read up to `len` bytes at `offset` of a lazily served file of `size`
@@ -271,15 +279,7 @@ impl Content {
             true => chunks.iter().filter(|c| !c.zeros).cloned().collect(),
             false => needed.clone(),
         };
-        let fetched = get(
-            &*self.client,
-            &self.store,
-            &self.in_flight,
-            layer,
-            &fetch,
-            MAX_RUN,
-        )
-        .await?;
+        let fetched = self.chunk_pieces(layer, &fetch).await?;
         // The read's own chunks, in order, out of those fetched.
         let data: Vec<pieces::PieceData> = fetch
             .iter()

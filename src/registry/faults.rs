@@ -171,13 +171,8 @@ impl RegistryApi for FaultyRegistry {
             if let Some(d) = stall {
                 tokio::time::sleep(d).await;
             }
-            let what = format!("blob {digest} in {repo}");
-            let out: Vec<Bytes> = ranges
-                .iter()
-                .map(|&(offset, len)| MemoryRegistry::range_of(&bytes, offset, len, &what))
-                .collect::<Result<_>>()?;
-            self.inner.sent(out.iter().map(Bytes::len).sum());
-            Ok(out)
+            self.inner
+                .ranges_of(&bytes, ranges, &format!("blob {digest} in {repo}"))
         })
     }
 

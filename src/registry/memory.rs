@@ -301,6 +301,22 @@ impl MemoryRegistry {
         Ok(bytes.slice(offset as usize..end as usize))
     }
 
+    /// `ranges` of `bytes` as [`MemoryRegistry::range_of`] cuts each,
+    /// counted as sent.
+    pub(crate) fn ranges_of(
+        &self,
+        bytes: &Bytes,
+        ranges: &[(u64, u64)],
+        what: &str,
+    ) -> Result<Vec<Bytes>> {
+        let out: Vec<Bytes> = ranges
+            .iter()
+            .map(|&(offset, len)| Self::range_of(bytes, offset, len, what))
+            .collect::<Result<_>>()?;
+        self.sent(out.iter().map(Bytes::len).sum());
+        Ok(out)
+    }
+
     /// Collect a pushed body (an error item cancels the push).
     async fn collect(mut body: BoxStream<'_, Result<Bytes>>) -> Result<Bytes> {
         let mut buf = BytesMut::new();
@@ -478,13 +494,7 @@ impl RegistryApi for MemoryRegistry {
     ) -> BoxFuture<'a, Result<Vec<Bytes>>> {
         Box::pin(async move {
             let bytes = self.serve_blob(repo, digest)?;
-            let what = format!("blob {digest} in {repo}");
-            let out: Vec<Bytes> = ranges
-                .iter()
-                .map(|&(offset, len)| Self::range_of(&bytes, offset, len, &what))
-                .collect::<Result<_>>()?;
-            self.sent(out.iter().map(Bytes::len).sum());
-            Ok(out)
+            Self::ranges_of(self, &bytes, ranges, &format!("blob {digest} in {repo}"))
         })
     }
 

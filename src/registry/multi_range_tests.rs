@@ -4,7 +4,7 @@
 //! (as a storage backend behind a redirect may) is asked one range at a
 //! time from then on, and the bytes are the same.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::TcpListener;
 use std::time::Duration;
 
@@ -31,14 +31,7 @@ fn serve(
     std::thread::spawn(move || {
         let mut seen = Vec::new();
         for _ in 0..conns {
-            let (mut c, _) = l.accept().unwrap();
-            c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-            let mut head = Vec::new();
-            let mut b = [0u8; 1];
-            while !head.ends_with(b"\r\n\r\n") && c.read(&mut b).unwrap_or(0) == 1 {
-                head.push(b[0]);
-            }
-            let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+            let (mut c, head) = super::origin_tests::accept_head(&l);
             let range = head
                 .lines()
                 .find_map(|l| l.strip_prefix("range: bytes="))

@@ -2,7 +2,7 @@
 //! never to another origin the client is pointed at, nor across a redirect.
 
 use std::io::{Read, Write};
-use std::net::TcpListener;
+use std::net::{TcpListener, TcpStream};
 use std::time::Duration;
 
 use reqwest::header::{HeaderMap, HeaderValue, WWW_AUTHENTICATE};
@@ -10,18 +10,25 @@ use reqwest::Method;
 
 use super::*;
 
+/// The next connection on `l` and its request head (lowercase), read one
+/// byte at a time up to the blank line (5 s at most).
+pub(super) fn accept_head(l: &TcpListener) -> (TcpStream, String) {
+    let (mut c, _) = l.accept().unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") && c.read(&mut b).unwrap_or(0) == 1 {
+        head.push(b[0]);
+    }
+    (c, String::from_utf8_lossy(&head).to_ascii_lowercase())
+}
+
 /// Accepts one connection, returns its request head, answers `response`.
 fn capture(l: TcpListener, response: String) -> std::thread::JoinHandle<String> {
     std::thread::spawn(move || {
-        let (mut c, _) = l.accept().unwrap();
-        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        let mut head = Vec::new();
-        let mut b = [0u8; 1];
-        while !head.ends_with(b"\r\n\r\n") && c.read(&mut b).unwrap_or(0) == 1 {
-            head.push(b[0]);
-        }
+        let (mut c, head) = accept_head(&l);
         c.write_all(response.as_bytes()).unwrap();
-        String::from_utf8_lossy(&head).to_ascii_lowercase()
+        head
     })
 }
 
