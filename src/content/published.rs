@@ -257,7 +257,8 @@ impl Content {
     /// Push `files` (media type, bytes, annotations) as one artifact of
     /// `artifact_type` whose subject is `repo@image` (manifest bytes
     /// `image_bytes`), and list it as a referrer (through the tag schema
-    /// where the registry has no referrers API). Pushing twice changes nothing.
+    /// where the registry has no referrers API, replacing the artifact of
+    /// that type listed before). Pushing twice changes nothing.
     pub(super) async fn push_referrer(
         &self,
         repo: &str,
@@ -341,6 +342,10 @@ impl Content {
             out.already = true;
             return Ok(out);
         }
+        // One artifact of each of regfs's types per image: a new one (a
+        // re-push after the format changed, or of another machine's
+        // indexes) replaces the one before it.
+        list.retain(|d| d["artifactType"] != artifact_type);
         list.push(json!({
             "mediaType": OCI_MANIFEST,
             "digest": artifact.to_string(),
@@ -492,11 +497,13 @@ impl Content {
         names: &str,
         max: u64,
     ) -> Result<Option<(Digest, Vec<(String, BlobRef)>)>> {
+        // The last listed: a tag-schema list is appended to, so that is the
+        // newest where an older regfs left an artifact of the type behind.
         let Some(artifact) = self
             .referrers(repo, subject)
             .await?
             .into_iter()
-            .find(|r| r.artifact_type == artifact_type)
+            .rfind(|r| r.artifact_type == artifact_type)
         else {
             return Ok(None);
         };

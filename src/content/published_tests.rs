@@ -500,3 +500,52 @@ async fn a_read_of_a_small_file_fetches_the_whole_file_in_one_request() {
     b.read_file_spans(s, huge, f3.0, f3.0 + 100).await.unwrap();
     assert_eq!(cached(f3), 1);
 }
+
+#[tokio::test]
+async fn a_new_artifact_of_a_type_replaces_the_one_listed_before() {
+    let reg = Arc::new(MemoryRegistry::new("memory.test"));
+    let (image, _, _, _) = image(&reg);
+    let dir = tempfile::tempdir().unwrap();
+    let c = content(&reg, &dir);
+    let info = reg
+        .manifest("lab/big", &Selector::Digest(image.clone()))
+        .await
+        .unwrap();
+    let kind = "application/vnd.example.test";
+    let push = |text: &'static str| {
+        let file = (
+            "application/octet-stream",
+            bytes::Bytes::from_static(text.as_bytes()),
+            serde_json::json!({"org.opencontainers.image.title": text}),
+        );
+        c.push_referrer("lab/big", &image, &info.bytes, kind, vec![file])
+    };
+    let listed = || async {
+        c.published_files(
+            "lab/big",
+            &image,
+            kind,
+            "org.opencontainers.image.title",
+            1 << 20,
+        )
+        .await
+        .unwrap()
+        .map(|(_, files)| files.into_iter().map(|(n, _)| n).collect::<Vec<_>>())
+    };
+    let first = push("old").await.unwrap();
+    assert!(!first.already);
+    assert_eq!(listed().await, Some(vec!["old".to_string()]));
+    // Pushing the same again changes nothing; another one replaces it.
+    assert!(push("old").await.unwrap().already);
+    let second = push("new").await.unwrap();
+    assert_ne!(second.artifact, first.artifact);
+    assert_eq!(listed().await, Some(vec!["new".to_string()]));
+    let of_kind = c
+        .referrers("lab/big", &image)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.artifact_type == kind)
+        .count();
+    assert_eq!(of_kind, 1);
+}
