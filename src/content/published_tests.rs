@@ -549,3 +549,47 @@ async fn a_new_artifact_of_a_type_replaces_the_one_listed_before() {
         .count();
     assert_eq!(of_kind, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_2_index_file_imported_by_hand_reads_its_windows_from_the_registry() {
+    let reg = Arc::new(MemoryRegistry::new("memory.test"));
+    let (image, diff_id, t1) = text_image(&reg);
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (a, _) = streamed_by_a(&reg, &da, &image, &diff_id).await;
+    a.publish_indexes("lab/big", &image).await.unwrap();
+    let files = super::index_file::export_published(&a.store, &diff_id).unwrap();
+    assert!(files.file.starts_with(b"regfs-layer-index 2\n"));
+    assert!(!files.windows.is_empty());
+
+    // `regfs index import` of the version-2 file into a fresh cache: the
+    // windows are not in it, only where they lie in the published blob.
+    let b = content(&reg, &db);
+    let ix = super::index_file::import_index(&b.store, &files.file).unwrap();
+    assert!(ix.windows.is_some());
+    assert_eq!(ix.diff_id, diff_id);
+    let l = open(&b, &image).await;
+    let LayerSource::Spans(s) = &l.source else {
+        panic!("the imported index does not serve the layer by spans")
+    };
+    assert!(s.windows.is_some());
+    assert_eq!(read(&b, &l, b"t1").await.unwrap(), t1);
+
+    // The same file where the registry lacks the windows blob: the read
+    // fails, nothing else is served.
+    let bare = Arc::new(MemoryRegistry::new("memory.test"));
+    let (image2, _, _) = text_image(&bare);
+    assert_eq!(image2, image);
+    let dc = tempfile::tempdir().unwrap();
+    let c = content(&bare, &dc);
+    super::index_file::import_index(&c.store, &files.file).unwrap();
+    let l = open(&c, &image).await;
+    let data = l.tree.lookup(0, b"data").unwrap();
+    let node = l.tree.lookup(data, b"t2").unwrap();
+    let first = super::tar_range(l.tree.node(node), 0, 1).unwrap().0;
+    let LayerSource::Spans(s) = &l.source else {
+        panic!("not served by spans")
+    };
+    // A span that needs a window (not the first of the gzip member).
+    assert!(!s.index.checkpoints[s.index.spans_covering(first, first + 1).unwrap().0].member_start);
+    assert!(read(&c, &l, b"t2").await.is_err());
+}
