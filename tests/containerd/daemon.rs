@@ -41,6 +41,18 @@ pub fn tools_ready() -> bool {
     false
 }
 
+/// regfs (with `extra` arguments) serving the lab's gzip python image to a
+/// containerd of its own, the image pulled remotely (`ctr-remote image
+/// rpull`): regfs, containerd and the image's reference.
+pub fn python_rpulled(extra: &[&str]) -> (Regfs, Containerd, String) {
+    let reg = harness::lab().image("python");
+    let regfs = Regfs::with_args(reg, extra);
+    let ctd = Containerd::start(&regfs.socket);
+    let image = format!("{}/lab/python:3.11", reg.host_port());
+    ctd.rpull(&image);
+    (regfs, ctd, image)
+}
+
 /// regfs mounted with a snapshotter socket, plus its snapshotter root.
 pub struct Regfs {
     pub mount: Mount,

@@ -2,8 +2,7 @@
 //! applied, writes in the local upper dir; `ctr snapshots rm` and `ctr image
 //! rm` clean up regfs's snapshots.
 
-use crate::daemon::{serial, stdout_ok, tools_ready, wait_for, Containerd, Regfs};
-use crate::harness::lab;
+use crate::daemon::{python_rpulled, serial, stdout_ok, tools_ready, wait_for};
 
 const PROBE: &str = "for p in /usr/lib/python3.11/antigravity.py /usr/lib/python3.11/pydoc_data \
   /etc/issue.net /etc/issue /opt/lab/old /opt/lab/numbers.txt; do \
@@ -27,11 +26,7 @@ fn whiteouts_upper_dir_and_cleanup() {
     if !tools_ready() {
         return;
     }
-    let reg = lab().image("python");
-    let regfs = Regfs::new(reg);
-    let ctd = Containerd::start(&regfs.socket);
-    let image = format!("{}/lab/python:3.11", reg.host_port());
-    ctd.rpull(&image);
+    let (regfs, ctd, image) = python_rpulled(&[]);
 
     let out = stdout_ok(
         &ctd.run(&image, "probe", &["sh", "-c", PROBE]),

@@ -2,8 +2,7 @@
 //! the snapshots; regfs restarted with no container running finds its
 //! snapshots again and containers run on them.
 
-use crate::daemon::{serial, stdout_ok, tools_ready, wait_for, Containerd, Regfs};
-use crate::harness::lab;
+use crate::daemon::{python_rpulled, serial, stdout_ok, tools_ready, wait_for};
 
 #[test]
 fn containerd_and_regfs_restarts_keep_snapshots() {
@@ -11,11 +10,7 @@ fn containerd_and_regfs_restarts_keep_snapshots() {
     if !tools_ready() {
         return;
     }
-    let reg = lab().image("python");
-    let mut regfs = Regfs::new(reg);
-    let mut ctd = Containerd::start(&regfs.socket);
-    let image = format!("{}/lab/python:3.11", reg.host_port());
-    ctd.rpull(&image);
+    let (mut regfs, mut ctd, image) = python_rpulled(&[]);
     ctd.ctr(&[
         "run",
         "-d",
@@ -79,11 +74,7 @@ fn a_running_container_keeps_reading_across_regfs_restarts() {
     if !tools_ready() {
         return;
     }
-    let reg = lab().image("python");
-    let regfs = Regfs::with_args(reg, &["--supervise"]);
-    let ctd = Containerd::start(&regfs.socket);
-    let image = format!("{}/lab/python:3.11", reg.host_port());
-    ctd.rpull(&image);
+    let (regfs, ctd, image) = python_rpulled(&["--supervise"]);
     let script = r#"
 import glob, hashlib, os, time
 files = sorted(glob.glob('/usr/lib/python3.11/**/*.py', recursive=True))[:300]
