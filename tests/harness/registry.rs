@@ -243,6 +243,24 @@ impl Registry {
         out
     }
 
+    /// [`Registry::blob_traffic`] once it shows a GET of `digest` beyond
+    /// `before` (the registry writes its access log after the response, so
+    /// a reader can finish before the line is there), or after 3 s.
+    pub fn blob_traffic_since(
+        &self,
+        digest: &str,
+        before: (usize, u64, usize),
+    ) -> (usize, u64, usize) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+        loop {
+            let now = self.blob_traffic(digest);
+            if now.0 > before.0 || std::time::Instant::now() > deadline {
+                return now;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
     /// Is the registry process running?
     pub fn is_running(&self) -> bool {
         self.served.is_running()

@@ -161,7 +161,7 @@ fn evicted_gzip_layer_is_served_by_verified_spans() {
     let before = reg.blob_traffic(&big.blob);
     let got = fs::read(layer_dir.join(&path)).unwrap();
     assert_eq!(got, fs::read(oracle.join(&path)).unwrap(), "{path}");
-    let after = reg.blob_traffic(&big.blob);
+    let after = reg.blob_traffic_since(&big.blob, before);
     let bytes = after.1 - before.1;
     eprintln!(
         "span read: {path} ({size} bytes at tar offset {off}): fetched {bytes} of {} compressed bytes, spans {}..={} of {}",
