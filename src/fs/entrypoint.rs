@@ -10,9 +10,9 @@
 //!   The runtime is still pulling and setting up meanwhile.
 //! - **A file is opened for exec** (the kernel passes `__FMODE_EXEC` in the
 //!   open flags, through overlayfs too: a `chroot`, a container's own
-//!   `exec`s, the loader the kernel maps): that file, with the C library's
-//!   files that do not depend on the environment (the charset converters'
-//!   cache, the local time zone).
+//!   `exec`s, the loader the kernel maps): that file, with what the C
+//!   library reads on start for the image's environment (the exec's own is
+//!   not known; a container runtime sets the image's).
 //!
 //! Then what `exec` of it reads next ([`crate::exec_deps`]): its dynamic
 //! loader and `/etc/ld.so.cache`, its shared libraries and theirs, or a
@@ -291,7 +291,7 @@ impl Fs {
     /// libraries, interpreter), resolved in the image's merged tree; nothing
     /// unless every layer of the image is lazy.
     pub async fn warm_exec(&self, tree: &Arc<TreeId>, node: NodeId) -> Result<WarmedFiles> {
-        let Some((rootfs, _)) = self.lazy_rootfs(&tree.repo, &tree.image).await? else {
+        let Some((rootfs, config)) = self.lazy_rootfs(&tree.repo, &tree.image).await? else {
             return Ok(WarmedFiles::default());
         };
         let own = match tree.which {
@@ -305,10 +305,11 @@ impl Fs {
             "/{}",
             String::from_utf8_lossy(&path).trim_start_matches('/')
         );
-        // What the C library reads whatever the environment (no locale:
-        // an exec's environment is not known here).
+        // What the C library reads on start, for the image's environment:
+        // the exec's own is not known here, and a container runtime sets
+        // the image's.
         let first = std::iter::once(path)
-            .chain(C_LIBRARY_FILES.iter().map(|p| p.to_string()))
+            .chain(c_library_files(&config.env))
             .collect();
         self.warm_waves(&tree.image, &rootfs, first).await
     }

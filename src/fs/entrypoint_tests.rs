@@ -341,8 +341,13 @@ async fn an_exec_open_of_a_layer_file_warms_its_loader_and_libraries() {
         "a library nobody needs was fetched"
     );
     assert!(!cached(&store, &t.passwd), "not a runtime start: no passwd");
-    // The time zone, whatever the environment; no locale (none is known).
-    assert!(cached(&store, &t.zone) && !cached(&store, &t.locale));
+    // The time zone, and the locale the image's environment names
+    // (LANG=C.UTF-8); not another locale.
+    assert!(cached(&store, &t.zone) && cached(&store, &t.locale));
+    assert!(
+        !cached(&store, &t.other_locale),
+        "another locale was fetched"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
