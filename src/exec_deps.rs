@@ -8,7 +8,7 @@ use object::read::elf::{Dyn, FileHeader, ProgramHeader};
 use object::{elf, Endianness, FileKind};
 
 /// What starting a file will read after it.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Debug, Default, PartialEq, Eq)]
 pub struct ExecDeps {
     /// The program interpreter: the dynamic loader, or a script's `#!` path.
     pub interpreter: Option<String>,

@@ -11,6 +11,7 @@ use std::io::Read as _;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use bytes::Bytes;
 use futures_util::future::BoxFuture;
 
 use super::pieces::{self, PieceKind, Verified};
@@ -95,29 +96,49 @@ impl ChunkKind<'_> {
             chunks = runs.iter().map(|r| r.len()).sum::<usize>(),
             ms = started.elapsed().as_millis() as u64, cache = "miss", "fetched chunks"
         );
-        // Each chunk decoded on its own blocking task: the chunks of a batch
-        // (several files) inflate on every core, as separate requests did.
-        let format = layer.format;
-        let decoded = runs
+        // The batch's chunks (several files) decoded on every core, as
+        // separate requests were: in as many blocking tasks as there are
+        // cores, each a contiguous group (a whole-layer prefetch is
+        // thousands of chunks, not thousands of tasks).
+        let jobs: Vec<(Chunk, Bytes)> = runs
             .iter()
             .zip(&ranges)
             .zip(&parts)
-            .map(|((run, (start, _)), bytes)| {
-                let decodes = run.iter().map(|c| {
-                    let (c, bytes) = (c.clone(), bytes.clone());
+            .flat_map(|((run, &(start, _)), bytes)| {
+                run.iter().map(move |c| {
                     let from = ((c.blob_offset - start) as usize).min(bytes.len());
                     let to = ((c.blob_offset + c.blob_len - start) as usize).min(bytes.len());
-                    crate::blocking::run(move || {
-                        Ok(decode_chunk(format, &bytes[from.min(to)..to], &c))
-                    })
-                });
-                futures_util::future::try_join_all(decodes)
-            });
-        let decoded = futures_util::future::try_join_all(decoded).await?;
+                    (c.clone(), bytes.slice(from.min(to)..to))
+                })
+            })
+            .collect();
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let per_task = jobs.len().div_ceil(cores);
+        let mut jobs = jobs.into_iter();
+        let mut tasks = Vec::new();
+        let format = layer.format;
+        loop {
+            let group: Vec<(Chunk, Bytes)> = jobs.by_ref().take(per_task).collect();
+            if group.is_empty() {
+                break;
+            }
+            tasks.push(crate::blocking::run(move || {
+                Ok(group
+                    .iter()
+                    .map(|(c, bytes)| decode_chunk(format, bytes, c))
+                    .collect::<Vec<_>>())
+            }));
+        }
+        let mut decoded = futures_util::future::try_join_all(tasks)
+            .await?
+            .into_iter()
+            .flatten();
         Ok(runs
             .iter()
-            .zip(decoded)
-            .map(|(run, results)| verified_prefix(&layer.blob.digest, run, results))
+            .map(|run| {
+                let results = decoded.by_ref().take(run.len()).collect();
+                verified_prefix(&layer.blob.digest, run, results)
+            })
             .collect())
     }
 }

@@ -62,7 +62,6 @@ fn content(reg: &Arc<MemoryRegistry>, dir: &tempfile::TempDir) -> Content {
     Content::new(reg.clone(), store, 1_000_000, Limits::default())
 }
 
-/// The layer of `image` as `c` opens it.
 /// Machine A: stream the image's layer (indexing it) with the store in
 /// `dir`; the layers as `image_layers` lists them.
 async fn streamed_by_a(
@@ -86,6 +85,7 @@ async fn adopting_b(reg: &Arc<MemoryRegistry>, dir: &tempfile::TempDir, image: &
     b
 }
 
+/// The layer of `image` as `c` opens it.
 async fn open(c: &Content, image: &Digest) -> super::OpenedLayer {
     let (_, layers) = c.image_layers("lab/big", image).await.unwrap();
     let (desc, diff_id) = &layers[0];
@@ -247,6 +247,36 @@ fn text_image(reg: &MemoryRegistry) -> (Digest, Digest, Vec<u8>) {
     (reg.add_image("lab/big", "1", &[layer]), diff_id, text(1))
 }
 
+/// [`text_image`] streamed by machine A (its store in `da`) and its index
+/// published: what the tests of published windows start from.
+struct PublishedText {
+    reg: Arc<MemoryRegistry>,
+    image: Digest,
+    diff_id: Digest,
+    /// The contents of `data/t1`.
+    t1: Vec<u8>,
+    a: Content,
+    layers: Vec<(crate::image::BlobRef, Digest)>,
+    da: tempfile::TempDir,
+}
+
+async fn published_text() -> PublishedText {
+    let reg = Arc::new(MemoryRegistry::new("memory.test"));
+    let (image, diff_id, t1) = text_image(&reg);
+    let da = tempfile::tempdir().unwrap();
+    let (a, layers) = streamed_by_a(&reg, &da, &image, &diff_id).await;
+    a.publish_indexes("lab/big", &image).await.unwrap();
+    PublishedText {
+        reg,
+        image,
+        diff_id,
+        t1,
+        a,
+        layers,
+        da,
+    }
+}
+
 /// The windows blob of the published artifact of `image`.
 async fn windows_blob(reg: &MemoryRegistry, image: &Digest) -> Digest {
     let tag = reg
@@ -292,11 +322,14 @@ fn first_span(l: &super::OpenedLayer, name: &[u8]) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn published_windows_are_fetched_one_by_one_and_kept() {
-    let reg = Arc::new(MemoryRegistry::new("memory.test"));
-    let (image, diff_id, t1) = text_image(&reg);
-    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let (a, _) = streamed_by_a(&reg, &da, &image, &diff_id).await;
-    a.publish_indexes("lab/big", &image).await.unwrap();
+    let PublishedText {
+        reg,
+        image,
+        t1,
+        da: _da,
+        ..
+    } = published_text().await;
+    let db = tempfile::tempdir().unwrap();
     let windows = windows_blob(&reg, &image).await;
     let windows_size = reg.blob_bytes("lab/big", &windows).unwrap().len() as u64;
 
@@ -419,11 +452,16 @@ async fn a_forged_window_fails_its_reads_and_is_revoked() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_windows_blob_served_wrong_fails_the_read() {
-    let reg = Arc::new(MemoryRegistry::new("memory.test"));
-    let (image, diff_id, t1) = text_image(&reg);
-    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let (a, layers) = streamed_by_a(&reg, &da, &image, &diff_id).await;
-    a.publish_indexes("lab/big", &image).await.unwrap();
+    let PublishedText {
+        reg,
+        image,
+        diff_id,
+        t1,
+        layers,
+        da: _da,
+        ..
+    } = published_text().await;
+    let db = tempfile::tempdir().unwrap();
     // The registry serves other bytes under the windows blob's digest
     // (a Range request cannot be checked against the blob's digest).
     let windows = windows_blob(&reg, &image).await;
@@ -456,11 +494,14 @@ async fn a_windows_blob_served_wrong_fails_the_read() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_read_of_a_small_file_fetches_the_whole_file_in_one_request() {
-    let reg = Arc::new(MemoryRegistry::new("memory.test"));
-    let (image, diff_id, t1) = text_image(&reg);
-    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let (a, _) = streamed_by_a(&reg, &da, &image, &diff_id).await;
-    a.publish_indexes("lab/big", &image).await.unwrap();
+    let PublishedText {
+        reg,
+        image,
+        t1,
+        da: _da,
+        ..
+    } = published_text().await;
+    let db = tempfile::tempdir().unwrap();
     let b = adopting_b(&reg, &db, &image).await;
     let l = open(&b, &image).await;
     let LayerSource::Spans(s) = &l.source else {
@@ -552,11 +593,16 @@ async fn a_new_artifact_of_a_type_replaces_the_one_listed_before() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_version_2_index_file_imported_by_hand_reads_its_windows_from_the_registry() {
-    let reg = Arc::new(MemoryRegistry::new("memory.test"));
-    let (image, diff_id, t1) = text_image(&reg);
-    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let (a, _) = streamed_by_a(&reg, &da, &image, &diff_id).await;
-    a.publish_indexes("lab/big", &image).await.unwrap();
+    let PublishedText {
+        reg,
+        image,
+        diff_id,
+        t1,
+        a,
+        da: _da,
+        ..
+    } = published_text().await;
+    let db = tempfile::tempdir().unwrap();
     let files = super::index_file::export_published(&a.store, &diff_id).unwrap();
     assert!(files.file.starts_with(b"regfs-layer-index 2\n"));
     assert!(!files.windows.is_empty());

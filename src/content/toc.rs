@@ -168,7 +168,7 @@ impl Fetchable for TocKind {
     fn load(&self) -> BoxFuture<'_, Result<Option<Arc<LazyLayer>>>> {
         Box::pin(async move {
             let anchor = self.anchor().clone();
-            let Some(bytes) = self.store.read(Section::Toc, &anchor) else {
+            let Some(bytes) = self.store.read(Section::Toc, &anchor).map(Bytes::from) else {
                 return Ok(None);
             };
             let decoded = match TocSource::decode(&bytes) {
@@ -358,7 +358,7 @@ struct TocSource {
 }
 
 /// The first bytes of a stored [`TocSource`].
-const SOURCE_MAGIC: &[u8] = b"regfs toc source 1\n";
+pub(super) const SOURCE_MAGIC: &[u8] = b"regfs toc source 1\n";
 
 impl TocSource {
     /// Magic, `data_end` (8 bytes, little-endian), the bytes.
@@ -370,13 +370,13 @@ impl TocSource {
         v
     }
 
-    /// `None` unless `b` is an encoded source.
-    fn decode(b: &[u8]) -> Option<TocSource> {
+    /// `None` unless `b` is an encoded source (its bytes are not copied).
+    fn decode(b: &Bytes) -> Option<TocSource> {
         let rest = b.strip_prefix(SOURCE_MAGIC)?;
-        let (end, bytes) = rest.split_first_chunk::<8>()?;
+        let (end, _) = rest.split_first_chunk::<8>()?;
         Some(TocSource {
             data_end: u64::from_le_bytes(*end),
-            bytes: Bytes::copy_from_slice(bytes),
+            bytes: b.slice(SOURCE_MAGIC.len() + 8..),
         })
     }
 }

@@ -381,9 +381,8 @@ impl Fs {
                 let Some(deps) = deps else {
                     continue;
                 };
-                let deps = ExecDeps::clone(&deps);
-                if let Some(interp) = deps.interpreter {
-                    wave.push(interp);
+                if let Some(interp) = &deps.interpreter {
+                    wave.push(interp.clone());
                     if !deps.needed.is_empty() && !loader_cache {
                         loader_cache = true;
                         wave.push("/etc/ld.so.cache".into());
@@ -396,9 +395,9 @@ impl Fs {
                     .map(|s| s.replace("$ORIGIN", dir).replace("${ORIGIN}", dir))
                     .chain(LIB_DIRS.iter().map(|s| s.to_string()))
                     .collect();
-                for lib in deps.needed {
+                for lib in &deps.needed {
                     if lib.contains('/') {
-                        wave.push(lib);
+                        wave.push(lib.clone());
                     } else if let Some(p) = search
                         .iter()
                         .map(|d| format!("{}/{lib}", d.trim_end_matches('/')))

@@ -64,8 +64,9 @@ pub fn split(ix: &SpanIndex) -> (SpanIndex, Vec<u8>, WindowTable) {
         let raw = std::mem::take(&mut c.window);
         let offset = blob.len() as u64;
         if !raw.is_empty() {
-            // Level 6: python's windows deflate to 6.41 MB in 0.38 s, at
-            // level 9 to 6.39 MB in 1.3 s (measured with C zlib).
+            // Level 6: the 32 KiB before every 256 KiB of python's two
+            // large layers (636 windows, 20.8 MB) deflate to 8.74 MB in
+            // 0.25 s with zlib-rs, at level 9 to 8.53 MB in 0.70 s.
             let mut e =
                 flate2::write::DeflateEncoder::new(&mut blob, flate2::Compression::default());
             e.write_all(&raw).expect("writing to memory");

@@ -43,11 +43,6 @@ fn sample(seed: u64, len: usize) -> Vec<u8> {
     v
 }
 
-/// Decode through the span reader with small reads; the index and the data.
-fn build(blob: &[u8], every: u64) -> (SpanIndex, Vec<u8>) {
-    super::index_by_reading(blob, every)
-}
-
 /// Read `[off, off+len)` through the index, as the content layer does.
 fn read_via(ix: &SpanIndex, blob: &[u8], off: u64, len: u64) -> Vec<u8> {
     let Some((first, last)) = ix.spans_covering(off, off + len) else {
@@ -70,7 +65,7 @@ fn random_reads_match_multi_member() {
     for part in data.chunks(150_001) {
         blob.extend(gz(part, 6));
     }
-    let (ix, out) = build(&blob, 40_000);
+    let (ix, out) = index_by_reading(&blob, 40_000);
     assert_eq!(out, data);
     assert!(ix.checkpoints.len() > 8, "{}", ix.checkpoints.len());
     assert!(ix.checkpoints.iter().skip(1).any(|c| c.member_start));
@@ -89,7 +84,7 @@ fn random_reads_match_multi_member() {
 fn flipped_byte_fails_verification() {
     let data = sample(3, 300_000);
     let blob = gz(&data, 6);
-    let (ix, _) = build(&blob, 50_000);
+    let (ix, _) = index_by_reading(&blob, 50_000);
     let (first, last) = ix.spans_covering(120_000, 120_001).unwrap();
     let (cs, ce) = ix.compressed_range(first, last);
     let mut bad = blob[cs as usize..ce as usize].to_vec();
@@ -128,7 +123,7 @@ fn corrupt_and_truncated_streams_are_errors() {
 #[test]
 fn empty_stream_and_decode_rejects_garbage() {
     let blob = gz(b"", 6);
-    let (ix, out) = build(&blob, 10);
+    let (ix, out) = index_by_reading(&blob, 10);
     assert!(out.is_empty());
     assert_eq!(ix.checkpoints.len(), 1);
     assert_eq!(ix.spans_covering(0, 10), None);
@@ -137,7 +132,7 @@ fn empty_stream_and_decode_rejects_garbage() {
     assert!(SpanIndex::decode(&enc[..enc.len() - 1]).is_err());
     assert!(SpanIndex::decode(b"RGFSPAN\x02").is_err());
     let data = sample(9, 200_000);
-    let (ix, _) = build(&gz(&data, 1), 20_000);
+    let (ix, _) = index_by_reading(&gz(&data, 1), 20_000);
     let mut swapped = ix.clone();
     swapped.checkpoints.swap(0, 1);
     assert!(SpanIndex::decode(&swapped.encode()).is_err());
@@ -161,7 +156,7 @@ proptest! {
     ) {
         let data = sample(seed, len);
         let blob = gz(&data, level);
-        let (ix, out) = build(&blob, every);
+        let (ix, out) = index_by_reading(&blob, every);
         prop_assert_eq!(&out, &data);
         prop_assert_eq!(SpanIndex::decode(&ix.encode()).unwrap(), ix.clone());
         for (off, n) in reads {
@@ -224,7 +219,7 @@ proptest! {
         if blob.is_empty() {
             blob = gz(b"", 6);
         }
-        let (inline, _) = build(&blob, every);
+        let (inline, _) = index_by_reading(&blob, every);
         let deferred = build_deferred(&blob, every, chunk);
         prop_assert_eq!(deferred.encode(), inline.encode());
     }
